@@ -1,0 +1,75 @@
+#include "mpq/isa.hpp"
+
+#include <atomic>
+#include <cstdlib>
+#include <stdexcept>
+
+namespace mpq {
+namespace {
+
+Isa isa_from_name(const std::string& name) {
+  if (name == "scalar") return Isa::kScalar;
+  if (name == "avx2") return Isa::kAvx2;
+  if (name == "avx512") return Isa::kAvx512;
+  throw std::invalid_argument("isa: unknown level '" + name + "' (known: scalar, avx2, avx512)");
+}
+
+Isa initial_isa() noexcept {
+  Isa best = detect_isa();
+  if (const char* env = std::getenv("MPQ_ISA")) {
+    try {
+      Isa wanted = isa_from_name(env);
+      if (static_cast<int>(wanted) < static_cast<int>(best)) best = wanted;
+    } catch (const std::invalid_argument&) {
+      // an unknown MPQ_ISA keeps the detected level; set_isa() reports names properly
+    }
+  }
+  return best;
+}
+
+std::atomic<int>& active() {
+  static std::atomic<int> level{static_cast<int>(initial_isa())};
+  return level;
+}
+
+}  // namespace
+
+const char* to_string(Isa isa) noexcept {
+  switch (isa) {
+    case Isa::kAvx2: return "avx2";
+    case Isa::kAvx512: return "avx512";
+    default: return "scalar";
+  }
+}
+
+Isa detect_isa() noexcept {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && defined(MPQ_HAVE_AVX2)
+  __builtin_cpu_init();
+#if defined(MPQ_HAVE_AVX512)
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+    return Isa::kAvx512;
+#endif
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+    return Isa::kAvx2;
+#endif
+  return Isa::kScalar;
+}
+
+Isa active_isa() noexcept { return static_cast<Isa>(active().load(std::memory_order_relaxed)); }
+
+std::vector<std::string> available_isas() {
+  std::vector<std::string> names;
+  for (int i = 0; i <= static_cast<int>(detect_isa()); ++i) names.emplace_back(to_string(static_cast<Isa>(i)));
+  return names;
+}
+
+void set_isa(const std::string& name) {
+  Isa wanted = isa_from_name(name);
+  if (static_cast<int>(wanted) > static_cast<int>(detect_isa()))
+    throw std::invalid_argument(std::string("isa: '") + name + "' is not supported on this CPU/build (best: " +
+                                to_string(detect_isa()) + ")");
+  active().store(static_cast<int>(wanted), std::memory_order_relaxed);
+}
+
+}  // namespace mpq

@@ -1,0 +1,106 @@
+// Internal, AVX2 only: the vector load/store and the fake quantizer of kernels_avx2.cpp, for other *_avx2.cpp
+// kernels (the sensitivity kernel). Include it ONLY from files compiled with the AVX2 flags: its inline
+// functions must never be instantiated in a file that runs on CPUs without AVX2.
+#pragma once
+#include <immintrin.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "kernels.hpp"
+
+namespace mpq::detail::avx2 {
+namespace {
+
+inline __m256 load8(const void* x, DType dtype, std::size_t i) {
+  switch (dtype) {
+    case DType::kBF16: {
+      const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(x) + i));
+      return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    }
+    case DType::kF16:
+      return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(x) + i)));
+    default: return _mm256_loadu_ps(static_cast<const float*>(x) + i);
+  }
+}
+
+inline void store8(void* y, DType dtype, std::size_t i, __m256 v) {
+  switch (dtype) {
+    case DType::kBF16: {
+      __m256i b = _mm256_castps_si256(v);
+      const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(b, 16), _mm256_set1_epi32(1));
+      b = _mm256_srli_epi32(_mm256_add_epi32(b, _mm256_add_epi32(_mm256_set1_epi32(0x7FFF), lsb)), 16);
+      const __m256 nan = _mm256_cmp_ps(v, v, _CMP_UNORD_Q);
+      b = _mm256_blendv_epi8(b, _mm256_set1_epi32(0x7FC0), _mm256_castps_si256(nan));
+      const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(b, b), 0x08);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(static_cast<uint16_t*>(y) + i), _mm256_castsi256_si128(packed));
+      break;
+    }
+    case DType::kF16:
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(static_cast<uint16_t*>(y) + i),
+                       _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+      break;
+    default: _mm256_storeu_ps(static_cast<float*>(y) + i, v);
+  }
+}
+
+// The same steps as scalar::quantize_one, eight lanes at a time.
+struct Quantizer {
+  Params p;
+  __m256 scale, inv, zp, qmin, qmax, maxv, tiny, magic, inf, nanv;
+  __m256i sign_mask, round_bias, trunc_mask, one;
+  int sh;
+
+  Quantizer(const Params& prm, BlockScale s) : p(prm) {
+    scale = _mm256_set1_ps(s.scale);
+    inv = _mm256_set1_ps(s.inv_scale);
+    zp = _mm256_set1_ps(s.zero_point);
+    qmin = _mm256_set1_ps(p.qmin);
+    qmax = _mm256_set1_ps(p.qmax);
+    maxv = _mm256_set1_ps(p.max);
+    inf = _mm256_set1_ps(std::numeric_limits<float>::infinity());
+    sh = p.is_int ? 0 : 23 - p.mbits;
+    if (!p.is_int) {
+      tiny = _mm256_set1_ps(std::ldexp(1.0f, p.emin));
+      magic = _mm256_set1_ps(std::ldexp(1.0f, p.emin - p.mbits + 23));
+      round_bias = _mm256_set1_epi32(static_cast<int>((1u << (sh - 1)) - 1));
+      trunc_mask = _mm256_set1_epi32(static_cast<int>(~((1u << sh) - 1u)));
+    }
+    float nan;
+    std::memcpy(&nan, &p.nan_bits, 4);
+    nanv = _mm256_set1_ps(nan);
+    sign_mask = _mm256_set1_epi32(static_cast<int>(0x80000000u));
+    one = _mm256_set1_epi32(1);
+  }
+
+  __m256 operator()(__m256 x) const {
+    const __m256 v = _mm256_mul_ps(x, inv);
+    const __m256 isnan = _mm256_cmp_ps(x, x, _CMP_UNORD_Q);
+    __m256 q;
+    if (p.is_int) {
+      q = _mm256_add_ps(_mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), zp);
+      q = _mm256_sub_ps(_mm256_min_ps(_mm256_max_ps(q, qmin), qmax), zp);
+    } else {
+      __m256i sign = _mm256_and_si256(_mm256_castps_si256(v), sign_mask);
+      __m256 a = _mm256_castsi256_ps(_mm256_andnot_si256(sign_mask, _mm256_castps_si256(v)));
+      if (p.saturate) a = _mm256_min_ps(a, maxv);
+      const __m256 sub = _mm256_cmp_ps(a, tiny, _CMP_LT_OQ);
+      const __m256 rs = _mm256_sub_ps(_mm256_add_ps(a, magic), magic);
+      __m256i b = _mm256_castps_si256(a);
+      b = _mm256_add_epi32(b, _mm256_add_epi32(round_bias, _mm256_and_si256(_mm256_srli_epi32(b, sh), one)));
+      __m256 r = _mm256_blendv_ps(_mm256_castsi256_ps(_mm256_and_si256(b, trunc_mask)), rs, sub);
+      if (!p.saturate) r = _mm256_blendv_ps(r, inf, _mm256_cmp_ps(r, maxv, _CMP_GT_OQ));
+      if (!p.neg_zero)
+        sign = _mm256_and_si256(sign, _mm256_castps_si256(_mm256_cmp_ps(r, _mm256_setzero_ps(), _CMP_NEQ_OQ)));
+      q = _mm256_castsi256_ps(_mm256_or_si256(_mm256_castps_si256(r), sign));
+    }
+    __m256 y = _mm256_mul_ps(q, scale);
+    __m256 nan_out = nanv;
+    if (p.nan_signed) nan_out = _mm256_or_ps(nanv, _mm256_and_ps(x, _mm256_castsi256_ps(sign_mask)));
+    return _mm256_blendv_ps(y, nan_out, isnan);  // after the multiply: an fp8 NaN pattern may be signalling
+  }
+};
+
+}  // namespace
+}  // namespace mpq::detail::avx2

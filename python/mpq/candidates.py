@@ -1,0 +1,139 @@
+"""Candidates: what one layer can run in, as a (weight format, activation format) pair with its granularity and
+scale rule. The same definitions drive calibration (the quantization error the sensitivity measures), the fake
+and native models of ``mpq.apply``, the timing backends and the exporters, so what is measured is what ships.
+
+``BASE`` ("base") means the layer keeps the model's own precision; it is every layer's implicit zero-cost choice
+and is not listed among a calibration's candidates.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Optional
+
+import torch
+
+from .formats import FORMATS, fake_quantize
+
+BASE = "base"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """How a Linear layer y = x Wᵀ runs.
+
+    weight_format / act_format: element formats (``mpq.FORMATS``); ``act_format=None`` is weight-only
+    (activations stay in the model's precision).
+    weight_granularity: "tensor", "channel" (one scale per output row) or "group" (``group_size`` consecutive
+    inputs per scale).
+    act_granularity: "tensor" (one scale for the whole activation) or "token" (one scale per row).
+    act_static: True when the activation scale is calibrated once on the calibration data (then per tensor);
+    False when computed on the fly per call (dynamic).
+    """
+
+    name: str
+    weight_format: str
+    weight_granularity: str = "channel"
+    group_size: Optional[int] = None
+    act_format: Optional[str] = None
+    act_granularity: str = "token"
+    act_static: bool = False
+    description: str = ""
+
+    def __post_init__(self):
+        for fmt in (self.weight_format, self.act_format):
+            if fmt is not None and fmt not in FORMATS:
+                raise ValueError(f"candidate {self.name!r}: unknown format {fmt!r}; known: {', '.join(FORMATS)}")
+        if self.weight_granularity not in ("tensor", "channel", "group"):
+            raise ValueError(f"candidate {self.name!r}: weight_granularity must be tensor, channel or group")
+        if (self.weight_granularity == "group") != (self.group_size is not None):
+            raise ValueError(f"candidate {self.name!r}: group_size goes with weight_granularity='group' only")
+        if self.act_granularity not in ("tensor", "token"):
+            raise ValueError(f"candidate {self.name!r}: act_granularity must be tensor or token")
+        if self.act_static and self.act_granularity != "tensor":
+            raise ValueError(f"candidate {self.name!r}: static activation scales are per tensor")
+
+    @property
+    def weight_only(self) -> bool:
+        return self.act_format is None
+
+    @property
+    def weight_bits(self) -> int:
+        from .formats import format_info
+        return format_info(self.weight_format)["bits"]
+
+    def applies_to(self, weight: torch.Tensor) -> bool:
+        """Whether this candidate can quantize a Linear weight of this shape (group size divides in_features)."""
+        return self.group_size is None or weight.shape[-1] % self.group_size == 0
+
+    def quantize_weight(self, w: torch.Tensor) -> torch.Tensor:
+        """Q(W) for a Linear weight [out, in]."""
+        if self.weight_granularity == "tensor":
+            return fake_quantize(w, self.weight_format)
+        if self.weight_granularity == "channel":
+            return fake_quantize(w, self.weight_format, axis=0)
+        return fake_quantize(w, self.weight_format, group_size=self.group_size)
+
+    def quantize_act(self, x: torch.Tensor, static_scale: Optional[float] = None) -> torch.Tensor:
+        """Q(X) for a Linear input [..., in]; identity for weight-only candidates. Static candidates need the
+        calibrated ``static_scale``."""
+        if self.act_format is None:
+            return x
+        if self.act_static:
+            if static_scale is None:
+                raise ValueError(f"candidate {self.name!r} has static activation scales: pass static_scale")
+            return fake_quantize(x, self.act_format, scale=static_scale)
+        if self.act_granularity == "tensor":
+            return fake_quantize(x, self.act_format)
+        flat = x.reshape(-1, x.shape[-1]) if x.dim() != 2 else x
+        return fake_quantize(flat, self.act_format, axis=0).reshape(x.shape)
+
+
+_BUILTIN = [
+    Candidate("fp8", "fp8_e4m3", "channel", act_format="fp8_e4m3", act_granularity="token",
+              description="FP8 E4M3 (OCP): weights per channel, activations per token, dynamic"),
+    Candidate("fp8_static", "fp8_e4m3", "tensor", act_format="fp8_e4m3", act_granularity="tensor",
+              act_static=True, description="FP8 E4M3 (OCP): per-tensor weight and static activation scales"),
+    Candidate("fp8_gaudi2", "fp8_e4m3_gaudi2", "tensor", act_format="fp8_e4m3_gaudi2", act_granularity="tensor",
+              act_static=True, description="FP8 E4M3 Gaudi-2 (max 240), per-tensor hardware scales, static"),
+    Candidate("fp8_e5m2", "fp8_e5m2", "channel", act_format="fp8_e5m2", act_granularity="token",
+              description="FP8 E5M2: weights per channel, activations per token, dynamic"),
+    Candidate("int8", "int8", "channel", act_format="int8", act_granularity="token",
+              description="INT8 W8A8 symmetric: weights per channel, activations per token, dynamic"),
+    Candidate("int8_static", "int8", "channel", act_format="int8", act_granularity="tensor", act_static=True,
+              description="INT8 W8A8 symmetric: weights per channel, static per-tensor activations"),
+    Candidate("bf16", "bf16", "tensor", act_format="bf16", act_granularity="tensor",
+              description="bfloat16 weights and activations"),
+    Candidate("fp16", "fp16", "tensor", act_format="fp16", act_granularity="tensor",
+              description="float16 weights and activations"),
+    Candidate("w8a16", "int8", "channel", description="INT8 weight-only, per channel"),
+    Candidate("w4a16", "int4", "group", group_size=32, description="INT4 weight-only, symmetric, groups of 32"),
+    Candidate("w4a16_g128", "int4", "group", group_size=128,
+              description="INT4 weight-only, symmetric, groups of 128"),
+]
+
+CANDIDATES: dict[str, Candidate] = {c.name: c for c in _BUILTIN}
+
+
+def get_candidate(name) -> Candidate:
+    """A candidate by name (or the Candidate itself). @raises ValueError listing the known names."""
+    if isinstance(name, Candidate):
+        return name
+    if name == BASE:
+        raise ValueError(f"{BASE!r} is every layer's implicit high-precision choice, not a candidate to calibrate")
+    try:
+        return CANDIDATES[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown candidate {name!r}; known candidates: {', '.join(CANDIDATES)}") from None
+
+
+def get_candidates(names: Iterable) -> tuple[Candidate, ...]:
+    """Candidates by name, checked, in the given order, without duplicates."""
+    if isinstance(names, (str, Candidate)):
+        names = [names]
+    result = tuple(get_candidate(n) for n in names)
+    if not result:
+        raise ValueError("no candidate given")
+    seen = [c.name for c in result]
+    if len(set(seen)) != len(seen):
+        raise ValueError(f"duplicate candidates in {seen}")
+    return result
