@@ -150,7 +150,29 @@ void parallel_for(std::size_t count, int num_threads, Body body) {
   if (error) std::rethrow_exception(error);
 }
 
-constexpr std::size_t kChunk = 1 << 16;  // values per work item when one block spans the whole tensor
+constexpr std::size_t kChunk = 1 << 16;  // values per work item: amortises calls, stays in L2 between passes
+
+std::size_t blocks_per_item(std::size_t block) { return std::max<std::size_t>(1, kChunk / block); }
+
+// Min and max of the finite values of a whole run, in parallel chunks.
+detail::MinMax whole_minmax(const void* x, DType dtype, std::size_t n, int num_threads) {
+  const auto minmax = detail::active_minmax();
+  std::vector<detail::MinMax> parts((n + kChunk - 1) / kChunk);
+  parallel_for(parts.size(), num_threads, [&](std::size_t c) {
+    parts[c] = minmax(offset(x, dtype, c * kChunk), dtype, std::min(kChunk, n - c * kChunk));
+  });
+  detail::MinMax m = parts[0];
+  for (const auto& p : parts) m = {std::fmin(m.lo, p.lo), std::fmax(m.hi, p.hi)};
+  return m;
+}
+
+void quantize_one_scale(const void* x, void* y, DType dtype, std::size_t n, const detail::Params& p, BlockScale s,
+                        int num_threads) {
+  const auto quantize = detail::active_quantize();
+  parallel_for((n + kChunk - 1) / kChunk, num_threads, [&](std::size_t c) {
+    quantize(offset(x, dtype, c * kChunk), offset(y, dtype, c * kChunk), dtype, std::min(kChunk, n - c * kChunk), p, s);
+  });
+}
 
 }  // namespace
 
@@ -186,24 +208,23 @@ void compute_scales(const void* x, DType dtype, std::size_t n, std::size_t block
     throw std::invalid_argument("compute_scales: format '" + fmt.name + "' has no hardware scale set");
   if (n == 0) return;
   const std::size_t blocks = n / block;
-  const auto minmax = detail::active_minmax();
-  std::vector<detail::MinMax> parts;
-  if (blocks == 1 && n > kChunk) {  // one big block: reduce chunks in parallel
-    parts.resize((n + kChunk - 1) / kChunk);
-    parallel_for(parts.size(), num_threads, [&](std::size_t c) {
-      parts[c] = minmax(offset(x, dtype, c * kChunk), dtype, std::min(kChunk, n - c * kChunk));
-    });
-    detail::MinMax m = parts[0];
-    for (const auto& p : parts) m = {std::fmin(m.lo, p.lo), std::fmax(m.hi, p.hi)};
-    const BlockScale s = block_scale(m, fmt, rule);
+  if (blocks == 1) {
+    const BlockScale s = block_scale(whole_minmax(x, dtype, n, num_threads), fmt, rule);
     scales[0] = s.scale;
     zero_points[0] = s.zero_point;
     return;
   }
-  parallel_for(blocks, num_threads, [&](std::size_t b) {
-    const BlockScale s = block_scale(minmax(offset(x, dtype, b * block), dtype, block), fmt, rule);
-    scales[b] = s.scale;
-    zero_points[b] = s.zero_point;
+  const auto minmax_blocks = detail::active_minmax_blocks();
+  const std::size_t per_item = blocks_per_item(block);
+  parallel_for((blocks + per_item - 1) / per_item, num_threads, [&](std::size_t item) {
+    const std::size_t b0 = item * per_item, nb = std::min(per_item, blocks - b0);
+    std::vector<detail::MinMax> mm(nb);
+    minmax_blocks(offset(x, dtype, b0 * block), dtype, block, nb, mm.data());
+    for (std::size_t b = 0; b < nb; ++b) {
+      const BlockScale s = block_scale(mm[b], fmt, rule);
+      scales[b0 + b] = s.scale;
+      zero_points[b0 + b] = s.zero_point;
+    }
   });
 }
 
@@ -217,39 +238,50 @@ void fake_quantize(const void* x, void* y, DType dtype, std::size_t n, std::size
                                 std::to_string(scales.size));
   if (zero_points.size != 0 && zero_points.size != scales.size)
     throw std::invalid_argument("fake_quantize: zero_points must match scales in length");
-  for (std::size_t i = 0; i < scales.size; ++i)
+  std::vector<BlockScale> bs(scales.size);
+  for (std::size_t i = 0; i < scales.size; ++i) {
     if (!(scales[i] > 0.0f) || !std::isfinite(scales[i]) || !std::isfinite(1.0f / scales[i]))
       throw std::invalid_argument("fake_quantize: scale[" + std::to_string(i) + "] = " + std::to_string(scales[i]) +
                                   " must be positive and finite");
+    bs[i] = {scales[i], 1.0f / scales[i], zero_points.size ? zero_points[i] : 0.0f};
+  }
   const detail::Params p = detail::make_params(fmt);
-  const auto quantize = detail::active_quantize();
-  auto scale_of = [&](std::size_t b) {
-    const std::size_t k = scales.size == 1 ? 0 : b;
-    return BlockScale{scales[k], 1.0f / scales[k], zero_points.size ? zero_points[k] : 0.0f};
-  };
-  if (scales.size == 1) {  // one scale for everything: split into chunks for the threads
-    const BlockScale s = scale_of(0);
-    const std::size_t chunks = (n + kChunk - 1) / kChunk;
-    parallel_for(chunks, num_threads, [&](std::size_t c) {
-      quantize(offset(x, dtype, c * kChunk), offset(y, dtype, c * kChunk), dtype, std::min(kChunk, n - c * kChunk),
-               p, s);
-    });
+  if (bs.size() == 1) {
+    quantize_one_scale(x, y, dtype, n, p, bs[0], num_threads);
     return;
   }
-  parallel_for(blocks, num_threads, [&](std::size_t b) {
-    quantize(offset(x, dtype, b * block), offset(y, dtype, b * block), dtype, block, p, scale_of(b));
+  const auto quantize_blocks = detail::active_quantize_blocks();
+  const std::size_t per_item = blocks_per_item(block);
+  parallel_for((blocks + per_item - 1) / per_item, num_threads, [&](std::size_t item) {
+    const std::size_t b0 = item * per_item, nb = std::min(per_item, blocks - b0);
+    quantize_blocks(offset(x, dtype, b0 * block), offset(y, dtype, b0 * block), dtype, block, nb, p, &bs[b0]);
   });
 }
 
 void fake_quantize_auto(const void* x, void* y, DType dtype, std::size_t n, std::size_t block, const Format& fmt,
                         ScaleRule rule, int num_threads) {
   check_shape("fake_quantize", n, block);
+  if (rule == ScaleRule::kHw && fmt.hw_scales.empty())
+    throw std::invalid_argument("fake_quantize: format '" + fmt.name + "' has no hardware scale set");
   if (n == 0) return;
+  const detail::Params p = detail::make_params(fmt);
   const std::size_t blocks = n / block;
-  std::vector<float> scales(blocks), zps(blocks);
-  compute_scales(x, dtype, n, block, fmt, rule, scales.data(), zps.data(), num_threads);
-  fake_quantize(x, y, dtype, n, block, fmt, Span<const float>(scales.data(), blocks),
-                Span<const float>(zps.data(), blocks), num_threads);
+  if (blocks == 1) {  // one scale: a reduction pass over everything, then the quantize pass
+    quantize_one_scale(x, y, dtype, n, p, block_scale(whole_minmax(x, dtype, n, num_threads), fmt, rule), num_threads);
+    return;
+  }
+  // Many blocks: scales and quantization per work item, so the second read of a block comes from cache.
+  const auto minmax_blocks = detail::active_minmax_blocks();
+  const auto quantize_blocks = detail::active_quantize_blocks();
+  const std::size_t per_item = blocks_per_item(block);
+  parallel_for((blocks + per_item - 1) / per_item, num_threads, [&](std::size_t item) {
+    const std::size_t b0 = item * per_item, nb = std::min(per_item, blocks - b0);
+    std::vector<detail::MinMax> mm(nb);
+    std::vector<BlockScale> bs(nb);
+    minmax_blocks(offset(x, dtype, b0 * block), dtype, block, nb, mm.data());
+    for (std::size_t b = 0; b < nb; ++b) bs[b] = block_scale(mm[b], fmt, rule);
+    quantize_blocks(offset(x, dtype, b0 * block), offset(y, dtype, b0 * block), dtype, block, nb, p, bs.data());
+  });
 }
 
 float fake_quantize_value(float x, const Format& fmt, float scale, float zero_point) {
@@ -270,6 +302,10 @@ Params make_params(const Format& f) {
   p.nan_bits = f.nan_bits;
   p.qmin = static_cast<float>(f.qmin);
   p.qmax = static_cast<float>(f.qmax);
+  if (!f.is_int) {
+    p.tiny = std::ldexp(1.0f, f.emin);
+    p.magic = std::ldexp(1.0f, f.emin - f.mbits + 23);
+  }
   return p;
 }
 
@@ -285,6 +321,20 @@ QuantizeFn active_quantize() {
   if (active_isa() != Isa::kScalar) return avx2::quantize;
 #endif
   return scalar::quantize;
+}
+
+MinMaxBlocksFn active_minmax_blocks() {
+#if defined(MPQ_HAVE_AVX2)
+  if (active_isa() != Isa::kScalar) return avx2::minmax_blocks;
+#endif
+  return scalar::minmax_blocks;
+}
+
+QuantizeBlocksFn active_quantize_blocks() {
+#if defined(MPQ_HAVE_AVX2)
+  if (active_isa() != Isa::kScalar) return avx2::quantize_blocks;
+#endif
+  return scalar::quantize_blocks;
 }
 
 }  // namespace detail

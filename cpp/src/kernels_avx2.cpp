@@ -3,15 +3,19 @@
 #include "quantizer_avx2.hpp"
 
 namespace mpq::detail::avx2 {
+namespace {
 
-MinMax minmax(const void* x, DType dtype, std::size_t n) {
+constexpr std::size_t esize(DType d) { return d == DType::kF32 ? 4 : 2; }
+
+template <DType D>
+MinMax minmax_t(const void* x, std::size_t n) {
   const __m256 inf = _mm256_set1_ps(std::numeric_limits<float>::infinity());
   const __m256 ninf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
   const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
   __m256 lo = inf, hi = ninf;
   std::size_t i = 0;
   for (; i + 8 <= n; i += 8) {
-    const __m256 v = load8(x, dtype, i);
+    const __m256 v = load8<D>(x, i);
     const __m256 finite = _mm256_cmp_ps(_mm256_and_ps(v, abs_mask), inf, _CMP_LT_OQ);
     lo = _mm256_min_ps(lo, _mm256_blendv_ps(inf, v, finite));
     hi = _mm256_max_ps(hi, _mm256_blendv_ps(ninf, v, finite));
@@ -19,27 +23,77 @@ MinMax minmax(const void* x, DType dtype, std::size_t n) {
   alignas(32) float l[8], h[8];
   _mm256_store_ps(l, lo);
   _mm256_store_ps(h, hi);
-  MinMax tail = scalar::minmax(dtype == DType::kF32 ? static_cast<const void*>(static_cast<const float*>(x) + i)
-                                                    : static_cast<const void*>(static_cast<const uint16_t*>(x) + i),
-                               dtype, n - i);
+  MinMax m = scalar::minmax(static_cast<const char*>(x) + i * esize(D), D, n - i);
   for (int k = 0; k < 8; ++k) {
-    tail.lo = std::fmin(tail.lo, l[k]);
-    tail.hi = std::fmax(tail.hi, h[k]);
+    m.lo = std::fmin(m.lo, l[k]);
+    m.hi = std::fmax(m.hi, h[k]);
   }
-  return tail;
+  return m;
+}
+
+template <DType D>
+void quantize_run(const Quantizer& q, const void* x, void* y, std::size_t n) {
+  std::size_t i = 0;
+  for (; i + 8 <= n; i += 8) store8<D>(y, i, q(load8<D>(x, i)));
+  if (i == n) return;
+  // Tail: through a padded lane buffer so the same vector code rounds it.
+  alignas(32) uint8_t in[32] = {}, out[32];
+  const std::size_t rest = n - i;
+  std::memcpy(in, static_cast<const uint8_t*>(x) + i * esize(D), rest * esize(D));
+  store8<D>(out, 0, q(load8<D>(in, 0)));
+  std::memcpy(static_cast<uint8_t*>(y) + i * esize(D), out, rest * esize(D));
+}
+
+template <DType D>
+void minmax_blocks_t(const void* x, std::size_t block, std::size_t n_blocks, MinMax* out) {
+  for (std::size_t b = 0; b < n_blocks; ++b) out[b] = minmax_t<D>(static_cast<const char*>(x) + b * block * esize(D), block);
+}
+
+template <DType D>
+void quantize_blocks_t(const void* x, void* y, std::size_t block, std::size_t n_blocks, const Params& p,
+                       const BlockScale* scales) {
+  Quantizer q(p, scales[0]);  // built once: only the three scale vectors change per block
+  for (std::size_t b = 0; b < n_blocks; ++b) {
+    q.set_scale(scales[b]);
+    quantize_run<D>(q, static_cast<const char*>(x) + b * block * esize(D), static_cast<char*>(y) + b * block * esize(D),
+                    block);
+  }
+}
+
+}  // namespace
+
+MinMax minmax(const void* x, DType dtype, std::size_t n) {
+  switch (dtype) {
+    case DType::kBF16: return minmax_t<DType::kBF16>(x, n);
+    case DType::kF16: return minmax_t<DType::kF16>(x, n);
+    default: return minmax_t<DType::kF32>(x, n);
+  }
 }
 
 void quantize(const void* x, void* y, DType dtype, std::size_t n, const Params& p, BlockScale s) {
   const Quantizer q(p, s);
-  std::size_t i = 0;
-  for (; i + 8 <= n; i += 8) store8(y, dtype, i, q(load8(x, dtype, i)));
-  if (i == n) return;
-  // Tail: through a padded lane buffer so the same vector code rounds it.
-  alignas(32) uint8_t in[32] = {}, out[32];
-  const std::size_t esize = dtype == DType::kF32 ? 4 : 2, rest = n - i;
-  std::memcpy(in, static_cast<const uint8_t*>(x) + i * esize, rest * esize);
-  store8(out, dtype, 0, q(load8(in, dtype, 0)));
-  std::memcpy(static_cast<uint8_t*>(y) + i * esize, out, rest * esize);
+  switch (dtype) {
+    case DType::kBF16: return quantize_run<DType::kBF16>(q, x, y, n);
+    case DType::kF16: return quantize_run<DType::kF16>(q, x, y, n);
+    default: return quantize_run<DType::kF32>(q, x, y, n);
+  }
+}
+
+void minmax_blocks(const void* x, DType dtype, std::size_t block, std::size_t n_blocks, MinMax* out) {
+  switch (dtype) {
+    case DType::kBF16: return minmax_blocks_t<DType::kBF16>(x, block, n_blocks, out);
+    case DType::kF16: return minmax_blocks_t<DType::kF16>(x, block, n_blocks, out);
+    default: return minmax_blocks_t<DType::kF32>(x, block, n_blocks, out);
+  }
+}
+
+void quantize_blocks(const void* x, void* y, DType dtype, std::size_t block, std::size_t n_blocks, const Params& p,
+                     const BlockScale* scales) {
+  switch (dtype) {
+    case DType::kBF16: return quantize_blocks_t<DType::kBF16>(x, y, block, n_blocks, p, scales);
+    case DType::kF16: return quantize_blocks_t<DType::kF16>(x, y, block, n_blocks, p, scales);
+    default: return quantize_blocks_t<DType::kF32>(x, y, block, n_blocks, p, scales);
+  }
 }
 
 }  // namespace mpq::detail::avx2

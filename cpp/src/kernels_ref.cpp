@@ -24,11 +24,10 @@ float float_of(uint32_t b) {
 float round_magnitude(float a, const Params& p) {
   if (p.saturate) a = std::fmin(a, p.max);
   float r;
-  if (a < std::ldexp(1.0f, p.emin)) {
+  if (a < p.tiny) {
     // Subnormal range: adding C (whose ulp is the subnormal step) makes the FPU round at that step.
-    const float c = std::ldexp(1.0f, p.emin - p.mbits + 23);
-    volatile float t = a + c;  // volatile: keep the two roundings apart whatever the optimiser thinks
-    r = t - c;
+    volatile float t = a + p.magic;  // volatile: keep the two roundings apart whatever the optimiser thinks
+    r = t - p.magic;
   } else {
     const int sh = 23 - p.mbits;
     uint32_t b = bits_of(a);
@@ -85,10 +84,13 @@ uint16_t store_f16(float f) {
   const uint32_t b = bits_of(f);
   const uint16_t sign = static_cast<uint16_t>((b >> 16) & 0x8000u);
   if (std::isnan(f)) return sign | 0x7E00u | static_cast<uint16_t>((b >> 13) & 0x3FFu);  // as F16C: quiet, payload
-  Params p;
-  p.mbits = 10;
-  p.emin = -14;
-  p.max = 65504.0f;
+  static const Params p = [] {
+    Format f;
+    f.mbits = 10;
+    f.emin = -14;
+    f.max = 65504.0f;
+    return make_params(f);
+  }();
   const float r = round_magnitude(std::fabs(f), p);
   if (std::isinf(r)) return sign | 0x7C00u;
   if (r < std::ldexp(1.0f, -14)) return sign | static_cast<uint16_t>(std::ldexp(r, 24));
@@ -126,6 +128,19 @@ MinMax minmax(const void* x, DType dtype, std::size_t n) {
 
 void quantize(const void* x, void* y, DType dtype, std::size_t n, const Params& p, BlockScale s) {
   for (std::size_t i = 0; i < n; ++i) store(y, dtype, i, quantize_one(load(x, dtype, i), p, s));
+}
+
+void minmax_blocks(const void* x, DType dtype, std::size_t block, std::size_t n_blocks, MinMax* out) {
+  const std::size_t esize = dtype == DType::kF32 ? 4 : 2;
+  for (std::size_t b = 0; b < n_blocks; ++b) out[b] = minmax(static_cast<const char*>(x) + b * block * esize, dtype, block);
+}
+
+void quantize_blocks(const void* x, void* y, DType dtype, std::size_t block, std::size_t n_blocks, const Params& p,
+                     const BlockScale* scales) {
+  const std::size_t esize = dtype == DType::kF32 ? 4 : 2;
+  for (std::size_t b = 0; b < n_blocks; ++b)
+    quantize(static_cast<const char*>(x) + b * block * esize, static_cast<char*>(y) + b * block * esize, dtype, block,
+             p, scales[b]);
 }
 
 }  // namespace mpq::detail::scalar

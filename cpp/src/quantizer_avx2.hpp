@@ -13,8 +13,9 @@
 namespace mpq::detail::avx2 {
 namespace {
 
-inline __m256 load8(const void* x, DType dtype, std::size_t i) {
-  switch (dtype) {
+template <DType D>
+inline __m256 load8(const void* x, std::size_t i) {
+  switch (D) {
     case DType::kBF16: {
       const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(x) + i));
       return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
@@ -25,8 +26,9 @@ inline __m256 load8(const void* x, DType dtype, std::size_t i) {
   }
 }
 
-inline void store8(void* y, DType dtype, std::size_t i, __m256 v) {
-  switch (dtype) {
+template <DType D>
+inline void store8(void* y, std::size_t i, __m256 v) {
+  switch (D) {
     case DType::kBF16: {
       __m256i b = _mm256_castps_si256(v);
       const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(b, 16), _mm256_set1_epi32(1));
@@ -45,6 +47,17 @@ inline void store8(void* y, DType dtype, std::size_t i, __m256 v) {
   }
 }
 
+// Run-time dtype versions, for code that is not hot enough to instantiate per dtype.
+inline __m256 load8(const void* x, DType dtype, std::size_t i) {
+  return dtype == DType::kBF16 ? load8<DType::kBF16>(x, i)
+         : dtype == DType::kF16 ? load8<DType::kF16>(x, i) : load8<DType::kF32>(x, i);
+}
+inline void store8(void* y, DType dtype, std::size_t i, __m256 v) {
+  if (dtype == DType::kBF16) store8<DType::kBF16>(y, i, v);
+  else if (dtype == DType::kF16) store8<DType::kF16>(y, i, v);
+  else store8<DType::kF32>(y, i, v);
+}
+
 // The same steps as scalar::quantize_one, eight lanes at a time.
 struct Quantizer {
   Params p;
@@ -53,17 +66,15 @@ struct Quantizer {
   int sh;
 
   Quantizer(const Params& prm, BlockScale s) : p(prm) {
-    scale = _mm256_set1_ps(s.scale);
-    inv = _mm256_set1_ps(s.inv_scale);
-    zp = _mm256_set1_ps(s.zero_point);
+    set_scale(s);
     qmin = _mm256_set1_ps(p.qmin);
     qmax = _mm256_set1_ps(p.qmax);
     maxv = _mm256_set1_ps(p.max);
     inf = _mm256_set1_ps(std::numeric_limits<float>::infinity());
     sh = p.is_int ? 0 : 23 - p.mbits;
     if (!p.is_int) {
-      tiny = _mm256_set1_ps(std::ldexp(1.0f, p.emin));
-      magic = _mm256_set1_ps(std::ldexp(1.0f, p.emin - p.mbits + 23));
+      tiny = _mm256_set1_ps(p.tiny);
+      magic = _mm256_set1_ps(p.magic);
       round_bias = _mm256_set1_epi32(static_cast<int>((1u << (sh - 1)) - 1));
       trunc_mask = _mm256_set1_epi32(static_cast<int>(~((1u << sh) - 1u)));
     }
@@ -72,6 +83,12 @@ struct Quantizer {
     nanv = _mm256_set1_ps(nan);
     sign_mask = _mm256_set1_epi32(static_cast<int>(0x80000000u));
     one = _mm256_set1_epi32(1);
+  }
+
+  void set_scale(BlockScale s) {
+    scale = _mm256_set1_ps(s.scale);
+    inv = _mm256_set1_ps(s.inv_scale);
+    zp = _mm256_set1_ps(s.zero_point);
   }
 
   __m256 operator()(__m256 x) const {

@@ -38,8 +38,10 @@ def fake_quantize(
     scale: ScaleArg = None,
     zero_point: ScaleArg = None,
     scale_rule: Optional[str] = None,
+    out: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """Quantize ``t`` to ``fmt`` and back; returns a new tensor of ``t``'s dtype, shape and device.
+    """Quantize ``t`` to ``fmt`` and back; returns a new tensor of ``t``'s dtype, shape and device (or ``out``,
+    a contiguous tensor like ``t`` to write into, which saves allocating; ``out=t`` works in place).
 
     Granularity: one scale for the whole tensor (default); ``axis=k`` one scale per index along axis k (per
     channel: ``axis=0`` for a Linear weight); ``group_size=g`` one scale per g consecutive values along the
@@ -47,7 +49,7 @@ def fake_quantize(
     Scales come from ``scale_rule`` ("maxabs", "pow2", "hw"; default: the format's own) over the finite values of
     each block, unless ``scale`` gives them: a number, or a tensor with one value per block (per channel: C
     values; per group: one per group in row-major order). Asymmetric int formats with an explicit scale need
-    ``zero_point`` too. ``t`` is never modified.
+    ``zero_point`` too. ``t`` is never modified unless it is ``out``.
     """
     check_format(fmt)
     if not isinstance(t, torch.Tensor):
@@ -60,21 +62,41 @@ def fake_quantize(
     moved, block, restore = _block_layout(t, axis, group_size)
     n_blocks = moved.numel() // block if block else 0
     scales, zeros = _explicit_scales(scale, zero_point, info, n_blocks)
+    if out is not None:
+        _check_out(out, t)
     if t.numel() == 0:
-        return t.clone()
+        return t.clone() if out is None else out
     if t.device.type != "cpu":
         from . import reference
-        return reference.fake_quantize(t, fmt, axis=axis, group_size=group_size, scale=scale,
-                                       zero_point=zero_point, scale_rule=scale_rule)
+        result = reference.fake_quantize(t, fmt, axis=axis, group_size=group_size, scale=scale,
+                                         zero_point=zero_point, scale_rule=scale_rule)
+        return result if out is None else out.copy_(result)
     src = moved.contiguous()
-    out = torch.empty_like(src, memory_format=torch.contiguous_format)
+    # Write straight into `out` when the blocked layout is t's own memory order; otherwise go through a buffer.
+    direct = out is not None and t.is_contiguous() and restore is _same_layout
+    dst = out if direct else torch.empty_like(src, memory_format=torch.contiguous_format)
     threads = torch.get_num_threads()
     if scales is None:
-        _core.fake_quantize_auto_into(as_numpy(src), as_numpy(out), DTYPE_TAGS[t.dtype], block, fmt, rule, threads)
+        _core.fake_quantize_auto_into(as_numpy(src), as_numpy(dst), DTYPE_TAGS[t.dtype], block, fmt, rule, threads)
     else:
-        _core.fake_quantize_into(as_numpy(src), as_numpy(out), DTYPE_TAGS[t.dtype], block, fmt, scales, zeros,
+        _core.fake_quantize_into(as_numpy(src), as_numpy(dst), DTYPE_TAGS[t.dtype], block, fmt, scales, zeros,
                                  threads)
-    return restore(out)
+    if direct:
+        return out
+    result = restore(dst)
+    return result if out is None else out.copy_(result)
+
+
+def _same_layout(out: torch.Tensor) -> torch.Tensor:
+    """Marks a blocked layout that is the tensor's own memory order (nothing to move back)."""
+    return out
+
+
+def _check_out(out: torch.Tensor, t: torch.Tensor) -> None:
+    if not isinstance(out, torch.Tensor) or out.shape != t.shape or out.dtype != t.dtype or out.device != t.device:
+        raise ValueError(f"out must be a tensor of shape {tuple(t.shape)}, dtype {t.dtype} on {t.device}")
+    if not out.is_contiguous():
+        raise ValueError("out must be contiguous")
 
 
 def compute_scales(t: torch.Tensor, fmt: str, *, axis: Optional[int] = None, group_size: Optional[int] = None,
@@ -117,13 +139,15 @@ def _block_layout(t: torch.Tensor, axis: Optional[int], group_size: Optional[int
         gaxis = t.dim() - 1 if axis is None else axis
         if t.shape[gaxis] % group_size:
             raise ValueError(f"group_size {group_size} does not divide dimension {gaxis} of size {t.shape[gaxis]}")
-        moved = t.movedim(gaxis, -1)
-        return moved, group_size, lambda out: out.movedim(-1, gaxis).contiguous()
+        if gaxis == t.dim() - 1:
+            return t, group_size, _same_layout
+        return t.movedim(gaxis, -1), group_size, lambda out: out.movedim(-1, gaxis).contiguous()
     if axis is not None:
-        moved = t.movedim(axis, 0)
-        block = moved.numel() // t.shape[axis] if t.shape[axis] else 0
-        return moved, block, lambda out: out.movedim(0, axis).contiguous()
-    return t, t.numel(), lambda out: out.reshape(t.shape)
+        block = t.numel() // t.shape[axis] if t.shape[axis] else 0
+        if axis == 0:
+            return t, block, _same_layout
+        return t.movedim(axis, 0), block, lambda out: out.movedim(0, axis).contiguous()
+    return t, t.numel(), _same_layout
 
 
 def _explicit_scales(scale: ScaleArg, zero_point: ScaleArg, info: dict, n_blocks: int):
@@ -132,7 +156,9 @@ def _explicit_scales(scale: ScaleArg, zero_point: ScaleArg, info: dict, n_blocks
             raise ValueError("zero_point given without scale")
         return None, None
     s = _as_float_array(scale, "scale")
-    if not np.all(np.isfinite(s)) or not np.all(s > 0) or not np.all(np.isfinite(np.float32(1) / s)):
+    with np.errstate(divide="ignore", over="ignore"):
+        inverse_finite = np.all(np.isfinite(np.float32(1) / s))
+    if not np.all(np.isfinite(s)) or not np.all(s > 0) or not inverse_finite:
         raise ValueError(f"scale must be positive and finite, got {scale!r}")
     if s.size not in (1, n_blocks):
         raise ValueError(f"scale has {s.size} values; expected 1 or one per block ({n_blocks})")

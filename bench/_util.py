@@ -1,0 +1,38 @@
+"""Shared helpers of the bench scripts: timing, the machine line, tables."""
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from typing import Callable, Sequence
+
+
+def timeit(fn: Callable[[], object], repeat: int = 7, warmup: int = 1) -> tuple[float, float]:
+    """Median and inter-quartile range of ``fn``'s wall time in seconds."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
+    return statistics.median(times), q[2] - q[0]
+
+
+def machine_line() -> str:
+    import torch
+
+    from mpq import _core
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (f"# {platform.machine()} {platform.processor() or ''} isa={_core.isa()} torch={torch.__version__} "
+            f"threads={torch.get_num_threads()} load1={load:.2f}")
+
+
+def print_table(header: Sequence[str], rows: Sequence[Sequence], fmt: Sequence[str]) -> None:
+    widths = [max(len(h), 10) for h in header]
+    print(" ".join(h.rjust(w) for h, w in zip(header, widths)))
+    for row in rows:
+        print(" ".join(format(v, f).rjust(w) for v, f, w in zip(row, fmt, widths)))
