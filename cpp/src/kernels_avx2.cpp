@@ -20,13 +20,18 @@ MinMax minmax_t(const void* x, std::size_t n) {
     lo = _mm256_min_ps(lo, _mm256_blendv_ps(inf, v, finite));
     hi = _mm256_max_ps(hi, _mm256_blendv_ps(ninf, v, finite));
   }
-  alignas(32) float l[8], h[8];
-  _mm256_store_ps(l, lo);
-  _mm256_store_ps(h, hi);
-  MinMax m = scalar::minmax(static_cast<const char*>(x) + i * esize(D), D, n - i);
-  for (int k = 0; k < 8; ++k) {
-    m.lo = std::fmin(m.lo, l[k]);
-    m.hi = std::fmax(m.hi, h[k]);
+  // Horizontal reduction in registers (the lanes hold no NaN: non-finite values were replaced by +-inf).
+  __m128 l4 = _mm_min_ps(_mm256_castps256_ps128(lo), _mm256_extractf128_ps(lo, 1));
+  __m128 h4 = _mm_max_ps(_mm256_castps256_ps128(hi), _mm256_extractf128_ps(hi, 1));
+  l4 = _mm_min_ps(l4, _mm_movehl_ps(l4, l4));
+  h4 = _mm_max_ps(h4, _mm_movehl_ps(h4, h4));
+  l4 = _mm_min_ss(l4, _mm_shuffle_ps(l4, l4, 1));
+  h4 = _mm_max_ss(h4, _mm_shuffle_ps(h4, h4, 1));
+  MinMax m{_mm_cvtss_f32(l4), _mm_cvtss_f32(h4)};
+  if (i < n) {
+    const MinMax t = scalar::minmax(static_cast<const char*>(x) + i * esize(D), D, n - i);
+    m.lo = t.lo < m.lo ? t.lo : m.lo;
+    m.hi = t.hi > m.hi ? t.hi : m.hi;
   }
   return m;
 }
