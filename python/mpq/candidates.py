@@ -8,11 +8,14 @@ and is not listed among a calibration's candidates.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import TYPE_CHECKING, Iterable, Optional
 
-import torch
+from . import _core
 
-from .formats import FORMATS, fake_quantize
+if TYPE_CHECKING:  # torch loads only when a tensor is quantized: `mpq select` on saved tables stays fast
+    import torch
+
+FORMATS = tuple(_core.format_names())
 
 BASE = "base"
 
@@ -58,8 +61,7 @@ class Candidate:
 
     @property
     def weight_bits(self) -> int:
-        from .formats import format_info
-        return format_info(self.weight_format)["bits"]
+        return _core.format_info(self.weight_format)["bits"]
 
     def applies_to(self, weight: torch.Tensor) -> bool:
         """Whether this candidate can quantize a Linear weight of this shape (group size divides in_features)."""
@@ -67,6 +69,7 @@ class Candidate:
 
     def quantize_weight(self, w: torch.Tensor) -> torch.Tensor:
         """Q(W) for a Linear weight [out, in]."""
+        from .formats import fake_quantize
         if self.weight_granularity == "tensor":
             return fake_quantize(w, self.weight_format)
         if self.weight_granularity == "channel":
@@ -78,6 +81,7 @@ class Candidate:
         calibrated ``static_scale``."""
         if self.act_format is None:
             return x
+        from .formats import fake_quantize
         if self.act_static:
             if static_scale is None:
                 raise ValueError(f"candidate {self.name!r} has static activation scales: pass static_scale")

@@ -17,6 +17,9 @@ struct Span {
   template <class C, class = decltype(static_cast<T*>(std::declval<C&>().data())),
             class = decltype(std::declval<C&>().size())>
   Span(C& c) : data(c.data()), size(c.size()) {}
+  template <class C, class = decltype(static_cast<T*>(std::declval<const C&>().data())),
+            class = decltype(std::declval<const C&>().size())>
+  Span(const C& c) : data(c.data()), size(c.size()) {}  // e.g. Span<const double> of a temporary vector
 
   T& operator[](std::size_t i) const { return data[i]; }
   T* begin() const { return data; }

@@ -1,0 +1,132 @@
+// Internal pieces of the MCKP solver shared by the cpp/src/mckp_*.cpp files. Not installed, not public.
+#pragma once
+#include <chrono>
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "mpq/mckp.hpp"
+
+namespace mpq::detail {
+
+/// Error-free running sum (Shewchuk/Python fsum partials): exact comparisons and a correctly rounded value.
+class ExactSum {
+ public:
+  void add(double x);
+  double value() const;              ///< the exact sum rounded to nearest double
+  int compare(double c) const;       ///< sign of (exact sum - c): -1, 0, +1
+  double round_up() const;           ///< smallest double >= the exact sum
+ private:
+  std::vector<double> partials_;     // non-overlapping, increasing magnitude
+};
+
+struct Item {
+  double w, p;   // cost, gain
+  int32_t idx;   // index within the original group
+};
+
+/// One hull increment: moving group g from hull vertex k-1 to k.
+struct Inc {
+  double dp, dw, e;  // gain step, cost step (> 0), efficiency dp/dw
+  int32_t g, k;
+};
+
+/// Fenwick tree over hull increments in efficiency order. Zeroing a group's increments (add with negated
+/// values) leaves the others; one descent then gives the LP of the remaining groups at any capacity in O(log M).
+class Fenwick {
+ public:
+  void build(const std::vector<Inc>& incs) {
+    n_ = static_cast<int>(incs.size());
+    tw_.assign(n_ + 1, 0);
+    tp_.assign(n_ + 1, 0);
+    for (int i = 1; i <= n_; ++i) {
+      tw_[i] += incs[i - 1].dw;
+      tp_[i] += incs[i - 1].dp;
+      const int j = i + (i & -i);
+      if (j <= n_) { tw_[j] += tw_[i]; tp_[j] += tp_[i]; }
+    }
+    top_ = 1;
+    while (top_ * 2 <= n_) top_ *= 2;
+  }
+  void add(int i, double dw, double dp) {
+    for (++i; i <= n_; i += i & -i) { tw_[i] += dw; tp_[i] += dp; }
+  }
+  /// Number of leading increments whose costs fit in cap, with their summed cost and gain.
+  int descend(double cap, double& sw, double& sp) const {
+    int pos = 0;
+    sw = sp = 0;
+    if (n_ == 0) return 0;
+    for (int step = top_; step > 0; step >>= 1) {
+      const int nx = pos + step;
+      if (nx <= n_ && sw + tw_[nx] <= cap) { pos = nx; sw += tw_[nx]; sp += tp_[nx]; }
+    }
+    return pos;
+  }
+ private:
+  int n_ = 0, top_ = 1;
+  std::vector<double> tw_, tp_;
+};
+
+/// Per-instance preprocessing that does not depend on the budget (reused by sweeps).
+struct Prepared {
+  int64_t n = 0;
+  Span<const int64_t> offsets;
+  Span<const double> gains, costs;
+  std::vector<int64_t> poff;     // CSR over pareto: group g's Pareto list is pareto[poff[g], poff[g+1])
+  std::vector<Item> pareto;      // per group: w strictly increasing, p strictly increasing
+  std::vector<int64_t> hoff;     // CSR over hull
+  std::vector<int32_t> hull;     // positions (within the group's Pareto list) of the concave hull vertices
+  std::vector<Inc> incs;         // all hull increments, efficiency descending, ties by (g, k)
+  std::vector<double> prefW, prefP;  // prefix sums over incs, size incs.size() + 1
+  double W0 = 0, P0 = 0;         // cheapest item of every group: total cost and gain
+  ExactSum W0exact;              // the same cost, exactly
+  double Pmax = 0;               // sum of every group's largest gain
+  double Wmax = 0;               // sum of every group's largest |cost| (a magnitude for rounding slack)
+  double scale = 1;              // sum of |largest gain| + |smallest gain|: the unit of the pruning tolerance
+};
+
+/// Throws std::invalid_argument (prefixed by `fn`) naming the group on bad input.
+void validate(const char* fn, const Span<const int64_t>& offsets, const Span<const double>& gains, const Span<const double>& costs);
+void check_options(const char* fn, const MckpOptions& opts);
+/// Stable sort by efficiency, descending (callers build incs in (group, k) order, so ties stay in that order).
+void sort_by_efficiency(std::vector<Inc>& incs);
+Prepared prepare(const Span<const int64_t>& offsets, const Span<const double>& gains, const Span<const double>& costs);
+
+using Clock = std::chrono::steady_clock;
+
+/// One budget on a prepared instance. `hint` (original item indices, may be empty) is a known feasible
+/// solution used as the first incumbent. The result's choice is not yet verified against the budget.
+MckpResult solve_prepared(const Prepared& pr, double budget, const MckpOptions& opts,
+                          const std::vector<int32_t>& hint, Clock::time_point start);
+
+/// Exact sums of the chosen gains/costs; fills objective and cost.
+void evaluate_choice(const Prepared& pr, MckpResult& r);
+/// Sign of (exact sum of chosen values - limit).
+int compare_sum(const Span<const int64_t>& offsets, const Span<const double>& values, const std::vector<int32_t>& choice,
+                double limit);
+double exact_sum(const Span<const int64_t>& offsets, const Span<const double>& values, const std::vector<int32_t>& choice);
+
+/// solve_prepared, then verify the cost exactly; if rounding inside the search let it exceed the budget,
+/// re-solve with a budget tightened by the excess (rare) while keeping the first, still valid, bound.
+MckpResult solve_verified(const Prepared& pr, double budget, const MckpOptions& opts,
+                          const std::vector<int32_t>& hint, Clock::time_point start);
+
+/// The memory-constrained problem as solve_mckp_memory received it, plus magnitudes for tolerances.
+struct TwoRowInput {
+  const Span<const int64_t>& offsets;
+  const Span<const double>&gains, &costs, &memory;
+  double budget, max_memory;
+  const MckpOptions& opts;
+  Clock::time_point start;  // of the whole call: opts.time_limit counts from here
+  double scale, wmax;       // Prepared::scale and Prepared::Wmax of the plain problem
+};
+/// Exact search once the multipliers are known: surrogate mu (cost + mu*memory), its LP slope lambda, a proven
+/// upper bound and the incumbent (z, best; z = -inf if none). mckp_memory_core.cpp.
+MckpResult solve_two_row_core(const TwoRowInput& in, double mu, double lambda, double upper, double z,
+                              std::vector<int32_t> best);
+
+double seconds_since(Clock::time_point t0);
+std::string fmt(double x);  // shortest round-trip decimal
+
+}  // namespace mpq::detail
