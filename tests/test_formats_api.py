@@ -153,3 +153,9 @@ def test_out_argument_equals_the_returned_tensor(kwargs):
     assert torch.equal(inplace, out)
     with pytest.raises(ValueError, match="out must be a tensor of shape"):
         mpq.fake_quantize(x, "int4", out=torch.empty(3), **kwargs)
+
+
+def test_tensors_that_require_grad_are_quantized_without_autograd():
+    x = torch.randn(4, 8, requires_grad=True)
+    y = mpq.fake_quantize(x, "int8", axis=0)
+    assert not y.requires_grad and torch.equal(y, mpq.fake_quantize(x.detach(), "int8", axis=0))

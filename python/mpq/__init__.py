@@ -11,13 +11,15 @@ import os as _os
 
 from ._core import __version__
 
-_LAZY = {  # public name -> module that defines it
+# public name -> module that defines it (modules are not named like their functions, so that importing a module
+# never shadows the function of the same name on the package)
+_LAZY = {
     "FORMATS": "formats", "fake_quantize": "formats",
     "CANDIDATES": "candidates", "Candidate": "candidates",
-    "calibrate": "calibrate", "SensitivityTable": "sensitivity_table",
-    "partition": "partition", "profile": "profile", "GainTable": "gain_table",
-    "apply": "apply", "export": "export", "Plan": "plan",
-    "select": "select", "pareto": "select",
+    "calibrate": "calibration", "causal_lm_loss": "calibration", "SensitivityTable": "sensitivity_table",
+    "partition": "partitioning", "Subgraph": "partitioning", "profile": "profiling", "GainTable": "gain_table",
+    "apply": "application", "export": "exporters", "Plan": "plan",
+    "select": "selection", "pareto": "selection",
     "MckpSolution": "mckp", "solve_mckp": "mckp", "sweep_mckp": "mckp",
 }
 

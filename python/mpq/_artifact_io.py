@@ -38,7 +38,10 @@ def load_npz(path, kind: str, max_version: int) -> tuple[dict, dict[str, np.ndar
     """Returns (meta, arrays). @raises ValueError naming the file when it is not a ``kind`` file this mpq reads."""
     path = os.fspath(path)
     try:
-        with np.load(path, allow_pickle=False) as z:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a bare .npy array
+            raise ValueError("an .npy array, not an .npz archive")
+        with loaded as z:
             meta = json.loads(z["meta"].tobytes())
             arrays = {k: z[k] for k in z.files if k != "meta"}
     except FileNotFoundError:

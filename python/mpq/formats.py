@@ -71,7 +71,8 @@ def fake_quantize(
         result = reference.fake_quantize(t, fmt, axis=axis, group_size=group_size, scale=scale,
                                          zero_point=zero_point, scale_rule=scale_rule)
         return result if out is None else out.copy_(result)
-    src = moved.contiguous()
+    src = moved.detach().contiguous()  # values only: fake_quantize is not differentiable (callers add a
+    # straight-through estimator where they need one, as mpq.apply does)
     # Write straight into `out` when the blocked layout is t's own memory order; otherwise go through a buffer.
     direct = out is not None and t.is_contiguous() and restore is _same_layout
     dst = out if direct else torch.empty_like(src, memory_format=torch.contiguous_format)

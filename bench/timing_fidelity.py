@@ -1,0 +1,124 @@
+"""Timing fidelity on SmolLM2-135M (CPU, one thread): does the sum of measured sub-graph gains predict the gain of
+the whole model with ``apply(mode="native")``? For ``--plans`` random plans (one random configuration per
+sub-graph), compare the measured end-to-end gain with three predictions: Σ sub-graph gains (mpq's GainTable),
+Σ per-layer gains (each Linear timed alone) and the MAC-based one (``macs`` backend, ``--device`` peak table).
+Goal: sub-graph prediction within 10% of the measured gain (median relative error) and better than the per-layer
+sum.
+
+    python bench/timing_fidelity.py --phase decode --candidates int8,w8a16,w4a16 --plans 20
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _util import machine_line  # noqa: E402
+
+import mpq.data as data  # noqa: E402
+from mpq.application import apply  # noqa: E402
+from mpq.backends import cpu as cpu_backend  # noqa: E402
+from mpq.partitioning import partition  # noqa: E402
+from mpq.profiling import make_runner, profile  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--phase", default="decode", choices=("prefill", "decode"))
+    p.add_argument("--candidates", default="int8,w8a16,w4a16")
+    p.add_argument("--seq-len", type=int, default=64)
+    p.add_argument("--plans", type=int, default=20)
+    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--plan-repeats", type=int, default=15)
+    p.add_argument("--device", default="cpu-avx2", help="macs peak-rate table")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save", default=None, help="write the GainTable here (.npz)")
+    return p.parse_args(argv)
+
+
+def time_model_pair(base_run, plan_run, repeats):
+    """Interleaved whole-model timings: (base [R], plan [R]) seconds."""
+    clock = cpu_backend.clock()  # the same clock as the profile (thread CPU time by default)
+    tb, tp = [], []
+    for r in range(-2, repeats):
+        for run, acc in ((base_run, tb), (plan_run, tp)):
+            t0 = clock.mark()
+            run()
+            t1 = clock.mark()
+            if r >= 0:
+                acc.append(clock.seconds(t0, t1))
+    return np.array(tb), np.array(tp)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    torch.set_num_threads(1)
+    torch.manual_seed(args.seed)
+    print(machine_line())
+    model, tok = data.load_smollm2()
+    text = data.shakespeare_texts(["hamlet"])["hamlet"]
+    ids = data.tokenize(tok, text)[: args.seq_len].reshape(1, -1)
+    cands = [c for c in args.candidates.split(",") if c]
+    t0 = time.time()
+    sgs = partition(model, ids)
+    print(f"# partition: {len(sgs)} sub-graphs ({sgs[0].method}) in {time.time() - t0:.1f} s; "
+          f"first: {sgs[0].name} {sgs[0].layers} ties={sgs[0].ties}")
+    t0 = time.time()
+    table = profile(model, ids, cands, backend="cpu", phase=args.phase, subgraphs=sgs, repeats=args.repeats)
+    print(f"# profile ({args.phase}, {cands}, repeats={args.repeats}) in {time.time() - t0:.1f} s; "
+          f"baseline {table.baseline_seconds * 1e3:.2f} ms; noisy configs "
+          f"{sum(int(s.noisy.sum()) for s in table.subgraphs)} of {sum(len(s.gain) - 1 for s in table.subgraphs)}")
+    if args.save:
+        table.save(args.save)
+    print("# profile self-check, round k = configuration k in every sub-graph: whole-model gain vs Σ sub-graph "
+          "gains (ms): " + ", ".join(f"{w * 1e3:.1f}/{s * 1e3:.1f}" for w, s in
+                                    zip(table.meta["round_whole_gain"], table.meta["round_subgraph_sum"])))
+    macs = profile(model, ids, cands, backend="macs", phase=args.phase, subgraphs=sgs, device=args.device)
+    # per-candidate summary: whole-model all-one-candidate predictions
+    rng = np.random.default_rng(args.seed)
+    rows = []
+    base_run, _ = make_runner(model, ids, args.phase)
+    print(f"{'plan':>4} {'layers':>6} {'base ms':>8} {'measured ms':>11} {'spread':>7} {'subgraph':>9} "
+          f"{'sg*drift':>9} {'per-layer':>9} {'MACs':>8}  (ms saved; negative = slower)")
+    for p in range(args.plans):
+        mapping = {}
+        for i, sg in enumerate(table.subgraphs):
+            k = int(rng.integers(len(sg.gain)))
+            mapping.update(table.config_mapping(i, k))
+        qmodel = apply(model, mapping, mode="native")
+        plan_run, _ = make_runner(qmodel, ids, args.phase)
+        tb, tp = time_model_pair(base_run, plan_run, args.plan_repeats)
+        measured = float(np.median(tb) - np.median(tp))
+        d = tb - tp
+        spread = float(np.percentile(d, 75) - np.percentile(d, 25))
+        pred_sg = table.predict(mapping)
+        drift = float(np.median(tb)) / table.baseline_seconds   # machine speed now vs during the profile
+        pred_layer = table.predict_per_layer(mapping)
+        pred_mac = macs.predict(mapping)
+        rows.append((len(mapping), measured, spread, pred_sg, pred_layer, pred_mac, pred_sg * drift,
+                     float(np.median(tb))))
+        print(f"{p:>4} {len(mapping):>6} {np.median(tb) * 1e3:8.2f} {measured * 1e3:11.2f} {spread * 1e3:7.2f} "
+              f"{pred_sg * 1e3:9.2f} {pred_sg * drift * 1e3:9.2f} {pred_layer * 1e3:9.2f} {pred_mac * 1e3:8.2f}",
+              flush=True)
+        del qmodel
+    a = np.array(rows)
+    meas = a[:, 1]
+    print(f"# baseline whole model {table.baseline_seconds * 1e3:.2f} ms")
+    print(f"# base during the plans: median {np.median(a[:, 7]) * 1e3:.2f} ms (profile: "
+          f"{table.baseline_seconds * 1e3:.2f} ms); sg*drift rescales the sub-graph sum by base now / base then")
+    for name, col in (("sub-graph sum", 3), ("sub-graph*drift", 6), ("per-layer sum", 4), ("MAC-based", 5)):
+        rel = np.abs(a[:, col] - meas) / np.maximum(np.abs(meas), 1e-12)
+        abs_err = np.abs(a[:, col] - meas)
+        corr = np.corrcoef(a[:, col], meas)[0, 1] if np.std(a[:, col]) > 0 else float("nan")
+        print(f"# {name:<15} median |rel err| {np.median(rel) * 100:7.1f}%  median |err| "
+              f"{np.median(abs_err) * 1e3:7.2f} ms ({np.median(abs_err) / table.baseline_seconds * 100:.1f}% of "
+              f"the model's time)  corr {corr:.3f}")
+
+
+if __name__ == "__main__":
+    main()

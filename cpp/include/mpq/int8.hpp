@@ -1,0 +1,41 @@
+// mpq/int8.hpp: the fused pieces of an int8 W8A8 matmul on the CPU (the int8 x int8 -> int32 product itself is
+// torch._int_mm / oneDNN). One pass each, scalar reference plus AVX2 (selected by mpq::active_isa()).
+#pragma once
+#include <cstdint>
+
+namespace mpq {
+
+/// Dynamic per-row (per-token) symmetric int8 quantization of x [rows, cols], row-major.
+/// scale[r] = max(amax_r / 127, FLT_MIN), amax_r over the finite values of row r (1 when none is finite and
+/// nonzero); q = clamp(nearbyint(x * (1 / scale)), -127, 127), NaN -> -127. Identical to
+/// mpq.fake_quantize(x, "int8", axis=0) before dequantization: q[r, c] * scale[r] is its result.
+/// @throws std::invalid_argument on negative sizes, null pointers with a non-empty size or threads < 1.
+void quantize_rows_int8(const float* x, int64_t rows, int64_t cols, int8_t* q, float* scales, int threads = 1);
+
+/// Static (given) per-tensor scale: q = clamp(nearbyint(x * (1 / scale)), -127, 127).
+/// @throws std::invalid_argument if scale is not positive and finite.
+void quantize_int8_static(const float* x, int64_t n, float scale, int8_t* q, int threads = 1);
+
+/// out[r, c] = fma(float(acc[r, c]), row_scale[r] * col_scale[c], bias ? bias[c] : 0): the dequantization of
+/// an int32 product, with the bias, in one pass. bias may be null.
+void dequantize_int32(const int32_t* acc, int64_t rows, int64_t cols, const float* row_scale,
+                      const float* col_scale, const float* bias, float* out, int threads = 1);
+
+/// The int8 Linear: out[m, n] = fma(float(Σ_k xq[m, k] · w[n, k]), row_scale[m] · col_scale[n], bias[n]),
+/// xq [M, K] and w [N, K] row-major int8 in [-127, 127] (the quantizers above produce that range; -128 is
+/// refused by the AVX2 sign trick's precondition and gives an unspecified result), exact int32 accumulation.
+/// The same dequantization formula as dequantize_int32, so both paths agree bit for bit.
+/// AVX2: |x| · sign(w, x) through vpmaddubsw (no int16 saturation for |values| <= 127), 2 rows x 4 columns.
+void int8_linear(const int8_t* xq, const float* row_scale, int64_t m, int64_t k, const int8_t* w,
+                 const float* col_scale, const float* bias, int64_t n, float* out, int threads = 1);
+
+namespace detail {
+void int8_linear_avx2(const int8_t* xq, const float* rs, int64_t m, int64_t k, const int8_t* w, const float* cs,
+                      const float* bias, int64_t n, float* out, int threads);
+void quantize_rows_int8_avx2(const float* x, int64_t rows, int64_t cols, int8_t* q, float* scales, int threads);
+void quantize_int8_static_avx2(const float* x, int64_t n, float inv, int8_t* q, int threads);
+void dequantize_int32_avx2(const int32_t* acc, int64_t rows, int64_t cols, const float* rs, const float* cs,
+                           const float* bias, float* out, int threads);
+}  // namespace detail
+
+}  // namespace mpq

@@ -1,0 +1,110 @@
+// Bindings of mpq/int8.hpp: exact dtypes, C-contiguous, outputs allocated here, GIL released around the kernels.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "array_args.hpp"
+#include "mpq/int8.hpp"
+
+namespace py = pybind11;
+using mpq_py::c_array;
+using mpq_py::c_array_mut;
+
+namespace {
+
+void need_ndim(const py::array& a, const char* what, py::ssize_t ndim) {
+  if (a.ndim() != ndim)
+    throw std::invalid_argument(std::string(what) + ": expected " + std::to_string(ndim) + "-D, got " +
+                                std::to_string(a.ndim()) + "-D");
+}
+
+}  // namespace
+
+void bind_int8(py::module_& m) {
+  m.def("quantize_rows_int8", [](const py::array& x, int threads) {
+    const float* xp = c_array<float>(x, "quantize_rows_int8: x");
+    need_ndim(x, "quantize_rows_int8: x", 2);
+    const py::ssize_t rows = x.shape(0), cols = x.shape(1);
+    py::array_t<int8_t> q({rows, cols});
+    py::array_t<float> s(rows);
+    int8_t* qp = q.mutable_data();
+    float* sp = s.mutable_data();
+    {
+      py::gil_scoped_release nogil;
+      mpq::quantize_rows_int8(xp, rows, cols, qp, sp, threads);
+    }
+    return py::make_tuple(q, s);
+  }, py::arg("x"), py::arg("threads") = 1,
+  "Per-row symmetric int8 quantization of a C-contiguous float32 [rows, cols]: returns (int8 q, float32 scales).");
+
+  m.def("quantize_int8_static", [](const py::array& x, float scale, int threads) {
+    const float* xp = c_array<float>(x, "quantize_int8_static: x");
+    std::vector<py::ssize_t> shape(x.shape(), x.shape() + x.ndim());
+    py::array_t<int8_t> q(shape);
+    int8_t* qp = q.mutable_data();
+    const int64_t n = x.size();
+    {
+      py::gil_scoped_release nogil;
+      mpq::quantize_int8_static(xp, n, scale, qp, threads);
+    }
+    return q;
+  }, py::arg("x"), py::arg("scale"), py::arg("threads") = 1,
+  "int8 quantization with one given scale: returns int8 q of x's shape.");
+
+  m.def("int8_linear_into", [](const py::array& xq, const py::array& row_scale, const py::array& w,
+                               const py::array& col_scale, const py::object& bias, py::array& out, int threads) {
+    const int8_t* xp = c_array<int8_t>(xq, "int8_linear: xq");
+    need_ndim(xq, "int8_linear: xq", 2);
+    const int8_t* wp = c_array<int8_t>(w, "int8_linear: w");
+    need_ndim(w, "int8_linear: w", 2);
+    const py::ssize_t m = xq.shape(0), k = xq.shape(1), n = w.shape(0);
+    if (w.shape(1) != k) throw std::invalid_argument("int8_linear: w must be [N, K] with xq's K");
+    const float* rp = c_array<float>(row_scale, "int8_linear: row_scale");
+    const float* cp = c_array<float>(col_scale, "int8_linear: col_scale");
+    if (row_scale.size() != m) throw std::invalid_argument("int8_linear: row_scale needs one value per row");
+    if (col_scale.size() != n) throw std::invalid_argument("int8_linear: col_scale needs one value per output");
+    const float* bp = nullptr;
+    if (!bias.is_none()) {
+      py::array b = bias.cast<py::array>();
+      bp = c_array<float>(b, "int8_linear: bias");
+      if (b.size() != n) throw std::invalid_argument("int8_linear: bias needs one value per output");
+    }
+    float* op = c_array_mut<float>(out, "int8_linear: out");
+    if (out.ndim() != 2 || out.shape(0) != m || out.shape(1) != n)
+      throw std::invalid_argument("int8_linear: out must be [M, N]");
+    {
+      py::gil_scoped_release nogil;
+      mpq::int8_linear(xp, rp, m, k, wp, cp, bp, n, op, threads);
+    }
+  }, py::arg("xq"), py::arg("row_scale"), py::arg("w"), py::arg("col_scale"), py::arg("bias"), py::arg("out"),
+  py::arg("threads") = 1, "out = (xq @ w.T) * row_scale[:, None] * col_scale[None, :] + bias (exact int32 sums).");
+
+  m.def("dequantize_int32_into", [](const py::array& acc, const py::array& row_scale, const py::array& col_scale,
+                                    const py::object& bias, py::array& out, int threads) {
+    const int32_t* ap = c_array<int32_t>(acc, "dequantize_int32: acc");
+    need_ndim(acc, "dequantize_int32: acc", 2);
+    const py::ssize_t rows = acc.shape(0), cols = acc.shape(1);
+    const float* rp = c_array<float>(row_scale, "dequantize_int32: row_scale");
+    const float* cp = c_array<float>(col_scale, "dequantize_int32: col_scale");
+    if (row_scale.size() != rows) throw std::invalid_argument("dequantize_int32: row_scale needs one value per row");
+    if (col_scale.size() != cols)
+      throw std::invalid_argument("dequantize_int32: col_scale needs one value per column");
+    const float* bp = nullptr;
+    if (!bias.is_none()) {
+      py::array b = bias.cast<py::array>();
+      bp = c_array<float>(b, "dequantize_int32: bias");
+      if (b.size() != cols) throw std::invalid_argument("dequantize_int32: bias needs one value per column");
+    }
+    float* op = c_array_mut<float>(out, "dequantize_int32: out");
+    if (out.ndim() != 2 || out.shape(0) != rows || out.shape(1) != cols)
+      throw std::invalid_argument("dequantize_int32: out must have acc's shape");
+    {
+      py::gil_scoped_release nogil;
+      mpq::dequantize_int32(ap, rows, cols, rp, cp, bp, op, threads);
+    }
+  }, py::arg("acc"), py::arg("row_scale"), py::arg("col_scale"), py::arg("bias"), py::arg("out"),
+  py::arg("threads") = 1, "out = acc * (row_scale[:, None] * col_scale[None, :]) + bias, in one pass.");
+}

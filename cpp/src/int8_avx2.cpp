@@ -1,0 +1,206 @@
+// AVX2 versions of mpq/int8.hpp (compiled with -mavx2 -mfma -mf16c); same results as the scalar code bit for bit.
+#include <immintrin.h>
+
+#include <cfloat>
+#include <cmath>
+
+#include "mpq/int8.hpp"
+
+namespace mpq {
+namespace detail {
+namespace {
+
+inline int8_t q8s(float v) {
+  float r = std::nearbyint(v);
+  r = std::fmin(std::fmax(r, -127.0f), 127.0f);
+  return static_cast<int8_t>(r);
+}
+
+inline __m256i q8v(__m256 v, __m256 inv) {
+  __m256 r = _mm256_round_ps(_mm256_mul_ps(v, inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  r = _mm256_max_ps(r, _mm256_set1_ps(-127.0f));  // NaN in r -> -127, as fmax does
+  r = _mm256_min_ps(r, _mm256_set1_ps(127.0f));
+  return _mm256_cvtps_epi32(r);
+}
+
+// 32 floats -> 32 int8 in order
+inline void store32(const float* x, __m256 inv, int8_t* q) {
+  __m256i a = q8v(_mm256_loadu_ps(x), inv), b = q8v(_mm256_loadu_ps(x + 8), inv);
+  __m256i c = q8v(_mm256_loadu_ps(x + 16), inv), d = q8v(_mm256_loadu_ps(x + 24), inv);
+  __m256i ab = _mm256_packs_epi32(a, b), cd = _mm256_packs_epi32(c, d);
+  __m256i abcd = _mm256_packs_epi16(ab, cd);
+  abcd = _mm256_permutevar8x32_epi32(abcd, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(q), abcd);
+}
+
+inline void quant_span(const float* x, int64_t n, float inv, int8_t* q) {
+  const __m256 vinv = _mm256_set1_ps(inv);
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) store32(x + i, vinv, q + i);
+  for (; i < n; ++i) q[i] = q8s(x[i] * inv);
+}
+
+}  // namespace
+
+void quantize_rows_int8_avx2(const float* x, int64_t rows, int64_t cols, int8_t* q, float* scales, int threads) {
+#pragma omp parallel for num_threads(threads) if (threads > 1)
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * cols;
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+    const __m256 inf = _mm256_set1_ps(INFINITY);
+    __m256 m = _mm256_setzero_ps();
+    int64_t c = 0;
+    for (; c + 8 <= cols; c += 8) {
+      __m256 a = _mm256_and_ps(_mm256_loadu_ps(xr + c), absmask);
+      a = _mm256_and_ps(a, _mm256_cmp_ps(a, inf, _CMP_LT_OQ));  // NaN and inf -> 0
+      m = _mm256_max_ps(m, a);
+    }
+    alignas(32) float lanes[8];
+    _mm256_store_ps(lanes, m);
+    float amax = 0.0f;
+    for (float v : lanes) amax = v > amax ? v : amax;
+    for (; c < cols; ++c) {
+      const float a = std::fabs(xr[c]);
+      if (a < INFINITY && a > amax) amax = a;
+    }
+    const float s = amax == 0.0f ? 1.0f : std::fmax(amax / 127.0f, FLT_MIN);
+    scales[r] = s;
+    quant_span(xr, cols, 1.0f / s, q + r * cols);
+  }
+}
+
+void quantize_int8_static_avx2(const float* x, int64_t n, float inv, int8_t* q, int threads) {
+  const int64_t chunk = 1 << 16;
+  const int64_t nchunks = (n + chunk - 1) / chunk;
+#pragma omp parallel for num_threads(threads) if (threads > 1)
+  for (int64_t k = 0; k < nchunks; ++k) {
+    const int64_t lo = k * chunk, hi = lo + chunk < n ? lo + chunk : n;
+    quant_span(x + lo, hi - lo, inv, q + lo);
+  }
+}
+
+void dequantize_int32_avx2(const int32_t* acc, int64_t rows, int64_t cols, const float* rs, const float* cs,
+                           const float* bias, float* out, int threads) {
+#pragma omp parallel for num_threads(threads) if (threads > 1)
+  for (int64_t r = 0; r < rows; ++r) {
+    const int32_t* ar = acc + r * cols;
+    float* o = out + r * cols;
+    const float rsv = rs[r];
+    const __m256 vrs = _mm256_set1_ps(rsv);
+    int64_t c = 0;
+    for (; c + 8 <= cols; c += 8) {
+      __m256 s = _mm256_mul_ps(vrs, _mm256_loadu_ps(cs + c));
+      __m256 b = bias ? _mm256_loadu_ps(bias + c) : _mm256_setzero_ps();
+      __m256 a = _mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ar + c)));
+      _mm256_storeu_ps(o + c, _mm256_fmadd_ps(a, s, b));
+    }
+    for (; c < cols; ++c) o[c] = std::fma(static_cast<float>(ar[c]), rsv * cs[c], bias ? bias[c] : 0.0f);
+  }
+}
+
+namespace {
+
+inline __m256i dot32(__m256i ax, __m256i x, __m256i w, __m256i acc) {
+  const __m256i p = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(w, x));  // |x| * (sign(x) w), pairs -> int16
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
+}
+
+// sums of the 8 lanes of each of 4 accumulators
+inline __m128i hsum4(__m256i a0, __m256i a1, __m256i a2, __m256i a3) {
+  const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(a0, a1), _mm256_hadd_epi32(a2, a3));
+  return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+}
+
+inline int32_t dot_tail(const int8_t* x, const int8_t* w, int64_t from, int64_t k) {
+  int32_t s = 0;
+  for (int64_t t = from; t < k; ++t) s += static_cast<int32_t>(x[t]) * static_cast<int32_t>(w[t]);
+  return s;
+}
+
+inline void emit(float* o, int32_t acc, float rs, float cs, const float* bias, int64_t j) {
+  *o = std::fma(static_cast<float>(acc), rs * cs, bias ? bias[j] : 0.0f);
+}
+
+}  // namespace
+
+void int8_linear_avx2(const int8_t* xq, const float* rs, int64_t m, int64_t k, const int8_t* w, const float* cs,
+                      const float* bias, int64_t n, float* out, int threads) {
+  const int64_t k32 = k / 32 * 32;
+  const int64_t nb = (n + 3) / 4;
+#pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static)
+  for (int64_t b = 0; b < nb; ++b) {
+    const int64_t j0 = b * 4;
+    const int64_t nj = n - j0 < 4 ? n - j0 : 4;
+    if (nj < 4) {  // last partial block: one column at a time
+      for (int64_t j = j0; j < n; ++j) {
+        const int8_t* wj = w + j * k;
+        for (int64_t i = 0; i < m; ++i) {
+          const int8_t* xi = xq + i * k;
+          __m256i acc = _mm256_setzero_si256();
+          for (int64_t t = 0; t < k32; t += 32) {
+            const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xi + t));
+            acc = dot32(_mm256_abs_epi8(x), x, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wj + t)), acc);
+          }
+          const __m128i s = hsum4(acc, acc, acc, acc);
+          emit(out + i * n + j, _mm_cvtsi128_si32(s) + dot_tail(xi, wj, k32, k), rs[i], cs[j], bias, j);
+        }
+      }
+      continue;
+    }
+    const int8_t* w0 = w + j0 * k;
+    const int8_t* w1 = w0 + k;
+    const int8_t* w2 = w1 + k;
+    const int8_t* w3 = w2 + k;
+    int64_t i = 0;
+    for (; i + 2 <= m; i += 2) {
+      const int8_t* xa = xq + i * k;
+      const int8_t* xb = xa + k;
+      __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+      for (int64_t t = 0; t < k32; t += 32) {
+        const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xa + t));
+        const __m256i y = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb + t));
+        const __m256i ax = _mm256_abs_epi8(x), ay = _mm256_abs_epi8(y);
+        const __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w0 + t));
+        const __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w1 + t));
+        const __m256i v2 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w2 + t));
+        const __m256i v3 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w3 + t));
+        a0 = dot32(ax, x, v0, a0);
+        a1 = dot32(ax, x, v1, a1);
+        a2 = dot32(ax, x, v2, a2);
+        a3 = dot32(ax, x, v3, a3);
+        b0 = dot32(ay, y, v0, b0);
+        b1 = dot32(ay, y, v1, b1);
+        b2 = dot32(ay, y, v2, b2);
+        b3 = dot32(ay, y, v3, b3);
+      }
+      alignas(16) int32_t sa[4], sb[4];
+      _mm_store_si128(reinterpret_cast<__m128i*>(sa), hsum4(a0, a1, a2, a3));
+      _mm_store_si128(reinterpret_cast<__m128i*>(sb), hsum4(b0, b1, b2, b3));
+      const int8_t* ws[4] = {w0, w1, w2, w3};
+      for (int q = 0; q < 4; ++q) {
+        emit(out + i * n + j0 + q, sa[q] + dot_tail(xa, ws[q], k32, k), rs[i], cs[j0 + q], bias, j0 + q);
+        emit(out + (i + 1) * n + j0 + q, sb[q] + dot_tail(xb, ws[q], k32, k), rs[i + 1], cs[j0 + q], bias, j0 + q);
+      }
+    }
+    for (; i < m; ++i) {
+      const int8_t* xa = xq + i * k;
+      __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+      for (int64_t t = 0; t < k32; t += 32) {
+        const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xa + t));
+        const __m256i ax = _mm256_abs_epi8(x);
+        a0 = dot32(ax, x, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w0 + t)), a0);
+        a1 = dot32(ax, x, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w1 + t)), a1);
+        a2 = dot32(ax, x, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w2 + t)), a2);
+        a3 = dot32(ax, x, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w3 + t)), a3);
+      }
+      alignas(16) int32_t sa[4];
+      _mm_store_si128(reinterpret_cast<__m128i*>(sa), hsum4(a0, a1, a2, a3));
+      const int8_t* ws[4] = {w0, w1, w2, w3};
+      for (int q = 0; q < 4; ++q)
+        emit(out + i * n + j0 + q, sa[q] + dot_tail(xa, ws[q], k32, k), rs[i], cs[j0 + q], bias, j0 + q);
+    }
+  }
+}
+
+}  // namespace detail
+}  // namespace mpq

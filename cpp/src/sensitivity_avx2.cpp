@@ -1,0 +1,120 @@
+// AVX2 sensitivity kernel: eight values of T per step, quantized once by the shared Quantizer (bit-identical to
+// scalar::quantize_one) and dotted with up to eight gradients held in registers. Partial sums of at most kFlush
+// products stay in fp32 lanes, then go to double. Compiled with -mavx2 -mfma -mf16c (only *_avx2.cpp files are).
+#include <algorithm>
+#include <cstring>
+#include <new>
+
+#include "quantizer_avx2.hpp"
+
+namespace mpq::detail::avx2 {
+namespace {
+
+constexpr std::size_t kFlush = 512;  // values per fp32 partial sum
+
+inline double hsum(__m256 v) {
+  const __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
+  const __m256d d = _mm256_add_pd(_mm256_cvtps_pd(lo), _mm256_cvtps_pd(hi));
+  const __m128d s = _mm_add_pd(_mm256_castpd256_pd128(d), _mm256_extractf128_pd(d, 1));
+  return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
+}
+
+// K gradients (1..8) against one run of T.
+template <int K>
+void delta_dot_k(const float* t, const float* g, std::size_t g_stride, std::size_t n, const Quantizer& q,
+                 double* acc) {
+  std::size_t i = 0;
+  const std::size_t full = n - n % 8;
+  while (i < full) {
+    __m256 a[K];
+    for (int k = 0; k < K; ++k) a[k] = _mm256_setzero_ps();
+    const std::size_t stop = std::min(full, i + kFlush);
+    for (; i < stop; i += 8) {
+      const __m256 x = _mm256_loadu_ps(t + i);
+      const __m256 d = _mm256_sub_ps(q(x), x);
+      for (int k = 0; k < K; ++k) a[k] = _mm256_fmadd_ps(_mm256_loadu_ps(g + k * g_stride + i), d, a[k]);
+    }
+    for (int k = 0; k < K; ++k) acc[k] += hsum(a[k]);
+  }
+  if (i == n) return;
+  // Tail: zero-padded lanes give Q(0) - 0 = 0 and a zero gradient.
+  alignas(32) float xt[8] = {}, gt[8];
+  const std::size_t rest = n - i;
+  std::memcpy(xt, t + i, rest * sizeof(float));
+  const __m256 x = _mm256_load_ps(xt);
+  const __m256 d = _mm256_sub_ps(q(x), x);
+  for (int k = 0; k < K; ++k) {
+    std::memset(gt, 0, sizeof gt);
+    std::memcpy(gt, g + k * g_stride + i, rest * sizeof(float));
+    acc[k] += hsum(_mm256_mul_ps(_mm256_load_ps(gt), d));
+  }
+}
+
+// NQ quantizers (1..8) of one run of T against one gradient: T and G are loaded once per eight values.
+template <int NQ>
+void delta_dot_multi_k(const float* t, const float* g, std::size_t n, const Quantizer* q, double* acc) {
+  std::size_t i = 0;
+  const std::size_t full = n - n % 8;
+  while (i < full) {
+    __m256 a[NQ];
+    for (int c = 0; c < NQ; ++c) a[c] = _mm256_setzero_ps();
+    const std::size_t stop = std::min(full, i + kFlush);
+    for (; i < stop; i += 8) {
+      const __m256 x = _mm256_loadu_ps(t + i), gv = _mm256_loadu_ps(g + i);
+      for (int c = 0; c < NQ; ++c) a[c] = _mm256_fmadd_ps(gv, _mm256_sub_ps(q[c](x), x), a[c]);
+    }
+    for (int c = 0; c < NQ; ++c) acc[c] += hsum(a[c]);
+  }
+  if (i == n) return;
+  alignas(32) float xt[8] = {}, gt[8] = {};
+  std::memcpy(xt, t + i, (n - i) * sizeof(float));
+  std::memcpy(gt, g + i, (n - i) * sizeof(float));
+  const __m256 x = _mm256_load_ps(xt), gv = _mm256_load_ps(gt);
+  for (int c = 0; c < NQ; ++c) acc[c] += hsum(_mm256_mul_ps(gv, _mm256_sub_ps(q[c](x), x)));
+}
+
+}  // namespace
+
+/// acc[c] += sum_{i<n} g[i] * (Q_c(t[i]) - t[i]) for c < n_q, quantizer c with params p[c] and scale s[c].
+void delta_dot_multi(const float* t, const float* g, std::size_t n, const Params* p, const BlockScale* s,
+                     std::size_t n_q, double* acc) {
+  alignas(32) unsigned char storage[8 * sizeof(Quantizer)];
+  Quantizer* q = reinterpret_cast<Quantizer*>(storage);
+  for (std::size_t c0 = 0; c0 < n_q; c0 += 8) {
+    const std::size_t m = std::min<std::size_t>(8, n_q - c0);
+    for (std::size_t c = 0; c < m; ++c) new (&q[c]) Quantizer(p[c0 + c], s[c0 + c]);  // trivially destructible
+    double* a = acc + c0;
+    switch (m) {
+      case 1: delta_dot_multi_k<1>(t, g, n, q, a); break;
+      case 2: delta_dot_multi_k<2>(t, g, n, q, a); break;
+      case 3: delta_dot_multi_k<3>(t, g, n, q, a); break;
+      case 4: delta_dot_multi_k<4>(t, g, n, q, a); break;
+      case 5: delta_dot_multi_k<5>(t, g, n, q, a); break;
+      case 6: delta_dot_multi_k<6>(t, g, n, q, a); break;
+      case 7: delta_dot_multi_k<7>(t, g, n, q, a); break;
+      default: delta_dot_multi_k<8>(t, g, n, q, a); break;
+    }
+  }
+}
+
+/// acc[k] += sum_{i<n} g[k*g_stride + i] * (Q(t[i]) - t[i]) for k < n_grads.
+void delta_dot(const float* t, const float* g, std::size_t g_stride, std::size_t n_grads, std::size_t n,
+               const Params& p, BlockScale s, double* acc) {
+  const Quantizer q(p, s);
+  for (std::size_t k0 = 0; k0 < n_grads; k0 += 8) {
+    const float* gk = g + k0 * g_stride;
+    double* ak = acc + k0;
+    switch (std::min<std::size_t>(8, n_grads - k0)) {
+      case 1: delta_dot_k<1>(t, gk, g_stride, n, q, ak); break;
+      case 2: delta_dot_k<2>(t, gk, g_stride, n, q, ak); break;
+      case 3: delta_dot_k<3>(t, gk, g_stride, n, q, ak); break;
+      case 4: delta_dot_k<4>(t, gk, g_stride, n, q, ak); break;
+      case 5: delta_dot_k<5>(t, gk, g_stride, n, q, ak); break;
+      case 6: delta_dot_k<6>(t, gk, g_stride, n, q, ak); break;
+      case 7: delta_dot_k<7>(t, gk, g_stride, n, q, ak); break;
+      default: delta_dot_k<8>(t, gk, g_stride, n, q, ak); break;
+    }
+  }
+}
+
+}  // namespace mpq::detail::avx2

@@ -1,0 +1,118 @@
+// mpq/int8.hpp: the quantizers and the int8 Linear at every SIMD level against plain loops written here
+// (int64 sums, the documented rounding), odd sizes for vector tails, extreme values, and the documented errors.
+#include <cfloat>
+#include <cmath>
+#include <cstdio>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "mpq/int8.hpp"
+#include "mpq/isa.hpp"
+
+namespace {
+
+int failures = 0;
+#define CHECK(cond, ...)                                             \
+  do {                                                               \
+    if (!(cond)) {                                                   \
+      if (++failures <= 20) {                                        \
+        std::printf("FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);  \
+        std::printf(__VA_ARGS__);                                    \
+        std::printf("\n");                                           \
+      }                                                              \
+    }                                                                \
+  } while (0)
+
+int8_t ref_q(float v, float inv) {
+  float r = std::nearbyint(v * inv);
+  if (std::isnan(r)) return -127;
+  return static_cast<int8_t>(r < -127.0f ? -127.0f : (r > 127.0f ? 127.0f : r));
+}
+
+void check_quantize_rows(const std::string& isa, std::mt19937& rng) {
+  const int sizes[][2] = {{1, 1}, {1, 7}, {3, 9}, {2, 15}, {5, 17}, {4, 31}, {3, 33}, {2, 64}, {7, 100}};
+  for (auto& s : sizes) {
+    const int rows = s[0], cols = s[1];
+    std::normal_distribution<float> nd(0.0f, 3.0f);
+    std::vector<float> x(rows * cols);
+    for (auto& v : x) v = nd(rng);
+    x[0] = 0.0f;
+    if (cols > 3) x[cols - 1] = INFINITY;  // ignored by the scale, saturates
+    std::vector<int8_t> q(x.size());
+    std::vector<float> sc(rows);
+    mpq::quantize_rows_int8(x.data(), rows, cols, q.data(), sc.data());
+    for (int r = 0; r < rows; ++r) {
+      float amax = 0.0f;
+      for (int c = 0; c < cols; ++c) {
+        float a = std::fabs(x[r * cols + c]);
+        if (std::isfinite(a) && a > amax) amax = a;
+      }
+      const float want_s = amax == 0.0f ? 1.0f : std::fmax(amax / 127.0f, FLT_MIN);
+      CHECK(sc[r] == want_s, "%s rows %d cols %d row %d scale %g vs %g", isa.c_str(), rows, cols, r, sc[r], want_s);
+      for (int c = 0; c < cols; ++c)
+        CHECK(q[r * cols + c] == ref_q(x[r * cols + c], 1.0f / want_s), "%s [%d,%d] %d vs %d", isa.c_str(), r, c,
+              q[r * cols + c], ref_q(x[r * cols + c], 1.0f / want_s));
+    }
+  }
+}
+
+void check_linear(const std::string& isa, std::mt19937& rng) {
+  const int shapes[][3] = {{1, 1, 1}, {3, 33, 5}, {2, 64, 8}, {5, 100, 7}, {1, 31, 4}, {4, 96, 9}, {6, 576, 13}};
+  std::uniform_int_distribution<int> d(-127, 127);
+  std::uniform_real_distribution<float> u(0.1f, 1.0f);
+  for (auto& s : shapes) {
+    const int m = s[0], k = s[1], n = s[2];
+    std::vector<int8_t> x(m * k), w(n * k);
+    for (auto& v : x) v = static_cast<int8_t>(d(rng));
+    for (auto& v : w) v = static_cast<int8_t>(d(rng));
+    for (int t = 0; t < k; ++t) x[t] = 127, w[t] = -127;  // extreme pairs
+    std::vector<float> rs(m), cs(n), b(n), out(m * n);
+    for (auto& v : rs) v = u(rng);
+    for (auto& v : cs) v = u(rng);
+    for (auto& v : b) v = u(rng) - 0.5f;
+    mpq::int8_linear(x.data(), rs.data(), m, k, w.data(), cs.data(), b.data(), n, out.data());
+    for (int i = 0; i < m; ++i)
+      for (int j = 0; j < n; ++j) {
+        long long acc = 0;
+        for (int t = 0; t < k; ++t) acc += static_cast<long long>(x[i * k + t]) * w[j * k + t];
+        const float want = std::fma(static_cast<float>(acc), rs[i] * cs[j], b[j]);
+        CHECK(out[i * n + j] == want, "%s m%d k%d n%d [%d,%d] %g vs %g", isa.c_str(), m, k, n, i, j,
+              out[i * n + j], want);
+      }
+  }
+}
+
+void check_errors() {
+  float x = 1.0f;
+  int8_t q;
+  bool threw = false;
+  try {
+    mpq::quantize_int8_static(&x, 1, 0.0f, &q);
+  } catch (const std::invalid_argument&) {
+    threw = true;
+  }
+  CHECK(threw, "scale 0 must throw invalid_argument");
+  threw = false;
+  try {
+    mpq::quantize_rows_int8(nullptr, 2, 2, &q, &x);
+  } catch (const std::invalid_argument&) {
+    threw = true;
+  }
+  CHECK(threw, "null x must throw invalid_argument");
+}
+
+}  // namespace
+
+int main() {
+  std::mt19937 rng(7);
+  for (const auto& isa : mpq::available_isas()) {
+    mpq::set_isa(isa);
+    check_quantize_rows(isa, rng);
+    check_linear(isa, rng);
+  }
+  check_errors();
+  std::printf("%s (%d failures)\n", failures ? "FAILED" : "ok", failures);
+  return failures ? 1 : 0;
+}

@@ -1,0 +1,106 @@
+"""Apply a plan (or a {layer: candidate} mapping) to a model: a new model (deep copy), the input untouched.
+
+mode="fake": every chosen Linear becomes a ``FakeQuantLinear``: y = linear(Q_act(x), Q(W), b) with the candidate's
+own ``quantize_weight`` / ``quantize_act`` (``mpq.fake_quantize``), for accuracy.
+mode="native": every chosen Linear becomes the CPU kernel of ``mpq.native`` (the kernels the ``cpu`` timing
+backend measures), for speed.
+Static-activation candidates need calibrated scales: ``act_scales={layer: float}``.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Mapping, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .candidates import BASE, Candidate, get_candidate
+
+__all__ = ["FakeQuantLinear", "apply", "plan_mapping", "set_module"]
+
+
+class FakeQuantLinear(nn.Module):
+    def __init__(self, linear: nn.Linear, cand: Candidate, act_scale: Optional[float] = None):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.candidate = cand
+        self.register_buffer("weight", cand.quantize_weight(linear.weight.detach()))
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
+        self.act_scale = act_scale
+
+    def forward(self, x):
+        xd = x.detach()
+        q = self.candidate.quantize_act(xd, self.act_scale)
+        if x.requires_grad:  # straight-through: the values of Q(x), the gradient of x
+            q = x + (q - xd)
+        return F.linear(q, self.weight, self.bias)
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}, candidate={self.candidate.name}"
+
+
+def plan_mapping(plan_or_mapping) -> dict[str, str]:
+    """A {layer: candidate name} dict from a mapping or any object with a ``.mapping`` dict."""
+    m = getattr(plan_or_mapping, "mapping", plan_or_mapping)
+    if not isinstance(m, Mapping):
+        raise ValueError(f"expected a {{layer: candidate}} mapping or a Plan with .mapping, "
+                         f"got {type(plan_or_mapping).__name__}")
+    out = {}
+    for k, v in m.items():
+        name = v.name if isinstance(v, Candidate) else v
+        if not isinstance(k, str) or not isinstance(name, str):
+            raise ValueError(f"mapping entries must be layer name -> candidate name, got {k!r}: {v!r}")
+        out[k] = name
+    return out
+
+
+def set_module(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, new)
+
+
+def apply(model: nn.Module, plan_or_mapping, mode: str = "fake", *,
+          act_scales: Optional[Mapping[str, float]] = None) -> nn.Module:
+    """A copy of ``model`` with each mapped Linear replaced (see module doc). Layers mapped to "base" or absent
+    stay as they are. @raises ValueError for unknown layers, non-Linear layers, unknown candidates, a candidate
+    without a native CPU kernel, or a static candidate without its entry in ``act_scales``."""
+    if mode not in ("fake", "native"):
+        raise ValueError(f"mode must be 'fake' or 'native', got {mode!r}")
+    mapping = plan_mapping(plan_or_mapping)
+    modules = dict(model.named_modules())
+    act_scales = dict(act_scales or {})
+    checked = {}
+    for layer, cname in mapping.items():
+        if layer not in modules:
+            raise ValueError(f"layer {layer!r} is not a module of the model")
+        if not isinstance(modules[layer], nn.Linear):
+            raise ValueError(f"layer {layer!r} is a {type(modules[layer]).__name__}, not an nn.Linear")
+        if cname == BASE:
+            continue
+        cand = get_candidate(cname)
+        if cand.act_static and layer not in act_scales:
+            raise ValueError(f"layer {layer!r}: candidate {cname!r} has static activation scales; "
+                             f"pass act_scales={{{layer!r}: scale}}")
+        if not cand.applies_to(modules[layer].weight):
+            raise ValueError(f"layer {layer!r}: candidate {cname!r} does not apply (group size "
+                             f"{cand.group_size} vs in_features {modules[layer].in_features})")
+        checked[layer] = cand
+    if mode == "native":
+        from .native import CPU_KERNELS
+        bad = sorted({c.name for c in checked.values() if c.name not in CPU_KERNELS})
+        if bad:
+            raise ValueError(f"candidates {bad} have no native CPU kernel (CPU kernels: {', '.join(CPU_KERNELS)})")
+    new = copy.deepcopy(model)
+    new_modules = dict(new.named_modules())
+    for layer, cand in checked.items():
+        lin = new_modules[layer]
+        scale = act_scales.get(layer) if cand.act_static else None
+        if mode == "fake":
+            repl = FakeQuantLinear(lin, cand, scale)
+        else:
+            from .native import native_linear
+            repl = native_linear(lin, cand, scale)
+        set_module(new, layer, repl)
+    return new

@@ -1,0 +1,28 @@
+"""mpq run: the whole pipeline — calibrate, profile, select, measure, report. With no arguments it runs the
+built-in default: SmolLM2-135M on the Shakespeare text shipped with mpq (needs the demo extra)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser("run", help="run the whole pipeline (default: the built-in SmolLM2 demo)", description=__doc__)
+    p.add_argument("--model", default=None, help="a Hugging Face folder or .gguf file (default: SmolLM2-135M)")
+    p.add_argument("--candidates", default="int8,w8a16", help="comma-separated candidates (default: int8,w8a16)")
+    p.add_argument("--max-loss-rmse", type=float, default=0.05, help="loss budget in nats (default 0.05)")
+    p.add_argument("--calib-windows", type=int, default=16, help="calibration sequences (default 16)")
+    p.add_argument("--eval-windows", type=int, default=8, help="held-out evaluation sequences (default 8)")
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--out", default="mpq_run", help="folder for the artifacts and the report")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=main)
+
+
+def main(args) -> int:
+    from ..pipeline import RunSettings, run
+    settings = RunSettings(out_dir=Path(args.out), model=args.model,
+                           candidates=tuple(c for c in args.candidates.split(",") if c),
+                           max_loss_rmse=args.max_loss_rmse, calib_windows=args.calib_windows,
+                           eval_windows=args.eval_windows, seq_len=args.seq_len, progress=not args.no_progress)
+    run(settings)
+    return 0

@@ -1,0 +1,353 @@
+"""Partition a model into sequential sub-graphs: segments of the dataflow between points that the model's main
+stream passes through as one value, so that time gains inside a segment are measured jointly and gains across
+segments add up.
+
+How (``method="export"``): the model is captured with ``torch.export`` (non-strict; module names kept through the
+``nn_module_stack`` metadata). A node is *heavy* when a model parameter or a floating-point model input is among
+its ancestors: that is the main stream. Values computed from integer inputs and buffers alone (attention masks, rotary cos/sin, positions) are side
+inputs that every block reads; they are not counted, because otherwise no cut point would exist in a transformer.
+A *cut* lies after node i when exactly one heavy value produced at or before i is read after i. Linear layers
+(``nn.Linear`` modules; the only quantizable layers) between two cuts form one sub-graph; segments without a Linear
+are merged into the following sub-graph (the last into the previous). A Linear called in several segments merges
+them. Linear layers of one sub-graph that read the same input value (q/k/v, gate/up) are tied to one choice,
+because runtimes fuse them.
+
+Fallback (``method="fallback"``): when the model cannot be captured, a warning says why and the partition is one
+sub-graph per block of the first ``nn.ModuleList`` holding Linear layers (decoder layers), plus one per Linear
+outside it; ties come from Linear layers that received the very same input tensor in one forward pass.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+__all__ = ["Subgraph", "partition", "run_example", "split_example"]
+
+
+@dataclass(frozen=True)
+class Subgraph:
+    """One sequential segment of the model.
+
+    name: a readable label (the common module prefix of its layers, made unique).
+    layers: the ``nn.Linear`` module names (as in ``model.named_modules()``) in execution order.
+    ties: groups of layers (each of size ≥ 2) that must take the same candidate.
+    start: the module whose forward pre-hook marks the start of the segment when timing it inside the model.
+    method: "export" or "fallback".
+    """
+
+    name: str
+    layers: tuple[str, ...]
+    ties: tuple[tuple[str, ...], ...] = ()
+    start: str = ""
+    method: str = "export"
+
+    @property
+    def groups(self) -> tuple[tuple[str, ...], ...]:
+        """The choice groups in order of their first layer: tied groups and single layers."""
+        tied = {l: g for g in self.ties for l in g}
+        out, seen = [], set()
+        for l in self.layers:
+            g = tied.get(l, (l,))
+            if g[0] not in seen:
+                seen.add(g[0])
+                out.append(g)
+        return tuple(out)
+
+
+def split_example(example_input) -> tuple[tuple, dict]:
+    """An example input as (args, kwargs): a tensor, a tuple/list of positional args, or a dict of keyword args."""
+    if isinstance(example_input, torch.Tensor):
+        return (example_input,), {}
+    if isinstance(example_input, dict):
+        return (), dict(example_input)
+    if isinstance(example_input, (tuple, list)):
+        return tuple(example_input), {}
+    raise ValueError(f"example_input must be a tensor, a tuple of args or a dict of kwargs, "
+                     f"got {type(example_input).__name__}")
+
+
+def _is_hf(model: nn.Module) -> bool:
+    return hasattr(model, "config") and type(model).__module__.startswith("transformers")
+
+
+def _hf_kwargs(model: nn.Module, kwargs: dict) -> dict:
+    if _is_hf(model) and "use_cache" not in kwargs:
+        kwargs = dict(kwargs, use_cache=False)
+    return kwargs
+
+
+def run_example(model: nn.Module, example_input):
+    """Runs the example through the model (no grad); a failure becomes a ValueError that says so."""
+    args, kwargs = split_example(example_input)
+    kwargs = _hf_kwargs(model, kwargs)
+    try:
+        with torch.no_grad():
+            return model(*args, **kwargs)
+    except Exception as e:  # noqa: BLE001 - any failure means a bad example input
+        raise ValueError(f"the example input does not run through the model: {type(e).__name__}: {e}") from e
+
+
+class _Wrap(nn.Module):
+    """Returns the first tensor of the model's output, so that export accepts any output structure."""
+
+    def __init__(self, m):
+        super().__init__()
+        self.m = m
+
+    def forward(self, *args, **kwargs):
+        return _first_tensor(self.m(*args, **kwargs))
+
+
+def _first_tensor(out):
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, dict) or hasattr(out, "values"):
+        for v in out.values():
+            t = _first_tensor(v)
+            if t is not None:
+                return t
+    if isinstance(out, (tuple, list)):
+        for v in out:
+            t = _first_tensor(v)
+            if t is not None:
+                return t
+    return None
+
+
+def _linear_names(model: nn.Module) -> dict[str, nn.Linear]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+
+
+def _unique_names(prefixes: list[str]) -> list[str]:
+    counts: dict[str, int] = {}
+    for p in prefixes:
+        counts[p] = counts.get(p, 0) + 1
+    seen: dict[str, int] = {}
+    out = []
+    for p in prefixes:
+        if counts[p] > 1:
+            seen[p] = seen.get(p, 0) + 1
+            out.append(f"{p}#{seen[p]}")
+        else:
+            out.append(p)
+    return out
+
+
+def _common_prefix(names: tuple[str, ...]) -> str:
+    parts = [n.split(".") for n in names]
+    common = []
+    for level in zip(*parts):
+        if all(p == level[0] for p in level):
+            common.append(level[0])
+        else:
+            break
+    if len(names) == 1:
+        return names[0]
+    return ".".join(common) or "root"
+
+
+def partition(model: nn.Module, example_input, *, method: str = "auto") -> list[Subgraph]:
+    """Sequential sub-graphs of ``model`` for ``example_input`` (tensor, tuple of args or dict of kwargs).
+
+    method: "auto" (export, else fallback with a warning), "export" (errors if capture fails) or "fallback".
+    @raises ValueError when the example does not run through the model or the model has no nn.Linear layer.
+    """
+    if method not in ("auto", "export", "fallback"):
+        raise ValueError(f"method must be auto, export or fallback, got {method!r}")
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    linears = _linear_names(model)
+    if not linears:
+        raise ValueError("the model has no nn.Linear layer: nothing to partition")
+    run_example(model, example_input)  # a bad example is a clear error before any capture attempt
+    if method in ("auto", "export"):
+        try:
+            return _partition_export(model, example_input, linears)
+        except Exception as e:  # noqa: BLE001
+            if method == "export":
+                raise RuntimeError(f"torch.export could not capture the model: {type(e).__name__}: {e}") from e
+            warnings.warn(f"mpq.partition: torch.export could not capture the model ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''}); falling back to one sub-graph per block "
+                          f"or per layer", RuntimeWarning, stacklevel=2)
+    return _partition_fallback(model, example_input, linears)
+
+
+def _partition_export(model, example_input, linears) -> list[Subgraph]:
+    args, kwargs = split_example(example_input)
+    kwargs = _hf_kwargs(model, kwargs)
+    was_training = model.training
+    model.eval()
+    try:
+        ep = torch.export.export(_Wrap(model), args, kwargs, strict=False)
+    finally:
+        model.train(was_training)
+    graph = ep.graph
+    sig = ep.graph_signature
+    params = set(sig.inputs_to_parameters)
+    user_inputs = set(sig.user_inputs)
+    nodes = list(graph.nodes)
+    index = {n: i for i, n in enumerate(nodes)}
+    heavy: set = set()
+    for n in nodes:
+        if n.op == "placeholder":
+            val = n.meta.get("val")
+            if n.name in params or (n.name in user_inputs and isinstance(val, torch.Tensor)
+                                    and val.is_floating_point()):
+                heavy.add(n)
+            continue
+        if any(a in heavy for a in n.all_input_nodes):
+            heavy.add(n)
+
+    def module_of(n) -> Optional[str]:
+        stack = n.meta.get("nn_module_stack") or {}
+        if not stack:
+            return ""
+        path = list(stack.values())[-1][0]
+        for pre in ("m.", "L__self___m."):
+            if path.startswith(pre):
+                return path[len(pre):]
+        return "" if path in ("m", "") else path
+
+    # heavy compute values: last-use index of each
+    compute = [n for n in nodes if n.op not in ("placeholder", "output")]
+    last_use = {}
+    for n in nodes:
+        if n in heavy and n.op != "output" and n.name not in params:  # parameters are available everywhere
+            last_use[n] = max((index[u] for u in n.users), default=index[n])
+    # sweep: number of heavy values live across the boundary after node i
+    events = [0] * (len(nodes) + 1)
+    for n, lu in last_use.items():
+        if lu > index[n]:
+            events[index[n]] += 1
+            events[lu] -= 1
+    live, cut_after = 0, []
+    for i, n in enumerate(nodes):
+        live += events[i]
+        if n.op not in ("placeholder", "output") and live == 1 and n in heavy:
+            cut_after.append(i)
+    cuts = sorted(set(cut_after))
+
+    def segment_of(i: int) -> int:
+        import bisect
+        return bisect.bisect_left(cuts, i)  # number of cuts strictly before node i
+
+    # linear nodes
+    lin_nodes = []
+    for n in compute:
+        if n.op == "call_function" and n.target in (torch.ops.aten.linear.default,):
+            name = module_of(n)
+            if name in linears:
+                lin_nodes.append((n, name))
+    if not lin_nodes:
+        raise RuntimeError("no nn.Linear call found in the captured graph")
+    seg_layers: dict[int, list] = {}
+    layer_segs: dict[str, set] = {}
+    for n, name in lin_nodes:
+        s = segment_of(index[n])
+        layer_segs.setdefault(name, set()).add(s)
+    # merge segment ranges of layers called in several segments
+    seg_ids = sorted({s for ss in layer_segs.values() for s in ss})
+    parent = {s: s for s in seg_ids}
+
+    def find(s):
+        while parent[s] != s:
+            s = parent[s]
+        return s
+
+    for ss in layer_segs.values():
+        lo, hi = min(ss), max(ss)
+        for s in seg_ids:
+            if lo <= s <= hi:
+                parent[find(s)] = find(lo)
+    for n, name in lin_nodes:
+        root = find(segment_of(index[n]))
+        lst = seg_layers.setdefault(root, [])
+        if name not in [x[1] for x in lst]:
+            lst.append((n, name))
+    ordered = sorted(seg_layers)
+    # node ranges: sub-graph j spans (end of segment of j-1, end of its own segment]
+    bounds = []
+    for j, s in enumerate(ordered):
+        members = [k for k in seg_ids if find(k) == s]
+        last_seg = max(members)
+        end = cuts[last_seg] if last_seg < len(cuts) else len(nodes) - 1
+        bounds.append(end)
+    # segments before the first Linear (embedding, masks, convolutions) belong to no sub-graph
+    first_seg = min(k for k in seg_ids if find(k) == ordered[0])
+    starts = [cuts[first_seg - 1] + 1 if first_seg > 0 else 0] + [b + 1 for b in bounds[:-1]]
+    first_index: dict[str, int] = {}
+    for n in compute:
+        m = module_of(n)
+        if m and m not in first_index:
+            first_index[m] = index[n]
+    prefixes, raw = [], []
+    for j, s in enumerate(ordered):
+        lst = seg_layers[s]
+        layers = tuple(name for _, name in lst)
+        by_input: dict = {}
+        for n, name in lst:
+            by_input.setdefault(n.args[0], []).append(name)
+        ties = tuple(tuple(g) for g in by_input.values() if len(g) > 1)
+        start = ""
+        for i in range(starts[j], bounds[j] + 1):
+            n = nodes[i]
+            if n.op in ("placeholder", "output"):
+                continue
+            m = module_of(n)
+            if m and starts[j] <= first_index.get(m, -1) <= bounds[j]:
+                start = m
+                break
+        if not start:
+            start = layers[0]
+        prefixes.append(_common_prefix(layers))
+        raw.append((layers, ties, start))
+    names = _unique_names(prefixes)
+    return [Subgraph(nm, l, t, st, "export") for nm, (l, t, st) in zip(names, raw)]
+
+
+def _partition_fallback(model, example_input, linears) -> list[Subgraph]:
+    # execution order and input identity of each Linear
+    order: list[str] = []
+    inputs: dict[str, int] = {}
+    keep: list = []  # holds the input tensors alive, so that their ids stay unique
+    hooks = []
+    for name, mod in linears.items():
+        def pre(m, a, name=name):
+            if name not in inputs:
+                order.append(name)
+                inputs[name] = id(a[0]) if a else 0
+                keep.append(a)
+        hooks.append(mod.register_forward_pre_hook(pre))
+    try:
+        run_example(model, example_input)
+    finally:
+        for h in hooks:
+            h.remove()
+    block_list = None
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.ModuleList) and any(isinstance(c, nn.Linear) for c in mod.modules()):
+            block_list = name
+            break
+    groups: list[tuple[str, list[str]]] = []
+    for lname in order:
+        key = lname
+        if block_list is not None and lname.startswith(block_list + "."):
+            idx = lname[len(block_list) + 1:].split(".")[0]
+            key = f"{block_list}.{idx}"
+        if groups and groups[-1][0] == key:
+            groups[-1][1].append(lname)
+        else:
+            groups.append((key, [lname]))
+    names = _unique_names([g[0] for g in groups])
+    out = []
+    for nm, (_, layers) in zip(names, groups):
+        by_input: dict = {}
+        for l in layers:
+            by_input.setdefault(inputs[l], []).append(l)
+        ties = tuple(tuple(g) for g in by_input.values() if len(g) > 1)
+        out.append(Subgraph(nm, tuple(layers), ties, layers[0], "fallback"))
+    return out

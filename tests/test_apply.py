@@ -1,0 +1,93 @@
+"""mpq.apply: copies, fake vs native agreement, plans, errors."""
+import pytest
+import torch
+from torch import nn
+
+import mpq.candidates as C
+from mpq.application import FakeQuantLinear, apply
+from mpq.native import NativeLinear
+
+
+def mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 32))
+
+
+def test_apply_returns_a_copy_and_leaves_the_model():
+    m = mlp()
+    x = torch.randn(3, 64)
+    y0 = m(x)
+    q = apply(m, {"0": "int8", "2": "base"}, mode="native")
+    assert q is not m and isinstance(q[0], NativeLinear) and isinstance(q[2], nn.Linear)
+    assert isinstance(m[0], nn.Linear)
+    assert torch.equal(m(x), y0)
+    f = apply(m, {"0": "int8"}, mode="fake")
+    assert isinstance(f[0], FakeQuantLinear) and f[0].candidate.name == "int8"
+
+
+def test_apply_fake_equals_candidate_functions():
+    m = mlp()
+    x = torch.randn(5, 64)
+    f = apply(m, {"2": "w4a16"})
+    c = C.get_candidate("w4a16")
+    with torch.no_grad():
+        h = torch.relu(m[0](x))
+    want = m[4](torch.relu(nn.functional.linear(c.quantize_act(h), c.quantize_weight(m[2].weight.detach()), m[2].bias)))
+    assert torch.equal(f(x), want)
+    f(x).sum().backward()   # gradients flow (straight-through)
+    assert f[0].weight.grad is not None
+
+
+class PlanLike:
+    def __init__(self, mapping):
+        self.mapping = mapping
+
+
+@pytest.mark.parametrize("cand", ["int8", "int8_static", "fp8", "w8a16", "w4a16", "bf16"])
+def test_native_and_fake_agree_within_format_error(cand):
+    m = mlp()
+    x = torch.randn(8, 64)
+    plan = PlanLike({"0": cand, "2": cand, "4": cand})
+    scales = {k: 0.05 for k in ("0", "2", "4")}
+    with torch.no_grad():
+        ref = m(x)
+        fake = apply(m, plan, "fake", act_scales=scales)(x)
+        nat = apply(m, plan, "native", act_scales=scales)(x)
+    qerr = (fake - ref).abs().max()
+    # int8/fp8 kernels compute the same quantized model up to accumulation order; weight-only and bf16 kernels
+    # also round activations (and scales) to bf16, an error of the order of the format's own error
+    exact = cand in ("int8", "int8_static", "fp8")
+    tol = 1e-5 * ref.abs().max() if exact else qerr
+    assert (nat - fake).abs().max() <= tol, ((nat - fake).abs().max(), qerr)
+
+
+def test_apply_on_tiny_llama_native_int8():
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                   num_attention_heads=4, num_key_value_heads=2)
+    torch.manual_seed(0)
+    m = transformers.LlamaForCausalLM(cfg).eval()
+    ids = torch.randint(0, 64, (1, 8))
+    mapping = {n: "int8" for n, mod in m.named_modules() if isinstance(mod, nn.Linear)}
+    with torch.no_grad():
+        a = apply(m, mapping, "fake")(ids).logits
+        b = apply(m, mapping, "native")(ids).logits
+    assert (a - b).abs().max() < 1e-4
+
+
+def test_apply_errors():
+    m = mlp()
+    with pytest.raises(ValueError, match="not a module"):
+        apply(m, {"9": "int8"})
+    with pytest.raises(ValueError, match="not an nn.Linear"):
+        apply(m, {"1": "int8"})
+    with pytest.raises(ValueError, match="unknown candidate"):
+        apply(m, {"0": "int9"})
+    with pytest.raises(ValueError, match="act_scales"):
+        apply(m, {"0": "int8_static"})
+    with pytest.raises(ValueError, match="no native CPU kernel"):
+        apply(m, {"0": "fp8_gaudi2"}, "native", act_scales={"0": 1.0})
+    with pytest.raises(ValueError, match="mode"):
+        apply(m, {}, "fast")
+    with pytest.raises(ValueError, match="mapping"):
+        apply(m, ["0"])

@@ -1,0 +1,150 @@
+"""The C++ int8 pieces (vs mpq.fake_quantize and numpy, every ISA) and the native CPU Linear modules."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import mpq
+from mpq import _core
+from mpq.native import CPU_KERNELS, native_linear
+
+SIZES = [(1, 1), (1, 7), (3, 9), (2, 15), (5, 17), (4, 31), (3, 33), (2, 64), (7, 100)]
+
+
+@pytest.mark.parametrize("isa", _core.available_isas())
+@pytest.mark.parametrize("shape", SIZES)
+def test_quantize_rows_matches_fake_quantize(isa, shape, force_isa):
+    g = torch.Generator().manual_seed(shape[0] * 100 + shape[1])
+    x = torch.randn(*shape, generator=g) * torch.logspace(-3, 3, shape[0]).unsqueeze(1)
+    x[0, 0] = 0.0
+    if shape[1] > 2:
+        x[-1, 1] = -x[-1].abs().max() * 1.0   # a negative maximum
+    with force_isa(isa):
+        q, s = _core.quantize_rows_int8(x.numpy())
+    assert q.dtype == np.int8 and s.dtype == np.float32 and q.shape == shape
+    want = mpq.fake_quantize(x, "int8", axis=0)
+    assert torch.equal(torch.from_numpy(q).float() * torch.from_numpy(s)[:, None], want)
+    assert np.abs(q).max() <= 127
+
+
+@pytest.mark.parametrize("isa", _core.available_isas())
+def test_quantize_rows_special_values(isa, force_isa):
+    x = torch.tensor([[0.0] * 40,
+                      [float("inf"), 2.0, -1.0] + [0.5] * 37,
+                      [float("nan"), 3.0, -3.0] + [1.0] * 37,
+                      [1e-40, -1e-40] + [0.0] * 38], dtype=torch.float32)
+    with force_isa(isa):
+        q, s = _core.quantize_rows_int8(x.numpy())
+    assert s[0] == 1.0 and not q[0].any()               # all-zero row: scale 1
+    assert s[1] == np.float32(2.0) / np.float32(127.0)  # inf ignored by the scale, saturates to 127
+    assert q[1, 0] == 127 and q[1, 1] == 127 and q[1, 2] == -64
+    assert q[2, 0] == -127 and q[2, 1] == 127            # NaN -> -127 (documented)
+    with force_isa("scalar"):
+        q2, s2 = _core.quantize_rows_int8(x.numpy())
+    assert np.array_equal(q, q2) and np.array_equal(s, s2)
+    # finite rows equal fake_quantize
+    assert torch.equal(torch.from_numpy(q[[0, 3]]).float() * torch.from_numpy(s[[0, 3]])[:, None],
+                       mpq.fake_quantize(x[[0, 3]], "int8", axis=0))
+
+
+@pytest.mark.parametrize("isa", _core.available_isas())
+@pytest.mark.parametrize("n", [1, 7, 31, 33, 70000])
+def test_quantize_static_matches_fake_quantize(isa, n, force_isa):
+    x = torch.randn(n, generator=torch.Generator().manual_seed(n)) * 2
+    with force_isa(isa):
+        q = _core.quantize_int8_static(x.numpy(), 0.0123)
+    assert torch.equal(torch.from_numpy(q).float() * torch.tensor(0.0123, dtype=torch.float32),
+                       mpq.fake_quantize(x, "int8", scale=0.0123))
+
+
+@pytest.mark.parametrize("isa", _core.available_isas())
+@pytest.mark.parametrize("shape", [(1, 1), (3, 7), (5, 17), (4, 33)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_dequantize_int32(isa, shape, bias, force_isa):
+    rng = np.random.default_rng(1)
+    acc = rng.integers(-2**20, 2**20, shape, dtype=np.int32)
+    rs = rng.random(shape[0], dtype=np.float32)
+    cs = rng.random(shape[1], dtype=np.float32)
+    b = rng.standard_normal(shape[1]).astype(np.float32) if bias else None
+    out = np.empty(shape, np.float32)
+    with force_isa(isa):
+        _core.dequantize_int32_into(acc, rs, cs, b, out)
+    want = acc.astype(np.float64) * (rs[:, None] * cs[None, :]).astype(np.float32) + (0 if b is None else b)
+    np.testing.assert_allclose(out, want, rtol=2e-7, atol=0)
+
+
+@pytest.mark.parametrize("isa", _core.available_isas())
+@pytest.mark.parametrize("mkn", [(1, 1, 1), (3, 33, 5), (2, 64, 8), (5, 100, 7), (1, 31, 4), (4, 96, 9)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_int8_linear_exact(isa, mkn, bias, force_isa):
+    m, k, n = mkn
+    rng = np.random.default_rng(m * 1000 + k * 10 + n)
+    x = rng.integers(-127, 128, (m, k), dtype=np.int8)
+    w = rng.integers(-127, 128, (n, k), dtype=np.int8)
+    x[0, :] = 127
+    w[0, :] = -127                                    # extreme pairs: no int16 saturation
+    rs = rng.random(m, dtype=np.float32)
+    cs = rng.random(n, dtype=np.float32)
+    b = rng.standard_normal(n).astype(np.float32) if bias else None
+    out = np.empty((m, n), np.float32)
+    with force_isa(isa):
+        _core.int8_linear_into(x, rs, w, cs, b, out)
+    acc = (x.astype(np.int64) @ w.astype(np.int64).T).astype(np.int32)   # independent exact sums
+    want = np.empty((m, n), np.float32)
+    with force_isa("scalar"):
+        _core.dequantize_int32_into(acc, rs, cs, b, want)
+    assert np.array_equal(out, want)
+
+
+def test_int8_binding_errors():
+    with pytest.raises(ValueError, match="x: expected a C-contiguous float32"):
+        _core.quantize_rows_int8(np.zeros((2, 3), np.float64))
+    with pytest.raises(ValueError, match="non-contiguous"):
+        _core.quantize_rows_int8(np.zeros((4, 3), np.float32)[::2])
+    with pytest.raises(ValueError, match="2-D"):
+        _core.quantize_rows_int8(np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match="positive and finite"):
+        _core.quantize_int8_static(np.zeros(3, np.float32), 0.0)
+    with pytest.raises(ValueError, match="w must be"):
+        _core.int8_linear_into(np.zeros((2, 4), np.int8), np.ones(2, np.float32), np.zeros((3, 5), np.int8),
+                               np.ones(3, np.float32), None, np.zeros((2, 3), np.float32))
+    with pytest.raises(ValueError, match="row_scale"):
+        _core.dequantize_int32_into(np.zeros((2, 2), np.int32), np.ones(3, np.float32), np.ones(2, np.float32),
+                                    None, np.zeros((2, 2), np.float32))
+
+
+def reference_fake(lin, cand_name, x, scale=None):
+    c = mpq.candidates.get_candidate(cand_name)
+    return nn.functional.linear(c.quantize_act(x, scale), c.quantize_weight(lin.weight.detach()), lin.bias)
+
+
+# exact kernels agree with the fake model up to float32 accumulation; kernels with bf16 activations or bf16
+# scales (weight-only, bf16) agree within bf16 rounding of x and of the scale
+@pytest.mark.parametrize("cand", sorted(CPU_KERNELS))
+def test_native_matches_fake(cand):
+    torch.manual_seed(0)
+    lin = nn.Linear(128, 48)
+    x = torch.randn(2, 5, 128)
+    scale = 0.03 if mpq.candidates.get_candidate(cand).act_static else None
+    mod = native_linear(lin, cand, scale)
+    with torch.no_grad():
+        got = mod(x)
+        want = reference_fake(lin, cand, x, scale)
+        mag = (x.abs() @ lin.weight.abs().t()).max()
+    assert got.shape == want.shape == (2, 5, 48) and got.dtype == torch.float32
+    exact = cand in ("int8", "int8_static", "fp8", "fp8_static", "fp8_e5m2")
+    tol = 1e-5 * mag if exact else 2 ** -7 * mag
+    assert (got - want).abs().max() <= tol, (cand, (got - want).abs().max().item(), tol.item())
+
+
+def test_native_refusals():
+    lin = nn.Linear(64, 8)
+    with pytest.raises(ValueError, match="no native CPU kernel"):
+        native_linear(lin, "fp8_gaudi2", 1.0)
+    with pytest.raises(ValueError, match="static activation scales"):
+        native_linear(lin, "int8_static")
+    with pytest.raises(ValueError, match="does not apply"):
+        native_linear(lin, "w4a16_g128")
+    with pytest.raises(ValueError, match="float32 CPU"):
+        native_linear(nn.Linear(64, 8).to(torch.bfloat16), "int8")
+    assert native_linear(lin, "base") is lin

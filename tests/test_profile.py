@@ -1,0 +1,186 @@
+"""Configurations, GainTable files, mpq.profile on tiny models (correctness of the table, never wall-clock)."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from mpq.backends import BackendUnavailable, get_backend
+from mpq.gain_table import GainTable, SubgraphGains
+from mpq.partitioning import Subgraph
+from mpq.profiling import enumerate_configs, profile
+
+
+def attn_like():
+    return Subgraph("attn", ("q", "k", "v", "o"), (("q", "k", "v"),), "q")
+
+
+def test_configs_respect_ties_and_count():
+    cfg, subset, note = enumerate_configs(attn_like(), ["int8", "w8a16"])
+    assert cfg.shape == (9, 4) and not subset and note == ""
+    assert (cfg[0] == 0).all()
+    assert (cfg[:, 0] == cfg[:, 1]).all() and (cfg[:, 1] == cfg[:, 2]).all()
+    assert len({tuple(r) for r in cfg}) == 9
+    assert {tuple(r[[0, 3]]) for r in cfg} == {(a, b) for a in range(3) for b in range(3)}
+
+
+def test_configs_skip_candidates_that_do_not_apply():
+    sg = Subgraph("s", ("a", "b"), (), "a")
+    cfg, _, note = enumerate_configs(sg, ["int8", "w4a16_g128"], lambda l, c: not (l == "b" and c == "w4a16_g128"))
+    assert cfg.shape == (6, 2)
+    assert 2 not in cfg[:, 1]
+    assert "w4a16_g128 on b" in note
+
+
+def test_configs_subset_when_too_many():
+    sg = Subgraph("big", tuple("abcdef"), (), "a")
+    cfg, subset, note = enumerate_configs(sg, ["int8", "w8a16", "w4a16"], max_configs=40, seed=3)
+    assert subset and "subset: 40 of 4096" in note
+    assert cfg.shape == (40, 6) and (cfg[0] == 0).all()
+    rows = {tuple(r) for r in cfg}
+    assert len(rows) == 40
+    for j in (1, 2, 3):                                   # every candidate alone on every layer, and uniform
+        assert tuple([j] * 6) in rows
+        for i in range(6):
+            assert tuple(j if k == i else 0 for k in range(6)) in rows
+    again, _, _ = enumerate_configs(sg, ["int8", "w8a16", "w4a16"], max_configs=40, seed=3)
+    assert np.array_equal(cfg, again)
+
+
+def small_table():
+    sg0 = SubgraphGains("s0", ("a", "b"), (("a", "b"),), np.array([[0, 0], [1, 1]], np.int32),
+                        np.array([0.0, 2e-3]), np.array([0.0, 1e-4]), np.array([False, False]), 5e-3)
+    sg1 = SubgraphGains("s1", ("c",), (), np.array([[0], [1], [2]], np.int32), np.array([0.0, -1e-3, 3e-4]),
+                        np.array([0.0, 1e-4, 5e-4]), np.array([False, False, True]), 2e-3, True, "subset: test")
+    return GainTable("cpu", "decode", ("base", "int8", "w8a16"), (sg0, sg1), 8e-3, "seconds",
+                     {"input": [[1, 1]], "layers": {"a": [1, 4, 4]}}, {"threads": 1}, ("a", "b", "c"),
+                     np.arange(9.0).reshape(3, 3), np.zeros((3, 3)), np.zeros((3, 3)))
+
+
+def test_gain_table_round_trip(tmp_path):
+    t = small_table()
+    t.save(tmp_path / "g.npz")
+    u = GainTable.load(tmp_path / "g.npz")
+    assert (u.backend, u.phase, u.candidates, u.baseline_seconds, u.unit) == \
+        (t.backend, t.phase, t.candidates, t.baseline_seconds, t.unit)
+    assert u.shapes == t.shapes and u.meta == t.meta and u.layer_names == t.layer_names
+    for a, b in zip(t.subgraphs, u.subgraphs):
+        assert (a.name, a.layers, a.ties, a.subset, a.note, a.baseline_seconds) == \
+            (b.name, b.layers, b.ties, b.subset, b.note, b.baseline_seconds)
+        for f in ("configs", "gain", "spread", "noisy"):
+            assert np.array_equal(getattr(a, f), getattr(b, f))
+    assert np.array_equal(u.layer_bytes, t.layer_bytes)
+
+
+def test_gain_table_queries_and_errors(tmp_path):
+    t = small_table()
+    assert t.predict({"a": "int8", "b": "int8", "c": "w8a16"}) == pytest.approx(2.3e-3)
+    assert t.predict({}) == 0.0
+    with pytest.raises(KeyError, match="was not measured"):
+        t.predict({"a": "int8"})                      # breaks the a/b tie
+    with pytest.raises(KeyError, match="not in this table"):
+        t.predict({"zz": "int8"})
+    (tmp_path / "x.npz").write_bytes(b"not an npz file")
+    with pytest.raises(ValueError, match="not a readable mpq.GainTable"):
+        GainTable.load(tmp_path / "x.npz")
+    with pytest.raises(ValueError, match="must start with 'base'"):
+        GainTable("cpu", "decode", ("int8",), ())
+
+
+def mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 32))
+
+
+@pytest.mark.parametrize("phase", ["prefill", "decode"])
+def test_profile_cpu_table_is_consistent(phase):
+    m = mlp()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    t = profile(m, torch.randn(16, 64), ["int8", "w8a16"], backend="cpu", phase=phase, repeats=3, warmup=1)
+    assert [s.layers for s in t.subgraphs] == [("0",), ("2",), ("4",)]
+    assert t.candidates == ("base", "int8", "w8a16") and t.phase == phase and t.unit == "seconds"
+    assert t.shapes["layers"]["0"] == ([16, 64, 128] if phase == "prefill" else [1, 64, 128])
+    assert t.meta["threads"] == 1 and t.meta["clock"] == "ThreadClock"
+    for s in t.subgraphs:
+        assert s.configs.tolist() == [[0], [1], [2]]
+        assert s.gain[0] == 0 and np.isfinite(s.gain).all() and (s.spread >= 0).all()
+        assert np.array_equal(s.noisy[1:], s.spread[1:] >= np.abs(s.gain[1:]))
+        assert s.baseline_seconds > 0
+    assert t.layer_gain.shape == (3, 3) and np.isfinite(t.layer_gain).all()
+    assert t.baseline_seconds > 0
+    assert len(t.meta["round_whole_gain"]) == len(t.meta["round_subgraph_sum"]) == 3
+    assert t.meta["round_subgraph_sum"][0] == 0.0
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())   # model untouched
+    assert all(isinstance(mod, nn.Linear) for mod in (m[0], m[2], m[4]))
+
+
+def test_profile_tiny_llama_decode():
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                   num_attention_heads=4, num_key_value_heads=2)
+    torch.manual_seed(0)
+    m = transformers.LlamaForCausalLM(cfg).eval()
+    t = profile(m, torch.randint(0, 64, (1, 8)), ["int8"], phase="decode", repeats=3, warmup=1,
+                per_layer=False)
+    assert [s.name for s in t.subgraphs] == ["model.layers.0.self_attn", "model.layers.0.mlp", "lm_head"]
+    assert [len(s.gain) for s in t.subgraphs] == [4, 4, 2]
+    assert t.shapes["input"] == [[1, 1]] and t.shapes["cache_tokens"] == 8
+    assert t.layer_gain is None
+
+
+def test_profile_memory_and_macs_exact():
+    m = nn.Sequential(nn.Linear(64, 32))
+    mem = profile(m, torch.randn(4, 64), ["int8", "w4a16", "bf16"], backend="memory")
+    g = mem.subgraphs[0].gain
+    base = 64 * 32 * 4
+    assert g.tolist() == [0.0, base - (64 * 32 + 4 * 32), base - (64 * 32 / 2 + 4 * 32 * 2), base - (64 * 32 * 2 + 4)]
+    assert mem.unit == "bytes" and mem.baseline_seconds == base
+    macs = profile(m, torch.randn(4, 64), ["int8", "w8a16"], backend="macs", device="cpu-avx2")
+    n = 4 * 64 * 32
+    assert macs.subgraphs[0].gain == pytest.approx([0.0, n / 40e9 - n / 80e9, 0.0])
+
+
+def test_profile_errors():
+    m = mlp()
+    with pytest.raises(ValueError, match="cannot execute candidates \\['fp8_gaudi2'\\]"):
+        profile(m, torch.randn(2, 64), ["fp8_gaudi2"], backend="cpu")
+    with pytest.raises(ValueError, match="unknown backend"):
+        profile(m, torch.randn(2, 64), ["int8"], backend="tpu")
+    with pytest.raises(ValueError, match="phase"):
+        profile(m, torch.randn(2, 64), ["int8"], phase="train")
+    with pytest.raises(ValueError, match="does not run through the model"):
+        profile(m, torch.randn(2, 65), ["int8"])
+    with pytest.raises(ValueError, match="unknown candidate"):
+        profile(m, torch.randn(2, 64), ["int9"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the absent-CUDA path")
+def test_cuda_absent_is_a_clean_refusal():
+    ok, reason = get_backend("cuda").available()
+    assert not ok and "cuda" in reason.lower()
+    with pytest.raises(BackendUnavailable, match="backend 'cuda' is not available here"):
+        profile(mlp(), torch.randn(2, 64), ["int8"], backend="cuda")
+
+
+def test_hpu_absent_is_a_clean_refusal():
+    ok, reason = get_backend("hpu").available()
+    if ok:
+        pytest.skip("a Gaudi is present")
+    assert "habana_frameworks" in reason
+    with pytest.raises(BackendUnavailable, match="habana_frameworks"):
+        profile(mlp(), torch.randn(2, 64), ["fp8"], backend="hpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+def test_cuda_profile_runs():
+    m = nn.Sequential(nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 256))
+    t = profile(m, torch.randn(64, 256), ["fp8", "int8"], backend="cuda", repeats=5)
+    assert t.meta["base_format"] == "bf16" and all(np.isfinite(s.gain).all() for s in t.subgraphs)
+
+
+def test_cli_registers_profile_and_apply():
+    from mpq.cli import build_parser
+    p = build_parser()
+    a = p.parse_args(["profile", "smollm2", "-o", "g.npz", "--phase", "decode", "--candidates", "int8"])
+    assert a.phase == "decode" and a.candidates == "int8" and callable(a.func)
+    b = p.parse_args(["apply", "smollm2", "plan.json", "--mode", "fake"])
+    assert b.mode == "fake" and callable(b.func)

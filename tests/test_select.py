@@ -1,0 +1,164 @@
+"""select / pareto against brute force on small synthetic tables, pins and keeps, errors, Plan files."""
+import itertools
+import json
+
+import numpy as np
+import pytest
+
+import mpq
+from mpq.gain_table import GainTable, SubgraphGains
+from mpq.plan import Plan
+from mpq.selection import pareto, select
+from mpq.sensitivity_table import SensitivityTable
+
+CANDS = ("int8", "fp8")
+LAYERS = ("b0.q", "b0.o", "b1.up", "b1.down", "head")
+SUBGRAPHS = (("b0", ("b0.q", "b0.o")), ("b1", ("b1.up", "b1.down")), ("h", ("head",)))
+
+
+def make_tables(seed=0, n=16):
+    rng = np.random.default_rng(seed)
+    delta = rng.normal(size=(n, len(LAYERS), len(CANDS))) * rng.uniform(0.01, 1, size=(1, len(LAYERS), len(CANDS)))
+    L, C = len(LAYERS), len(CANDS)
+    table = SensitivityTable(LAYERS, CANDS, delta, delta * 0.5, np.full((L, C), np.nan), np.zeros((L, C)))
+    subgraphs = []
+    for name, layers in SUBGRAPHS:
+        configs = np.array(list(itertools.product(range(3), repeat=len(layers))), dtype=np.int32)
+        gain = np.where(configs.sum(1) == 0, 0.0, rng.uniform(-0.2, 1.0, size=len(configs)))
+        subgraphs.append(SubgraphGains(name, layers, (), configs, gain, np.zeros(len(configs)),
+                                       np.zeros(len(configs), bool)))
+    bytes_ = np.stack([np.full(L, 4.0e6), np.full(L, 1.0e6), np.full(L, 1.0e6)], axis=1)
+    gains = GainTable("macs", "prefill", ("base",) + CANDS, tuple(subgraphs), baseline_seconds=10.0,
+                      layer_names=LAYERS, layer_bytes=bytes_)
+    return table, gains
+
+
+def brute_force(table, gains, budget, forced=None):
+    mse = table.mse
+    best = (-np.inf, None)
+    for rows in itertools.product(*[range(len(sg.configs)) for sg in gains.subgraphs]):
+        gain, cost, mapping = 0.0, 0.0, {}
+        for sg, k in zip(gains.subgraphs, rows):
+            gain += sg.gain[k]
+            for layer, j in zip(sg.layers, sg.configs[k]):
+                c = gains.candidates[j]
+                mapping[layer] = c
+                if j:
+                    cost += mse[LAYERS.index(layer), CANDS.index(c)]
+        if forced and any(mapping[l] != c for l, c in forced.items()):
+            continue
+        if cost <= budget and gain > best[0]:
+            best = (gain, mapping)
+    return best
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_select_equals_brute_force(seed):
+    table, gains = make_tables(seed)
+    total = table.mse.sum()
+    for frac in (0.0, 0.01, 0.05, 0.2, 0.5, 1.0):
+        plan = select(table, gains, max_loss_mse=frac * total)
+        want, _ = brute_force(table, gains, frac * total)
+        assert plan.predicted_gain == pytest.approx(want, rel=1e-9, abs=1e-12)
+        assert plan.predicted_loss_mse <= frac * total
+        recomputed = sum(table.mse[LAYERS.index(l), CANDS.index(c)] for l, c in plan.quantized.items())
+        assert plan.predicted_loss_mse == pytest.approx(recomputed, rel=1e-12, abs=1e-15)
+        assert set(plan.mapping) == set(LAYERS)
+
+
+def test_rmse_budget_is_the_square_root_of_the_mse_budget():
+    table, gains = make_tables(1)
+    b = 0.1 * table.mse.sum()
+    assert select(table, gains, max_loss_rmse=b ** 0.5).mapping == select(table, gains, max_loss_mse=b).mapping
+
+
+def test_dual_and_speedup_objectives():
+    table, gains = make_tables(2)
+    best = select(table, gains, max_loss_mse=1e9)
+    need = 0.6 * best.predicted_gain
+    plan = select(table, gains, min_gain=need)
+    assert plan.predicted_gain >= need - 1e-12
+    # brute force: the least cost reaching the gain
+    mse, least = table.mse, np.inf
+    for rows in itertools.product(*[range(len(sg.configs)) for sg in gains.subgraphs]):
+        g = sum(sg.gain[k] for sg, k in zip(gains.subgraphs, rows))
+        c = sum(mse[LAYERS.index(l), j - 1] for sg, k in zip(gains.subgraphs, rows)
+                for l, j in zip(sg.layers, sg.configs[k]) if j)
+        if g >= need:
+            least = min(least, c)
+    assert plan.predicted_loss_mse == pytest.approx(least, rel=1e-9)
+    speedup = 10.0 / (10.0 - need)
+    assert select(table, gains, target_speedup=speedup).predicted_gain >= need * (1 - 1e-9)
+
+
+def test_pins_and_keeps_are_honoured():
+    table, gains = make_tables(3)
+    plan = select(table, gains, max_loss_mse=1e9, pin={"b1\\..*": "fp8"}, keep=["head"])
+    assert plan.mapping["b1.up"] == plan.mapping["b1.down"] == "fp8" and plan.mapping["head"] == "base"
+    want, _ = brute_force(table, gains, 1e9, forced={"b1.up": "fp8", "b1.down": "fp8", "head": "base"})
+    assert plan.predicted_gain == pytest.approx(want, rel=1e-9)
+
+
+def test_memory_row():
+    table, gains = make_tables(4)
+    plan = select(table, gains, max_loss_mse=1e9, max_memory=5 * 4.0e6 - 3 * 3.0e6)
+    assert plan.predicted_memory <= 5 * 4.0e6 - 3 * 3.0e6
+    assert len(plan.quantized) >= 3  # each quantized layer saves 3 MB of the 20 MB
+    assert plan.predicted_memory == 5 * 4.0e6 - 3.0e6 * len(plan.quantized)
+    free = select(table, gains, max_loss_mse=1e9)
+    assert plan.predicted_gain <= free.predicted_gain + 1e-12
+
+
+def test_errors_name_the_problem():
+    table, gains = make_tables(5)
+    with pytest.raises(ValueError, match="matches no layer"):
+        select(table, gains, max_loss_mse=1.0, keep=["b7.q"])
+    with pytest.raises(ValueError, match="exactly one of"):
+        select(table, gains, max_loss_mse=1.0, min_gain=1.0)
+    with pytest.raises(ValueError, match="no plan meets"):
+        select(table, gains, max_loss_mse=1e-12, pin={"head": "int8"})
+    with pytest.raises(ValueError, match="no plan meets"):
+        select(table, gains, min_gain=1e6)
+    other = SensitivityTable(("x.q",), CANDS, np.ones((2, 1, 2)), np.ones((2, 1, 2)), np.full((1, 2), np.nan),
+                             np.zeros((1, 2)))
+    with pytest.raises(ValueError, match="different models"):
+        select(other, gains, max_loss_mse=1.0)
+    fewer = SensitivityTable(LAYERS, ("int8",), table.delta[:, :, :1], table.delta_weight[:, :, :1],
+                             np.full((5, 1), np.nan), np.zeros((5, 1)))
+    with pytest.raises(ValueError, match="did not calibrate"):
+        select(fewer, gains, max_loss_mse=1.0)
+    with pytest.raises(ValueError, match="baseline_seconds|speedup must"):
+        select(table, gains, target_speedup=0.5)
+
+
+def test_pareto_is_monotone_and_matches_select():
+    table, gains = make_tables(6)
+    front = pareto(table, gains)
+    assert len(front) >= 5
+    costs = [p.predicted_loss_mse for p in front]
+    gains_ = [p.predicted_gain for p in front]
+    assert all(b >= a - 1e-12 for a, b in zip(gains_, gains_[1:]))
+    for p in front[::5]:
+        budget = p.objective["value"]
+        assert select(table, gains, max_loss_mse=budget).predicted_gain == pytest.approx(p.predicted_gain, rel=1e-9)
+        assert p.predicted_loss_mse <= budget * (1 + 1e-12)
+    assert costs
+
+
+def test_plan_round_trip_and_corrupt_files(tmp_path):
+    table, gains = make_tables(7)
+    plan = select(table, gains, max_loss_mse=0.1 * table.mse.sum())
+    path = tmp_path / "plan.json"
+    plan.save(path)
+    back = Plan.load(path)
+    assert back.mapping == plan.mapping and back.predicted_gain == plan.predicted_gain
+    assert back.solver == plan.solver and back.artifacts == plan.artifacts
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not a readable mpq.Plan"):
+        Plan.load(tmp_path / "bad.json")
+    (tmp_path / "other.json").write_text(json.dumps({"format": "mpq.GainTable", "version": 1}))
+    with pytest.raises(ValueError, match="not a mpq.Plan"):
+        Plan.load(tmp_path / "other.json")
+    (tmp_path / "future.json").write_text(json.dumps({"format": "mpq.Plan", "version": 99, "mapping": {}}))
+    with pytest.raises(ValueError, match="version 99"):
+        Plan.load(tmp_path / "future.json")
