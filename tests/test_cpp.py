@@ -3,7 +3,6 @@ separate C++ project against the installed package with find_package(mpq)."""
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest

@@ -1,5 +1,4 @@
 """mpq.partition on tiny models built here: exact expected sub-graphs, ties, fallback, errors."""
-import warnings
 
 import pytest
 import torch

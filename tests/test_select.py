@@ -5,7 +5,6 @@ import json
 import numpy as np
 import pytest
 
-import mpq
 from mpq.gain_table import GainTable, SubgraphGains
 from mpq.plan import Plan
 from mpq.selection import pareto, select

@@ -1,5 +1,6 @@
 // C++ tests of the formats: every SIMD path equals the scalar definition bit for bit, spec values hold, and bad
 // input throws std::invalid_argument. Returns non-zero on the first failure.
+#include "check.hpp"
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -14,14 +15,6 @@
 
 namespace {
 
-int failures = 0;
-#define CHECK(cond)                                                      \
-  do {                                                                   \
-    if (!(cond)) {                                                       \
-      std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-      ++failures;                                                        \
-    }                                                                    \
-  } while (0)
 
 template <class Fn>
 bool throws_invalid(Fn fn) {

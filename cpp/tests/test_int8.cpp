@@ -1,5 +1,6 @@
 // mpq/int8.hpp: the quantizers and the int8 Linear at every SIMD level against plain loops written here
 // (int64 sums, the documented rounding), odd sizes for vector tails, extreme values, and the documented errors.
+#include "check.hpp"
 #include <cfloat>
 #include <cmath>
 #include <cstdio>
@@ -13,17 +14,6 @@
 
 namespace {
 
-int failures = 0;
-#define CHECK(cond, ...)                                             \
-  do {                                                               \
-    if (!(cond)) {                                                   \
-      if (++failures <= 20) {                                        \
-        std::printf("FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);  \
-        std::printf(__VA_ARGS__);                                    \
-        std::printf("\n");                                           \
-      }                                                              \
-    }                                                                \
-  } while (0)
 
 int8_t ref_q(float v, float inv) {
   float r = std::nearbyint(v * inv);

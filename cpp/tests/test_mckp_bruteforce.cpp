@@ -1,6 +1,7 @@
 // MCKP solver vs exhaustive enumeration on thousands of small random instances (n <= 8, m <= 4) with exact
 // ties, zero costs, equal and negative gains, budgets on the boundary and infeasible budgets.
 // Values are multiples of 1/8 (sums are exact in double), except in a quarter of the instances.
+#include "check.hpp"
 #include <cmath>
 #include <cstdio>
 #include <random>
@@ -10,17 +11,6 @@
 
 namespace {
 
-int failures = 0;
-#define CHECK(cond, ...)                                        \
-  do {                                                          \
-    if (!(cond)) {                                              \
-      if (++failures <= 20) {                                   \
-        std::printf("FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
-        std::printf(__VA_ARGS__);                               \
-        std::printf("\n");                                      \
-      }                                                         \
-    }                                                           \
-  } while (0)
 
 struct Instance {
   std::vector<int64_t> off{0};

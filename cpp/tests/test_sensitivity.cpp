@@ -1,5 +1,6 @@
 // ctest: the fused sensitivity kernel against a naive sum over mpq::fake_quantize output, at every ISA level,
 // for odd sizes (vector tails), several grads, all granularities, explicit scales; and its documented errors.
+#include "check.hpp"
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -13,14 +14,6 @@
 #include "mpq/sensitivity.hpp"
 
 namespace {
-int failures = 0;
-#define CHECK(cond)                                                   \
-  do {                                                                \
-    if (!(cond)) {                                                    \
-      std::fprintf(stderr, "%s:%d: CHECK(%s) failed\n", __FILE__, __LINE__, #cond); \
-      ++failures;                                                     \
-    }                                                                 \
-  } while (0)
 
 struct Case {
   const char* fmt;

@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 from typing import Mapping, Optional
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 

@@ -19,8 +19,8 @@ outside it; ties come from Linear layers that received the very same input tenso
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
-from typing import Any, Optional
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import nn

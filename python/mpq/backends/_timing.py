@@ -10,7 +10,6 @@ forward, say) are counted in the previous segment: the same for every configurat
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, Sequence
 
 import numpy as np

@@ -4,15 +4,13 @@ through ``torch._scaled_mm`` (per-token x per-channel scales, or per-tensor), ``
 Without a CUDA device ``available()`` says why and ``profile`` raises ``BackendUnavailable``."""
 from __future__ import annotations
 
-import copy
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..candidates import get_candidate
-from ..formats import compute_scales
-from ._timing import PerfClock
+from . import prepare_bf16_on
 
 NAME = "cuda"
 UNIT = "seconds"
@@ -38,18 +36,7 @@ def supported(candidate: str) -> bool:
 
 
 def prepare(model, example_input):
-    dev = torch.device("cuda")
-    work = copy.deepcopy(model).to(dev, torch.bfloat16).eval()
-
-    def move(x):
-        if isinstance(x, torch.Tensor):
-            return x.to(dev, torch.bfloat16) if x.is_floating_point() else x.to(dev)
-        if isinstance(x, dict):
-            return {k: move(v) for k, v in x.items()}
-        if isinstance(x, (tuple, list)):
-            return type(x)(move(v) for v in x)
-        return x
-    return work, move(example_input)
+    return prepare_bf16_on("cuda", model, example_input)
 
 
 def _pad_rows(x, mult=16, minimum=17):

@@ -5,11 +5,12 @@ Timing: wall clock around segments with ``htcore.mark_step()`` and ``torch.hpu.s
 the graph flushed). Written against the documented Gaudi ops; not run on Gaudi hardware by its author."""
 from __future__ import annotations
 
-import copy
 import time
 
 import torch
 from torch import nn
+
+from . import prepare_bf16_on
 
 NAME = "hpu"
 UNIT = "seconds"
@@ -42,18 +43,7 @@ def supported(candidate: str) -> bool:
 
 
 def prepare(model, example_input):
-    dev = torch.device("hpu")
-    work = copy.deepcopy(model).to(dev, torch.bfloat16).eval()
-
-    def move(x):
-        if isinstance(x, torch.Tensor):
-            return x.to(dev, torch.bfloat16) if x.is_floating_point() else x.to(dev)
-        if isinstance(x, dict):
-            return {k: move(v) for k, v in x.items()}
-        if isinstance(x, (tuple, list)):
-            return type(x)(move(v) for v in x)
-        return x
-    return work, move(example_input)
+    return prepare_bf16_on("hpu", model, example_input)
 
 
 class HpuFp8Linear(nn.Module):
