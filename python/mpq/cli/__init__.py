@@ -30,7 +30,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as e:  # user errors: one line, no traceback
+    except (ValueError, FileNotFoundError, ImportError) as e:  # user errors: one line, no traceback
         print(f"mpq {args.command}: error: {e}", file=sys.stderr)
         return 1
 

