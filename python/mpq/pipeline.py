@@ -29,7 +29,7 @@ class RunSettings:
     calib_windows: int = 16
     eval_windows: int = 8
     batch_size: int = 4
-    max_loss_rmse: float = 0.05            # nats of per-sequence mean cross-entropy (first-order estimate)
+    max_loss_rmse: float = 0.01            # nats of per-sequence mean cross-entropy (first-order estimate)
     front_points: int = 25
     measured_points: int = 3               # front plans measured end to end, besides the chosen one
     timing_tokens: int = 128               # prefill length that is profiled and timed end to end

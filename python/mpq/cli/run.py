@@ -9,7 +9,7 @@ def register(sub) -> None:
     p = sub.add_parser("run", help="run the whole pipeline (default: the built-in SmolLM2 demo)", description=__doc__)
     p.add_argument("--model", default=None, help="a Hugging Face folder or .gguf file (default: SmolLM2-135M)")
     p.add_argument("--candidates", default="int8,w8a16", help="comma-separated candidates (default: int8,w8a16)")
-    p.add_argument("--max-loss-rmse", type=float, default=0.05, help="loss budget in nats (default 0.05)")
+    p.add_argument("--max-loss-rmse", type=float, default=0.01, help="loss budget in nats (default 0.01)")
     p.add_argument("--calib-windows", type=int, default=16, help="calibration sequences (default 16)")
     p.add_argument("--eval-windows", type=int, default=8, help="held-out evaluation sequences (default 8)")
     p.add_argument("--seq-len", type=int, default=256)
