@@ -12,14 +12,23 @@ MinMax minmax_t(const void* x, std::size_t n) {
   const __m256 inf = _mm256_set1_ps(std::numeric_limits<float>::infinity());
   const __m256 ninf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
   const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
-  __m256 lo = inf, hi = ninf;
-  std::size_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    const __m256 v = load8<D>(x, i);
+  __m256 lo = inf, hi = ninf, lo2 = inf, hi2 = ninf;  // two accumulator pairs: min/max latency, not a chain
+  auto step = [&](__m256 v, __m256& l, __m256& h) {
     const __m256 finite = _mm256_cmp_ps(_mm256_and_ps(v, abs_mask), inf, _CMP_LT_OQ);
-    lo = _mm256_min_ps(lo, _mm256_blendv_ps(inf, v, finite));
-    hi = _mm256_max_ps(hi, _mm256_blendv_ps(ninf, v, finite));
+    l = _mm256_min_ps(l, _mm256_blendv_ps(inf, v, finite));
+    h = _mm256_max_ps(h, _mm256_blendv_ps(ninf, v, finite));
+  };
+  std::size_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    step(load8<D>(x, i), lo, hi);
+    step(load8<D>(x, i + 8), lo2, hi2);
   }
+  if (i + 8 <= n) {
+    step(load8<D>(x, i), lo, hi);
+    i += 8;
+  }
+  lo = _mm256_min_ps(lo, lo2);
+  hi = _mm256_max_ps(hi, hi2);
   // Horizontal reduction in registers (the lanes hold no NaN: non-finite values were replaced by +-inf).
   __m128 l4 = _mm_min_ps(_mm256_castps256_ps128(lo), _mm256_extractf128_ps(lo, 1));
   __m128 h4 = _mm_max_ps(_mm256_castps256_ps128(hi), _mm256_extractf128_ps(hi, 1));
