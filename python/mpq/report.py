@@ -81,6 +81,12 @@ def write_report(out: Path, table, gains, plan, front, results, settings, second
     base = next(r for r in results if r.name == "base")
     text = format_results(results, gains.baseline_seconds)
     print(plan.summary())
+    print("Pareto front (predicted):")
+    print(f"{'#':>3} {'loss MSE':>10} {'gain s':>9} {'speedup':>8} {'layers q':>8}")
+    for i, p in enumerate(front):
+        print(f"{i:3d} {p.predicted_loss_mse:10.3g} {p.predicted_gain:9.4f} {p.predicted_speedup:8.3f} "
+              f"{len(p.quantized):8d}")
+    print("Measured (held-out perplexity, loss MSE against the base model, prefill time on one CPU thread):")
     print(text)
     rows = []
     for r in results:
