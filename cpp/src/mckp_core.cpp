@@ -300,17 +300,7 @@ MckpResult solve_prepared(const Prepared& pr, double C, const MckpOptions& opts,
                   std::to_string(opts.beam_width) + " states per level";
     }
     if (limited && static_cast<int64_t>(cur.size()) > opts.beam_width) {  // keep the best bounds, in cost order
-      std::vector<int32_t> idx(cur.size());
-      std::iota(idx.begin(), idx.end(), 0);
-      std::nth_element(idx.begin(), idx.begin() + opts.beam_width, idx.end(), [&](int32_t a, int32_t b) {
-        return lp[a] != lp[b] ? lp[a] > lp[b] : a < b;
-      });
-      for (std::size_t t = opts.beam_width; t < idx.size(); ++t) pruned_max = std::max(pruned_max, lp[idx[t]]);
-      idx.resize(opts.beam_width);
-      std::sort(idx.begin(), idx.end());
-      std::vector<State> nb;
-      for (int32_t t : idx) nb.push_back(cur[t]);
-      cur.swap(nb);
+      keep_best(cur, lp, opts.beam_width, pruned_max);
     }
     // store back-pointers of the states we expand
     if (l > 0) {

@@ -1,6 +1,8 @@
 // Internal pieces of the MCKP solver shared by the cpp/src/mckp_*.cpp files. Not installed, not public.
 #pragma once
+#include <algorithm>
 #include <chrono>
+#include <numeric>
 #include <cstdint>
 #include <limits>
 #include <string>
@@ -128,5 +130,24 @@ MckpResult solve_two_row_core(const TwoRowInput& in, double mu, double lambda, d
 
 double seconds_since(Clock::time_point t0);
 std::string fmt(double x);  // shortest round-trip decimal
+
+/// Beam truncation of a search level: keeps the `width` states with the highest bounds (ties: lower index),
+/// in their original (cost) order, and raises `pruned_max` to the best bound it drops.
+template <class S>
+void keep_best(std::vector<S>& states, const std::vector<double>& bound, std::int64_t width, double& pruned_max) {
+  std::vector<int32_t> idx(states.size());
+  std::iota(idx.begin(), idx.end(), 0);
+  std::nth_element(idx.begin(), idx.begin() + width, idx.end(), [&](int32_t a, int32_t b) {
+    return bound[a] != bound[b] ? bound[a] > bound[b] : a < b;
+  });
+  for (std::size_t t = static_cast<std::size_t>(width); t < idx.size(); ++t)
+    pruned_max = std::max(pruned_max, bound[idx[t]]);
+  idx.resize(static_cast<std::size_t>(width));
+  std::sort(idx.begin(), idx.end());
+  std::vector<S> kept;
+  kept.reserve(idx.size());
+  for (int32_t t : idx) kept.push_back(states[t]);
+  states.swap(kept);
+}
 
 }  // namespace mpq::detail

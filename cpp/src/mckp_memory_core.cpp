@@ -214,17 +214,7 @@ MckpResult solve_two_row_core(const TwoRowInput& in, double mu, double lambda, d
                      static_cast<int64_t>(cur.size()) * m_l > level_cap || nodes > opts.max_nodes))
       limited = true;
     if (limited && static_cast<int64_t>(cur.size()) > opts.beam_width) {  // keep the best bounds
-      std::vector<int32_t> idx(cur.size());
-      std::iota(idx.begin(), idx.end(), 0);
-      std::nth_element(idx.begin(), idx.begin() + opts.beam_width, idx.end(), [&](int32_t a, int32_t b) {
-        return bnd[a] != bnd[b] ? bnd[a] > bnd[b] : a < b;
-      });
-      for (std::size_t t = opts.beam_width; t < idx.size(); ++t) pruned_max = std::max(pruned_max, bnd[idx[t]]);
-      idx.resize(opts.beam_width);
-      std::sort(idx.begin(), idx.end());
-      std::vector<St> nb;
-      for (int32_t t : idx) nb.push_back(cur[t]);
-      cur.swap(nb);
+      keep_best(cur, bnd, opts.beam_width, pruned_max);
     }
     if (l > 0) {
       bp[l].resize(cur.size());
