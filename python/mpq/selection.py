@@ -135,7 +135,8 @@ class Problem:
 
     def default_budgets(self, points: int) -> list[float]:
         top = sum(float(c[np.argmax(g)]) for g, c in zip(self.gains, self.costs))
-        positive = np.concatenate([c[c > 0] for c in self.costs] or [np.zeros(0)])
+        # the cheapest item worth taking (positive gain) starts the grid: cheaper budgets all give the empty plan
+        positive = np.concatenate([c[(c > 0) & (g > 0)] for g, c in zip(self.gains, self.costs)] or [np.zeros(0)])
         if top <= 0 or not positive.size:
             return [self.fixed_cost]
         low = max(float(positive.min()), top * 1e-6)
