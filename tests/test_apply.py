@@ -3,6 +3,7 @@ import pytest
 import torch
 from torch import nn
 
+from _tiny_models import tiny_llama
 import mpq.candidates as C
 from mpq.application import FakeQuantLinear, apply
 from mpq.native import NativeLinear
@@ -62,11 +63,7 @@ def test_native_and_fake_agree_within_format_error(cand):
 
 
 def test_apply_on_tiny_llama_native_int8():
-    transformers = pytest.importorskip("transformers")
-    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                   num_attention_heads=4, num_key_value_heads=2)
-    torch.manual_seed(0)
-    m = transformers.LlamaForCausalLM(cfg).eval()
+    m = tiny_llama()
     ids = torch.randint(0, 64, (1, 8))
     mapping = {n: "int8" for n, mod in m.named_modules() if isinstance(mod, nn.Linear)}
     with torch.no_grad():

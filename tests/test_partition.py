@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from _tiny_models import tiny_llama as shared_tiny_llama
 from mpq.partitioning import Subgraph, partition
 
 
@@ -81,11 +82,7 @@ def test_cnn_linear_subgraphs_only():
 
 
 def tiny_llama(layers=2):
-    transformers = pytest.importorskip("transformers")
-    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
-                                   num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
-    torch.manual_seed(0)
-    return transformers.LlamaForCausalLM(cfg).eval()
+    return shared_tiny_llama(layers, tie_word_embeddings=True)
 
 
 def test_tiny_llama_attention_mlp_head():

@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from _tiny_models import tiny_llama
 from mpq.backends import BackendUnavailable, get_backend
 from mpq.gain_table import GainTable, SubgraphGains
 from mpq.partitioning import Subgraph
@@ -114,11 +115,7 @@ def test_profile_cpu_table_is_consistent(phase):
 
 
 def test_profile_tiny_llama_decode():
-    transformers = pytest.importorskip("transformers")
-    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                   num_attention_heads=4, num_key_value_heads=2)
-    torch.manual_seed(0)
-    m = transformers.LlamaForCausalLM(cfg).eval()
+    m = tiny_llama()
     t = profile(m, torch.randint(0, 64, (1, 8)), ["int8"], phase="decode", repeats=3, warmup=1,
                 per_layer=False)
     assert [s.name for s in t.subgraphs] == ["model.layers.0.self_attn", "model.layers.0.mlp", "lm_head"]
