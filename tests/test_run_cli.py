@@ -1,6 +1,8 @@
 """The command line around the pipeline: a missing demo extra names its install command; select re-solves saved
 tables; export and report read a saved plan."""
 import json
+import subprocess
+import sys
 
 import numpy as np
 
@@ -42,3 +44,16 @@ def test_select_export_report_on_saved_tables(tmp_path, capsys):
     assert main(["select", str(tmp_path / "s.npz"), str(tmp_path / "g.npz"), "--pareto", "5", "-o",
                  str(tmp_path / "front.json")]) == 0
     assert len(json.loads((tmp_path / "front.json").read_text())) >= 1
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path):
+    """`mpq report table | head`: when the reader leaves, mpq stops without a traceback."""
+    rows = [SubgraphGains(f"b{i}", (f"b{i}.q",), (), np.array([[0], [1]], dtype=np.int32), np.array([0.0, 1.0]),
+                          np.zeros(2), np.zeros(2, bool)) for i in range(2000)]
+    GainTable("macs", "prefill", ("base", "int8"), tuple(rows), baseline_seconds=10.0).save(tmp_path / "g.npz")
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from mpq.cli import main; sys.exit(main())",
+                             "report", str(tmp_path / "g.npz")], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before mpq writes
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 141, err
+    assert "Traceback" not in err and "BrokenPipeError" not in err and "Exception ignored" not in err, err

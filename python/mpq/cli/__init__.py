@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 from typing import Optional, Sequence
@@ -29,7 +30,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # inside the try: a closed pipe must fail here, not at interpreter exit
+        return code
+    except BrokenPipeError:  # the reader left (`mpq select --pareto 50 | head`): stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python flushes stdout again at exit
+        return 141  # 128 + SIGPIPE, what the shell reports for a tool the pipe stopped
     except (ValueError, FileNotFoundError, ImportError) as e:  # user errors: one line, no traceback
         print(f"mpq {args.command}: error: {e}", file=sys.stderr)
         return 1
