@@ -173,7 +173,10 @@ def profile(model: nn.Module, example_input, candidates: Sequence[str] = ("int8"
     backend: "cpu" | "cuda" | "hpu" (timed) | "macs" | "memory" (theoretical). device: the ``macs`` peak table
     (default "cpu-avx2"). threads: intra-op threads while timing (1 by default: the machine is shared).
     act_scales: static activation scales per layer for static candidates (default: amax/qmax of the layer's
-    input on the example, which does not change the timing).
+    input on the example, which does not change the timing). seed: the random subset of configurations (when
+    there are more than ``max_configs``) and which configurations share a timed pass (``backends._timing``).
+    Timed backends store in ``meta["additivity"]`` how well baseline − Σ sub-graph gains predicted the timed
+    passes, each of which ran a random mix of configurations.
     @raises ValueError for a bad example input, unknown/unsupported candidates, bad phase;
             mpq.backends.BackendUnavailable when the backend's hardware is absent.
     """
@@ -232,9 +235,9 @@ def profile(model: nn.Module, example_input, candidates: Sequence[str] = ("int8"
                     partition=sorted({sg.method for sg in subgraphs}), max_configs=max_configs, seed=seed)
         lgain = lspread = None
         if timed:
-            sgs, baseline, lgain, lspread, rounds = _timed(mod, work, run, subgraphs, configs, table_cands, inputs,
-                                                           act_scales, repeats, warmup, per_layer, layers)
-            meta.update(rounds)
+            sgs, baseline, lgain, lspread, checks = _timed(mod, work, run, subgraphs, configs, table_cands, inputs,
+                                                           act_scales, repeats, warmup, per_layer, layers, seed)
+            meta.update(checks)
             meta["base_format"] = mod.BASE_FORMAT
             meta["clock"] = type(mod.clock()).__name__
         elif backend == "macs":
@@ -278,8 +281,8 @@ def _nan(cost, l, c):
 
 
 def _timed(mod, work, run, subgraphs, configs, table_cands, inputs, act_scales, repeats, warmup, per_layer,
-           layers):
-    from .backends._timing import gains_from_times, time_callable, time_in_model
+           layers, seed):
+    from .backends._timing import additivity_check, gains_from_times, time_callable, time_in_model
     named = dict(work.named_modules())
     act_scales = dict(act_scales or {})
     modules = {}
@@ -297,13 +300,13 @@ def _timed(mod, work, run, subgraphs, configs, table_cands, inputs, act_scales, 
                         scale = max(amax, 1e-12) / format_info(cand.act_format)["max"]
                 modules[(l, c)] = mod.make_module(named[l], c, scale)
     clock = mod.clock()
-    seg, whole = time_in_model(work, run, subgraphs, configs, table_cands, modules, clock, repeats, warmup)
+    seg, base_whole, passes = time_in_model(work, run, subgraphs, configs, table_cands, modules, clock, repeats,
+                                            warmup, seed)
     sgs = [gains_from_times(t) for t in seg]
-    baseline = float(np.median(whole[0]))
-    # round k ran configuration k in every sub-graph that has one: the whole-model gain of that round, beside the
-    # sum of its sub-graph gains, checks that the segments tile the forward pass (stored in meta)
-    whole_gain = [baseline - float(np.median(whole[k])) for k in range(whole.shape[0])]
-    seg_sum = [float(sum(g[0][k] for g in sgs if k < len(g[0]))) for k in range(whole.shape[0])]
+    baseline = float(np.median(base_whole))
+    # every mixed pass ran a plan: its whole-model time against baseline − Σ sub-graph gains checks that the
+    # segments tile the forward pass and that the gains add up (stored in meta)
+    check = additivity_check(base_whole, [g[0] for g in sgs], passes)
     lgain = lspread = None
     if per_layer:
         lgain = np.full((len(layers), len(table_cands)), np.nan)
@@ -317,4 +320,4 @@ def _timed(mod, work, run, subgraphs, configs, table_cands, inputs, act_scales, 
             lgain[li, 0] = lspread[li, 0] = 0.0
             for k, j in enumerate(cands, 1):
                 lgain[li, j], lspread[li, j] = g[k], s[k]
-    return sgs, baseline, lgain, lspread, {"round_whole_gain": whole_gain, "round_subgraph_sum": seg_sum}
+    return sgs, baseline, lgain, lspread, {"additivity": check}

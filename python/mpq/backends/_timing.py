@@ -2,11 +2,18 @@
 
 Each sub-graph's segment is delimited by forward pre-hooks on its ``start`` module (the first module called in
 it) and the next sub-graph's start (the last one ends at the model's forward hook). One forward pass therefore
-times every sub-graph at once: in round k every sub-graph runs its configuration k (sub-graphs with fewer
-configurations run base and are not recorded), and rounds are interleaved over the repeats, so slow drift hits
-base and candidates alike. Gain = median(base) − median(config); spread = IQR of the paired per-repeat
-differences. Ops between a segment's cut point and its first module call (a residual add written in the parent's
-forward, say) are counted in the previous segment: the same for every configuration, so gains are unaffected.
+times every sub-graph at once. Ops between a segment's cut point and its first module call (a residual add written
+in the parent's forward, say) are counted in the previous segment: the same for every configuration, so gains are
+unaffected.
+
+Which configuration runs where: a repeat is one all-base pass (the whole-model baseline) and K_max mixed passes.
+In mixed pass k of repeat r, sub-graph i runs configuration (k + o_ri) mod K_max (base, unrecorded, when that is
+past its own K_i), with o_ri drawn at random per sub-graph and repeat. So every configuration is timed once per
+repeat, and the configurations a pass combines change from repeat to repeat. Why not "configuration k in every
+sub-graph": on a shared machine most of the noise is common to a whole pass (the host slows every segment at
+once); with aligned rounds, that noise is shared by all sub-graphs' samples of the same configuration, and a
+plan's prediction (a sum over ~60 sub-graphs) adds it up coherently instead of averaging it out. Mixed passes are
+also closer to a real plan, whose neighbouring sub-graphs run different configurations.
 """
 from __future__ import annotations
 
@@ -38,15 +45,20 @@ class _Marks:
 
 
 def time_in_model(model: nn.Module, run: Callable[[], object], subgraphs, configs: Sequence[np.ndarray],
-                  candidates: Sequence[str], modules: dict, clock, repeats: int, warmup: int):
-    """Returns (per-subgraph [K_s, repeats] seconds, whole-model [K_max, repeats] seconds).
+                  candidates: Sequence[str], modules: dict, clock, repeats: int, warmup: int, seed: int = 0):
+    """Times every configuration of every sub-graph in mixed passes (see module doc).
 
+    Returns (seg, base_whole, passes): seg[i] [K_i, repeats] seconds of sub-graph i in each configuration;
+    base_whole [repeats] seconds of the all-base pass; passes = (assignment [repeats, K_max, n_subgraphs]: the
+    configuration each sub-graph ran in each mixed pass, -1 where it ran base unrecorded; whole [repeats, K_max]
+    seconds of those passes).
     modules: {(layer, candidate name): replacement module}; layers keep their original module for "base".
     clock: object with mark() -> token, seconds(t0, t1) -> float and sync().
     """
     named = dict(model.named_modules())
     originals = {l: named[l] for sg in subgraphs for l in sg.layers}
-    marks = _Marks(len(subgraphs), clock)
+    n = len(subgraphs)
+    marks = _Marks(n, clock)
     hooks = []
     starts = {}
     for i, sg in enumerate(subgraphs):
@@ -70,61 +82,92 @@ def time_in_model(model: nn.Module, run: Callable[[], object], subgraphs, config
 
     hooks.append(model.register_forward_pre_hook(root_pre, with_kwargs=True))
     hooks.append(model.register_forward_hook(root_post, with_kwargs=True))
-    kmax = max(len(c) for c in configs)
+    n_cfg = np.array([len(c) for c in configs])
+    kmax = int(n_cfg.max())
     seg = [np.full((len(c), repeats), np.nan) for c in configs]
-    whole = np.full((kmax, repeats), np.nan)
+    base_whole = np.full(repeats, np.nan)
+    assignment = np.full((repeats, kmax, n), -1, dtype=np.int32)
+    whole = np.full((repeats, kmax), np.nan)
     current = {}
+    rng = np.random.default_rng(seed)
 
-    def set_config(k):
+    def set_config(choice):
         for i, sg in enumerate(subgraphs):
-            row = configs[i][k] if k < len(configs[i]) else np.zeros(len(sg.layers), dtype=int)
+            row = configs[i][choice[i]] if choice[i] >= 0 else np.zeros(len(sg.layers), dtype=int)
             for layer, j in zip(sg.layers, row):
                 want = originals[layer] if j == 0 else modules[(layer, candidates[j])]
                 if current.get(layer) is not want:
                     set_module(model, layer, want)
                     current[layer] = want
 
+    def timed_pass(choice):
+        set_config(choice)
+        marks.reset()
+        run()
+        clock.sync()
+        if marks.t[-1] is None:
+            raise RuntimeError("the model's forward hook did not fire")
+        return list(marks.t), clock.seconds(t_begin[0], marks.t[-1])
+
+    all_base = np.full(n, -1)
     try:
         with torch.no_grad():
             for r in range(-warmup, repeats):
+                offsets = rng.integers(kmax, size=n)
+                _, w = timed_pass(all_base)
+                if r >= 0:
+                    base_whole[r] = w
                 for k in range(kmax):
-                    set_config(k)
-                    marks.reset()
-                    run()
-                    clock.sync()
+                    choice = (k + offsets) % kmax
+                    choice[choice >= n_cfg] = -1
+                    t, w = timed_pass(choice)
                     if r < 0:
                         continue
-                    t = marks.t
-                    if t[-1] is None:
-                        raise RuntimeError("the model's forward hook did not fire")
-                    whole[k, r] = clock.seconds(t_begin[0], t[-1])
-                    for i in range(len(subgraphs)):
-                        if k >= len(configs[i]):
-                            continue
+                    assignment[r, k] = choice
+                    whole[r, k] = w
+                    for i in np.flatnonzero(choice >= 0):
                         if t[i] is None:
                             raise RuntimeError(f"sub-graph {subgraphs[i].name!r}: its start module "
                                                f"{subgraphs[i].start!r} was not called in this phase")
-                        nxt = next((t[j] for j in range(i + 1, len(subgraphs) + 1) if t[j] is not None), None)
-                        seg[i][k, r] = clock.seconds(t[i], nxt)
+                        nxt = next(t[j] for j in range(i + 1, n + 1) if t[j] is not None)
+                        seg[i][choice[i], r] = clock.seconds(t[i], nxt)
     finally:
         for h in hooks:
             h.remove()
         for layer, mod in originals.items():
             set_module(model, layer, mod)
-    return seg, whole
+    return seg, base_whole, (assignment, whole)
+
+
+def additivity_check(base_whole: np.ndarray, gains: Sequence[np.ndarray], passes) -> dict:
+    """Each mixed pass is a plan: its whole-model time against the prediction, baseline − Σ sub-graph gains.
+
+    Returns {"passes", "median_error_s" (measured − predicted: > 0 when the passes ran slower than the sum says),
+    "median_abs_error_s", "base_pass_iqr_s" (the all-base pass's own spread, for scale)}."""
+    assignment, whole = passes
+    base = float(np.median(base_whole))
+    err = np.array([float(whole[r, k]) - (base - sum(float(g[c]) for g, c in zip(gains, assignment[r, k]) if c >= 0))
+                    for r in range(whole.shape[0]) for k in range(whole.shape[1])])
+    return {"passes": int(err.size), "median_error_s": float(np.median(err)),
+            "median_abs_error_s": float(np.median(np.abs(err))), "base_pass_iqr_s": iqr(base_whole)}
 
 
 def gains_from_times(times: np.ndarray):
-    """times [K, R] seconds, row 0 = base: (gain [K], spread [K], noisy [K], base median)."""
+    """times [K, R] seconds, row 0 = base: (gain [K], spread [K], noisy [K], base median).
+
+    Gain = median over repeats of the paired difference base_r − config_r, spread = its IQR. Paired because the
+    samples of one repeat are taken within a few passes of each other and the machine's speed drifts slowly
+    (adjacent passes correlate at 0.6–0.8 on a shared box): the difference cancels that drift, a difference of
+    medians keeps it."""
     base = times[0]
-    med = np.median(times, axis=1)
-    gain = med[0] - med
-    spread = np.array([iqr(base - times[k]) for k in range(times.shape[0])])
+    diff = base[None, :] - times
+    gain = np.median(diff, axis=1)
+    spread = np.array([iqr(d) for d in diff])
     noisy = spread >= np.abs(gain)
     noisy[0] = False
     gain[0] = 0.0
     spread[0] = 0.0
-    return gain, spread, noisy, float(med[0])
+    return gain, spread, noisy, float(np.median(base))
 
 
 def time_callable(fns: Sequence[Callable[[], object]], repeats: int, warmup: int, clock) -> np.ndarray:
