@@ -29,12 +29,13 @@ from mpq.profiling import make_runner, profile  # noqa: E402
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help="a Hugging Face folder or .gguf file (default: SmolLM2-135M)")
     p.add_argument("--phase", default="decode", choices=("prefill", "decode"))
     p.add_argument("--candidates", default="int8,w8a16,w4a16")
     p.add_argument("--seq-len", type=int, default=64)
     p.add_argument("--plans", type=int, default=20)
     p.add_argument("--repeats", type=int, default=15)
-    p.add_argument("--plan-repeats", type=int, default=15)
+    p.add_argument("--plan-repeats", type=int, default=31)
     p.add_argument("--device", default="cpu-avx2", help="macs peak-rate table")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save", default=None, help="write the GainTable here (.npz)")
@@ -42,11 +43,13 @@ def parse_args(argv=None):
 
 
 def time_model_pair(base_run, plan_run, repeats):
-    """Interleaved whole-model timings: (base [R], plan [R]) seconds."""
+    """Interleaved whole-model timings: (base [R], plan [R]) seconds. The order alternates (base first on even
+    repeats, plan first on odd ones) so that neither model always runs right after the other."""
     clock = cpu_backend.clock()  # the same clock as the profile (thread CPU time by default)
     tb, tp = [], []
     for r in range(-2, repeats):
-        for run, acc in ((base_run, tb), (plan_run, tp)):
+        pair = ((base_run, tb), (plan_run, tp))
+        for run, acc in (pair if r % 2 == 0 else pair[::-1]):
             t0 = clock.mark()
             run()
             t1 = clock.mark()
@@ -60,7 +63,7 @@ def main(argv=None):
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
     print(machine_line())
-    model, tok = data.load_smollm2()
+    model, tok = data.load_causal_lm(args.model) if args.model else data.load_smollm2()
     text = data.shakespeare_texts(["hamlet"])["hamlet"]
     ids = data.tokenize(tok, text)[: args.seq_len].reshape(1, -1)
     cands = [c for c in args.candidates.split(",") if c]
@@ -75,15 +78,17 @@ def main(argv=None):
           f"{sum(int(s.noisy.sum()) for s in table.subgraphs)} of {sum(len(s.gain) - 1 for s in table.subgraphs)}")
     if args.save:
         table.save(args.save)
-    print("# profile self-check, round k = configuration k in every sub-graph: whole-model gain vs Σ sub-graph "
-          "gains (ms): " + ", ".join(f"{w * 1e3:.1f}/{s * 1e3:.1f}" for w, s in
-                                    zip(table.meta["round_whole_gain"], table.meta["round_subgraph_sum"])))
+    add = table.meta["additivity"]
+    print(f"# profile self-check over its {add['passes']} mixed passes (each a random plan): whole-model time − "
+          f"(baseline − Σ sub-graph gains) median {add['median_error_s'] * 1e3:+.2f} ms, median |.| "
+          f"{add['median_abs_error_s'] * 1e3:.2f} ms (IQR of the all-base pass {add['base_pass_iqr_s'] * 1e3:.2f} ms)")
     macs = profile(model, ids, cands, backend="macs", phase=args.phase, subgraphs=sgs, device=args.device)
     # per-candidate summary: whole-model all-one-candidate predictions
-    rng = np.random.default_rng(args.seed)
+    rng = np.random.default_rng(args.seed)          # the plans
+    boot_rng = np.random.default_rng(args.seed + 1)  # the bootstrap, apart so the plans stay those of the seed
     rows = []
     base_run, _ = make_runner(model, ids, args.phase)
-    print(f"{'plan':>4} {'layers':>6} {'base ms':>8} {'measured ms':>11} {'spread':>7} {'subgraph':>9} "
+    print(f"{'plan':>4} {'layers':>6} {'base ms':>8} {'measured ms':>11} {'±se':>6} {'spread':>7} {'subgraph':>9} "
           f"{'sg*drift':>9} {'per-layer':>9} {'MACs':>8}  (ms saved; negative = slower)")
     for p in range(args.plans):
         mapping = {}
@@ -93,21 +98,24 @@ def main(argv=None):
         qmodel = apply(model, mapping, mode="native")
         plan_run, _ = make_runner(qmodel, ids, args.phase)
         tb, tp = time_model_pair(base_run, plan_run, args.plan_repeats)
-        measured = float(np.median(tb) - np.median(tp))
         d = tb - tp
+        measured = float(np.median(d))   # paired, as the profile's gains: adjacent runs share the machine's drift
         spread = float(np.percentile(d, 75) - np.percentile(d, 25))
+        boot = np.median(d[boot_rng.integers(len(d), size=(400, len(d)))], axis=1)
+        se = float(np.std(boot))           # the measurement's own uncertainty (bootstrap over the pairs)
         pred_sg = table.predict(mapping)
         drift = float(np.median(tb)) / table.baseline_seconds   # machine speed now vs during the profile
         pred_layer = table.predict_per_layer(mapping)
         pred_mac = macs.predict(mapping)
         rows.append((len(mapping), measured, spread, pred_sg, pred_layer, pred_mac, pred_sg * drift,
-                     float(np.median(tb))))
-        print(f"{p:>4} {len(mapping):>6} {np.median(tb) * 1e3:8.2f} {measured * 1e3:11.2f} {spread * 1e3:7.2f} "
+                     float(np.median(tb)), se))
+        print(f"{p:>4} {len(mapping):>6} {np.median(tb) * 1e3:8.2f} {measured * 1e3:11.2f} {se * 1e3:6.2f} "
+              f"{spread * 1e3:7.2f} "
               f"{pred_sg * 1e3:9.2f} {pred_sg * drift * 1e3:9.2f} {pred_layer * 1e3:9.2f} {pred_mac * 1e3:8.2f}",
               flush=True)
         del qmodel
     a = np.array(rows)
-    meas = a[:, 1]
+    meas, se = a[:, 1], a[:, 8]
     print(f"# baseline whole model {table.baseline_seconds * 1e3:.2f} ms")
     print(f"# base during the plans: median {np.median(a[:, 7]) * 1e3:.2f} ms (profile: "
           f"{table.baseline_seconds * 1e3:.2f} ms); sg*drift rescales the sub-graph sum by base now / base then")
@@ -117,7 +125,10 @@ def main(argv=None):
         corr = np.corrcoef(a[:, col], meas)[0, 1] if np.std(a[:, col]) > 0 else float("nan")
         print(f"# {name:<15} median |rel err| {np.median(rel) * 100:7.1f}%  median |err| "
               f"{np.median(abs_err) * 1e3:7.2f} ms ({np.median(abs_err) / table.baseline_seconds * 100:.1f}% of "
-              f"the model's time)  corr {corr:.3f}")
+              f"the model's time)  corr {corr:.3f}  within 2 se of the measurement: "
+              f"{int((abs_err <= 2 * se).sum())}/{len(se)}")
+    print(f"# the measurements' own noise: median se {np.median(se) * 1e3:.2f} ms = "
+          f"{np.median(se / np.maximum(np.abs(meas), 1e-12)) * 100:.1f}% of the measured gain (median)")
 
 
 if __name__ == "__main__":
