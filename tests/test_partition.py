@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from _tiny_models import tiny_llama as shared_tiny_llama
+from _tiny_models import tiny_gemma3, tiny_llama as shared_tiny_llama
 from mpq.partitioning import Subgraph, partition
 
 
@@ -85,24 +85,42 @@ def tiny_llama(layers=2):
     return shared_tiny_llama(layers, tie_word_embeddings=True)
 
 
-def test_tiny_llama_attention_mlp_head():
-    m = tiny_llama(2)
-    sgs = partition(m, torch.randint(0, 64, (1, 8)))
+def attention_mlp_head(blocks):
+    """(name, layers, ties) of a decoder's sub-graphs: per block attention (q/k/v tied) and MLP (gate/up tied),
+    then lm_head."""
     expect = []
-    for i in range(2):
-        a = f"model.layers.{i}.self_attn"
-        p = f"model.layers.{i}.mlp"
+    for i in range(blocks):
+        a, p = f"model.layers.{i}.self_attn", f"model.layers.{i}.mlp"
         expect.append((a, (f"{a}.q_proj", f"{a}.k_proj", f"{a}.v_proj", f"{a}.o_proj"),
                        ((f"{a}.q_proj", f"{a}.k_proj", f"{a}.v_proj"),)))
         expect.append((p, (f"{p}.gate_proj", f"{p}.up_proj", f"{p}.down_proj"),
                        ((f"{p}.gate_proj", f"{p}.up_proj"),)))
-    expect.append(("lm_head", ("lm_head",), ()))
-    assert [(sg.name, sg.layers, sg.ties) for sg in sgs] == expect
+    return expect + [("lm_head", ("lm_head",), ())]
+
+
+def test_tiny_llama_attention_mlp_head():
+    m = tiny_llama(2)
+    sgs = partition(m, torch.randint(0, 64, (1, 8)))
+    assert [(sg.name, sg.layers, sg.ties) for sg in sgs] == attention_mlp_head(2)
     assert sgs[1].start == "model.layers.0.post_attention_layernorm"
     assert sgs[2].start == "model.layers.1.input_layernorm"
     assert sgs[-1].start == "model.norm"
     names = dict(m.named_modules())
     assert all(isinstance(names[l], nn.Linear) for sg in sgs for l in sg.layers)
+
+
+def test_tiny_gemma3_sliding_and_full_attention():
+    """Gemma3 blocks (q/k norms, a norm after attention and around the MLP, sliding and full attention layers):
+    one attention and one MLP sub-graph per block, cut at the residual adds, the post-attention norm inside the
+    attention sub-graph and the pre-feed-forward norm starting the MLP's."""
+    m = tiny_gemma3(("sliding_attention", "full_attention", "sliding_attention"))
+    sgs = partition(m, torch.randint(0, 64, (1, 8)))
+    assert [(sg.name, sg.layers, sg.ties) for sg in sgs] == attention_mlp_head(3)
+    assert all(sg.method == "export" for sg in sgs)
+    assert [sg.start for sg in sgs[1:]] == [
+        "model.layers.0.pre_feedforward_layernorm", "model.layers.1.input_layernorm",
+        "model.layers.1.pre_feedforward_layernorm", "model.layers.2.input_layernorm",
+        "model.layers.2.pre_feedforward_layernorm", "model.norm"]
 
 
 def test_tiny_llama_fallback_per_block():

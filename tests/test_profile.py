@@ -110,6 +110,7 @@ def test_profile_cpu_table_is_consistent(phase):
     assert t.baseline_seconds > 0
     check = t.meta["additivity"]
     assert check["passes"] == 3 * 3 and check["median_abs_error_s"] >= abs(check["median_error_s"]) >= 0
+    assert np.isfinite(check["base_slower_in_mixed_passes_s"])
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())   # model untouched
     assert all(isinstance(mod, nn.Linear) for mod in (m[0], m[2], m[4]))
 
@@ -141,9 +142,9 @@ class _Costly(nn.Module):
 
 
 def test_mixed_passes_time_every_configuration_exactly():
-    """Mixed passes (sub-graphs on random, shifted configurations): with a clock that advances by a known cost per
-    module, every configuration of every sub-graph is timed once per repeat and its gain and the additivity check
-    are exact, whatever the other sub-graphs ran in the same pass."""
+    """One all-base pass and mixed passes (sub-graphs on random, shifted configurations) per repeat: with a clock
+    that advances by a known cost per module, every configuration of every sub-graph is timed once per repeat and
+    its gain and the additivity check are exact, whatever the other sub-graphs ran in the same pass."""
     from mpq.backends._timing import additivity_check, gains_from_times, time_in_model
     clock = _SimClock()
     model = nn.Sequential(*[nn.Identity() for _ in range(5)])
@@ -155,26 +156,58 @@ def test_mixed_passes_time_every_configuration_exactly():
     cost = {("0", "x"): 4, ("1", "x"): 5, ("0", "y"): 1, ("1", "y"): 2, ("2", "x"): 7, ("3", "x"): 33, ("4", "x"): 1}
     modules = {k: _Costly(clock, v) for k, v in cost.items()}
     configs = [np.array([[0, 0], [1, 1], [2, 2], [1, 2]]), np.array([[0], [1]]), np.array([[0, 0], [1, 0], [1, 1]])]
-    seg, base_whole, passes = time_in_model(model, lambda: model(torch.zeros(1)), subgraphs, configs, cands, modules,
-                                            clock, repeats=5, warmup=1, seed=3)
+    seg, base_whole, passes, base_mixed = time_in_model(model, lambda: model(torch.zeros(1)), subgraphs, configs,
+                                                        cands, modules, clock, repeats=5, warmup=1, seed=3)
     assert (base_whole == 150).all()
+    assert (base_mixed == np.array([[30], [30], [90]])).all()   # base once a repeat in the mixed passes too
     for sg, cfg, t in zip(subgraphs, configs, seg):
         assert t.shape == (len(cfg), 5) and np.isfinite(t).all()
         expected = [sum(base_cost[int(l)] if j == 0 else cost[(l, cands[j])] for l, j in zip(sg.layers, row))
                     for row in cfg]
         assert (t == np.array(expected)[:, None]).all()
     assignment, whole = passes
-    assert assignment.shape == (5, 4, 3)
+    assert assignment.shape == (5, 4, 3)                    # 4 mixed passes: the most configurations
     for r in range(5):
         for i, cfg in enumerate(configs):
             ran = assignment[r, :, i]
-            assert sorted(ran[ran >= 0].tolist()) == list(range(len(cfg)))   # each configuration once a repeat
+            assert sorted(ran[ran >= 0].tolist()) == list(range(len(cfg)))   # each once a repeat, base too
     mixed = {tuple(a) for a in assignment.reshape(-1, 3).tolist()}
     assert len(mixed) > 4                                   # passes combine configurations differently
     check = additivity_check(base_whole, [gains_from_times(t)[0] for t in seg], passes)
     assert check == {"passes": 20, "median_error_s": 0.0, "median_abs_error_s": 0.0, "base_pass_iqr_s": 0.0}
     assert all(model[i] is not None and isinstance(model[i], _Costly) and model[i].cost == base_cost[i]
                for i in range(5))                           # originals restored
+
+
+class _SlowAmongQuantized(_Costly):
+    """A base kernel that costs `extra` more in a pass where any layer runs quantized (as measured on a real CPU:
+    base segments run slower among quantized neighbours than in the unquantized model)."""
+
+    def __init__(self, clock, cost, extra, mixed):
+        super().__init__(clock, cost)
+        self.extra, self.mixed = extra, mixed
+
+    def forward(self, x):
+        self.clock.now += self.cost + (self.extra if self.mixed[0] else 0)
+        return x
+
+
+def test_gains_are_against_the_unquantized_model():
+    """A sub-graph's base time comes from the all-base pass, so its gain is what quantizing it saves against the
+    unquantized model, even where base kernels slow down among quantized neighbours."""
+    from mpq.backends._timing import gains_from_times, time_in_model
+    clock, mixed, n = _SimClock(), [False], 5
+    model = nn.Sequential(*[_SlowAmongQuantized(clock, 10, 3, mixed) for _ in range(n)])
+    quantized = {(str(i), "x"): _Costly(clock, 4) for i in range(n)}
+    model.register_forward_pre_hook(lambda m, a: mixed.__setitem__(
+        0, any(c is q for c in m.children() for q in quantized.values())))
+    subgraphs = [Subgraph(str(i), (str(i),), (), str(i)) for i in range(n)]
+    configs = [np.array([[0], [1]])] * n
+    seg, base_whole, _, base_mixed = time_in_model(model, lambda: model(torch.zeros(1)), subgraphs, configs,
+                                                   ("base", "x"), quantized, clock, repeats=4, warmup=1, seed=0)
+    assert (base_whole == 10 * n).all()
+    assert set(np.unique(base_mixed)) == {10, 13}           # slower in the passes with a quantized layer...
+    assert [gains_from_times(t)[0].tolist() for t in seg] == [[0.0, 6.0]] * n   # ...but the gain is 10 − 4
 
 
 def test_profile_tiny_llama_decode():

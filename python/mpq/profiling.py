@@ -176,7 +176,8 @@ def profile(model: nn.Module, example_input, candidates: Sequence[str] = ("int8"
     input on the example, which does not change the timing). seed: the random subset of configurations (when
     there are more than ``max_configs``) and which configurations share a timed pass (``backends._timing``).
     Timed backends store in ``meta["additivity"]`` how well baseline − Σ sub-graph gains predicted the timed
-    passes, each of which ran a random mix of configurations.
+    passes, each of which ran a random mix of configurations, and by how much the base sub-graphs ran slower in
+    those passes than in the all-base one (summed; a cost of mixing that no single gain holds).
     @raises ValueError for a bad example input, unknown/unsupported candidates, bad phase;
             mpq.backends.BackendUnavailable when the backend's hardware is absent.
     """
@@ -300,13 +301,15 @@ def _timed(mod, work, run, subgraphs, configs, table_cands, inputs, act_scales, 
                         scale = max(amax, 1e-12) / format_info(cand.act_format)["max"]
                 modules[(l, c)] = mod.make_module(named[l], c, scale)
     clock = mod.clock()
-    seg, base_whole, passes = time_in_model(work, run, subgraphs, configs, table_cands, modules, clock, repeats,
-                                            warmup, seed)
+    seg, base_whole, passes, base_mixed = time_in_model(work, run, subgraphs, configs, table_cands, modules, clock,
+                                                        repeats, warmup, seed)
     sgs = [gains_from_times(t) for t in seg]
     baseline = float(np.median(base_whole))
     # every mixed pass ran a plan: its whole-model time against baseline − Σ sub-graph gains checks that the
     # segments tile the forward pass and that the gains add up (stored in meta)
     check = additivity_check(base_whole, [g[0] for g in sgs], passes)
+    # what a gain does not hold: base sub-graphs run slower among quantized neighbours than in the base model
+    check["base_slower_in_mixed_passes_s"] = float(sum(np.median(m - t[0]) for m, t in zip(base_mixed, seg)))
     lgain = lspread = None
     if per_layer:
         lgain = np.full((len(layers), len(table_cands)), np.nan)

@@ -6,14 +6,21 @@ times every sub-graph at once. Ops between a segment's cut point and its first m
 in the parent's forward, say) are counted in the previous segment: the same for every configuration, so gains are
 unaffected.
 
-Which configuration runs where: a repeat is one all-base pass (the whole-model baseline) and K_max mixed passes.
-In mixed pass k of repeat r, sub-graph i runs configuration (k + o_ri) mod K_max (base, unrecorded, when that is
-past its own K_i), with o_ri drawn at random per sub-graph and repeat. So every configuration is timed once per
-repeat, and the configurations a pass combines change from repeat to repeat. Why not "configuration k in every
-sub-graph": on a shared machine most of the noise is common to a whole pass (the host slows every segment at
-once); with aligned rounds, that noise is shared by all sub-graphs' samples of the same configuration, and a
-plan's prediction (a sum over ~60 sub-graphs) adds it up coherently instead of averaging it out. Mixed passes are
-also closer to a real plan, whose neighbouring sub-graphs run different configurations.
+Which configuration runs where: a repeat is one all-base pass and K_max mixed passes. In mixed pass k of repeat
+r, sub-graph i runs configuration (k + o_ri) mod K_max (base, unrecorded, when that is past its own K_i), with
+o_ri drawn at random per sub-graph and repeat. So every quantized configuration is timed once per repeat, among
+neighbours that run a random mix of configurations, base included, as in a real plan; and the configurations a
+pass combines change from repeat to repeat. A sub-graph's base time comes from the all-base pass, the model a plan
+replaces. Measured on SmolLM2 (bench/RESULTS.md), both halves matter: a base segment does not run at the same
+speed among quantized neighbours as in the unquantized model (prefill: 5–19 ms slower, summed over the 61
+sub-graphs of a 320–380 ms pass), and taking base from the mixed passes doubled the median error of random plans
+on the same samples (prefill +7.5 against +3.6 ms, decode 9.2% against 5.8%; bench/timing_base_source.py). And
+quantized segments run faster in all-quantized passes than among base neighbours, so leaving base out of the
+mixed passes over-predicted plans with big gains by 13–20 ms.
+Why not "configuration k in every sub-graph": on a shared machine most of the noise is common to a whole pass
+(the host slows every segment at once); with aligned rounds, that noise is shared by all sub-graphs' samples of
+the same configuration, and a plan's prediction (a sum over ~60 sub-graphs) adds it up coherently instead of
+averaging it out.
 """
 from __future__ import annotations
 
@@ -46,12 +53,14 @@ class _Marks:
 
 def time_in_model(model: nn.Module, run: Callable[[], object], subgraphs, configs: Sequence[np.ndarray],
                   candidates: Sequence[str], modules: dict, clock, repeats: int, warmup: int, seed: int = 0):
-    """Times every configuration of every sub-graph in mixed passes (see module doc).
+    """Times every configuration of every sub-graph: the all-base pass and mixed passes (see module doc).
 
-    Returns (seg, base_whole, passes): seg[i] [K_i, repeats] seconds of sub-graph i in each configuration;
-    base_whole [repeats] seconds of the all-base pass; passes = (assignment [repeats, K_max, n_subgraphs]: the
-    configuration each sub-graph ran in each mixed pass, -1 where it ran base unrecorded; whole [repeats, K_max]
-    seconds of those passes).
+    Returns (seg, base_whole, passes, base_mixed): seg[i] [K_i, repeats] seconds of sub-graph i in each
+    configuration (row 0, base, from the all-base pass of the same repeat); base_whole [repeats] seconds of the
+    all-base pass; passes = (assignment [repeats, K_max, n_subgraphs]: the configuration each sub-graph ran in
+    each mixed pass, -1 where it ran base as a filler; whole [repeats, K_max] seconds of those passes);
+    base_mixed [n_subgraphs, repeats] seconds of each sub-graph's base (configuration 0) inside a mixed pass, for
+    diagnostics (how much slower base runs among quantized neighbours).
     modules: {(layer, candidate name): replacement module}; layers keep their original module for "base".
     clock: object with mark() -> token, seconds(t0, t1) -> float and sync().
     """
@@ -88,6 +97,7 @@ def time_in_model(model: nn.Module, run: Callable[[], object], subgraphs, config
     base_whole = np.full(repeats, np.nan)
     assignment = np.full((repeats, kmax, n), -1, dtype=np.int32)
     whole = np.full((repeats, kmax), np.nan)
+    base_mixed = np.full((n, repeats), np.nan)
     current = {}
     rng = np.random.default_rng(seed)
 
@@ -100,54 +110,61 @@ def time_in_model(model: nn.Module, run: Callable[[], object], subgraphs, config
                     set_module(model, layer, want)
                     current[layer] = want
 
-    def timed_pass(choice):
+    def timed_pass(choice, rows, r):
+        """Runs one pass with `choice` installed; rows {sub-graph: the array whose column r takes its time}."""
         set_config(choice)
         marks.reset()
         run()
         clock.sync()
-        if marks.t[-1] is None:
+        t = list(marks.t)
+        if t[-1] is None:
             raise RuntimeError("the model's forward hook did not fire")
-        return list(marks.t), clock.seconds(t_begin[0], marks.t[-1])
+        for i, row in rows.items():
+            if t[i] is None:
+                raise RuntimeError(f"sub-graph {subgraphs[i].name!r}: its start module "
+                                   f"{subgraphs[i].start!r} was not called in this phase")
+            if r >= 0:
+                nxt = next(t[j] for j in range(i + 1, n + 1) if t[j] is not None)
+                row[r] = clock.seconds(t[i], nxt)
+        return clock.seconds(t_begin[0], t[-1])
 
     all_base = np.full(n, -1)
     try:
         with torch.no_grad():
             for r in range(-warmup, repeats):
                 offsets = rng.integers(kmax, size=n)
-                _, w = timed_pass(all_base)
+                w = timed_pass(all_base, {i: seg[i][0] for i in range(n)}, r)
                 if r >= 0:
                     base_whole[r] = w
                 for k in range(kmax):
                     choice = (k + offsets) % kmax
                     choice[choice >= n_cfg] = -1
-                    t, w = timed_pass(choice)
-                    if r < 0:
-                        continue
-                    assignment[r, k] = choice
-                    whole[r, k] = w
-                    for i in np.flatnonzero(choice >= 0):
-                        if t[i] is None:
-                            raise RuntimeError(f"sub-graph {subgraphs[i].name!r}: its start module "
-                                               f"{subgraphs[i].start!r} was not called in this phase")
-                        nxt = next(t[j] for j in range(i + 1, n + 1) if t[j] is not None)
-                        seg[i][choice[i], r] = clock.seconds(t[i], nxt)
+                    rows = {i: seg[i][c] if c > 0 else base_mixed[i] for i, c in enumerate(choice) if c >= 0}
+                    w = timed_pass(choice, rows, r)
+                    if r >= 0:
+                        assignment[r, k] = choice
+                        whole[r, k] = w
     finally:
         for h in hooks:
             h.remove()
         for layer, mod in originals.items():
             set_module(model, layer, mod)
-    return seg, base_whole, (assignment, whole)
+    return seg, base_whole, (assignment, whole), base_mixed
 
 
 def additivity_check(base_whole: np.ndarray, gains: Sequence[np.ndarray], passes) -> dict:
-    """Each mixed pass is a plan: its whole-model time against the prediction, baseline − Σ sub-graph gains.
+    """Each mixed pass is a plan: its whole-model time against the prediction, the same repeat's all-base pass
+    − Σ sub-graph gains.
 
     Returns {"passes", "median_error_s" (measured − predicted: > 0 when the passes ran slower than the sum says),
     "median_abs_error_s", "base_pass_iqr_s" (the all-base pass's own spread, for scale)}."""
     assignment, whole = passes
-    base = float(np.median(base_whole))
-    err = np.array([float(whole[r, k]) - (base - sum(float(g[c]) for g, c in zip(gains, assignment[r, k]) if c >= 0))
-                    for r in range(whole.shape[0]) for k in range(whole.shape[1])])
+    err = []
+    for r in range(whole.shape[0]):
+        for k in range(whole.shape[1]):
+            saved = sum(float(g[c]) for g, c in zip(gains, assignment[r, k]) if c >= 0)
+            err.append(float(whole[r, k]) - (float(base_whole[r]) - saved))
+    err = np.array(err)
     return {"passes": int(err.size), "median_error_s": float(np.median(err)),
             "median_abs_error_s": float(np.median(np.abs(err))), "base_pass_iqr_s": iqr(base_whole)}
 
