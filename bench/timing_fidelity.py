@@ -8,7 +8,10 @@ sum.
 On a shared host the machine's speed drifts by up to 20% between the profile and a plan's measurement (the base
 model's own time shows it), and gains in ms drift with it. So each prediction is also compared as a fraction of
 the model's time: predicted gain / the profile's baseline against the measured median of 1 − plan/base over the
-pairs, each side against its own base of the moment.
+pairs, each side against its own base of the moment. And each plan is timed against two unquantized models: the
+original and a deep copy made by ``apply(model, {})``, the same kind of copy as every plan model and as the model
+the profile times in. In prefill the two run 1–15 ms apart with the same computation (memory placement, probably), and that
+difference is in the gain measured against the original but not in any sub-graph's gain.
 
     python bench/timing_fidelity.py --phase decode --candidates int8,w8a16,w4a16 --plans 20
 """
@@ -48,20 +51,20 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def time_model_pair(base_run, plan_run, repeats):
-    """Interleaved whole-model timings: (base [R], plan [R]) seconds. The order alternates (base first on even
-    repeats, plan first on odd ones) so that neither model always runs right after the other."""
+def time_models(runs, repeats):
+    """Interleaved whole-model timings: [len(runs), repeats] seconds. The order rotates from repeat to repeat so
+    that every model runs in every position equally often."""
     clock = cpu_backend.clock()  # the same clock as the profile (thread CPU time by default)
-    tb, tp = [], []
+    out = np.zeros((len(runs), repeats))
     for r in range(-2, repeats):
-        pair = ((base_run, tb), (plan_run, tp))
-        for run, acc in (pair if r % 2 == 0 else pair[::-1]):
+        for j in range(len(runs)):
+            i = (r + j) % len(runs)
             t0 = clock.mark()
-            run()
+            runs[i]()
             t1 = clock.mark()
             if r >= 0:
-                acc.append(clock.seconds(t0, t1))
-    return np.array(tb), np.array(tp)
+                out[i, r] = clock.seconds(t0, t1)
+    return out
 
 
 def main(argv=None):
@@ -98,9 +101,12 @@ def main(argv=None):
     boot_rng = np.random.default_rng(args.seed + 1)  # the bootstrap, apart so the plans stay those of the seed
     rows = []
     base_run, _ = make_runner(model, ids, args.phase)
+    # a deep copy of the unquantized model, as apply() makes for every plan: the original and its copy, the same
+    # computation, measured 1–15 ms apart in prefill (memory placement), so each plan is timed against both
+    copy_run, _ = make_runner(apply(model, {}, mode="native"), ids, args.phase)
     print(f"{'plan':>4} {'layers':>6} {'base ms':>8} {'measured ms':>11} {'±se':>6} {'spread':>7} {'subgraph':>9} "
-          f"{'sg*drift':>9} {'per-layer':>9} {'MACs':>8} {'meas %':>8} {'sg %':>8}  (ms saved, negative = slower; "
-          f"% of the model's time)")
+          f"{'sg*drift':>9} {'per-layer':>9} {'MACs':>8} {'meas %':>8} {'sg %':>8} {'vs copy':>8}  (ms saved, negative = "
+          f"slower; % of the model's time; vs copy: measured against apply(model, {{}}))")
     for p in range(args.plans):
         mapping = {}
         for i, sg in enumerate(table.subgraphs):
@@ -108,8 +114,9 @@ def main(argv=None):
             mapping.update(table.config_mapping(i, k))
         qmodel = apply(model, mapping, mode="native")
         plan_run, _ = make_runner(qmodel, ids, args.phase)
-        tb, tp = time_model_pair(base_run, plan_run, args.plan_repeats)
+        tb, tc, tp = time_models((base_run, copy_run, plan_run), args.plan_repeats)
         d = tb - tp
+        measured_copy = float(np.median(tc - tp))
         measured = float(np.median(d))   # paired, as the profile's gains: adjacent runs share the machine's drift
         measured_frac = float(np.median(1 - tp / tb))   # the fraction of the model's time saved
         spread = float(np.percentile(d, 75) - np.percentile(d, 25))
@@ -120,11 +127,12 @@ def main(argv=None):
         pred_layer = table.predict_per_layer(mapping)
         pred_mac = macs.predict(mapping)
         rows.append((len(mapping), measured, spread, pred_sg, pred_layer, pred_mac, pred_sg * drift,
-                     float(np.median(tb)), se, measured_frac))
+                     float(np.median(tb)), se, measured_frac, measured_copy))
         print(f"{p:>4} {len(mapping):>6} {np.median(tb) * 1e3:8.2f} {measured * 1e3:11.2f} {se * 1e3:6.2f} "
               f"{spread * 1e3:7.2f} "
               f"{pred_sg * 1e3:9.2f} {pred_sg * drift * 1e3:9.2f} {pred_layer * 1e3:9.2f} {pred_mac * 1e3:8.2f} "
-              f"{measured_frac * 100:7.2f}% {pred_sg / table.baseline_seconds * 100:7.2f}%", flush=True)
+              f"{measured_frac * 100:7.2f}% {pred_sg / table.baseline_seconds * 100:7.2f}% "
+              f"{measured_copy * 1e3:8.2f}", flush=True)
         del qmodel
     a = np.array(rows)
     meas, se = a[:, 1], a[:, 8]
@@ -139,10 +147,15 @@ def main(argv=None):
               f"{np.median(abs_err) * 1e3:7.2f} ms ({np.median(abs_err) / table.baseline_seconds * 100:.1f}% of "
               f"the model's time)  corr {corr:.3f}  within 2 se of the measurement: "
               f"{int((abs_err <= 2 * se).sum())}/{len(se)}")
-    frac = a[:, 9]
+    frac, meas_copy = a[:, 9], a[:, 10]
     for name, col in (("sub-graph sum", 3), ("per-layer sum", 4), ("MAC-based", 5)):
         rel = np.abs(a[:, col] / table.baseline_seconds - frac) / np.maximum(np.abs(frac), 1e-12)
-        print(f"# {name:<15} as a fraction of the model's time: median |rel err| {np.median(rel) * 100:7.1f}%")
+        rel_copy = np.abs(a[:, col] - meas_copy) / np.maximum(np.abs(meas_copy), 1e-12)
+        print(f"# {name:<15} as a fraction of the model's time: median |rel err| {np.median(rel) * 100:7.1f}%; "
+              f"against the copy: {np.median(rel_copy) * 100:7.1f}% (median error "
+              f"{np.median(a[:, col] - meas_copy) * 1e3:+.2f} ms)")
+    print(f"# the original model's time − its copy's: {np.median(meas - meas_copy) * 1e3:+.2f} ms (median over the "
+          f"plans; the same computation)")
     print(f"# the measurements' own noise: median se {np.median(se) * 1e3:.2f} ms = "
           f"{np.median(se / np.maximum(np.abs(meas), 1e-12)) * 100:.1f}% of the measured gain (median)")
 

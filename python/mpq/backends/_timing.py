@@ -14,7 +14,7 @@ pass combines change from repeat to repeat. A sub-graph's base time comes from t
 replaces. Measured on SmolLM2 (bench/RESULTS.md), both halves matter: a base segment does not run at the same
 speed among quantized neighbours as in the unquantized model (prefill: 5–19 ms slower, summed over the 61
 sub-graphs of a 320–380 ms pass), and taking base from the mixed passes doubled the median error of random plans
-on the same samples (prefill +7.5 against +3.6 ms, decode 9.2% against 5.8%; bench/timing_base_source.py). And
+on the same samples (prefill 30% against 8–15%, decode 9.2% against 5.8%; bench/timing_base_source.py). And
 quantized segments run faster in all-quantized passes than among base neighbours, so leaving base out of the
 mixed passes over-predicted plans with big gains by 13–20 ms.
 Why not "configuration k in every sub-graph": on a shared machine most of the noise is common to a whole pass
