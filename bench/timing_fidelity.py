@@ -10,8 +10,8 @@ model's own time shows it), and gains in ms drift with it. So each prediction is
 the model's time: predicted gain / the profile's baseline against the measured median of 1 − plan/base over the
 pairs, each side against its own base of the moment. And each plan is timed against two unquantized models: the
 original and a deep copy made by ``apply(model, {})``, the same kind of copy as every plan model and as the model
-the profile times in. In prefill the two run 1–15 ms apart with the same computation (memory placement, probably), and that
-difference is in the gain measured against the original but not in any sub-graph's gain.
+the profile times in. In prefill the two run 1–15 ms apart with the same computation (memory placement,
+probably), and that difference is in the gain measured against the original but not in any sub-graph's gain.
 
     python bench/timing_fidelity.py --phase decode --candidates int8,w8a16,w4a16 --plans 20
 """
