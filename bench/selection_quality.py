@@ -223,7 +223,8 @@ def main(argv=None) -> int:
         verdicts.append(f"target {ti + 1} ({fractions[ti]:.0%}), measured loss MSE: mpq {mp['loss_mse']:.3g}; "
                         + ("lowest (" if not worse_mse else "NOT lowest (")
                         + ", ".join(f"{k} {v['loss_mse']:.3g}" for k, v in others.items()) + ")")
-        verdicts.append(f"target {ti + 1} ({fractions[ti]:.0%}), measured ppl: mpq {mp['ppl']:.3f} at {mp['speedup']:.3f}x; "
+        verdicts.append(f"target {ti + 1} ({fractions[ti]:.0%}), measured ppl: mpq {mp['ppl']:.3f} at "
+                        f"{mp['speedup']:.3f}x; "
                         + ("not worse than " + ", ".join(f"{k} {v['ppl']:.3f} at {v['speedup']:.3f}x"
                                                          for k, v in others.items()) if not worse else
                            "WORSE than " + ", ".join(f"{k} {others[k]['ppl']:.3f} at {others[k]['speedup']:.3f}x"

@@ -105,8 +105,8 @@ def main(argv=None):
     # computation, measured 1–15 ms apart in prefill (memory placement), so each plan is timed against both
     copy_run, _ = make_runner(apply(model, {}, mode="native"), ids, args.phase)
     print(f"{'plan':>4} {'layers':>6} {'base ms':>8} {'measured ms':>11} {'±se':>6} {'spread':>7} {'subgraph':>9} "
-          f"{'sg*drift':>9} {'per-layer':>9} {'MACs':>8} {'meas %':>8} {'sg %':>8} {'vs copy':>8}  (ms saved, negative = "
-          f"slower; % of the model's time; vs copy: measured against apply(model, {{}}))")
+          f"{'sg*drift':>9} {'per-layer':>9} {'MACs':>8} {'meas %':>8} {'sg %':>8} {'vs copy':>8}  "
+          f"(ms saved, negative = slower; % of the model's time; vs copy: measured against apply(model, {{}}))")
     for p in range(args.plans):
         mapping = {}
         for i, sg in enumerate(table.subgraphs):
