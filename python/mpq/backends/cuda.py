@@ -1,28 +1,29 @@
-"""The ``cuda`` timing backend: a bf16 copy of the model is the baseline; ``fp8``/``fp8_static``/``fp8_e5m2`` run
-through ``torch._scaled_mm`` (per-token x per-channel scales, or per-tensor), ``int8``/``int8_static`` through
-``torch._int_mm`` with activation quantization in torch ops; timed with CUDA events around each sub-graph.
-Without a CUDA device ``available()`` says why and ``profile`` raises ``BackendUnavailable``."""
+"""The ``cuda`` timing backend: a bf16 copy of the model is the baseline; ``fp8``/``fp8_static`` run through
+``torch._scaled_mm`` (per-token x per-channel scales, or per-tensor), ``int8``/``int8_static`` through
+``torch._int_mm``; activations are quantized by one fused Triton kernel (``cuda_fused``; torch ops without
+Triton); timed with CUDA events around each sub-graph. ``apply(mode="native")`` installs the same modules on a
+CUDA model. Without a CUDA device ``available()`` says why and ``profile`` raises ``BackendUnavailable``.
+The modules also run on CPU tensors (torch ops), which is how the tests check their arithmetic without a GPU."""
 from __future__ import annotations
-
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..candidates import get_candidate
-from . import prepare_bf16_on
+from . import cuda_fused, prepare_bf16_on
 
 NAME = "cuda"
 UNIT = "seconds"
 BASE_FORMAT = "bf16"
+# candidate -> kernel; fp8_e5m2 is refused: _scaled_mm has no e5m2 x e5m2 GEMM (cuBLASLt), and mixing it with e4m3
+# weights would time a different format than the one whose loss was measured
 kernels = {
-    "fp8": "torch._scaled_mm e4m3, row-wise scales, bf16 out",
-    "fp8_static": "torch._scaled_mm e4m3, per-tensor scales, bf16 out",
-    "fp8_e5m2": "torch._scaled_mm e5m2 x e4m3 weights is not allowed; e5m2 x e5m2 unsupported: refused",
-    "int8": "per-token int8 (torch ops) + torch._int_mm + dequant",
-    "int8_static": "static int8 (torch ops) + torch._int_mm + dequant",
+    "fp8": "fused per-token e4m3 quantizer + torch._scaled_mm (x per-channel scales, fp32 accumulation, bf16 out)",
+    "fp8_static": "fused static e4m3 quantizer + torch._scaled_mm (per-tensor scales, bf16 out)",
+    "int8": "fused per-token int8 quantizer + torch._int_mm (int32) + fused dequantizer",
+    "int8_static": "fused static int8 quantizer + torch._int_mm (int32) + fused dequantizer",
 }
-kernels.pop("fp8_e5m2")  # cuBLASLt has no e5m2 x e5m2 GEMM
 
 
 def available():
@@ -39,73 +40,96 @@ def prepare(model, example_input):
     return prepare_bf16_on("cuda", model, example_input)
 
 
-def _pad_rows(x, mult=16, minimum=17):
-    m = x.shape[0]
-    target = max(minimum, -(-m // mult) * mult)
-    return (F.pad(x, (0, 0, 0, target - m)) if target != m else x), m
+def _padded_rows(m: int) -> int:
+    """torch._int_mm needs more than 16 rows: M rounded up to a multiple of 16, at least 32."""
+    return max(32, -(-m // 16) * 16)
+
+
+def _scale(amax, qmax):
+    """amax / qmax with a true division on every device. A tensor divided by a Python number is computed as a
+    product with its reciprocal on CUDA, which can differ by one ulp from the CPU's quotient (and from mpq's
+    quantizers)."""
+    return amax.float().clamp_min(1e-12) / (qmax if isinstance(qmax, torch.Tensor) else torch.full_like(amax, qmax))
 
 
 class CudaFp8Linear(nn.Module):
+    """y = (Q(x) Q(W)^T) · s_x · s_w (+ b) through ``torch._scaled_mm`` (fp32 accumulation, bf16 out, cast back
+    to the input's dtype). Weights: e4m3 per output channel (per tensor for ``fp8_static``), scale amax / 448;
+    activations: per token (amax / 448) or the static per-tensor scale. Q is ``Candidate.quantize_weight`` /
+    ``quantize_act``'s rule, computed the same way (x · (1 / s), round to nearest even). Scales and constants are
+    buffers on the layer's device, so that a call moves nothing from the host."""
+
     def __init__(self, linear, cand, act_scale=None):
         super().__init__()
         w = linear.weight.detach().float()
-        self.static = act_scale
-        self.per_tensor = cand.weight_granularity == "tensor"
-        if self.per_tensor:
-            s = w.abs().amax().clamp_min(1e-12) / 448.0
-            self.register_buffer("ws", s.reshape(()).float())
-            self.register_buffer("qw", (w / s).to(torch.float8_e4m3fn))
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.candidate = cand.name
+        if cand.weight_granularity == "tensor":
+            s = _scale(w.abs().amax().reshape(1, 1), 448.0)
+            ws = s.reshape(())
         else:
-            s = w.abs().amax(1, keepdim=True).clamp_min(1e-12) / 448.0
-            self.register_buffer("ws", s.reshape(1, -1).float().contiguous())
-            self.register_buffer("qw", (w / s).to(torch.float8_e4m3fn))
+            s = _scale(w.abs().amax(1, keepdim=True), 448.0)
+            ws = s.reshape(1, -1).contiguous()
+        self.register_buffer("qw", (w * (1.0 / s)).to(torch.float8_e4m3fn))
+        self.register_buffer("ws", ws)
+        self.register_buffer("qmax", torch.tensor(448.0, device=w.device))
+        self.register_buffer("act_scale", None if act_scale is None else
+                             torch.tensor(float(act_scale), device=w.device))
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().to(torch.bfloat16))
-        self.out_features = linear.out_features
 
     def forward(self, x):
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1])
-        if self.static is not None:
-            sa = torch.tensor(float(self.static), device=x.device)
-            qx = (x2.float() / sa).clamp(-448, 448).to(torch.float8_e4m3fn)
+        if cuda_fused.enabled(x2):  # one kernel
+            qx, sa = cuda_fused.quantize_rows(x2, False, self.act_scale)
         else:
-            sa = x2.float().abs().amax(1, keepdim=True).clamp_min(1e-12) / 448.0
-            qx = (x2.float() / sa).to(torch.float8_e4m3fn)
+            sa = self.act_scale if self.act_scale is not None else _scale(x2.abs().amax(1, keepdim=True), self.qmax)
+            qx = (x2.float() * (1.0 / sa)).clamp_(-448, 448).to(torch.float8_e4m3fn)
         sb = self.ws
-        if sa.dim() != sb.dim():
+        if sa.dim() != sb.dim():  # _scaled_mm takes both scales per tensor or both row-/column-wise
             if sa.dim() == 0:
                 sa = sa.expand(x2.shape[0], 1).contiguous()
             else:
                 sb = sb.expand(1, self.out_features).contiguous()
         y = torch._scaled_mm(qx, self.qw.t(), scale_a=sa, scale_b=sb, bias=self.bias, out_dtype=torch.bfloat16)
-        return y.reshape(*lead, self.out_features)
+        return y.to(x.dtype).reshape(*lead, self.out_features)
 
 
 class CudaInt8Linear(nn.Module):
+    """y = (Q(x) Q(W)^T) · s_x · s_w (+ b) through ``torch._int_mm`` (exact int32 sums), dequantized in fp32 and
+    cast to the input's dtype. Weights int8 per output channel (amax / 127), held [out, in] so that the GEMM
+    runs in the layout cuBLASLt's int8 kernels take (row-major activations times column-major weights; other
+    layouts are refused for most shapes on Hopper); activations per token (amax / 127) or the static
+    per-tensor scale."""
+
     def __init__(self, linear, cand, act_scale=None):
         super().__init__()
         w = linear.weight.detach().float()
-        s = w.abs().amax(1, keepdim=True).clamp_min(1e-12) / 127.0
-        self.register_buffer("qw_t", (w / s).round().clamp(-127, 127).to(torch.int8).t().contiguous())
-        self.register_buffer("ws", s.reshape(1, -1).float())
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.candidate = cand.name
+        s = _scale(w.abs().amax(1, keepdim=True), 127.0)
+        self.register_buffer("qw", torch.round(w * (1.0 / s)).clamp(-127, 127).to(torch.int8))
+        self.register_buffer("ws", s.reshape(1, -1))
+        self.register_buffer("qmax", torch.tensor(127.0, device=w.device))
+        self.register_buffer("act_scale", None if act_scale is None else
+                             torch.tensor(float(act_scale), device=w.device))
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float())
-        self.static = act_scale
-        self.out_features = linear.out_features
 
     def forward(self, x):
-        lead, dtype = x.shape[:-1], x.dtype
-        x2 = x.reshape(-1, x.shape[-1]).float()
-        if self.static is not None:
-            sa = torch.full((x2.shape[0], 1), float(self.static), device=x.device)
-        else:
-            sa = x2.abs().amax(1, keepdim=True).clamp_min(1e-12) / 127.0
-        q = (x2 / sa).round().clamp(-127, 127).to(torch.int8)
-        q, m = _pad_rows(q)
-        acc = torch._int_mm(q, self.qw_t)[:m]
-        y = acc.float() * sa * self.ws
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, x.shape[-1])
+        m = x2.shape[0]
+        if cuda_fused.enabled(x2):  # one kernel to quantize (and pad), one to dequantize
+            q, sa = cuda_fused.quantize_rows(x2, True, self.act_scale, rows=_padded_rows(m))
+            y = cuda_fused.dequantize(torch._int_mm(q, self.qw.t()), m, sa, self.ws, self.bias, x.dtype)
+            return y.reshape(*lead, self.out_features)
+        sa = self.act_scale if self.act_scale is not None else _scale(x2.abs().amax(1, keepdim=True), self.qmax)
+        q = (x2.float() * (1.0 / sa)).clamp_(-127, 127).round_().to(torch.int8)
+        q = F.pad(q, (0, 0, 0, _padded_rows(m) - m))
+        y = torch._int_mm(q, self.qw.t())[:m].float() * (sa * self.ws)
         if self.bias is not None:
             y = y + self.bias
-        return y.to(dtype).reshape(*lead, self.out_features)
+        return y.to(x.dtype).reshape(*lead, self.out_features)
 
 
 def make_module(linear, candidate: str, act_scale=None):
