@@ -102,6 +102,22 @@ using Clock = std::chrono::steady_clock;
 MckpResult solve_prepared(const Prepared& pr, double budget, const MckpOptions& opts,
                           const std::vector<int32_t>& hint, Clock::time_point start);
 
+/// The groups Lagrangian pegging left with several items (mckp_core.cpp), and what the others were fixed to.
+struct CoreGroups {
+  std::vector<int64_t> group;     ///< original group of each core group
+  std::vector<int64_t> off{0};    ///< CSR: core group c's survivors are items[off[c], off[c+1])
+  std::vector<Item> items;        ///< survivors, by increasing cost
+  std::vector<double> ambiguity;  ///< best minus second-best reduced profit among the survivors
+  std::vector<int32_t> fixed;     ///< per original group: the original index of its only survivor, or -1
+  double Wfix = 0, Pfix = 0;      ///< summed cost and gain of the fixed groups
+};
+
+/// The Pareto-state DP over the core groups (mckp_core_dp.cpp). Improves the incumbent (r's choice, objective
+/// and cost; z, its objective as the search saw it), counts r.nodes, raises pruned_max to the best bound it
+/// discards. Returns true when a state or time limit cut the search short (r.message says which).
+bool core_dp(const Prepared& pr, double budget, const MckpOptions& opts, Clock::time_point start,
+             const CoreGroups& core, double tol, MckpResult& r, double& z, double& pruned_max);
+
 /// Exact sums of the chosen gains/costs; fills objective and cost.
 void evaluate_choice(const Prepared& pr, MckpResult& r);
 /// Sign of (exact sum of chosen values - limit).
