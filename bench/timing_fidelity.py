@@ -9,9 +9,10 @@ On a shared host the machine's speed drifts by up to 20% between the profile and
 model's own time shows it), and gains in ms drift with it. So each prediction is also compared as a fraction of
 the model's time: predicted gain / the profile's baseline against the measured median of 1 − plan/base over the
 pairs, each side against its own base of the moment. And each plan is timed against two unquantized models: the
-original and a deep copy made by ``apply(model, {})``, the same kind of copy as every plan model and as the model
-the profile times in. In prefill the two run 1–15 ms apart with the same computation (memory placement,
-probably), and that difference is in the gain measured against the original but not in any sub-graph's gain.
+original and the copy ``apply(model, {})`` makes, the same kind of copy as every plan model and as the model the
+profile times in. When those were deep copies, the original and its copy ran 1–15 ms apart in prefill with the
+same computation (memory placement, probably); since they share the original's weights the column checks that
+the difference is gone.
 
 With ``--backend cuda`` the same comparison runs on a GPU: a bf16 model, the cuda backend's kernels
 (``apply(mode="native")`` on a CUDA model installs them), CUDA events; ``--config`` builds the model with random
@@ -143,8 +144,8 @@ def main(argv=None):
     boot_rng = np.random.default_rng(args.seed + 1)  # the bootstrap, apart so the plans stay those of the seed
     rows = []
     base_run, _ = make_runner(model, ids, args.phase)
-    # a deep copy of the unquantized model, as apply() makes for every plan: the original and its copy, the same
-    # computation, measured 1–15 ms apart in prefill (memory placement), so each plan is timed against both
+    # the copy apply() makes of the unquantized model, as for every plan: as deep copies, the original and its copy
+    # ran 1–15 ms apart in prefill (memory placement); each plan is timed against both
     copy_run, _ = make_runner(apply(model, {}, mode="native"), ids, args.phase)
     print(f"{'plan':>4} {'layers':>6} {'base ms':>8} {'measured ms':>11} {'±se':>6} {'spread':>7} {'subgraph':>9} "
           f"{'sg*drift':>9} {'per-layer':>9} {'MACs':>8} {'meas %':>8} {'sg %':>8} {'vs copy':>8}  "

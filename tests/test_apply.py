@@ -88,3 +88,20 @@ def test_apply_errors():
         apply(m, {}, "fast")
     with pytest.raises(ValueError, match="mapping"):
         apply(m, ["0"])
+
+
+def test_native_models_share_the_untouched_weights_and_leave_the_model_alone():
+    m = tiny_llama(layers=2, tie_word_embeddings=True)
+    ids = torch.randint(0, m.config.vocab_size, (1, 8))
+    with torch.no_grad():
+        y0 = m(ids).logits
+    q = apply(m, {"model.layers.0.mlp.down_proj": "int8"}, mode="native")
+    untouched = m.model.layers[1].mlp.up_proj.weight
+    assert q.model.layers[1].mlp.up_proj.weight.data_ptr() == untouched.data_ptr()   # no second copy
+    assert q.lm_head.weight is q.model.embed_tokens.weight                         # ties kept
+    q.to(torch.float64)                                                             # the copy's own tensors
+    assert untouched.dtype == torch.float32 and isinstance(m.model.layers[0].mlp.down_proj, nn.Linear)
+    with torch.no_grad():
+        assert torch.equal(m(ids).logits, y0)
+    f = apply(m, {"model.layers.0.mlp.down_proj": "int8"}, mode="fake")             # may be trained: a deep copy
+    assert f.model.layers[1].mlp.up_proj.weight.data_ptr() != untouched.data_ptr()

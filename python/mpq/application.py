@@ -1,4 +1,4 @@
-"""Apply a plan (or a {layer: candidate} mapping) to a model: a new model (deep copy), the input untouched.
+"""Apply a plan (or a {layer: candidate} mapping) to a model: a new model, the input untouched.
 
 mode="fake": every chosen Linear becomes a ``FakeQuantLinear``: y = linear(Q_act(x), Q(W), b) with the candidate's
 own ``quantize_weight`` / ``quantize_act`` (``mpq.fake_quantize``), for accuracy.
@@ -6,6 +6,12 @@ mode="native": every chosen Linear becomes the real low-precision kernel that th
 measures, for speed: ``mpq.native`` on the CPU (``cpu`` backend), ``mpq.backends.cuda`` on a CUDA device (``cuda``
 backend: torch._scaled_mm, torch._int_mm).
 Static-activation candidates need calibrated scales: ``act_scales={layer: float}``.
+
+A fake model is a deep copy: it may be trained (straight-through gradients), which must not touch the input. A
+native model is for inference: its untouched layers share their weights' memory with the input model
+(``copy_sharing_tensors``), so that applying a plan to an 8B model costs the quantized layers, not a second
+model, and the unquantized layers run from the very memory the input model runs from (a deep copy of SmolLM2 ran
+1–15 ms apart from the original in prefill on this project's CPU: bench/RESULTS.md).
 """
 from __future__ import annotations
 
@@ -17,7 +23,7 @@ from torch import nn
 
 from .candidates import BASE, Candidate, get_candidate
 
-__all__ = ["FakeQuantLinear", "apply", "plan_mapping", "set_module"]
+__all__ = ["FakeQuantLinear", "apply", "copy_sharing_tensors", "plan_mapping", "set_module"]
 
 
 class FakeQuantLinear(nn.Module):
@@ -61,6 +67,18 @@ def set_module(root: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
+def copy_sharing_tensors(model: nn.Module) -> nn.Module:
+    """A copy of the module tree whose parameters and buffers are new tensor objects over the same memory as
+    ``model``'s: ``.to()``, ``.eval()`` or swapping a submodule on the copy leave ``model`` alone, an in-place write
+    to a shared weight shows in both. Tied weights stay tied."""
+    memo = {}
+    for p in model.parameters():
+        memo[id(p)] = nn.Parameter(p.detach(), requires_grad=p.requires_grad)
+    for b in model.buffers():
+        memo[id(b)] = b.detach()
+    return copy.deepcopy(model, memo)
+
+
 def apply(model: nn.Module, plan_or_mapping, mode: str = "fake", *,
           act_scales: Optional[Mapping[str, float]] = None) -> nn.Module:
     """A copy of ``model`` with each mapped Linear replaced (see module doc). Layers mapped to "base" or absent
@@ -94,7 +112,7 @@ def apply(model: nn.Module, plan_or_mapping, mode: str = "fake", *,
             if cand.name not in kernels:
                 raise ValueError(f"layer {layer!r}: candidate {cand.name!r} has no {where} kernel ({where} kernels: "
                                  f"{', '.join(kernels)})")
-    new = copy.deepcopy(model)
+    new = copy.deepcopy(model) if mode == "fake" else copy_sharing_tensors(model)
     new_modules = dict(new.named_modules())
     for layer, cand in checked.items():
         lin = new_modules[layer]

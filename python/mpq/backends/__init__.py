@@ -36,12 +36,13 @@ def check_available(name: str):
 
 def prepare_bf16_on(device: str, model, example_input):
     """A bf16 copy of ``model`` on ``device`` and the example input moved there (floating tensors in bf16):
-    the accelerator backends' common starting point."""
-    import copy
-
+    the accelerator backends' common starting point. The copy shares the tensors that are already bf16 on
+    ``device`` (``copy_sharing_tensors``), and never holds a second host copy of the others."""
     import torch
+
+    from ..application import copy_sharing_tensors
     dev = torch.device(device)
-    work = copy.deepcopy(model).to(dev, torch.bfloat16).eval()
+    work = copy_sharing_tensors(model).to(dev, torch.bfloat16).eval()
 
     def move(x):
         if isinstance(x, torch.Tensor):

@@ -3,10 +3,9 @@ timed inside the float32 model on one thread. The clock is the thread's CPU time
 immune to other jobs taking the core away) unless ``MPQ_CPU_CLOCK=wall`` asks for ``time.perf_counter_ns``."""
 from __future__ import annotations
 
-import copy
-
 import torch
 
+from ..application import copy_sharing_tensors
 from ..native import CPU_KERNELS, native_linear
 from ._timing import PerfClock, ThreadClock
 
@@ -29,7 +28,9 @@ def prepare(model, example_input):
         if p.device.type != "cpu" or p.dtype != torch.float32:
             raise ValueError(f"the cpu backend times float32 CPU models; parameter {n!r} is {p.dtype} on "
                              f"{p.device}")
-    return copy.deepcopy(model).eval(), example_input
+    # the copy shares the weights' memory with the model, as apply(mode="native")'s plan models do, so that base
+    # sub-graphs are timed on the memory the unquantized model and every plan model run from
+    return copy_sharing_tensors(model).eval(), example_input
 
 
 def make_module(linear, candidate: str, act_scale=None):
