@@ -78,6 +78,8 @@ def test_kernel_shapes_the_gpu_cannot_run_are_refused():
 
 def test_the_fused_quantizer_is_for_cuda_tensors_and_its_switch_is_checked(monkeypatch):
     assert not cuda_fused.enabled(torch.zeros(2, 16))
+    monkeypatch.setenv("MPQ_CUDA_QUANT", "torch")
+    assert cuda.extra_meta() == {"activation_quantizer": "torch ops"}
     monkeypatch.setenv("MPQ_CUDA_QUANT", "cutlass")
     with pytest.raises(ValueError, match="MPQ_CUDA_QUANT"):
         cuda_fused.enabled(torch.zeros(2, 16))
@@ -147,6 +149,7 @@ def test_cuda_profile_of_a_causal_lm(phase):
     ids = torch.randint(0, m.config.vocab_size, (1, 24))
     t = profile(m, ids, ["fp8", "int8"], backend="cuda", phase=phase, repeats=5)
     assert t.meta["base_format"] == "bf16" and t.meta["clock"] == "CudaClock"
+    assert t.meta["activation_quantizer"] == cuda_fused.quantizer()
     assert t.baseline_seconds > 0 and all(np.isfinite(s.gain).all() for s in t.subgraphs)
     assert t.meta["additivity"]["passes"] > 0
     # the table's configurations run: a plan made of each sub-graph's last configuration applies on the GPU

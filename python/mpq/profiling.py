@@ -241,6 +241,7 @@ def profile(model: nn.Module, example_input, candidates: Sequence[str] = ("int8"
             meta.update(checks)
             meta["base_format"] = mod.BASE_FORMAT
             meta["clock"] = type(mod.clock()).__name__
+            meta.update(getattr(mod, "extra_meta", dict)())
         elif backend == "macs":
             dev = device or mod.DEFAULT_DEVICE
             meta["device"] = dev

@@ -16,8 +16,9 @@ from . import cuda_fused, prepare_bf16_on
 NAME = "cuda"
 UNIT = "seconds"
 BASE_FORMAT = "bf16"
-# candidate -> kernel; fp8_e5m2 is refused: _scaled_mm has no e5m2 x e5m2 GEMM (cuBLASLt), and mixing it with e4m3
-# weights would time a different format than the one whose loss was measured
+# candidate -> kernel ("fused": the Triton quantizer, or torch ops without it: a profile's
+# meta["activation_quantizer"] says which ran); fp8_e5m2 is refused: _scaled_mm has no e5m2 x e5m2 GEMM
+# (cuBLASLt), and mixing it with e4m3 weights would time a different format than the one whose loss was measured
 kernels = {
     "fp8": "fused per-token e4m3 quantizer + torch._scaled_mm (x per-channel scales, fp32 accumulation, bf16 out)",
     "fp8_static": "fused static e4m3 quantizer + torch._scaled_mm (per-tensor scales, bf16 out)",
@@ -34,6 +35,11 @@ def available():
 
 def supported(candidate: str) -> bool:
     return candidate in kernels
+
+
+def extra_meta() -> dict:
+    """What a GainTable of this backend records beside the kernels: which activation quantizer ran."""
+    return {"activation_quantizer": cuda_fused.quantizer()}
 
 
 def prepare(model, example_input):

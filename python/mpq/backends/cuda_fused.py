@@ -18,12 +18,18 @@ import os
 
 import torch
 
-def enabled(x: torch.Tensor) -> bool:
-    """Whether the fused kernels run for this input: a CUDA tensor, Triton importable, MPQ_CUDA_QUANT != torch."""
+def quantizer() -> str:
+    """Which activation quantizer CUDA inputs get: "triton" (the fused kernels) or "torch ops" (Triton absent,
+    or MPQ_CUDA_QUANT=torch)."""
     mode = os.environ.get("MPQ_CUDA_QUANT", "triton")
     if mode not in ("triton", "torch"):
         raise ValueError(f"MPQ_CUDA_QUANT must be 'triton' or 'torch', got {mode!r}")
-    return mode == "triton" and x.is_cuda and _kernels() is not None
+    return "triton" if mode == "triton" and _kernels() is not None else "torch ops"
+
+
+def enabled(x: torch.Tensor) -> bool:
+    """Whether the fused kernels run for this input: a CUDA tensor and ``quantizer() == "triton"``."""
+    return quantizer() == "triton" and x.is_cuda
 
 
 @functools.lru_cache(maxsize=None)
