@@ -159,3 +159,16 @@ def test_cuda_profile_of_a_causal_lm(phase):
     q = apply(m.to("cuda", torch.bfloat16), mapping, mode="native")
     with torch.no_grad():
         assert torch.isfinite(q(ids.cuda()).logits.float()).all()
+
+
+def test_the_accelerator_copy_is_bf16_and_leaves_the_model_alone():
+    from mpq.backends import prepare_bf16_on
+    m = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4))
+    w0 = m[0].weight.detach().clone()
+    work, ex = prepare_bf16_on("cpu", m, {"x": torch.randn(2, 16), "ids": torch.arange(3)})
+    assert work[0].weight.dtype == torch.bfloat16 and ex["x"].dtype == torch.bfloat16 and ex["ids"].dtype == torch.int64
+    assert m[0].weight.dtype == torch.float32 and torch.equal(m[0].weight, w0) and m.training
+    m16 = m.to(torch.bfloat16)
+    work16, _ = prepare_bf16_on("cpu", m16, torch.zeros(1, 16))
+    assert work16[2].weight.data_ptr() == m16[2].weight.data_ptr()   # already bf16 there: shared, not copied
+    assert not work16.training and m16.training
