@@ -2,7 +2,8 @@
 quantization + GEMM + dequantization, with the fused Triton quantizer and with torch ops) and its GEMM alone
 (``torch._scaled_mm`` / ``torch._int_mm`` on inputs quantized beforehand), so that the cost of quantizing the
 activations shows. Shapes: Llama-3-8B's and SmolLM2-135M's q/k/v and gate/up
-projections (each as one GEMM) and down projection, at prefill (2048 tokens) and decode (1 token). CUDA events, median of --repeats.
+projections (each as one GEMM) and down projection, at prefill (2048 tokens) and decode (1 token). CUDA events,
+median of --repeats.
 
     python bench/cuda_kernels.py
 """

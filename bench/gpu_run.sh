@@ -2,8 +2,8 @@
 # The GPU checks of the cuda backend, in one go, on a machine with a CUDA GPU and torch but no package index:
 # builds and installs mpq against the python3 there (no build isolation), runs the tests that need a GPU, then
 # bench/cuda_kernels.py, and bench/timing_fidelity.py --backend cuda on SmolLM2-135M's shapes and on four layers of
-# Llama-3-8B (random weights, bench/configs/). Logs go to $OUT (default ./gpu_out). Each step has its own time limit so that one
-# that hangs does not take the others with it.
+# Llama-3-8B (random weights, bench/configs/). Logs go to $OUT (default ./gpu_out). Each step has its own time
+# limit so that one that hangs does not take the others with it.
 #   [SKIP="smollm2_prefill ..."] bash bench/gpu_run.sh [plans]
 set -u
 OUT=${OUT:-gpu_out}

@@ -139,7 +139,6 @@ def main(argv=None):
         print(f"# every layer on {c}: Σ sub-graph gains {g * 1e3:+.2f} ms ({g / table.baseline_seconds * 100:+.1f}% "
               f"of the model), Σ per-layer gains {gl * 1e3:+.2f} ms")
     macs = profile(model, ids, cands, backend="macs", phase=args.phase, subgraphs=sgs, device=macs_device)
-    # per-candidate summary: whole-model all-one-candidate predictions
     rng = np.random.default_rng(args.seed)          # the plans
     boot_rng = np.random.default_rng(args.seed + 1)  # the bootstrap, apart so the plans stay those of the seed
     rows = []

@@ -122,7 +122,8 @@ MckpResult solve_prepared(const Prepared& pr, double C, const MckpOptions& opts,
   double U_L = lambda * C;
   for (int64_t g = 0; g < n; ++g) {
     double best = kNegInf;
-    for (int64_t i = pr.poff[g]; i < pr.poff[g + 1]; ++i) best = std::max(best, pr.pareto[i].p - lambda * pr.pareto[i].w);
+    for (int64_t i = pr.poff[g]; i < pr.poff[g + 1]; ++i)
+      best = std::max(best, pr.pareto[i].p - lambda * pr.pareto[i].w);
     rmax[g] = best;
     U_L += best;
   }

@@ -125,7 +125,11 @@ class ParetoDp {
       MckpResult cand;
       cand.choice = rebuild(rec_.level, rec_.parent, rec_.item, rec_.cap);
       evaluate_choice(pr_, cand);
-      if (cand.objective >= r_.objective) { r_.choice = cand.choice; r_.objective = cand.objective; r_.cost = cand.cost; }
+      if (cand.objective >= r_.objective) {
+        r_.choice = cand.choice;
+        r_.objective = cand.objective;
+        r_.cost = cand.cost;
+      }
     }
     return limited_;
   }

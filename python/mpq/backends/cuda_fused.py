@@ -8,8 +8,8 @@ the row and column scales and the bias. The arithmetic is the torch-ops path's, 
 max(amax, 1e-12) / qmax (a correctly rounded division), v = x · (1 / scale), clamp, round to nearest even (the
 1.5·2^23 addition, exact for |v| <= 2^22), cast; so both paths give the same bits (checked on the GPU by
 tests/test_cuda_backend.py). The kernels are compiled with ``enable_fp_fusion=False``: a multiply-add contracted
-into one FMA rounds once where torch rounds twice (seen on an H200: 1-ulp differences with a bias). Triton comes with CUDA builds of torch; without it, or with MPQ_CUDA_QUANT=torch,
-the backend uses the torch ops.
+into one FMA rounds once where torch rounds twice (seen on an H200: 1-ulp differences with a bias). Triton comes
+with CUDA builds of torch; without it, or with MPQ_CUDA_QUANT=torch, the backend uses the torch ops.
 """
 from __future__ import annotations
 
