@@ -18,6 +18,7 @@ import os
 
 import torch
 
+
 def quantizer() -> str:
     """Which activation quantizer CUDA inputs get: "triton" (the fused kernels) or "torch ops" (Triton absent,
     or MPQ_CUDA_QUANT=torch)."""
@@ -111,9 +112,9 @@ def dequantize(acc: torch.Tensor, m: int, sa: torch.Tensor, ws: torch.Tensor, bi
     y = torch.empty(m, n, device=acc.device, dtype=dtype)
     sa = sa.reshape(-1).expand(m).contiguous() if sa.numel() == 1 else sa.reshape(-1)
     bm, bn = 32, 128
-    deq[(_cdiv(m, bm), _cdiv(n, bn))](acc, sa, ws.reshape(-1), bias if bias is not None else ws, y, m,
-                                                   n, acc.stride(0), y.stride(0), HAS_BIAS=bias is not None, BM=bm,
-                                                   BN=bn, num_warps=4, enable_fp_fusion=False)
+    deq[(_cdiv(m, bm), _cdiv(n, bn))](acc, sa, ws.reshape(-1), bias if bias is not None else ws, y, m, n,
+                                      acc.stride(0), y.stride(0), HAS_BIAS=bias is not None, BM=bm, BN=bn,
+                                      num_warps=4, enable_fp_fusion=False)
     return y
 
 
