@@ -97,7 +97,7 @@ def test_fused_quantizer_gives_the_bits_of_the_torch_ops(monkeypatch, cand, stat
         lin = nn.Linear(k, 64).to("cuda", dtype)
         m = cuda.make_module(lin, cand, static)
         x = torch.randn(rows, k, device="cuda", dtype=dtype) * 3
-        x[0, :8] = 0.5 * torch.arange(8)   # ties of the rounding
+        x[0, :8] = 0.5 * torch.arange(8)   # exact halves and zeros among the values
         with torch.no_grad():
             assert cuda_fused.enabled(x)
             fused = m(x)
