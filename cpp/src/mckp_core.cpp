@@ -11,11 +11,16 @@ namespace {
 
 constexpr double kNegInf = -std::numeric_limits<double>::infinity();
 
+// r.choice from each group's hull position.
+void choose_hull(const Prepared& pr, const std::vector<int32_t>& pos, MckpResult& r) {
+  for (int64_t g = 0; g < pr.n; ++g) r.choice[g] = pr.pareto[pr.poff[g] + pr.hull[pr.hoff[g] + pos[g]]].idx;
+}
+
 // Hull positions of the LP rounding that takes the first k increments (an integral solution), and its choice.
 void take_prefix(const Prepared& pr, std::size_t k, std::vector<int32_t>& pos, MckpResult& r) {
   std::fill(pos.begin(), pos.end(), 0);
   for (std::size_t t = 0; t < k; ++t) pos[pr.incs[t].g] = pr.incs[t].k;
-  for (int64_t g = 0; g < pr.n; ++g) r.choice[g] = pr.pareto[pr.poff[g] + pr.hull[pr.hoff[g] + pos[g]]].idx;
+  choose_hull(pr, pos, r);
 }
 
 // The number of whole increments the LP takes at budget C; r.choice is their rounding. The float prefix sums may
@@ -42,7 +47,7 @@ void greedy_incumbent(const Prepared& pr, double C, std::size_t k, std::vector<i
     if (used + in.dw <= C) { used += in.dw; pos[in.g] = in.k; }
     else frozen[in.g] = 1;
   }
-  for (int64_t g = 0; g < pr.n; ++g) r.choice[g] = pr.pareto[pr.poff[g] + pr.hull[pr.hoff[g] + pos[g]]].idx;
+  choose_hull(pr, pos, r);
   if (compare_sum(pr.offsets, pr.costs, r.choice, C) > 0) take_prefix(pr, k, pos, r);  // rounding in `used`
   evaluate_choice(pr, r);
   if (static_cast<int64_t>(hint.size()) == pr.n && compare_sum(pr.offsets, pr.costs, hint, C) <= 0) {
