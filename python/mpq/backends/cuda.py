@@ -131,7 +131,8 @@ class CudaInt8Linear(nn.Module):
             return y.reshape(*lead, self.out_features)
         sa = self.act_scale if self.act_scale is not None else _scale(x2.abs().amax(1, keepdim=True), self.qmax)
         q = (x2.float() * (1.0 / sa)).clamp_(-127, 127).round_().to(torch.int8)
-        q = F.pad(q, (0, 0, 0, _padded_rows(m) - m))
+        if _padded_rows(m) != m:  # F.pad copies even when it adds nothing
+            q = F.pad(q, (0, 0, 0, _padded_rows(m) - m))
         y = torch._int_mm(q, self.qw.t())[:m].float() * (sa * self.ws)
         if self.bias is not None:
             y = y + self.bias
