@@ -58,18 +58,33 @@ def _scale(amax, qmax):
     return amax.float().clamp_min(1e-12) / (qmax if isinstance(qmax, torch.Tensor) else torch.full_like(amax, qmax))
 
 
-class CudaFp8Linear(nn.Module):
+class _QuantLinear(nn.Module):
+    """What the fp8 and int8 modules share: sizes, the candidate's name, the format's max and the static activation
+    scale as buffers on the layer's device (a call moves nothing from the host), and the torch-ops activation
+    scale."""
+
+    def __init__(self, linear, cand, act_scale, qmax: float):
+        super().__init__()
+        device = linear.weight.device
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.candidate = cand.name
+        self.register_buffer("qmax", torch.tensor(qmax, device=device))
+        self.register_buffer("act_scale", None if act_scale is None else torch.tensor(float(act_scale), device=device))
+
+    def _torch_act_scale(self, x2):
+        """The static scale, or per-token amax / qmax."""
+        return self.act_scale if self.act_scale is not None else _scale(x2.abs().amax(1, keepdim=True), self.qmax)
+
+
+class CudaFp8Linear(_QuantLinear):
     """y = (Q(x) Q(W)^T) · s_x · s_w (+ b) through ``torch._scaled_mm`` (fp32 accumulation, bf16 out, cast back
     to the input's dtype). Weights: e4m3 per output channel (per tensor for ``fp8_static``), scale amax / 448;
     activations: per token (amax / 448) or the static per-tensor scale. Q is ``Candidate.quantize_weight`` /
-    ``quantize_act``'s rule, computed the same way (x · (1 / s), round to nearest even). Scales and constants are
-    buffers on the layer's device, so that a call moves nothing from the host."""
+    ``quantize_act``'s rule, computed the same way (x · (1 / s), round to nearest even)."""
 
     def __init__(self, linear, cand, act_scale=None):
-        super().__init__()
+        super().__init__(linear, cand, act_scale, 448.0)
         w = linear.weight.detach().float()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.candidate = cand.name
         if cand.weight_granularity == "tensor":
             s = _scale(w.abs().amax().reshape(1, 1), 448.0)
             ws = s.reshape(())
@@ -78,9 +93,6 @@ class CudaFp8Linear(nn.Module):
             ws = s.reshape(1, -1).contiguous()
         self.register_buffer("qw", (w * (1.0 / s)).to(torch.float8_e4m3fn))
         self.register_buffer("ws", ws)
-        self.register_buffer("qmax", torch.tensor(448.0, device=w.device))
-        self.register_buffer("act_scale", None if act_scale is None else
-                             torch.tensor(float(act_scale), device=w.device))
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().to(torch.bfloat16))
 
     def forward(self, x):
@@ -89,7 +101,7 @@ class CudaFp8Linear(nn.Module):
         if cuda_fused.enabled(x2):  # one kernel
             qx, sa = cuda_fused.quantize_rows(x2, False, self.act_scale)
         else:
-            sa = self.act_scale if self.act_scale is not None else _scale(x2.abs().amax(1, keepdim=True), self.qmax)
+            sa = self._torch_act_scale(x2)
             qx = (x2.float() * (1.0 / sa)).clamp_(-448, 448).to(torch.float8_e4m3fn)
         sb = self.ws
         if sa.dim() != sb.dim():  # _scaled_mm takes both scales per tensor or both row-/column-wise
@@ -101,7 +113,7 @@ class CudaFp8Linear(nn.Module):
         return y.to(x.dtype).reshape(*lead, self.out_features)
 
 
-class CudaInt8Linear(nn.Module):
+class CudaInt8Linear(_QuantLinear):
     """y = (Q(x) Q(W)^T) · s_x · s_w (+ b) through ``torch._int_mm`` (exact int32 sums), dequantized in fp32 and
     cast to the input's dtype. Weights int8 per output channel (amax / 127), held [out, in] so that the GEMM
     runs in the layout cuBLASLt's int8 kernels take (row-major activations times column-major weights; other
@@ -109,16 +121,11 @@ class CudaInt8Linear(nn.Module):
     per-tensor scale."""
 
     def __init__(self, linear, cand, act_scale=None):
-        super().__init__()
+        super().__init__(linear, cand, act_scale, 127.0)
         w = linear.weight.detach().float()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.candidate = cand.name
         s = _scale(w.abs().amax(1, keepdim=True), 127.0)
         self.register_buffer("qw", torch.round(w * (1.0 / s)).clamp(-127, 127).to(torch.int8))
         self.register_buffer("ws", s.reshape(1, -1))
-        self.register_buffer("qmax", torch.tensor(127.0, device=w.device))
-        self.register_buffer("act_scale", None if act_scale is None else
-                             torch.tensor(float(act_scale), device=w.device))
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float())
 
     def forward(self, x):
@@ -129,7 +136,7 @@ class CudaInt8Linear(nn.Module):
             q, sa = cuda_fused.quantize_rows(x2, True, self.act_scale, rows=_padded_rows(m))
             y = cuda_fused.dequantize(torch._int_mm(q, self.qw.t()), m, sa, self.ws, self.bias, x.dtype)
             return y.reshape(*lead, self.out_features)
-        sa = self.act_scale if self.act_scale is not None else _scale(x2.abs().amax(1, keepdim=True), self.qmax)
+        sa = self._torch_act_scale(x2)
         q = (x2.float() * (1.0 / sa)).clamp_(-127, 127).round_().to(torch.int8)
         if _padded_rows(m) != m:  # F.pad copies even when it adds nothing
             q = F.pad(q, (0, 0, 0, _padded_rows(m) - m))
