@@ -18,6 +18,12 @@ import os
 
 import torch
 
+# every launch compiles with these: no FMA contraction, so a multiply then an add rounds twice, as in torch
+# (tests/test_cuda_fused_compile.py checks the PTX for sm_90 without a GPU)
+LAUNCH_OPTIONS = dict(num_warps=4, enable_fp_fusion=False)
+QUANT_BLOCK = 1024          # elements of a row per step of quantize_rows
+DEQUANT_TILE = (32, 128)    # rows, columns of a dequantize program
+
 
 def quantizer() -> str:
     """Which activation quantizer CUDA inputs get: "triton" (the fused kernels) or "torch ops" (Triton absent,
@@ -100,8 +106,7 @@ def quantize_rows(x2: torch.Tensor, int8: bool, static_scale=None, rows: int = 0
     s = torch.empty(rows, 1, device=x2.device, dtype=torch.float32)
     static = static_scale is not None
     quant[(rows,)](x2, q, s, static_scale if static else s, m, k, x2.stride(0), q.stride(0),
-                   QMAX=127.0 if int8 else 448.0, INT8=int8, STATIC=static, BLOCK=1024, num_warps=4,
-                   enable_fp_fusion=False)
+                   QMAX=127.0 if int8 else 448.0, INT8=int8, STATIC=static, BLOCK=QUANT_BLOCK, **LAUNCH_OPTIONS)
     return q, (static_scale if static else s[:m])
 
 
@@ -111,10 +116,10 @@ def dequantize(acc: torch.Tensor, m: int, sa: torch.Tensor, ws: torch.Tensor, bi
     n = acc.shape[1]
     y = torch.empty(m, n, device=acc.device, dtype=dtype)
     sa = sa.reshape(-1).expand(m).contiguous() if sa.numel() == 1 else sa.reshape(-1)
-    bm, bn = 32, 128
+    bm, bn = DEQUANT_TILE
     deq[(_cdiv(m, bm), _cdiv(n, bn))](acc, sa, ws.reshape(-1), bias if bias is not None else ws, y, m, n,
                                       acc.stride(0), y.stride(0), HAS_BIAS=bias is not None, BM=bm, BN=bn,
-                                      num_warps=4, enable_fp_fusion=False)
+                                      **LAUNCH_OPTIONS)
     return y
 
 
