@@ -5,14 +5,17 @@ sub-graph), compare the measured end-to-end gain with three predictions: Σ sub-
 Goal: sub-graph prediction within 10% of the measured gain (median relative error) and better than the per-layer
 sum.
 
-On a shared host the machine's speed drifts by up to 20% between the profile and a plan's measurement (the base
-model's own time shows it), and gains in ms drift with it. So each prediction is also compared as a fraction of
-the model's time: predicted gain / the profile's baseline against the measured median of 1 − plan/base over the
-pairs, each side against its own base of the moment. And each plan is timed against two unquantized models: the
-original and the copy ``apply(model, {})`` makes, the same kind of copy as every plan model and as the model the
-profile times in. When those were deep copies, the original and its copy ran 1–15 ms apart in prefill with the
-same computation (memory placement, probably); since they share the original's weights the column checks that
-the difference is gone.
+On a shared host the machine's speed drifts by 10–20% over minutes (the base model's own time shows it), and
+gains in ms drift with it: a profile taken before the plans predicts the gains of a machine that has since sped
+up or slowed down. With ``--rounds R`` the profile's repeats and each plan's timed pairs are split into R rounds,
+each a profile (a new mixing seed) followed by every plan's pairs, so both sides sample the same stretch of time;
+each side is then the mean over the rounds of that round's figure (the Σ of its sub-graph gains; the median of
+the plan's paired differences). ``--rounds 1`` is a profile, then the plans. The bench also compares each
+prediction as a fraction of the model's time (predicted gain / the profile's baseline against the median of
+1 − plan/base over the pairs, each side against its own base of the moment) and rescaled by the drift (base
+during the plans / base during the profile). With ``--copy`` each plan is also timed against the copy
+``apply(model, {})`` makes: as deep copies, the original and its copy ran 1–15 ms apart in prefill with the same
+computation (memory placement, probably); since they share the original's weights they run 0.2 ms apart.
 
 With ``--backend cuda`` the same comparison runs on a GPU: a bf16 model, the cuda backend's kernels
 (``apply(mode="native")`` on a CUDA model installs them), CUDA events; ``--config`` builds the model with random
@@ -20,6 +23,8 @@ weights from a Hugging Face config (bench/configs/: SmolLM2-135M's shapes, four 
 weights cannot travel. Random weights time like trained ones: no kernel here looks at the values.
 
     python bench/timing_fidelity.py --phase decode --candidates int8,w8a16,w4a16 --plans 20
+    python bench/timing_fidelity.py --phase prefill --seq-len 32 --candidates int8 --plans 20 --repeats 80 \
+        --plan-repeats 120 --rounds 8
     python bench/timing_fidelity.py --backend cuda --config bench/configs/llama3-8b-4layers.json --phase prefill \
         --candidates fp8,int8 --seq-len 2048
 """
@@ -54,11 +59,14 @@ def parse_args(argv=None):
     p.add_argument("--seq-len", type=int, default=64)
     p.add_argument("--batch", type=int, default=1, help="sequences in the example (both phases run all of them)")
     p.add_argument("--plans", type=int, default=20)
-    p.add_argument("--repeats", type=int, default=15)
-    p.add_argument("--plan-repeats", type=int, default=31)
+    p.add_argument("--repeats", type=int, default=15, help="profile repeats (in all, over the rounds)")
+    p.add_argument("--plan-repeats", type=int, default=31, help="timed pairs per plan (in all, over the rounds)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="alternate R profiles and R rounds of plan timings, so both span the same time (see doc)")
+    p.add_argument("--copy", action="store_true", help="also time each plan against apply(model, {}) (see doc)")
     p.add_argument("--device", default=None, help="macs peak-rate table (default: cpu-avx2; h100 with cuda)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--save", default=None, help="write the GainTable here (.npz)")
+    p.add_argument("--save", default=None, help="write the (first round's) GainTable here (.npz)")
     return p.parse_args(argv)
 
 
@@ -102,6 +110,39 @@ def load(args):
     return model, ids
 
 
+def random_plans(table, n, rng):
+    """n mappings, each one random measured configuration per sub-graph."""
+    plans = []
+    for _ in range(n):
+        mapping = {}
+        for i, sg in enumerate(table.subgraphs):
+            mapping.update(table.config_mapping(i, int(rng.integers(len(sg.gain)))))
+        plans.append(mapping)
+    return plans
+
+
+def round_mean_median(samples, pick=None):
+    """Mean over rounds of each round's median: the rounds weigh equally, as the profile's rounds do."""
+    return float(np.mean([np.median(s if pick is None else s[pick[r]]) for r, s in enumerate(samples)]))
+
+
+def profile_round(args, model, ids, cands, sgs, repeats, r):
+    t0 = time.time()
+    table = profile(model, ids, cands, backend=args.backend, phase=args.phase, subgraphs=sgs, repeats=repeats,
+                    seed=args.seed + r)   # a new seed per round: new mixes of configurations
+    add = table.meta["additivity"]
+    print(f"# round {r}: profile ({args.phase}, {cands}, repeats={repeats}) in {time.time() - t0:.1f} s; "
+          f"baseline {table.baseline_seconds * 1e3:.2f} ms; noisy configs "
+          f"{sum(int(s.noisy.sum()) for s in table.subgraphs)} of "
+          f"{sum(len(s.gain) - 1 for s in table.subgraphs)}; "
+          f"self-check over its {add['passes']} mixed passes (each a random plan): whole-model time − (baseline − Σ "
+          f"sub-graph gains) median {add['median_error_s'] * 1e3:+.2f} ms, median |.| "
+          f"{add['median_abs_error_s'] * 1e3:.2f} ms (IQR of the all-base pass {add['base_pass_iqr_s'] * 1e3:.2f} "
+          f"ms); base sub-graphs ran {add['base_slower_in_mixed_passes_s'] * 1e3:+.2f} ms slower (summed) in the "
+          f"mixed passes", flush=True)
+    return table
+
+
 def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(1)
@@ -117,87 +158,104 @@ def main(argv=None):
           f"first: {sgs[0].name} {sgs[0].layers} ties={sgs[0].ties}")
     kinds = Counter(sg.name.rsplit(".", 1)[-1] for sg in sgs)
     print(f"# sub-graph kinds: {dict(kinds)}; starts of the first three: {[sg.start for sg in sgs[:3]]}")
-    t0 = time.time()
-    table = profile(model, ids, cands, backend=args.backend, phase=args.phase, subgraphs=sgs, repeats=args.repeats)
-    print(f"# profile ({args.phase}, {cands}, repeats={args.repeats}) in {time.time() - t0:.1f} s; "
-          f"baseline {table.baseline_seconds * 1e3:.2f} ms; noisy configs "
-          f"{sum(int(s.noisy.sum()) for s in table.subgraphs)} of {sum(len(s.gain) - 1 for s in table.subgraphs)}")
+    rounds = max(1, args.rounds)
+    repeats = max(3, -(-args.repeats // rounds))
+    pairs = max(1, -(-args.plan_repeats // rounds))
+    tables = [profile_round(args, model, ids, cands, sgs, repeats, 0)]
     if args.save:
-        table.save(args.save)
-    add = table.meta["additivity"]
-    print(f"# profile self-check over its {add['passes']} mixed passes (each a random plan): whole-model time − "
-          f"(baseline − Σ sub-graph gains) median {add['median_error_s'] * 1e3:+.2f} ms, median |.| "
-          f"{add['median_abs_error_s'] * 1e3:.2f} ms (IQR of the all-base pass {add['base_pass_iqr_s'] * 1e3:.2f} ms); "
-          f"base sub-graphs ran {add['base_slower_in_mixed_passes_s'] * 1e3:+.2f} ms slower (summed) in the mixed "
-          f"passes than in the all-base one")
-    for c in cands:   # the simplest plans: every layer on one candidate
-        every = {l: c for l in table.layers}
-        try:
-            g, gl = table.predict(every), table.predict_per_layer(every)
-        except (KeyError, ValueError):  # the candidate does not apply to every layer, or was not measured
-            continue
-        print(f"# every layer on {c}: Σ sub-graph gains {g * 1e3:+.2f} ms ({g / table.baseline_seconds * 100:+.1f}% "
-              f"of the model), Σ per-layer gains {gl * 1e3:+.2f} ms")
+        tables[0].save(args.save)
     macs = profile(model, ids, cands, backend="macs", phase=args.phase, subgraphs=sgs, device=macs_device)
-    rng = np.random.default_rng(args.seed)          # the plans
-    boot_rng = np.random.default_rng(args.seed + 1)  # the bootstrap, apart so the plans stay those of the seed
-    rows = []
+    plans = random_plans(tables[0], args.plans, np.random.default_rng(args.seed))
+    plan_runs = [make_runner(apply(model, m, mode="native"), ids, args.phase)[0] for m in plans]
     base_run, _ = make_runner(model, ids, args.phase)
     # the copy apply() makes of the unquantized model, as for every plan: as deep copies, the original and its copy
-    # ran 1–15 ms apart in prefill (memory placement); each plan is timed against both
-    copy_run, _ = make_runner(apply(model, {}, mode="native"), ids, args.phase)
+    # ran 1–15 ms apart in prefill (memory placement); with --copy each plan is timed against both
+    copy_run = make_runner(apply(model, {}, mode="native"), ids, args.phase)[0] if args.copy else None
+    times = [[] for _ in plans]   # times[p][r] = [models, pairs] seconds: base, plan (, copy)
+    for r in range(rounds):
+        if r:
+            tables.append(profile_round(args, model, ids, cands, sgs, repeats, r))
+            if [s.configs.tolist() for s in tables[r].subgraphs] != [s.configs.tolist() for s in tables[0].subgraphs]:
+                raise RuntimeError("the rounds' profiles enumerated different configurations")
+        for p, plan_run in enumerate(plan_runs):
+            runs = (base_run, plan_run) + ((copy_run,) if copy_run else ())
+            times[p].append(time_models(runs, pairs, backend.clock()))
+        base_now = np.median([t[r][0] for t in times])
+        print(f"# round {r}: {len(plans)} plans × {pairs} pairs; base {base_now * 1e3:.2f} ms during them "
+              f"(profile {tables[r].baseline_seconds * 1e3:.2f} ms)", flush=True)
+    for c in cands:   # the simplest plans: every layer on one candidate
+        every = {l: c for l in tables[0].layers}
+        try:
+            g = np.mean([t.predict(every) for t in tables])
+            gl = np.mean([t.predict_per_layer(every) for t in tables])
+        except (KeyError, ValueError):  # the candidate does not apply to every layer, or was not measured
+            continue
+        print(f"# every layer on {c}: Σ sub-graph gains {g * 1e3:+.2f} ms "
+              f"({g / np.mean([t.baseline_seconds for t in tables]) * 100:+.1f}% of the model), "
+              f"Σ per-layer gains {gl * 1e3:+.2f} ms")
+    report(args, plans, times, tables, macs, rounds)
+
+
+def report(args, plans, times, tables, macs, rounds):
+    """Per-plan rows and the summary. Each side is the mean over rounds of that round's figure (the profile's
+    prediction, the median of the plan's paired differences), so the host's speed weighs equally on both."""
+    boot_rng = np.random.default_rng(args.seed + 1)  # the bootstrap, apart so the plans stay those of the seed
+    baseline = float(np.mean([t.baseline_seconds for t in tables]))
     print(f"{'plan':>4} {'layers':>6} {'base ms':>8} {'measured ms':>11} {'±se':>6} {'spread':>7} {'subgraph':>9} "
           f"{'sg*drift':>9} {'per-layer':>9} {'MACs':>8} {'meas %':>8} {'sg %':>8} {'vs copy':>8}  "
           f"(ms saved, negative = slower; % of the model's time; vs copy: measured against apply(model, {{}}))")
-    for p in range(args.plans):
-        mapping = {}
-        for i, sg in enumerate(table.subgraphs):
-            k = int(rng.integers(len(sg.gain)))
-            mapping.update(table.config_mapping(i, k))
-        qmodel = apply(model, mapping, mode="native")
-        plan_run, _ = make_runner(qmodel, ids, args.phase)
-        tb, tc, tp = time_models((base_run, copy_run, plan_run), args.plan_repeats, backend.clock())
-        d = tb - tp
-        measured_copy = float(np.median(tc - tp))
-        measured = float(np.median(d))   # paired, as the profile's gains: adjacent runs share the machine's drift
-        measured_frac = float(np.median(1 - tp / tb))   # the fraction of the model's time saved
-        spread = float(np.percentile(d, 75) - np.percentile(d, 25))
-        boot = np.median(d[boot_rng.integers(len(d), size=(400, len(d)))], axis=1)
+    rows = []
+    for p, mapping in enumerate(plans):
+        tb, tp = [t[0] for t in times[p]], [t[1] for t in times[p]]
+        d = [b - q for b, q in zip(tb, tp)]
+        measured = round_mean_median(d)   # paired, as the profile's gains: adjacent runs share the machine's drift
+        measured_frac = round_mean_median([1 - q / b for b, q in zip(tb, tp)])  # the fraction of the time saved
+        measured_copy = (round_mean_median([t[2] - q for t, q in zip(times[p], tp)]) if args.copy
+                         else float("nan"))
+        flat = np.concatenate(d)
+        spread = float(np.percentile(flat, 75) - np.percentile(flat, 25))
+        boot = [round_mean_median(d, [boot_rng.integers(len(x), size=len(x)) for x in d]) for _ in range(400)]
         se = float(np.std(boot))           # the measurement's own uncertainty (bootstrap over the pairs)
-        pred_sg = table.predict(mapping)
-        drift = float(np.median(tb)) / table.baseline_seconds   # machine speed now vs during the profile
-        pred_layer = table.predict_per_layer(mapping)
+        pred_sg = float(np.mean([t.predict(mapping) for t in tables]))
+        # machine speed during each round's plan timings vs during that round's profile
+        pred_drift = float(np.mean([t.predict(mapping) * np.median(b) / t.baseline_seconds
+                                    for t, b in zip(tables, tb)]))
+        pred_frac = float(np.mean([t.predict(mapping) / t.baseline_seconds for t in tables]))
+        pred_layer = float(np.mean([t.predict_per_layer(mapping) for t in tables]))
         pred_mac = macs.predict(mapping)
-        rows.append((len(mapping), measured, spread, pred_sg, pred_layer, pred_mac, pred_sg * drift,
-                     float(np.median(tb)), se, measured_frac, measured_copy))
-        print(f"{p:>4} {len(mapping):>6} {np.median(tb) * 1e3:8.2f} {measured * 1e3:11.2f} {se * 1e3:6.2f} "
+        base_ms = float(np.median(np.concatenate(tb)))
+        rows.append((len(mapping), measured, spread, pred_sg, pred_layer, pred_mac, pred_drift, base_ms, se,
+                     measured_frac, measured_copy, pred_frac))
+        print(f"{p:>4} {len(mapping):>6} {base_ms * 1e3:8.2f} {measured * 1e3:11.2f} {se * 1e3:6.2f} "
               f"{spread * 1e3:7.2f} "
-              f"{pred_sg * 1e3:9.2f} {pred_sg * drift * 1e3:9.2f} {pred_layer * 1e3:9.2f} {pred_mac * 1e3:8.2f} "
-              f"{measured_frac * 100:7.2f}% {pred_sg / table.baseline_seconds * 100:7.2f}% "
-              f"{measured_copy * 1e3:8.2f}", flush=True)
-        del qmodel
+              f"{pred_sg * 1e3:9.2f} {pred_drift * 1e3:9.2f} {pred_layer * 1e3:9.2f} {pred_mac * 1e3:8.2f} "
+              f"{measured_frac * 100:7.2f}% {pred_frac * 100:7.2f}% {measured_copy * 1e3:8.2f}")
     a = np.array(rows)
     meas, se = a[:, 1], a[:, 8]
-    print(f"# baseline whole model {table.baseline_seconds * 1e3:.2f} ms")
-    print(f"# base during the plans: median {np.median(a[:, 7]) * 1e3:.2f} ms (profile: "
-          f"{table.baseline_seconds * 1e3:.2f} ms); sg*drift rescales the sub-graph sum by base now / base then")
+    print(f"# baseline whole model {baseline * 1e3:.2f} ms (profile, mean over {rounds} round(s): "
+          f"{', '.join(f'{t.baseline_seconds * 1e3:.1f}' for t in tables)})")
+    print(f"# base during the plans: median {np.median(a[:, 7]) * 1e3:.2f} ms; sg*drift rescales each round's "
+          f"sub-graph sum by base then (plans) / base then (profile)")
     for name, col in (("sub-graph sum", 3), ("sub-graph*drift", 6), ("per-layer sum", 4), ("MAC-based", 5)):
         rel = np.abs(a[:, col] - meas) / np.maximum(np.abs(meas), 1e-12)
         abs_err = np.abs(a[:, col] - meas)
         corr = np.corrcoef(a[:, col], meas)[0, 1] if np.std(a[:, col]) > 0 else float("nan")
         print(f"# {name:<15} median |rel err| {np.median(rel) * 100:7.1f}%  median |err| "
-              f"{np.median(abs_err) * 1e3:7.2f} ms ({np.median(abs_err) / table.baseline_seconds * 100:.1f}% of "
-              f"the model's time)  corr {corr:.3f}  within 2 se of the measurement: "
-              f"{int((abs_err <= 2 * se).sum())}/{len(se)}")
+              f"{np.median(abs_err) * 1e3:7.2f} ms ({np.median(abs_err) / baseline * 100:.1f}% of "
+              f"the model's time)  median err {np.median(a[:, col] - meas) * 1e3:+.2f} ms  corr {corr:.3f}  "
+              f"within 2 se of the measurement: {int((abs_err <= 2 * se).sum())}/{len(se)}")
     frac, meas_copy = a[:, 9], a[:, 10]
-    for name, col in (("sub-graph sum", 3), ("per-layer sum", 4), ("MAC-based", 5)):
-        rel = np.abs(a[:, col] / table.baseline_seconds - frac) / np.maximum(np.abs(frac), 1e-12)
-        rel_copy = np.abs(a[:, col] - meas_copy) / np.maximum(np.abs(meas_copy), 1e-12)
-        print(f"# {name:<15} as a fraction of the model's time: median |rel err| {np.median(rel) * 100:7.1f}%; "
-              f"against the copy: {np.median(rel_copy) * 100:7.1f}% (median error "
-              f"{np.median(a[:, col] - meas_copy) * 1e3:+.2f} ms)")
-    print(f"# the original model's time − its copy's: {np.median(meas - meas_copy) * 1e3:+.2f} ms (median over the "
-          f"plans; the same computation)")
+    for name, pred in (("sub-graph sum", a[:, 11]), ("per-layer sum", a[:, 4] / baseline),
+                       ("MAC-based", a[:, 5] / baseline)):
+        rel = np.abs(pred - frac) / np.maximum(np.abs(frac), 1e-12)
+        print(f"# {name:<15} as a fraction of the model's time: median |rel err| {np.median(rel) * 100:7.1f}%")
+    if args.copy:
+        for name, col in (("sub-graph sum", 3), ("per-layer sum", 4), ("MAC-based", 5)):
+            rel_copy = np.abs(a[:, col] - meas_copy) / np.maximum(np.abs(meas_copy), 1e-12)
+            print(f"# {name:<15} against the copy: {np.median(rel_copy) * 100:7.1f}% (median error "
+                  f"{np.median(a[:, col] - meas_copy) * 1e3:+.2f} ms)")
+        print(f"# the original model's time − its copy's: {np.median(meas - meas_copy) * 1e3:+.2f} ms (median over "
+              f"the plans; the same computation)")
     print(f"# the measurements' own noise: median se {np.median(se) * 1e3:.2f} ms = "
           f"{np.median(se / np.maximum(np.abs(meas), 1e-12)) * 100:.1f}% of the measured gain (median)")
 
