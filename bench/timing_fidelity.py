@@ -135,8 +135,8 @@ def profile_round(args, model, ids, cands, sgs, repeats, r):
           f"baseline {table.baseline_seconds * 1e3:.2f} ms; noisy configs "
           f"{sum(int(s.noisy.sum()) for s in table.subgraphs)} of "
           f"{sum(len(s.gain) - 1 for s in table.subgraphs)}; "
-          f"self-check over its {add['passes']} mixed passes (each a random plan): whole-model time − (baseline − Σ "
-          f"sub-graph gains) median {add['median_error_s'] * 1e3:+.2f} ms, median |.| "
+          f"self-check over its {add['passes']} mixed passes (each a random plan): whole-model time − "
+          f"(baseline − Σ sub-graph gains) median {add['median_error_s'] * 1e3:+.2f} ms, median |.| "
           f"{add['median_abs_error_s'] * 1e3:.2f} ms (IQR of the all-base pass {add['base_pass_iqr_s'] * 1e3:.2f} "
           f"ms); base sub-graphs ran {add['base_slower_in_mixed_passes_s'] * 1e3:+.2f} ms slower (summed) in the "
           f"mixed passes", flush=True)
@@ -166,18 +166,21 @@ def main(argv=None):
         tables[0].save(args.save)
     macs = profile(model, ids, cands, backend="macs", phase=args.phase, subgraphs=sgs, device=macs_device)
     plans = random_plans(tables[0], args.plans, np.random.default_rng(args.seed))
-    plan_runs = [make_runner(apply(model, m, mode="native"), ids, args.phase)[0] for m in plans]
     base_run, _ = make_runner(model, ids, args.phase)
     # the copy apply() makes of the unquantized model, as for every plan: as deep copies, the original and its copy
     # ran 1–15 ms apart in prefill (memory placement); with --copy each plan is timed against both
     copy_run = make_runner(apply(model, {}, mode="native"), ids, args.phase)[0] if args.copy else None
     times = [[] for _ in plans]   # times[p][r] = [models, pairs] seconds: base, plan (, copy)
+    kept = {}   # plan models kept between rounds; with one round each is built, timed and dropped (memory)
     for r in range(rounds):
         if r:
             tables.append(profile_round(args, model, ids, cands, sgs, repeats, r))
-            if [s.configs.tolist() for s in tables[r].subgraphs] != [s.configs.tolist() for s in tables[0].subgraphs]:
+            if not all(np.array_equal(a.configs, b.configs) for a, b in zip(tables[r].subgraphs, tables[0].subgraphs)):
                 raise RuntimeError("the rounds' profiles enumerated different configurations")
-        for p, plan_run in enumerate(plan_runs):
+        for p, mapping in enumerate(plans):
+            plan_run = kept.get(p) or make_runner(apply(model, mapping, mode="native"), ids, args.phase)[0]
+            if rounds > 1:
+                kept[p] = plan_run
             runs = (base_run, plan_run) + ((copy_run,) if copy_run else ())
             times[p].append(time_models(runs, pairs, backend.clock()))
         base_now = np.median([t[r][0] for t in times])
