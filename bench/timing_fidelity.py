@@ -219,11 +219,12 @@ def report(args, plans, times, tables, macs, rounds):
         spread = float(np.percentile(flat, 75) - np.percentile(flat, 25))
         boot = [round_mean_median(d, [boot_rng.integers(len(x), size=len(x)) for x in d]) for _ in range(400)]
         se = float(np.std(boot))           # the measurement's own uncertainty (bootstrap over the pairs)
-        pred_sg = float(np.mean([t.predict(mapping) for t in tables]))
-        # machine speed during each round's plan timings vs during that round's profile
-        pred_drift = float(np.mean([t.predict(mapping) * np.median(b) / t.baseline_seconds
-                                    for t, b in zip(tables, tb)]))
-        pred_frac = float(np.mean([t.predict(mapping) / t.baseline_seconds for t in tables]))
+        per_round = np.array([t.predict(mapping) for t in tables])
+        profile_base = np.array([t.baseline_seconds for t in tables])
+        pred_sg = float(np.mean(per_round))
+        # rescaled by the machine's speed during each round's plan timings vs during that round's profile
+        pred_drift = float(np.mean(per_round * np.array([np.median(b) for b in tb]) / profile_base))
+        pred_frac = float(np.mean(per_round / profile_base))
         pred_layer = float(np.mean([t.predict_per_layer(mapping) for t in tables]))
         pred_mac = macs.predict(mapping)
         base_ms = float(np.median(np.concatenate(tb)))
