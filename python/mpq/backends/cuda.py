@@ -132,14 +132,15 @@ class CudaInt8Linear(_QuantLinear):
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1])
         m = x2.shape[0]
+        rows = _padded_rows(m)
         if cuda_fused.enabled(x2):  # one kernel to quantize (and pad), one to dequantize
-            q, sa = cuda_fused.quantize_rows(x2, True, self.act_scale, rows=_padded_rows(m))
+            q, sa = cuda_fused.quantize_rows(x2, True, self.act_scale, rows=rows)
             y = cuda_fused.dequantize(torch._int_mm(q, self.qw.t()), m, sa, self.ws, self.bias, x.dtype)
             return y.reshape(*lead, self.out_features)
         sa = self._torch_act_scale(x2)
         q = (x2.float() * (1.0 / sa)).clamp_(-127, 127).round_().to(torch.int8)
-        if _padded_rows(m) != m:  # F.pad copies even when it adds nothing
-            q = F.pad(q, (0, 0, 0, _padded_rows(m) - m))
+        if rows != m:  # F.pad copies even when it adds nothing
+            q = F.pad(q, (0, 0, 0, rows - m))
         y = torch._int_mm(q, self.qw.t())[:m].float() * (sa * self.ws)
         if self.bias is not None:
             y = y + self.bias
