@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from mpq.candidates import get_candidates
-from mpq.gain_table import GainTable
-from mpq.sensitivity_table import SensitivityTable
+from mpq.artifacts import GainTable
+from mpq.artifacts import SensitivityTable
 
 
 # --- shared helpers ----------------------------------------------------------------------------------------------

@@ -85,7 +85,7 @@ def child(args):
 
 
 def kernel_bench(repeat):
-    from mpq.calib_kernel import act_quant, delta_sums
+    from mpq.calibration.kernel import act_quant, delta_sums
     from mpq.candidates import CANDIDATES as ALL
     rows, cols = 16384, 1024  # 64 MiB each for T and G: far beyond the caches
     t = torch.randn(rows, cols)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mpq.backends import cuda
+from mpq.application import native_cuda as cuda
 
 SHAPES = {  # name: (in, out)
     "llama8b qkv": (4096, 6144), "llama8b gate/up": (4096, 28672), "llama8b down": (14336, 4096),

@@ -39,11 +39,11 @@ from _util import machine_line  # noqa: E402
 
 from mpq.calibration import calibrate  # noqa: E402
 from mpq.data import lm_batches, token_windows, tokenize  # noqa: E402
-from mpq.gain_table import GainTable  # noqa: E402
-from mpq.pipeline import RunSettings, demo_text, load_model, measure, per_sample_losses, time_prefill  # noqa: E402
+from mpq.artifacts import GainTable  # noqa: E402
+from mpq.demo_run import RunSettings, demo_text, load_model, measure, per_sample_losses, time_prefill  # noqa: E402
 from mpq.profiling import profile  # noqa: E402
 from mpq.selection import select  # noqa: E402
-from mpq.sensitivity_table import SensitivityTable  # noqa: E402
+from mpq.artifacts import SensitivityTable  # noqa: E402
 
 
 def say(msg: str) -> None:

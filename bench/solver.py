@@ -1,10 +1,9 @@
-"""How much faster is mpq's exact MCKP solver than HiGHS on the llm family (research/solver.md §3.2)?
+"""How much faster is mpq's exact MCKP solver than HiGHS on the llm family (docs/solver.md, "Instance families")?
 
     python bench/solver.py                      # n <= 2,000 vs HiGHS, n = 20k / 100k, the 100-budget sweep
     python bench/solver.py --quick              # a smaller grid for a smoke run
 
-Both solvers run in this process's run (HiGHS in its own child process, timed around its run() call only, like
-research/solver.md §3.1), one thread, on the same instances; answers are checked equal (1e-9 relative, exact
+Both solvers run in this process's run (HiGHS in its own child process, timed around its run() call only), one thread, on the same instances; answers are checked equal (1e-9 relative, exact
 feasibility) before any time is reported. Ratios are medians of per-instance HiGHS/ours ratios.
 """
 from __future__ import annotations
@@ -16,16 +15,13 @@ import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mckp_instances import generate, threshold  # noqa: E402
-
 from mpq import _core  # noqa: E402
-from mpq.mckp import solve_mckp, to_csr  # noqa: E402
+from mpq.selection.solvers.dispatch import solve_mckp, to_csr  # noqa: E402
+from mpq.selection.solvers.instances import generate, threshold  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -107,7 +103,7 @@ def main(argv=None):
                 check(csr, budget, d)
                 to.append(t)
                 cores.append(d["core_groups"])
-            print(f"| {n} | {m} | {len(to)} | not run (research/solver.md: no proof in 20-600 s) | "
+            print(f"| {n} | {m} | {len(to)} | not run (HiGHS gave no proof in 20-600 s at this size) | "
                   f"{fmt_ms(statistics.median(to))} [{fmt_ms(max(to))}] | – | {max(cores)} |", flush=True)
     if all_ratios:
         print(f"\nall n <= {max(args.sizes)}: median HiGHS/mpq ratio {statistics.median(all_ratios):.0f}x, "

@@ -24,11 +24,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _util import machine_line  # noqa: E402
 
 import mpq.data as data  # noqa: E402
-from mpq.application import set_module  # noqa: E402
-from mpq.backends import cpu as cpu_backend  # noqa: E402
-from mpq.backends._timing import gains_from_times, time_in_model  # noqa: E402
+from mpq.models import set_module  # noqa: E402
+from mpq.profiling.backends import cpu as cpu_backend  # noqa: E402
+from mpq.profiling.timing import gains_from_times, time_in_model  # noqa: E402
 from mpq.partitioning import partition  # noqa: E402
-from mpq.profiling import enumerate_configs, make_runner  # noqa: E402
+from mpq.profiling.profiler import enumerate_configs, make_runner  # noqa: E402
 
 
 def parse_args(argv=None):

@@ -44,9 +44,9 @@ from _util import machine_line  # noqa: E402
 
 import mpq.data as data  # noqa: E402
 from mpq.application import apply  # noqa: E402
-from mpq.backends import get_backend  # noqa: E402
+from mpq.profiling.backends import get_backend  # noqa: E402
 from mpq.partitioning import partition  # noqa: E402
-from mpq.profiling import make_runner, profile  # noqa: E402
+from mpq.profiling.profiler import make_runner, profile  # noqa: E402
 
 
 def parse_args(argv=None):

@@ -4,9 +4,10 @@ import torch
 from torch import nn
 
 from _tiny_models import tiny_llama
+import mpq
 import mpq.candidates as C
 from mpq.application import FakeQuantLinear, apply
-from mpq.native import NativeLinear
+from mpq.application.native_cpu import NativeLinear
 
 
 def mlp():
@@ -70,6 +71,17 @@ def test_apply_on_tiny_llama_native_int8():
         a = apply(m, mapping, "fake")(ids).logits
         b = apply(m, mapping, "native")(ids).logits
     assert (a - b).abs().max() < 1e-4
+
+
+def test_a_plan_brings_its_static_scales_to_apply():
+    m = mlp()
+    x = torch.randn(3, 64)
+    plan = mpq.Plan({"0": "int8_static", "2": "base", "4": "int8"}, 0.0, 0.0, act_scales={"0": 0.03})
+    for mode in ("fake", "native"):
+        from_plan = apply(m, plan, mode=mode)
+        explicit = apply(m, plan.mapping, mode=mode, act_scales={"0": 0.03})
+        assert torch.equal(from_plan(x), explicit(x))
+        assert not torch.equal(from_plan(x), apply(m, plan.mapping, mode=mode, act_scales={"0": 0.06})(x))
 
 
 def test_apply_errors():

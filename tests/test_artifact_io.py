@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from mpq._artifact_io import load_npz, save_npz
+from mpq.artifacts.io import load_npz, save_npz
 
 
 def test_round_trip(tmp_path):
@@ -30,3 +30,19 @@ def test_npy_array_wrong_kind_and_future_version(tmp_path):
         load_npz(tmp_path / "f.npz", "mpq.Test", 1)
     with pytest.raises(FileNotFoundError):
         load_npz(tmp_path / "missing.npz", "mpq.Test", 1)
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    from mpq.artifacts.io import atomic_file, write_json
+    target = tmp_path / "a.json"
+    write_json(target, {"v": 1})
+    with pytest.raises(RuntimeError, match="disk full"):
+        with atomic_file(target) as f:
+            f.write('{"v": 2, "half')
+            raise RuntimeError("disk full")
+    with pytest.raises(ValueError, match="Out of range float"):
+        write_json(target, {"v": float("nan")})  # NaN is not JSON: refused before anything is written
+    assert target.read_text() == '{\n "v": 1\n}\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        write_json(tmp_path / "missing" / "a.json", {})

@@ -8,16 +8,17 @@ import torch
 from torch import nn
 
 import mpq.calibration as calib
-from mpq.calib_kernel import act_quant, weight_quant
+from mpq.models import model_inputs
+from mpq.calibration.kernel import act_quant, weight_quant
 from mpq.candidates import CANDIDATES
-from mpq.sensitivity_table import SensitivityTable
+from mpq.artifacts import SensitivityTable
 
 CANDS = ("fp8", "int8", "int8_static", "w8a16", "fp8_gaudi2")
 
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
-    """Tiny ops with two threads on a busy 2-core box wait for scheduler quanta (research/environment.md §3.4)."""
+    """Tiny ops with two threads on a busy 2-core box wait for scheduler quanta: one thread keeps the tests quick."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -75,7 +76,7 @@ def fd_delta(model, layer_name, cand, batches, loss_fn, static_scale=None, weigh
             for e in (eps, -eps):
                 state["eps"] = e
                 mod.weight.copy_(w0 + e * dw)
-                args, kwargs = calib.model_inputs(b64)
+                args, kwargs = model_inputs(b64)
                 vals.append(loss_fn(m64(*args, **kwargs), b64).double())
             out.append((vals[0] - vals[1]) / (2 * eps))
     h.remove()

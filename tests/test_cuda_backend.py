@@ -9,7 +9,8 @@ from torch import nn
 from _tiny_models import tiny_llama
 import mpq.candidates as C
 from mpq.application import apply
-from mpq.backends import cuda, cuda_fused
+from mpq.application import cuda_fused, native_cuda
+from mpq.profiling.backends import cuda
 from mpq.profiling import profile
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -108,7 +109,7 @@ def test_fused_quantizer_gives_the_bits_of_the_torch_ops(monkeypatch, cand, stat
 
 
 def test_apply_native_on_a_cpu_model_still_uses_the_cpu_kernels():
-    from mpq.native import NativeLinear
+    from mpq.application.native_cpu import NativeLinear
     q = apply(nn.Sequential(nn.Linear(64, 32)), {"0": "int8"}, mode="native")
     assert isinstance(q[0], NativeLinear)
 
@@ -162,7 +163,7 @@ def test_cuda_profile_of_a_causal_lm(phase):
 
 
 def test_the_accelerator_copy_is_bf16_and_leaves_the_model_alone():
-    from mpq.backends import prepare_bf16_on
+    from mpq.models import prepare_bf16_on
     m = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4))
     w0 = m[0].weight.detach().clone()
     work, ex = prepare_bf16_on("cpu", m, {"x": torch.randn(2, 16), "ids": torch.arange(3)})

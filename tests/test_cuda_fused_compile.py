@@ -11,7 +11,7 @@ import pytest
 
 triton = pytest.importorskip("triton", reason="Triton is not installed (CUDA builds of torch bring it)")
 
-from mpq.backends import cuda_fused  # noqa: E402
+from mpq.application import cuda_fused  # noqa: E402
 
 FMA = re.compile(r"^\s*(?:@%p\d+\s+)?fma\.", re.M)
 

@@ -4,8 +4,8 @@ import re
 
 import pytest
 
-from mpq.exporters import export
-from mpq.plan import Plan
+from mpq.application import export
+from mpq.artifacts import Plan
 
 NAMES = [f"model.layers.{i}.{p}" for i in (1, 2, 10, 11) for p in ("self_attn.q_proj", "mlp.down_proj")]
 
@@ -32,6 +32,21 @@ def test_inc_refuses_formats_gaudi_cannot_run(tmp_path):
     with pytest.raises(ValueError, match=r"INC FP8 export runs \['fp8_gaudi2'\].*int8"):
         export(plan_with(["int8"]), "inc", tmp_path / "x.json")
     assert not (tmp_path / "x.json").exists()
+
+
+def test_a_failed_export_keeps_the_previous_file_and_leaves_no_temporary(tmp_path):
+    good = export(plan_with(["fp8_gaudi2"]), "inc", tmp_path / "quant.json")
+    before = (tmp_path / "quant.json").read_text()
+    with pytest.raises(ValueError, match="INC FP8 export runs"):
+        export(plan_with(["int8"]), "inc", tmp_path / "quant.json")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        export(plan_with(["fp8_gaudi2"]), "inc", tmp_path / "no" / "quant.json")
+    (tmp_path / "a_folder").mkdir()
+    with pytest.raises(OSError):  # the rename onto a folder fails after the file was written
+        export(plan_with(["fp8_gaudi2"]), "inc", tmp_path / "a_folder")
+    assert json.loads(before) == good and (tmp_path / "quant.json").read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_folder", "quant.json"]
+    assert not any((tmp_path / "a_folder").iterdir())
 
 
 def test_unknown_target(tmp_path):

@@ -1,20 +1,17 @@
-"""mpq.solve_mckp / sweep_mckp (solver="bnb") against brute force, the LP bound, and the documented errors."""
+"""mpq.solve_mckp / sweep_mckp (solver="exact", alias "bnb") against brute force, the LP bound, and the documented errors."""
 import itertools
 import math
-import sys
 import time
 from fractions import Fraction
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 import mpq
 from mpq import _core
-from mpq.mckp import MckpSolution, solve_mckp, sweep_mckp, to_csr
+from mpq.selection.solvers.dispatch import MckpSolution, solve_mckp, sweep_mckp, to_csr
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from mckp_instances import generate, threshold  # noqa: E402
+from mpq.selection.solvers.instances import generate, threshold
 
 
 def _exact_ints(groups):
@@ -141,13 +138,23 @@ def _lp(gains, costs, budget):
     return _core.mckp_lp_bound(off, g, c, float(budget))
 
 
+def test_bnb_is_an_alias_of_exact_and_unknown_solvers_are_named():
+    g, c = generate(224, 6, 0)
+    budget = threshold(c, 0.3)
+    a, b = solve_mckp(g, c, budget, solver="bnb"), solve_mckp(g, c, budget, solver="exact")
+    assert a.solver == b.solver == "exact" and np.array_equal(a.choice, b.choice) and a.objective == b.objective
+    assert [s.solver for s in sweep_mckp(g, c, [budget], solver="bnb")] == ["exact"]
+    with pytest.raises(ValueError, match="exact, highs, gurobi.*'cplex'"):
+        solve_mckp(g, c, budget, solver="cplex")
+
+
 @pytest.mark.parametrize("n,m,seed,frac", [(224, 6, 0, 0.1), (560, 16, 1, 0.3), (2000, 25, 2, 0.6),
                                            (20000, 4, 0, 0.3)])
 def test_llm_family_properties(n, m, seed, frac):
     g, c = generate(n, m, seed)
     budget = threshold(c, frac)
     sol = solve_mckp(g, c, budget)
-    assert isinstance(sol, MckpSolution) and sol.solver == "bnb"
+    assert isinstance(sol, MckpSolution) and sol.solver == "exact"
     assert sol.status == "optimal" and sol.choice.shape == (n,) and sol.choice.dtype == np.int64
     assert exact_cost_le(c, sol.choice, budget)
     assert sol.objective == math.fsum(g[np.arange(n), sol.choice])
@@ -273,7 +280,7 @@ def test_core_checks_its_own_inputs():
 
 
 def test_public_names():
-    assert mpq.mckp.solve_mckp is solve_mckp
+    assert mpq.selection.solvers.dispatch.solve_mckp is solve_mckp
     sol = solve_mckp([[0.0, 1.0]], [[0.0, 1.0]], 1.0)
     with pytest.raises(Exception):
         sol.objective = 3.0  # frozen

@@ -91,7 +91,7 @@ def test_cpp_cli_matches_python_and_reports_limits(tmp_path):
     f = write_problem(tmp_path / "llm.txt", g, c)
     r = subprocess.run([exe, str(f), "--budget", repr(budget)], capture_output=True, text=True, timeout=60)
     fields = dict(line.split(" ", 1) for line in r.stdout.splitlines())
-    sol = mpq.mckp.solve_mckp(g, c, budget)
+    sol = mpq.selection.solvers.dispatch.solve_mckp(g, c, budget)
     assert r.returncode == 0 and float(fields["objective"]) == sol.objective
     assert list(map(int, fields["choice"].split())) == sol.choice.tolist()
     g, c = generate(224, 6, 0, family="uniform_scorr")

@@ -1,18 +1,15 @@
 """The exact solver against HiGHS (gap 0) on the llm family, the HiGHS watchdog, the exact verification of
 external answers, and Gurobi's optional path."""
 import math
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from mpq.mckp import solve_mckp, to_csr
-from mpq.mckp_verify import finish_external
+from mpq.selection.solvers.dispatch import solve_mckp, to_csr
+from mpq.selection.solvers.verify import finish_external
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from mckp_instances import generate, threshold  # noqa: E402
+from mpq.selection.solvers.instances import generate, threshold
 
 highspy = pytest.importorskip("highspy")
 

@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 import mpq
-from mpq.gain_table import GainTable
-from mpq.plan import Plan
-from mpq.sensitivity_table import SensitivityTable
+from mpq.artifacts import GainTable
+from mpq.artifacts import Plan
+from mpq.artifacts import SensitivityTable
 
 
 def tiny_mlp():

@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 from _tiny_models import tiny_llama
-from mpq.backends import BackendUnavailable, get_backend
-from mpq.gain_table import GainTable, SubgraphGains
+from mpq.profiling.backends import BackendUnavailable, get_backend
+from mpq.artifacts import GainTable, SubgraphGains
 from mpq.partitioning import Subgraph
 from mpq.profiling import enumerate_configs, profile
 
@@ -145,7 +145,7 @@ def test_mixed_passes_time_every_configuration_exactly():
     """One all-base pass and mixed passes (sub-graphs on random, shifted configurations) per repeat: with a clock
     that advances by a known cost per module, every configuration of every sub-graph is timed once per repeat and
     its gain and the additivity check are exact, whatever the other sub-graphs ran in the same pass."""
-    from mpq.backends._timing import additivity_check, gains_from_times, time_in_model
+    from mpq.profiling.timing import additivity_check, gains_from_times, time_in_model
     clock = _SimClock()
     model = nn.Sequential(*[nn.Identity() for _ in range(5)])
     base_cost = [10, 20, 30, 40, 50]
@@ -195,7 +195,7 @@ class _SlowAmongQuantized(_Costly):
 def test_gains_are_against_the_unquantized_model():
     """A sub-graph's base time comes from the all-base pass, so its gain is what quantizing it saves against the
     unquantized model, even where base kernels slow down among quantized neighbours."""
-    from mpq.backends._timing import gains_from_times, time_in_model
+    from mpq.profiling.timing import gains_from_times, time_in_model
     clock, mixed, n = _SimClock(), [False], 5
     model = nn.Sequential(*[_SlowAmongQuantized(clock, 10, 3, mixed) for _ in range(n)])
     quantized = {(str(i), "x"): _Costly(clock, 4) for i in range(n)}

@@ -8,8 +8,8 @@ import numpy as np
 
 from mpq import data
 from mpq.cli import main
-from mpq.gain_table import GainTable, SubgraphGains
-from mpq.sensitivity_table import SensitivityTable
+from mpq.artifacts import GainTable, SubgraphGains
+from mpq.artifacts import SensitivityTable
 
 
 def test_missing_demo_extra_names_the_install_command(monkeypatch, capsys):

@@ -5,10 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from mpq.gain_table import GainTable, SubgraphGains
-from mpq.plan import Plan
+from mpq.artifacts import GainTable, Plan, SensitivityTable, SubgraphGains
 from mpq.selection import pareto, select
-from mpq.sensitivity_table import SensitivityTable
 
 CANDS = ("int8", "fp8")
 LAYERS = ("b0.q", "b0.o", "b1.up", "b1.down", "head")
@@ -161,3 +159,28 @@ def test_plan_round_trip_and_corrupt_files(tmp_path):
     (tmp_path / "future.json").write_text(json.dumps({"format": "mpq.Plan", "version": 99, "mapping": {}}))
     with pytest.raises(ValueError, match="version 99"):
         Plan.load(tmp_path / "future.json")
+
+
+def test_a_plan_carries_the_static_scales_of_its_chosen_candidates(tmp_path):
+    """apply must run what calibration measured: a static candidate's calibrated scale travels in the Plan."""
+    table, gains = make_tables(3)
+    gains = GainTable(gains.backend, gains.phase, ("base", "int8_static", "fp8"), gains.subgraphs,
+                      baseline_seconds=gains.baseline_seconds)
+    L = len(LAYERS)
+    scales = np.full((L, 2), np.nan)
+    scales[:, 0] = np.arange(1, L + 1) / 64.0
+    table = SensitivityTable(LAYERS, ("int8_static", "fp8"), table.delta, table.delta_weight, scales,
+                             np.zeros((L, 2)))
+    plan = select(table, gains, max_loss_mse=10 * table.mse.sum())
+    assert set(plan.act_scales) == {l for l, c in plan.mapping.items() if c == "int8_static"} != set()
+    assert all(plan.act_scales[l] == scales[LAYERS.index(l), 0] for l in plan.act_scales)
+    plan.save(tmp_path / "p.json")
+    assert Plan.load(tmp_path / "p.json").act_scales == plan.act_scales
+    d = plan.to_dict()
+    d.update(version=1)
+    del d["act_scales"]
+    assert Plan.from_dict(d).act_scales == {}  # version 1 files load, without scales
+    with pytest.raises(ValueError, match="act_scales names layers the plan does not map"):
+        Plan({"a": "int8_static"}, 0.0, 0.0, act_scales={"b": 0.5})
+    with pytest.raises(ValueError, match="positive finite"):
+        Plan({"a": "int8_static"}, 0.0, 0.0, act_scales={"a": float("nan")})

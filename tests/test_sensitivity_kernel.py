@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from mpq import _core
-from mpq.calib_kernel import TensorQuant, act_quant, delta_sums, weight_quant
+from mpq.calibration.kernel import TensorQuant, act_quant, delta_sums, weight_quant
 from mpq.candidates import CANDIDATES
-from mpq.sensitivity_ref import delta_sums as ref_delta_sums
+from mpq.reference import delta_sums as ref_delta_sums
 
 QUANTS = [
     TensorQuant("fp8_e4m3", "row"), TensorQuant("fp8_e4m3", "tensor"), TensorQuant("int8", "row"),

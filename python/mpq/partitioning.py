@@ -25,7 +25,9 @@ from typing import Optional
 import torch
 from torch import nn
 
-__all__ = ["Subgraph", "partition", "run_example", "split_example"]
+from .models import hf_kwargs, run_example, split_example
+
+__all__ = ["Subgraph", "partition"]
 
 
 @dataclass(frozen=True)
@@ -56,39 +58,6 @@ class Subgraph:
                 seen.add(g[0])
                 out.append(g)
         return tuple(out)
-
-
-def split_example(example_input) -> tuple[tuple, dict]:
-    """An example input as (args, kwargs): a tensor, a tuple/list of positional args, or a dict of keyword args."""
-    if isinstance(example_input, torch.Tensor):
-        return (example_input,), {}
-    if isinstance(example_input, dict):
-        return (), dict(example_input)
-    if isinstance(example_input, (tuple, list)):
-        return tuple(example_input), {}
-    raise ValueError(f"example_input must be a tensor, a tuple of args or a dict of kwargs, "
-                     f"got {type(example_input).__name__}")
-
-
-def _is_hf(model: nn.Module) -> bool:
-    return hasattr(model, "config") and type(model).__module__.startswith("transformers")
-
-
-def _hf_kwargs(model: nn.Module, kwargs: dict) -> dict:
-    if _is_hf(model) and "use_cache" not in kwargs:
-        kwargs = dict(kwargs, use_cache=False)
-    return kwargs
-
-
-def run_example(model: nn.Module, example_input):
-    """Runs the example through the model (no grad); a failure becomes a ValueError that says so."""
-    args, kwargs = split_example(example_input)
-    kwargs = _hf_kwargs(model, kwargs)
-    try:
-        with torch.no_grad():
-            return model(*args, **kwargs)
-    except Exception as e:  # noqa: BLE001 - any failure means a bad example input
-        raise ValueError(f"the example input does not run through the model: {type(e).__name__}: {e}") from e
 
 
 class _Wrap(nn.Module):
@@ -178,7 +147,7 @@ def partition(model: nn.Module, example_input, *, method: str = "auto") -> list[
 
 def _partition_export(model, example_input, linears) -> list[Subgraph]:
     args, kwargs = split_example(example_input)
-    kwargs = _hf_kwargs(model, kwargs)
+    kwargs = hf_kwargs(model, kwargs)
     was_training = model.training
     model.eval()
     try:

@@ -8,7 +8,7 @@ bits torch's fp8 casts give; the result is rounded to the input dtype.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
@@ -144,3 +144,20 @@ def _to_dtype(y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         b = y.view(torch.int32)
         canon = ((((b >> 16) & 0x8000) | 0x7E00 | ((b >> 13) & 0x3FF))).to(torch.int16)
     return torch.where(nan, canon, out.view(torch.int16)).view(dtype)
+
+
+# --- the fused sensitivity kernel (cpp/include/mpq/sensitivity.hpp) ------------------------------------------
+# It materialises Q_c(T) with the deployment quantizer and sums in float64: no code shared with the C++ kernel.
+def delta_sums(t: torch.Tensor, g: torch.Tensor, quants: Sequence, sample_rows: int) -> torch.Tensor:
+    """out[k, b, c] = Σ_{rows of block b} g[k] ⊙ (Q_c(t) − t) in float64. t: [rows, cols]; g: [K, rows, cols]."""
+    rows, cols = t.shape
+    g3 = g.unsqueeze(0) if g.dim() == 2 else g
+    t = t.detach()
+    n_blocks = rows // sample_rows
+    gd = g3.detach().to(torch.float64)
+    out = torch.zeros(g3.shape[0], n_blocks, len(quants), dtype=torch.float64, device=t.device)
+    td = t.to(torch.float64)
+    for c, q in enumerate(quants):
+        d = q.apply(t).to(torch.float64) - td
+        out[:, :, c] = (gd * d).reshape(g3.shape[0], n_blocks, -1).sum(-1)
+    return out

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import math
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from .artifacts.io import atomic_file, write_json
 
 
 def plot_front(front, results, baseline_seconds: float, path: Path) -> bool:
@@ -74,8 +75,26 @@ def _fmt(x, spec=".4g"):
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
 
+def format_results(results: Sequence) -> str:
+    """The predicted-against-measured table of `mpq run` (results: demo_run.Measured records), as text."""
+    lines = [f"{'plan':>14} {'layers q':>8} {'pred MSE':>10} {'meas MSE':>10} {'ppl':>8} {'pred gain s':>11} "
+             f"{'meas gain s':>11} {'ms (IQR)':>16}"]
+    base = next((r for r in results if r.name == "base"), None)
+    for r in results:
+        n = len(r.plan.quantized) if r.plan else (0 if r.name == "base" else -1)
+        meas_gain = base.seconds - r.seconds if base else float("nan")
+        lines.append(f"{r.name:>14} {('all' if n < 0 else n):>8} {r.predicted_mse:10.3g} {r.loss_mse:10.3g} "
+                     f"{r.ppl:8.3f} {r.predicted_gain:11.4f} {meas_gain:11.4f} "
+                     f"{1e3 * r.seconds:9.1f} ({1e3 * r.seconds_iqr:4.1f})")
+    return "\n".join(lines)
+
+
+def _finite(x):
+    """A number for JSON: NaN and infinities (a plan's unknown figures) become null."""
+    return float(x) if x is not None and math.isfinite(x) else None
+
+
 def write_report(out: Path, table, gains, plan, front, results, settings, seconds: float) -> dict:
-    from .pipeline import format_results
     png = out / "pareto.png"
     have_png = plot_front(front, results, gains.baseline_seconds, png)
     base = next(r for r in results if r.name == "base")
@@ -127,10 +146,12 @@ The whole run took {seconds:.0f} s.</p>
 <h2>The chosen plan, layer by layer (s[l, c] of every candidate)</h2>
 {_table(["layer", "chosen"] + [f"s[{c}]" for c in table.candidates], layer_rows)}
 </body></html>"""
-    (out / "report.html").write_text(page, encoding="utf-8")
+    with atomic_file(out / "report.html") as f:
+        f.write(page)
     summary = {"plan": plan.to_dict(), "results": [
-        {"name": r.name, "ppl": r.ppl, "loss_mse": r.loss_mse, "seconds": r.seconds, "predicted_mse": r.predicted_mse,
-         "predicted_gain": r.predicted_gain} for r in results], "seconds": seconds}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
+        {"name": r.name, "ppl": _finite(r.ppl), "loss_mse": _finite(r.loss_mse), "seconds": _finite(r.seconds),
+         "predicted_mse": _finite(r.predicted_mse), "predicted_gain": _finite(r.predicted_gain)} for r in results],
+        "seconds": seconds}
+    write_json(out / "summary.json", summary)
     print(f"report: {out / 'report.html'}" + (f", plot: {png}" if have_png else ""))
     return summary

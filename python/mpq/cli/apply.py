@@ -24,8 +24,8 @@ def run(args) -> int:
     import torch
 
     from ..application import apply
-    from ..backends import cpu as cpu_backend
-    from ..backends._timing import time_callable
+    from ..profiling.backends import cpu as cpu_backend
+    from ..profiling.timing import time_callable
     from .profiling import example_ids, load_model
     with open(args.plan, encoding="utf-8") as f:
         plan = json.load(f)

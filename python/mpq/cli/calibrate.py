@@ -29,7 +29,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..sensitivity_table import SensitivityTable
+    from ..artifacts.sensitivity_table import SensitivityTable
     if args.table:
         if args.model:
             raise ValueError("give either a model to calibrate or --table to report, not both")

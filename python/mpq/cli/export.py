@@ -3,7 +3,7 @@ from __future__ import annotations
 
 
 def register(sub) -> None:
-    from ..exporters import TARGETS
+    from ..application.exporters import TARGETS
     p = sub.add_parser("export", help="write a plan for a runtime", description=__doc__)
     p.add_argument("plan", help="plan.json (mpq select)")
     p.add_argument("target", choices=TARGETS)
@@ -12,8 +12,8 @@ def register(sub) -> None:
 
 
 def main(args) -> int:
-    from ..exporters import export
-    from ..plan import Plan
+    from ..application.exporters import export
+    from ..artifacts.plan import Plan
     export(Plan.load(args.plan), args.target, args.output)
     print(f"{args.target}: {args.output}")
     return 0

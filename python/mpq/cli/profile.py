@@ -48,7 +48,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..backends import BackendUnavailable
+    from ..profiling.backends import BackendUnavailable
     from ..profiling import profile
     model, tok = load_model(args.model)
     ids = example_ids(tok, model, args.seq_len, args.text, args.random)

@@ -12,22 +12,22 @@ def register(sub) -> None:
 def main(args) -> int:
     path = str(args.artifact)
     if path.endswith(".json"):
-        from ..plan import Plan
+        from ..artifacts.plan import Plan
         plan = Plan.load(path)
         print(plan.summary())
         for layer, cand in plan.mapping.items():
             print(f"  {layer:60s} {cand}")
         return 0
-    from .._artifact_io import load_npz
+    from ..artifacts.io import load_npz
     import numpy as np
     with np.load(path, allow_pickle=False) as z:
         import json
         kind = json.loads(z["meta"].tobytes()).get("format") if "meta" in z.files else None
     if kind == "mpq.SensitivityTable":
-        from ..sensitivity_table import SensitivityTable
+        from ..artifacts.sensitivity_table import SensitivityTable
         print(SensitivityTable.load(path).report(top=args.top))
     elif kind == "mpq.GainTable":
-        from ..gain_table import GainTable
+        from ..artifacts.gain_table import GainTable
         print_gains(GainTable.load(path))
     else:
         load_npz(path, "mpq artifact", 1)  # raises the uniform "not a ... file" error

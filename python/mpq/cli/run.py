@@ -19,7 +19,7 @@ def register(sub) -> None:
 
 
 def main(args) -> int:
-    from ..pipeline import RunSettings, run
+    from ..demo_run import RunSettings, run
     settings = RunSettings(out_dir=Path(args.out), model=args.model,
                            candidates=tuple(c for c in args.candidates.split(",") if c),
                            max_loss_rmse=args.max_loss_rmse, calib_windows=args.calib_windows,

@@ -37,9 +37,9 @@ def parse_pins(items) -> dict:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..gain_table import GainTable
+    from ..artifacts.gain_table import GainTable
     from ..selection import pareto, select
-    from ..sensitivity_table import SensitivityTable
+    from ..artifacts.sensitivity_table import SensitivityTable
 
     table = SensitivityTable.load(args.sensitivity)
     gains = GainTable.load(args.gains)

@@ -49,7 +49,7 @@ def read_problem(path: str) -> tuple[list, list]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..mckp import solve_mckp
+    from ..selection.solvers import solve_mckp
     gains, costs = read_problem(args.file)
     sol = solve_mckp(gains, costs, args.budget, min_gain=args.min_gain, solver=args.solver,
                      time_limit=args.time_limit, rel_gap=args.rel_gap)

@@ -1,0 +1,127 @@
+"""Export a Plan to the configuration files that runtimes read.
+
+targets:
+  "mpq"                 the Plan's own JSON (``Plan.save``)
+  "inc"                 Intel Neural Compressor FP8 config for Gaudi (``FP8Config.from_json_file``): the layers that
+                        stay high precision go in ``blocklist.names`` as anchored, escaped regexes (INC matches names
+                        with ``re.search``, so ``layers.1`` would also block ``layers.10``)
+  "compressed-tensors"  a ``quantization_config`` (``config_groups`` + ``ignore``) for llm-compressor / vLLM
+  "torchao"             an ``FqnToConfig`` in torchao's ``config_to_dict`` form (``config_from_dict`` reads it).
+                        torchao's int4 weight-only scheme picks asymmetric per-group parameters, so it runs a close
+                        relative of mpq's symmetric ``w4a16``, not the identical quantizer the sensitivity measured.
+A candidate the target cannot run is refused with the list of those it can.
+"""
+from __future__ import annotations
+
+import re
+from typing import Callable, Union
+
+from ..artifacts.io import write_json
+from ..artifacts.plan import Plan
+from ..candidates import BASE, Candidate, get_candidate
+
+TARGETS = ("mpq", "inc", "compressed-tensors", "torchao")
+
+
+def export(plan_or_mapping: Union[Plan, dict], target: str, path) -> dict:
+    """Writes the config for ``target`` to ``path`` and returns it as a dict."""
+    plan = plan_or_mapping if isinstance(plan_or_mapping, Plan) else Plan(dict(plan_or_mapping), float("nan"),
+                                                                            float("nan"))
+    builders: dict[str, Callable[[Plan], dict]] = {"mpq": Plan.to_dict, "inc": inc_config,
+                                                   "compressed-tensors": compressed_tensors_config,
+                                                   "torchao": torchao_config}
+    if target not in builders:
+        raise ValueError(f"unknown export target {target!r}; known: {', '.join(TARGETS)}")
+    config = builders[target](plan)
+    write_json(path, config)
+    return config
+
+
+def anchored(name: str) -> str:
+    """A regex that matches exactly this module name, whichever of search/match/fullmatch the reader uses."""
+    return "^" + re.escape(name) + "$"
+
+
+# --- Intel Neural Compressor (Gaudi FP8) ----------------------------------------------------------------------
+INC_CANDIDATES = {"fp8_gaudi2": "maxabs_hw"}  # candidate -> INC scale_method whose scales equal mpq's quantizer
+
+
+def inc_config(plan: Plan) -> dict:
+    used = {c for c in plan.mapping.values() if c != BASE}
+    unsupported = used - set(INC_CANDIDATES)
+    if unsupported:
+        raise ValueError(f"INC FP8 export runs {sorted(INC_CANDIDATES)} (and base = BF16) only; this plan uses "
+                         f"{sorted(unsupported)}")
+    methods = {INC_CANDIDATES[c] for c in used} or {"maxabs_hw"}
+    return {
+        "mode": "QUANTIZE",
+        "observer": "maxabs",
+        "scale_method": methods.pop(),
+        "allowlist": {"types": [], "names": []},
+        "blocklist": {"types": [], "names": [anchored(n) for n, c in plan.mapping.items() if c == BASE]},
+        "dump_stats_path": "./inc_output/measure",
+    }
+
+
+# --- compressed-tensors -----------------------------------------------------------------------------------------
+def _ct_args(fmt: str, strategy: str, group_size=None, dynamic=False) -> dict:
+    is_float = fmt.startswith("fp8")
+    args = {"num_bits": 8 if fmt in ("fp8_e4m3", "int8") else 4 if fmt == "int4" else None,
+            "type": "float" if is_float else "int", "symmetric": True, "strategy": strategy, "dynamic": dynamic}
+    if args["num_bits"] is None:
+        raise KeyError(fmt)
+    if group_size:
+        args["group_size"] = group_size
+    return args
+
+
+def _ct_scheme(c: Candidate) -> dict:
+    strategy = {"tensor": "tensor", "channel": "channel", "group": "group"}[c.weight_granularity]
+    scheme = {"weights": _ct_args(c.weight_format, strategy, c.group_size)}
+    if c.act_format is not None:
+        scheme["input_activations"] = _ct_args(c.act_format, c.act_granularity, dynamic=not c.act_static)
+        scheme["format"] = "float-quantized" if c.act_format.startswith("fp8") else "int-quantized"
+    else:
+        scheme["format"] = "pack-quantized"
+    return scheme
+
+
+def compressed_tensors_config(plan: Plan) -> dict:
+    groups, by_candidate = {}, {}
+    for name, c in plan.mapping.items():
+        if c != BASE:
+            by_candidate.setdefault(c, []).append(name)
+    for i, (cname, layers) in enumerate(sorted(by_candidate.items())):
+        try:
+            scheme = _ct_scheme(get_candidate(cname))
+        except KeyError:
+            raise ValueError(f"compressed-tensors export has no scheme for candidate {cname!r} (supported: fp8, "
+                             "fp8_static, int8, int8_static, w8a16, w4a16, w4a16_g128)") from None
+        groups[f"group_{i}"] = {"targets": ["re:" + anchored(n) for n in layers], **scheme}
+    formats = {g["format"] for g in groups.values()}
+    return {"quant_method": "compressed-tensors", "quantization_status": "frozen",
+            "format": formats.pop() if len(formats) == 1 else "mixed-precision", "config_groups": groups,
+            "ignore": [n for n, c in plan.mapping.items() if c == BASE]}
+
+
+# --- torchao ----------------------------------------------------------------------------------------------------
+def _ao(type_name: str, version: int, **data) -> dict:
+    return {"_type": type_name, "_version": version, "_data": data}
+
+
+TORCHAO_CONFIGS = {
+    "int8": lambda: _ao("Int8DynamicActivationInt8WeightConfig", 2,
+                        granularity=_ao("PerRow", 1, dim=-1)),
+    "w8a16": lambda: _ao("Int8WeightOnlyConfig", 2),
+    "w4a16": lambda: _ao("Int4WeightOnlyConfig", 2, group_size=32),
+    "w4a16_g128": lambda: _ao("Int4WeightOnlyConfig", 2, group_size=128),
+    "fp8": lambda: _ao("Float8DynamicActivationFloat8WeightConfig", 2, granularity=_ao("PerRow", 1, dim=-1)),
+}
+
+
+def torchao_config(plan: Plan) -> dict:
+    unsupported = {c for c in plan.mapping.values() if c != BASE and c not in TORCHAO_CONFIGS}
+    if unsupported:
+        raise ValueError(f"torchao export runs {sorted(TORCHAO_CONFIGS)} only; this plan uses {sorted(unsupported)}")
+    fqn = {name: (TORCHAO_CONFIGS[c]() if c != BASE else None) for name, c in plan.mapping.items()}
+    return _ao("FqnToConfig", 1, fqn_to_config=fqn)

@@ -1,0 +1,242 @@
+"""Native low-precision Linear modules for the CPU: the kernels that ``mpq.profile(backend="cpu")`` times and that
+``mpq.apply(mode="native")`` swaps in, so what is measured is what runs.
+
+| candidate            | kernel                                                                                  |
+|----------------------|-----------------------------------------------------------------------------------------|
+| int8 / int8_static   | C++ fused per-token (or static per-tensor) int8 activation quantizer, then the C++ int8 |
+|                      | Linear (``mpq::int8_linear``: exact int32 sums, AVX2 vpmaddubsw, dequant + bias fused)  |
+| w8a16                | ``torch._weight_int8pack_mm`` with bf16 activations (per-channel bf16 scales)           |
+| w4a16 / w4a16_g128   | ``torch._weight_int4pack_mm_for_cpu`` with bf16 activations (bf16 group scales)         |
+| bf16 / fp16          | ``F.linear`` in bf16 / fp16 (emulated on CPUs without AVX512-BF16/FP16)                 |
+| fp8 / fp8_static /   | ``torch._scaled_mm`` on float8 inputs (per-token and per-channel or per-tensor scales)  |
+| fp8_e5m2             |                                                                                         |
+
+The weights are quantized with exactly the rule of ``Candidate.quantize_weight`` (scale = amax / qmax,
+round-to-nearest-even); scales held in bf16 (weight-only kernels) round the scale itself, an error below 2^-8
+relative. Activations of weight-only kernels are rounded to bf16 as the kernels require. ``fp8_gaudi2`` has no CPU
+kernel (its hardware scales and 240 range need Gaudi): ``native_linear`` refuses it with a ValueError.
+Inputs are float32 (the model's precision on the CPU); outputs are float32.
+
+Why not ``torch._int_mm`` for int8: on CPUs without AVX512-VNNI (this project's AMD EPYC build machine reports
+``get_cpu_capability() == "AVX2"``) it falls back to a reference loop at about 1.4 GOP/s, 5–50x slower than fp32;
+oneDNN's u8s8 qlinear saturates int16 pairs on AVX2 (wrong results for full-range int8). The C++ kernel is exact
+(|x|·sign(w, x) keeps every vpmaddubsw pair within int16) and 2.5–3.3x faster than fp32 at M = 1–32, about 1x at
+M = 128 on that machine.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import _core
+from ..candidates import BASE, Candidate, get_candidate
+from ..formats import compute_scales
+
+__all__ = ["CPU_KERNELS", "NativeLinear", "native_linear", "supported_on_cpu"]
+
+# candidate name -> kernel description
+CPU_KERNELS = {
+    "int8": "C++ per-token int8 quantizer + C++ int8 Linear (AVX2, exact int32, fused dequant)",
+    "int8_static": "C++ static int8 quantizer + C++ int8 Linear (AVX2, exact int32, fused dequant)",
+    "w8a16": "torch._weight_int8pack_mm (bf16 activations)",
+    "w4a16": "torch._weight_int4pack_mm_for_cpu g32 (bf16 activations)",
+    "w4a16_g128": "torch._weight_int4pack_mm_for_cpu g128 (bf16 activations)",
+    "bf16": "F.linear in bfloat16",
+    "fp16": "F.linear in float16",
+    "fp8": "torch._scaled_mm e4m3, per-token x per-channel scales",
+    "fp8_static": "torch._scaled_mm e4m3, static per-tensor scales",
+    "fp8_e5m2": "torch._scaled_mm e5m2, per-token x per-channel scales",
+}
+
+_FP8_DTYPES = {"fp8_e4m3": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
+_FP8_MAX = {"fp8_e4m3": 448.0, "fp8_e5m2": 57344.0}
+
+
+def supported_on_cpu(candidate) -> bool:
+    return get_candidate(candidate).name in CPU_KERNELS
+
+
+class NativeLinear(nn.Module):
+    """Base: flattens leading dimensions, runs ``_forward2d`` on a contiguous float32 [M, K], restores them.
+    Inference only: the kernels read the input's memory directly, so the output carries no gradient (a caller
+    outside ``torch.no_grad()`` gets the same numbers, not an error)."""
+
+    candidate: str = ""
+
+    def __init__(self, in_features: int, out_features: int, bias: Optional[torch.Tensor]):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"{type(self).__name__}: expected last dimension {self.in_features}, got {x.shape[-1]}")
+        lead = x.shape[:-1]
+        x2 = x.detach().reshape(-1, self.in_features)
+        if x2.dtype != torch.float32 or not x2.is_contiguous():
+            x2 = x2.float().contiguous()
+        return self._forward2d(x2).reshape(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, candidate={self.candidate}"
+
+    def weight_bytes(self) -> int:
+        return sum(b.numel() * b.element_size() for n, b in self.named_buffers() if n != "bias")
+
+
+def _quantize_rows(w: torch.Tensor):
+    """Per-row symmetric int8 (the int8 per-channel rule of Candidate.quantize_weight): (int8 [N, K], scales [N])."""
+    q, s = _core.quantize_rows_int8(w.detach().float().contiguous().numpy())
+    return torch.from_numpy(q), torch.from_numpy(s)
+
+
+class Int8Linear(NativeLinear):
+    """W8A8: int8 weights per channel; activations per token (dynamic) or one static scale."""
+
+    def __init__(self, linear: nn.Linear, static_scale: Optional[float] = None):
+        super().__init__(linear.in_features, linear.out_features, linear.bias)
+        self.candidate = "int8" if static_scale is None else "int8_static"
+        q, s = _quantize_rows(linear.weight)
+        self.register_buffer("qweight", q)          # [N, K] int8; _int_mm takes its transposed view
+        self.register_buffer("wscale", s)           # [N] float32
+        self.static_scale = None if static_scale is None else float(static_scale)
+
+    def _forward2d(self, x):
+        m = x.shape[0]
+        xn = x.numpy()
+        if self.static_scale is None:
+            q, rs = _core.quantize_rows_int8(xn)
+        else:
+            q = _core.quantize_int8_static(xn, self.static_scale)
+            rs = torch.full((m,), self.static_scale, dtype=torch.float32).numpy()
+        out = torch.empty(m, self.out_features, dtype=torch.float32)
+        _core.int8_linear_into(q, rs, self.qweight.numpy(), self.wscale.numpy(),
+                               None if self.bias is None else self.bias.numpy(), out.numpy())
+        return out
+
+
+class W8A16Linear(NativeLinear):
+    candidate = "w8a16"
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__(linear.in_features, linear.out_features, linear.bias)
+        q, s = _quantize_rows(linear.weight)
+        self.register_buffer("qweight", q)
+        self.register_buffer("wscale", s.to(torch.bfloat16))
+
+    def _forward2d(self, x):
+        y = torch._weight_int8pack_mm(x.to(torch.bfloat16), self.qweight, self.wscale).float()
+        return y if self.bias is None else y + self.bias
+
+
+class W4A16Linear(NativeLinear):
+    def __init__(self, linear: nn.Linear, group_size: int, name: str):
+        super().__init__(linear.in_features, linear.out_features, linear.bias)
+        self.candidate = name
+        n, k = linear.weight.shape
+        if k % group_size:
+            raise ValueError(f"{name}: group size {group_size} does not divide in_features {k}")
+        w = linear.weight.detach().float().contiguous()
+        s, _ = compute_scales(w, "int4", group_size=group_size)           # [N * K/g], row-major
+        s = s.reshape(n, k // group_size)
+        q = (w.reshape(n, k // group_size, group_size) * (1.0 / s).unsqueeze(-1)).round().clamp(-7, 7)
+        q = (q.reshape(n, k) + 8).to(torch.int32)
+        self.register_buffer("packed", torch._convert_weight_to_int4pack_for_cpu(q, 1))
+        sz = torch.zeros(k // group_size, n, 2)
+        sz[..., 0] = s.t()
+        self.register_buffer("scales_zeros", sz.to(torch.bfloat16).contiguous())
+        self.group_size = group_size
+
+    def _forward2d(self, x):
+        y = torch._weight_int4pack_mm_for_cpu(x.to(torch.bfloat16), self.packed, self.group_size,
+                                              self.scales_zeros).float()
+        return y if self.bias is None else y + self.bias
+
+
+class HalfLinear(NativeLinear):
+    def __init__(self, linear: nn.Linear, dtype: torch.dtype, name: str):
+        super().__init__(linear.in_features, linear.out_features, linear.bias)
+        self.candidate = name
+        self.dtype = dtype
+        self.register_buffer("weight", linear.weight.detach().to(dtype).contiguous())
+        self.register_buffer("hbias", None if linear.bias is None else linear.bias.detach().to(dtype))
+
+    def _forward2d(self, x):
+        return F.linear(x.to(self.dtype), self.weight, self.hbias).float()
+
+
+class Fp8Linear(NativeLinear):
+    def __init__(self, linear: nn.Linear, cand: Candidate, static_scale: Optional[float] = None):
+        super().__init__(linear.in_features, linear.out_features, linear.bias)
+        self.candidate = cand.name
+        self.fmt = cand.weight_format
+        self.dtype = _FP8_DTYPES[self.fmt]
+        w = linear.weight.detach().float().contiguous()
+        if cand.weight_granularity == "channel":
+            s, _ = compute_scales(w, self.fmt, axis=0)
+            qw = (w * (1.0 / s).unsqueeze(1)).to(self.dtype)
+            self.register_buffer("wscale", s.reshape(1, -1).contiguous())
+        else:
+            s, _ = compute_scales(w, self.fmt)
+            qw = (w * (1.0 / s)).to(self.dtype)
+            self.register_buffer("wscale", s.reshape(()).clone())
+        self.register_buffer("qweight", qw)
+        self.static_scale = None if static_scale is None else float(static_scale)
+        self.per_token = cand.act_granularity == "token" and not cand.act_static
+
+    def _forward2d(self, x):
+        if self.static_scale is not None:
+            sa = torch.tensor(self.static_scale, dtype=torch.float32)
+            qx = (x * (1.0 / sa)).clamp(-_FP8_MAX[self.fmt], _FP8_MAX[self.fmt]).to(self.dtype)
+        elif self.per_token:
+            sa, _ = compute_scales(x, self.fmt, axis=0)
+            sa = sa.reshape(-1, 1)
+            qx = (x * (1.0 / sa)).to(self.dtype)
+        else:
+            sa, _ = compute_scales(x, self.fmt)
+            sa = sa.reshape(())
+            qx = (x * (1.0 / sa)).to(self.dtype)
+        sb = self.wscale
+        if sa.dim() != sb.dim():  # _scaled_mm wants both scales per tensor or both row/column-wise
+            if sa.dim() == 0:
+                sa = sa.expand(x.shape[0], 1).contiguous()
+            else:
+                sb = sb.expand(1, self.out_features).contiguous()
+        y = torch._scaled_mm(qx, self.qweight.t(), scale_a=sa, scale_b=sb, out_dtype=torch.float32)
+        return y if self.bias is None else y + self.bias
+
+
+def native_linear(linear: nn.Linear, candidate, act_scale: Optional[float] = None) -> nn.Module:
+    """The CPU native module of ``candidate`` for ``linear``. Static-activation candidates need ``act_scale``.
+    @raises ValueError for a candidate without a CPU kernel, a missing static scale or a non-float32 Linear."""
+    if not isinstance(linear, nn.Linear):
+        raise ValueError(f"native_linear expects an nn.Linear, got {type(linear).__name__}")
+    if candidate == BASE:
+        return linear
+    cand = get_candidate(candidate)
+    if cand.name not in CPU_KERNELS:
+        raise ValueError(f"candidate {cand.name!r} has no native CPU kernel; CPU kernels exist for "
+                         f"{', '.join(CPU_KERNELS)}")
+    if linear.weight.dtype != torch.float32 or linear.weight.device.type != "cpu":
+        raise ValueError(f"native CPU kernels replace float32 CPU Linear layers, got {linear.weight.dtype} on "
+                         f"{linear.weight.device}")
+    if not cand.applies_to(linear.weight):
+        raise ValueError(f"candidate {cand.name!r} does not apply to a Linear with in_features "
+                         f"{linear.in_features} (group size {cand.group_size})")
+    if cand.act_static and act_scale is None:
+        raise ValueError(f"candidate {cand.name!r} has static activation scales: pass act_scale")
+    n = cand.name
+    if n in ("int8", "int8_static"):
+        return Int8Linear(linear, act_scale if cand.act_static else None)
+    if n == "w8a16":
+        return W8A16Linear(linear)
+    if n in ("w4a16", "w4a16_g128"):
+        return W4A16Linear(linear, cand.group_size, n)
+    if n == "bf16":
+        return HalfLinear(linear, torch.bfloat16, n)
+    if n == "fp16":
+        return HalfLinear(linear, torch.float16, n)
+    return Fp8Linear(linear, cand, act_scale if cand.act_static else None)

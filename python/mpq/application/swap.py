@@ -1,0 +1,122 @@
+"""Apply a plan (or a {layer: candidate} mapping) to a model: a new model, the input untouched.
+
+mode="fake": every chosen Linear becomes a ``FakeQuantLinear``: y = linear(Q_act(x), Q(W), b) with the candidate's
+own ``quantize_weight`` / ``quantize_act`` (``mpq.fake_quantize``), for accuracy.
+mode="native": every chosen Linear becomes the real low-precision kernel that the timing backend of its device
+measures, for speed: ``native_cpu`` on the CPU (``cpu`` backend), ``native_cuda`` on a CUDA device (``cuda``
+backend: torch._scaled_mm, torch._int_mm).
+Static-activation candidates need calibrated scales: a Plan carries them (``Plan.act_scales``, from the
+SensitivityTable it was selected from); a bare mapping takes ``act_scales={layer: float}``.
+
+A fake model is a deep copy: it may be trained (straight-through gradients), which must not touch the input. A
+native model is for inference: its untouched layers share their weights' memory with the input model
+(``copy_sharing_tensors``), so that applying a plan to an 8B model costs the quantized layers, not a second
+model, and the unquantized layers run from the very memory the input model runs from (a deep copy of SmolLM2 ran
+1–15 ms apart from the original in prefill on this project's CPU: bench/RESULTS.md).
+"""
+from __future__ import annotations
+
+import copy
+from typing import Mapping, Optional
+
+import torch.nn.functional as F
+from torch import nn
+
+from ..candidates import BASE, Candidate, get_candidate
+from ..models import copy_sharing_tensors, set_module
+
+__all__ = ["FakeQuantLinear", "apply", "plan_mapping"]
+
+
+class FakeQuantLinear(nn.Module):
+    def __init__(self, linear: nn.Linear, cand: Candidate, act_scale: Optional[float] = None):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.candidate = cand
+        self.register_buffer("weight", cand.quantize_weight(linear.weight.detach()))
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
+        self.act_scale = act_scale
+
+    def forward(self, x):
+        xd = x.detach()
+        q = self.candidate.quantize_act(xd, self.act_scale)
+        if x.requires_grad:  # straight-through: the values of Q(x), the gradient of x
+            q = x + (q - xd)
+        return F.linear(q, self.weight, self.bias)
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}, candidate={self.candidate.name}"
+
+
+def plan_mapping(plan_or_mapping) -> dict[str, str]:
+    """A {layer: candidate name} dict from a mapping or any object with a ``.mapping`` dict."""
+    m = getattr(plan_or_mapping, "mapping", plan_or_mapping)
+    if not isinstance(m, Mapping):
+        raise ValueError(f"expected a {{layer: candidate}} mapping or a Plan with .mapping, "
+                         f"got {type(plan_or_mapping).__name__}")
+    out = {}
+    for k, v in m.items():
+        name = v.name if isinstance(v, Candidate) else v
+        if not isinstance(k, str) or not isinstance(name, str):
+            raise ValueError(f"mapping entries must be layer name -> candidate name, got {k!r}: {v!r}")
+        out[k] = name
+    return out
+
+
+def apply(model: nn.Module, plan_or_mapping, mode: str = "fake", *,
+          act_scales: Optional[Mapping[str, float]] = None) -> nn.Module:
+    """A copy of ``model`` with each mapped Linear replaced (see module doc). Layers mapped to "base" or absent
+    stay as they are. @raises ValueError for unknown layers, non-Linear layers, unknown candidates, a candidate
+    without a native kernel on the layer's device (CPU or CUDA), or a static candidate without its entry in
+    ``act_scales``."""
+    if mode not in ("fake", "native"):
+        raise ValueError(f"mode must be 'fake' or 'native', got {mode!r}")
+    mapping = plan_mapping(plan_or_mapping)
+    modules = dict(model.named_modules())
+    if act_scales is None:  # a Plan carries the scales its static candidates were calibrated with
+        act_scales = getattr(plan_or_mapping, "act_scales", None)
+    act_scales = dict(act_scales or {})
+    checked = {}
+    for layer, cname in mapping.items():
+        if layer not in modules:
+            raise ValueError(f"layer {layer!r} is not a module of the model")
+        if not isinstance(modules[layer], nn.Linear):
+            raise ValueError(f"layer {layer!r} is a {type(modules[layer]).__name__}, not an nn.Linear")
+        if cname == BASE:
+            continue
+        cand = get_candidate(cname)
+        if cand.act_static and layer not in act_scales:
+            raise ValueError(f"layer {layer!r}: candidate {cname!r} has static activation scales; "
+                             f"pass act_scales={{{layer!r}: scale}}")
+        if not cand.applies_to(modules[layer].weight):
+            raise ValueError(f"layer {layer!r}: candidate {cname!r} does not apply (group size "
+                             f"{cand.group_size} vs in_features {modules[layer].in_features})")
+        checked[layer] = cand
+    if mode == "native":
+        for layer, cand in checked.items():
+            kernels, _, where = _native_kernels(modules[layer].weight.device.type)
+            if cand.name not in kernels:
+                raise ValueError(f"layer {layer!r}: candidate {cand.name!r} has no {where} kernel ({where} kernels: "
+                                 f"{', '.join(kernels)})")
+    new = copy.deepcopy(model) if mode == "fake" else copy_sharing_tensors(model)
+    new_modules = dict(new.named_modules())
+    for layer, cand in checked.items():
+        lin = new_modules[layer]
+        scale = act_scales.get(layer) if cand.act_static else None
+        if mode == "fake":
+            repl = FakeQuantLinear(lin, cand, scale)
+        else:
+            repl = _native_kernels(lin.weight.device.type)[1](lin, cand.name, scale)
+        set_module(new, layer, repl)
+    return new
+
+
+def _native_kernels(device_type: str):
+    """(candidate -> kernel description, factory(linear, candidate name, act_scale), words) for a device type."""
+    if device_type == "cuda":
+        from . import native_cuda
+        return native_cuda.kernels, native_cuda.make_module, "CUDA"
+    if device_type == "cpu":
+        from .native_cpu import CPU_KERNELS, native_linear
+        return CPU_KERNELS, native_linear, "native CPU"
+    return {}, None, f"native {device_type}"

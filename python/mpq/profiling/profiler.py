@@ -1,0 +1,328 @@
+"""``mpq.profile``: the gain of every configuration of every sub-graph on one backend, as a ``GainTable``.
+
+Phases: "prefill" runs the example input as given; "decode" runs one token: for a Hugging Face causal LM the
+example is run once with a KV cache and the timed step is its last token again with that cache (cropped back after
+each step); for other models the first sample of the batch (and, for integer token inputs [B, T], its last token).
+
+Configurations: every combination of the sub-graph's choice groups (tied layers share one choice; a candidate
+joins a group only when it applies to all of its layers). When there are more than ``max_configs``, a documented
+subset is measured (see ``GainTable``) and the sub-graph is flagged ``subset``.
+"""
+from __future__ import annotations
+
+import inspect
+import itertools
+import os
+import platform
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..artifacts.gain_table import GainTable, SubgraphGains
+from ..candidates import BASE, get_candidate, get_candidates
+from ..models import hf_kwargs, is_hf, run_example, split_example
+from ..partitioning import Subgraph, partition
+
+__all__ = ["enumerate_configs", "make_runner", "profile"]
+
+PHASES = ("prefill", "decode")
+
+
+def enumerate_configs(sg: Subgraph, candidates: Sequence[str], applies=None, max_configs: int = 64,
+                      seed: int = 0) -> tuple[np.ndarray, bool, str]:
+    """Configurations of a sub-graph as rows of candidate indices (0 = base, j = candidates[j-1]) per layer.
+
+    applies(layer, candidate) -> bool restricts a group's choices. Returns (configs [K, n_layers] int32, subset,
+    note); row 0 is all-base."""
+    if max_configs < 1:
+        raise ValueError("max_configs must be >= 1")
+    groups = sg.groups
+    choices = []
+    for g in groups:
+        ok = [0] + [j for j, c in enumerate(candidates, 1) if applies is None or all(applies(l, c) for l in g)]
+        choices.append(ok)
+    pos = {l: i for i, l in enumerate(sg.layers)}
+
+    def row(choice):
+        r = np.zeros(len(sg.layers), dtype=np.int32)
+        for g, j in zip(groups, choice):
+            for l in g:
+                r[pos[l]] = j
+        return r
+
+    total = int(np.prod([len(c) for c in choices]))
+    skipped = [f"{c} on {','.join(g)}" for g, ok in zip(groups, choices) for j, c in enumerate(candidates, 1)
+               if j not in ok]
+    note = f"candidates not applicable: {'; '.join(skipped)}" if skipped else ""
+    if total <= max_configs:
+        rows = [row(ch) for ch in itertools.product(*choices)]
+        return np.stack(rows), False, note
+    picked: list[tuple] = [tuple(0 for _ in groups)]
+    for gi, ok in enumerate(choices):                       # each group alone
+        for j in ok[1:]:
+            ch = [0] * len(groups)
+            ch[gi] = j
+            picked.append(tuple(ch))
+    for j in range(1, len(candidates) + 1):                 # every group on the same candidate
+        picked.append(tuple(j if j in ok else 0 for ok in choices))
+    rng = np.random.default_rng(seed)
+    seen = set()
+    uniq = []
+    for p in picked:
+        if p not in seen:
+            seen.add(p)
+            uniq.append(p)
+    tries = 0
+    while len(uniq) < max_configs and tries < 50 * max_configs:
+        tries += 1
+        p = tuple(int(ok[rng.integers(len(ok))]) for ok in choices)
+        if p not in seen:
+            seen.add(p)
+            uniq.append(p)
+    uniq = uniq[:max_configs]
+    sub_note = (f"subset: {len(uniq)} of {total} configurations (all-base, each group alone, all groups on one "
+                f"candidate, then seeded random; seed={seed})")
+    return np.stack([row(p) for p in uniq]), True, "; ".join(x for x in (sub_note, note) if x)
+
+
+def _first_tensor_arg(args, kwargs):
+    for a in list(args) + list(kwargs.values()):
+        if isinstance(a, torch.Tensor):
+            return a
+    raise ValueError("the example input holds no tensor")
+
+
+def make_runner(model: nn.Module, example_input, phase: str):
+    """(run, description): ``run()`` performs one forward pass of the phase (no grad)."""
+    if phase not in PHASES:
+        raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
+    args, kwargs = split_example(example_input)
+    if phase == "prefill":
+        kw = hf_kwargs(model, kwargs)
+
+        def run():
+            with torch.no_grad():
+                return model(*args, **kw)
+        return run, {"input": [list(t.shape) for t in list(args) + list(kwargs.values())
+                               if isinstance(t, torch.Tensor)]}
+    params = inspect.signature(model.forward).parameters
+    cache_arg = next((a for a in ("past_key_values", "cache") if a in params), None)  # transformers 4 / 5
+    if is_hf(model) and cache_arg is not None:
+        ids = args[0] if args else kwargs.get("input_ids")
+        if ids is None or ids.dtype not in (torch.int64, torch.int32) or ids.dim() != 2:
+            raise ValueError("decode on a Hugging Face model needs input_ids [B, T] as the example input")
+        with torch.no_grad():
+            out = model(input_ids=ids, use_cache=True)
+        past = out.get("past_key_values") if "past_key_values" in out else out.get("cache")
+        n = ids.shape[1]
+        nxt = ids[:, -1:]
+        if past is None or not hasattr(past, "crop") or not hasattr(past, "get_seq_length"):
+            raise ValueError(f"decode: the model's cache ({type(past).__name__}) cannot be cropped back")
+
+        def run():
+            with torch.no_grad():
+                r = model(input_ids=nxt, use_cache=True, **{cache_arg: past})
+            cur = past.get_seq_length()
+            if cur > n:
+                past.crop(-(cur - n))  # negative: drop that many tokens (transformers 4 and 5)
+            return r
+        return run, {"input": [list(nxt.shape)], "cache_tokens": int(n)}
+    x = _first_tensor_arg(args, kwargs)
+    if x.dtype in (torch.int64, torch.int32) and x.dim() >= 2:
+        one = x[:1, -1:]
+    else:
+        one = x[:1]
+    new_args = tuple(one if a is x else a for a in args)
+    new_kwargs = {k: (one if v is x else v) for k, v in kwargs.items()}
+    kw = hf_kwargs(model, new_kwargs)
+
+    def run():
+        with torch.no_grad():
+            return model(*new_args, **kw)
+    return run, {"input": [list(one.shape)]}
+
+
+def _record_inputs(model, layers, run):
+    named = dict(model.named_modules())
+    seen: dict[str, torch.Tensor] = {}
+    hooks = []
+    for l in layers:
+        def pre(m, a, l=l):
+            if l not in seen:
+                seen[l] = a[0].detach().clone()
+        hooks.append(named[l].register_forward_pre_hook(pre))
+    try:
+        run()
+    finally:
+        for h in hooks:
+            h.remove()
+    missing = [l for l in layers if l not in seen]
+    if missing:
+        raise ValueError(f"layers not called in this phase: {missing[:5]}")
+    return seen
+
+
+def profile(model: nn.Module, example_input, candidates: Sequence[str] = ("int8",), backend: str = "cpu",
+            phase: str = "prefill", *, subgraphs: Optional[Sequence[Subgraph]] = None, repeats: int = 15,
+            warmup: int = 2, max_configs: int = 64, per_layer: bool = True,
+            act_scales: Optional[Mapping[str, float]] = None, seed: int = 0, threads: int = 1,
+            device: Optional[str] = None) -> GainTable:
+    """Profiles every configuration of every sub-graph (see module doc) and returns a GainTable.
+
+    backend: "cpu" | "cuda" | "hpu" (timed) | "macs" | "memory" (theoretical). device: the ``macs`` peak table
+    (default "cpu-avx2"). threads: intra-op threads while timing (1 by default: the machine is shared).
+    act_scales: static activation scales per layer for static candidates (default: amax/qmax of the layer's
+    input on the example, which does not change the timing). seed: the random subset of configurations (when
+    there are more than ``max_configs``) and which configurations share a timed pass (``profiling.timing``).
+    Timed backends store in ``meta["additivity"]`` how well baseline − Σ sub-graph gains predicted the timed
+    passes, each of which ran a random mix of configurations, and by how much the base sub-graphs ran slower in
+    those passes than in the all-base one (summed; a cost of mixing that no single gain holds).
+    @raises ValueError for a bad example input, unknown/unsupported candidates, bad phase;
+            mpq.profiling.BackendUnavailable when the backend's hardware is absent.
+    """
+    from . import backends as B
+    if phase not in PHASES:
+        raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
+    if repeats < 3:
+        raise ValueError("repeats must be >= 3 (median and spread)")
+    mod = B.get_backend(backend)
+    cand_names = tuple(c.name for c in get_candidates(candidates))
+    bad = [c for c in cand_names if not mod.supported(c)]
+    if bad:
+        raise ValueError(f"backend {backend!r} cannot execute candidates {bad}; it runs: "
+                         f"{', '.join(k for k in mod.kernels if k != '*')}")
+    timed = backend in ("cpu", "cuda", "hpu")
+    if timed:
+        B.check_available(backend)
+    if subgraphs is None:
+        subgraphs = partition(model, example_input)
+    else:
+        run_example(model, example_input)
+    named = dict(model.named_modules())
+    for sg in subgraphs:
+        for l in sg.layers:
+            if not isinstance(named.get(l), nn.Linear):
+                raise ValueError(f"sub-graph {sg.name!r}: layer {l!r} is not an nn.Linear of the model")
+    layers = tuple(l for sg in subgraphs for l in sg.layers)
+    table_cands = (BASE,) + cand_names
+
+    def applies(l, c):
+        return get_candidate(c).applies_to(named[l].weight)
+
+    enum = [enumerate_configs(sg, cand_names, applies, max_configs, seed) for sg in subgraphs]
+    configs = [e[0] for e in enum]
+
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        if timed:
+            work, ex = mod.prepare(model, example_input)
+        else:
+            work, ex = model, example_input
+        run, shape_info = make_runner(work, ex, phase)
+        inputs = _record_inputs(work, layers, run)
+        layer_shapes = {l: [int(np.prod(inputs[l].shape[:-1])), int(inputs[l].shape[-1]),
+                            int(named[l].out_features)] for l in layers}
+        shapes = dict(shape_info, layers=layer_shapes)
+        elem = next(iter(named[layers[0]].parameters())).element_size()
+        from .backends.memory import layer_bytes as _lb
+        lbytes = np.array([[_lb(layer_shapes[l][2], layer_shapes[l][1], c, elem)
+                            if c == BASE or applies(l, c) else np.nan for c in table_cands] for l in layers])
+        meta = dict(threads=threads, torch=torch.__version__, machine=platform.machine(),
+                    processor=platform.processor(), repeats=repeats, warmup=warmup,
+                    loadavg=list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+                    kernels={c: mod.kernels.get(c, mod.kernels.get("*", "")) for c in cand_names},
+                    partition=sorted({sg.method for sg in subgraphs}), max_configs=max_configs, seed=seed)
+        lgain = lspread = None
+        if timed:
+            sgs, baseline, lgain, lspread, checks = _timed(mod, work, run, subgraphs, configs, table_cands, inputs,
+                                                           act_scales, repeats, warmup, per_layer, layers, seed)
+            meta.update(checks)
+            meta["base_format"] = mod.BASE_FORMAT
+            meta["clock"] = type(mod.clock()).__name__
+            meta.update(getattr(mod, "extra_meta", dict)())
+        elif backend == "macs":
+            dev = device or mod.DEFAULT_DEVICE
+            meta["device"] = dev
+            meta["base_format"] = mod.DEVICES[dev][0] if dev in mod.DEVICES else None
+            sgs, baseline, lgain = _theoretical(
+                subgraphs, configs, table_cands, layers,
+                lambda l, c: mod.layer_seconds(layer_shapes[l][0] * layer_shapes[l][1] * layer_shapes[l][2], c, dev))
+        else:
+            sgs, baseline, lgain = _theoretical(subgraphs, configs, table_cands, layers,
+                                                lambda l, c: lbytes[layers.index(l), table_cands.index(c)])
+    finally:
+        torch.set_num_threads(old_threads)
+    out = []
+    for sg, (cfg, subset, note), (gain, spread, noisy, base_t) in zip(subgraphs, enum, sgs):
+        out.append(SubgraphGains(sg.name, sg.layers, sg.ties, cfg, gain, spread, noisy, base_t, subset, note))
+    return GainTable(backend, phase, table_cands, tuple(out), baseline, mod.UNIT, shapes, meta, layers, lbytes,
+                     lgain, lspread)
+
+
+def _theoretical(subgraphs, configs, table_cands, layers, cost):
+    sgs = []
+    total = 0.0
+    for sg, cfg in zip(subgraphs, configs):
+        base = sum(cost(l, BASE) for l in sg.layers)
+        vals = np.array([sum(cost(l, table_cands[j]) for l, j in zip(sg.layers, row)) for row in cfg])
+        gain = base - vals
+        sgs.append((gain, np.zeros_like(gain), np.zeros(len(gain), dtype=bool), float(base)))
+        total += base
+    lg = np.array([[cost(l, BASE) - cost(l, c) if c == BASE or not _nan(cost, l, c) else np.nan
+                    for c in table_cands] for l in layers])
+    return sgs, float(total), lg
+
+
+def _nan(cost, l, c):
+    try:
+        return not np.isfinite(cost(l, c))
+    except ValueError:
+        return True
+
+
+def _timed(mod, work, run, subgraphs, configs, table_cands, inputs, act_scales, repeats, warmup, per_layer,
+           layers, seed):
+    from .timing import additivity_check, gains_from_times, time_callable, time_in_model
+    named = dict(work.named_modules())
+    act_scales = dict(act_scales or {})
+    modules = {}
+    for sg, cfg in zip(subgraphs, configs):
+        for li, l in enumerate(sg.layers):
+            for j in sorted(set(cfg[:, li].tolist()) - {0}):
+                c = table_cands[j]
+                scale = None
+                cand = get_candidate(c)
+                if cand.act_static:
+                    scale = act_scales.get(l)
+                    if scale is None:
+                        from .formats import format_info
+                        amax = float(inputs[l].float().abs().amax())
+                        scale = max(amax, 1e-12) / format_info(cand.act_format)["max"]
+                modules[(l, c)] = mod.make_module(named[l], c, scale)
+    clock = mod.clock()
+    seg, base_whole, passes, base_mixed = time_in_model(work, run, subgraphs, configs, table_cands, modules, clock,
+                                                        repeats, warmup, seed)
+    sgs = [gains_from_times(t) for t in seg]
+    baseline = float(np.median(base_whole))
+    # every mixed pass ran a plan: its whole-model time against baseline − Σ sub-graph gains checks that the
+    # segments tile the forward pass and that the gains add up (stored in meta)
+    check = additivity_check(base_whole, [g[0] for g in sgs], passes)
+    # what a gain does not hold: base sub-graphs run slower among quantized neighbours than in the base model
+    check["base_slower_in_mixed_passes_s"] = float(sum(np.median(m - t[0]) for m, t in zip(base_mixed, seg)))
+    lgain = lspread = None
+    if per_layer:
+        lgain = np.full((len(layers), len(table_cands)), np.nan)
+        lspread = np.full_like(lgain, np.nan)
+        for li, l in enumerate(layers):
+            x = inputs[l]
+            cands = [j for j, c in enumerate(table_cands) if j and (l, c) in modules]
+            fns = [lambda m=named[l]: m(x)] + [lambda m=modules[(l, table_cands[j])]: m(x) for j in cands]
+            t = time_callable(fns, repeats, warmup, clock)
+            g, s, _, _ = gains_from_times(t)
+            lgain[li, 0] = lspread[li, 0] = 0.0
+            for k, j in enumerate(cands, 1):
+                lgain[li, j], lspread[li, j] = g[k], s[k]
+    return sgs, baseline, lgain, lspread, {"additivity": check}

@@ -1,0 +1,241 @@
+"""Select: the multiple-choice knapsack of the method. One group per sub-graph of the GainTable, one item per
+measured configuration; item gain = its measured gain, item cost = Σ of its layers' loss MSE s[l, c] from the
+SensitivityTable (0 for "base"). Maximise Σ gain s.t. Σ cost ≤ budget — or the dual, least Σ cost for a required
+gain — optionally with Σ weight bytes ≤ max_memory."""
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Optional, Sequence
+
+import numpy as np
+
+from ..artifacts.gain_table import GainTable
+from ..artifacts.plan import Plan
+from ..artifacts.sensitivity_table import SensitivityTable
+from ..candidates import BASE
+from .solvers import MckpSolution, solve_mckp, sweep_mckp
+
+
+def select(table: SensitivityTable, gains: GainTable, *, max_loss_mse: Optional[float] = None,
+           max_loss_rmse: Optional[float] = None, min_gain: Optional[float] = None,
+           target_speedup: Optional[float] = None, max_memory: Optional[float] = None, solver: str = "exact",
+           pin: Optional[Mapping[str, str]] = None, keep: Optional[Iterable[str]] = None,
+           time_limit: Optional[float] = None) -> Plan:
+    """The best plan for one objective; give exactly one of ``max_loss_mse``, ``max_loss_rmse`` (the loss
+    budget), ``min_gain`` or ``target_speedup`` (the least loss MSE reaching that gain / speedup).
+
+    max_memory: bytes of the timed layers' weights (from a GainTable with ``layer_bytes``, e.g. backend "memory").
+    pin: {layer name or regex: candidate} forces those layers; keep: names or regexes of layers that stay in the
+    model's own precision. A pattern that matches no layer is an error.
+    @raises ValueError for mismatched artifacts, an unknown layer pattern, or a budget no plan can meet (the
+    message gives the smallest feasible budget).
+    """
+    kind, value = _objective(max_loss_mse, max_loss_rmse, min_gain, target_speedup)
+    problem = Problem.build(table, gains, pin=pin, keep=keep, with_memory=max_memory is not None)
+    if kind == "target_speedup":
+        t0 = gains.baseline_seconds
+        if gains.unit != "seconds" or not t0 or math.isnan(t0):
+            raise ValueError(f"target_speedup needs a timed GainTable with baseline_seconds (this one: "
+                             f"backend {gains.backend!r}, unit {gains.unit!r}); use min_gain instead")
+        if value <= 1:
+            raise ValueError(f"target_speedup must be > 1, got {value}")
+        need = t0 * (1 - 1 / value)
+    kwargs = dict(solver=solver, time_limit=time_limit)
+    if max_memory is not None:
+        kwargs.update(memory=problem.memory, max_memory=max_memory)
+    if kind in ("max_loss_mse", "max_loss_rmse"):
+        budget = value if kind == "max_loss_mse" else value ** 2
+        sol = solve_mckp(problem.gains, problem.costs, budget - problem.fixed_cost, **kwargs)
+        _check_solved(sol, kind, value, problem)
+    else:
+        need = value if kind == "min_gain" else need
+        sol = solve_mckp(problem.gains, problem.costs, min_gain=need, **kwargs)
+        _check_solved(sol, kind, value, problem)
+    return problem.plan(sol, {"kind": kind, "value": value, **({"max_memory": max_memory} if max_memory else {})})
+
+
+def pareto(table: SensitivityTable, gains: GainTable, budgets: Optional[Sequence[float]] = None, *,
+           solver: str = "exact", pin: Optional[Mapping[str, str]] = None, keep: Optional[Iterable[str]] = None,
+           points: int = 30) -> list[Plan]:
+    """The loss-MSE / gain front: one plan per loss budget (default: ``points`` budgets spaced geometrically from
+    the cheapest non-zero cost to the cost of the fastest plan), solved with one shared preprocessing."""
+    problem = Problem.build(table, gains, pin=pin, keep=keep)
+    if budgets is None:
+        budgets = problem.default_budgets(points)
+    budgets = [float(b) for b in budgets]
+    if not budgets:
+        raise ValueError("budgets is empty")
+    sols = sweep_mckp(problem.gains, problem.costs, [b - problem.fixed_cost for b in budgets], solver=solver)
+    plans = []
+    for b, sol in zip(budgets, sols):
+        if sol.status == "infeasible":
+            continue
+        plans.append(problem.plan(sol, {"kind": "max_loss_mse", "value": b}))
+    return plans
+
+
+@dataclass
+class Problem:
+    """The MCKP built from the two tables: per sub-graph the admissible configuration rows and their gain, cost
+    and memory; plus what pinned layers outside every sub-graph add."""
+    table: SensitivityTable
+    table_gains: GainTable
+    rows: list            # per sub-graph: indices of admissible configurations
+    gains: list           # per sub-graph: float64 [k]
+    costs: list
+    memory: Optional[list]
+    fixed: dict           # pinned layers that no sub-graph times: layer -> candidate
+    fixed_cost: float
+
+    @classmethod
+    def build(cls, table: SensitivityTable, gains: GainTable, *, pin=None, keep=None, with_memory=False) -> "Problem":
+        _check_compatible(table, gains)
+        forced = _forced(table.layers, pin or {}, keep or ())
+        unknown = {c for c in forced.values() if c != BASE and c not in table.candidates}
+        if unknown:
+            raise ValueError(f"pinned candidate(s) {sorted(unknown)} were not calibrated ({list(table.candidates)})")
+        mse = table.mse
+        lidx = {name: i for i, name in enumerate(table.layers)}
+        cidx = np.array([-1] + [table.candidates.index(c) for c in gains.candidates[1:]])
+        if with_memory and gains.layer_bytes is None:
+            raise ValueError(f"max_memory needs per-layer bytes in the GainTable (profile with backend='memory'); "
+                             f"this one is {gains.backend!r}")
+        g_lidx = {name: i for i, name in enumerate(gains.layer_names)}
+        rows, g_list, c_list, m_list = [], [], [], []
+        for sg in gains.subgraphs:
+            li = np.array([lidx[name] for name in sg.layers], dtype=np.int64)
+            cols = cidx[sg.configs]                                   # [K, n] table columns, -1 = base
+            per_layer = np.where(cols >= 0, mse[li[None, :], np.maximum(cols, 0)], 0.0)
+            cost = per_layer.sum(axis=1)
+            ok = np.isfinite(cost)
+            for j, name in enumerate(sg.layers):
+                want = forced.get(name)
+                if want is not None:
+                    ok &= (sg.configs[:, j] == gains.candidates.index(want)) if want in gains.candidates else False
+            if not ok.any():
+                raise ValueError(f"sub-graph {sg.name!r}: no measured configuration satisfies the pins/keeps "
+                                 f"{ {n: forced[n] for n in sg.layers if n in forced} }")
+            keep_rows = np.nonzero(ok)[0]
+            rows.append(keep_rows)
+            g_list.append(np.asarray(sg.gain, np.float64)[keep_rows])
+            c_list.append(np.maximum(cost[keep_rows], 0.0))
+            if with_memory:
+                gl = np.array([g_lidx[name] for name in sg.layers], dtype=np.int64)
+                mem = gains.layer_bytes[gl[None, :], sg.configs].sum(axis=1)
+                m_list.append(np.asarray(mem, np.float64)[keep_rows])
+        timed = {name for sg in gains.subgraphs for name in sg.layers}
+        fixed = {name: c for name, c in forced.items() if name not in timed and c != BASE}
+        fixed_cost = sum(float(mse[lidx[n], table.candidates.index(c)]) for n, c in fixed.items())
+        if not math.isfinite(fixed_cost):
+            raise ValueError(f"a pinned layer cannot run its candidate: {fixed}")
+        return cls(table, gains, rows, g_list, c_list, m_list if with_memory else None, fixed, fixed_cost)
+
+    def default_budgets(self, points: int) -> list[float]:
+        top = sum(float(c[np.argmax(g)]) for g, c in zip(self.gains, self.costs))
+        # the cheapest item worth taking (positive gain) starts the grid: cheaper budgets all give the empty plan
+        positive = np.concatenate([c[(c > 0) & (g > 0)] for g, c in zip(self.gains, self.costs)] or [np.zeros(0)])
+        if top <= 0 or not positive.size:
+            return [self.fixed_cost]
+        low = max(float(positive.min()), top * 1e-6)
+        return list(self.fixed_cost + np.geomspace(low, top, points))
+
+    def act_scales(self, mapping: Mapping[str, str]) -> dict[str, float]:
+        """The calibrated static activation scale of every layer whose candidate has one (NaN elsewhere)."""
+        t = self.table
+        lidx = {name: i for i, name in enumerate(t.layers)}
+        out = {}
+        for layer, c in mapping.items():
+            if c != BASE:
+                s = float(t.act_scales[lidx[layer], t.candidates.index(c)])
+                if math.isfinite(s):
+                    out[layer] = s
+        return out
+
+    def plan(self, sol: MckpSolution, objective: dict) -> Plan:
+        gains = self.table_gains
+        mapping = {name: BASE for name in self.table.layers}
+        mapping.update(self.fixed)
+        memory = 0.0 if self.memory is not None else None
+        for i, (sg, rows) in enumerate(zip(gains.subgraphs, self.rows)):
+            k = int(rows[sol.choice[i]])
+            mapping.update({name: gains.candidates[j] for name, j in zip(sg.layers, sg.configs[k])})
+            if memory is not None:
+                memory += float(self.memory[i][sol.choice[i]])
+        return Plan(mapping=mapping, act_scales=self.act_scales(mapping), predicted_loss_mse=float(sol.cost) + self.fixed_cost,
+                    predicted_gain=float(sol.objective), gain_unit=gains.unit,
+                    baseline_seconds=float(gains.baseline_seconds), predicted_memory=memory,
+                    candidates=self.table.candidates, objective=objective,
+                    solver={"name": sol.solver, "status": sol.status, "bound": float(sol.bound),
+                            "seconds": float(sol.seconds)},
+                    artifacts={"sensitivity": fingerprint_table(self.table), "gains": fingerprint_gains(gains),
+                               "backend": gains.backend, "phase": gains.phase})
+
+
+def fingerprint_table(table: SensitivityTable) -> str:
+    h = hashlib.sha256("\n".join(table.layers + ("|",) + table.candidates).encode())
+    h.update(table.data_fingerprint.encode())
+    return h.hexdigest()[:16]
+
+
+def fingerprint_gains(gains: GainTable) -> str:
+    h = hashlib.sha256("\n".join(gains.layers + ("|",) + gains.candidates).encode())
+    h.update(f"{gains.backend}/{gains.phase}".encode())
+    return h.hexdigest()[:16]
+
+
+def _objective(max_loss_mse, max_loss_rmse, min_gain, target_speedup):
+    given = {k: v for k, v in dict(max_loss_mse=max_loss_mse, max_loss_rmse=max_loss_rmse, min_gain=min_gain,
+                                   target_speedup=target_speedup).items() if v is not None}
+    if len(given) != 1:
+        raise ValueError("give exactly one of max_loss_mse, max_loss_rmse, min_gain, target_speedup; got "
+                         f"{sorted(given) or 'none'}")
+    (kind, value), = given.items()
+    value = float(value)
+    if not math.isfinite(value) or (kind != "min_gain" and value < 0):
+        raise ValueError(f"{kind} must be a finite{' non-negative' if kind != 'min_gain' else ''} number, got {value}")
+    return kind, value
+
+
+def _check_compatible(table: SensitivityTable, gains: GainTable) -> None:
+    missing = [name for name in gains.layers if name not in table.layers]
+    if missing:
+        shared = len(set(gains.layers) & set(table.layers))
+        raise ValueError(f"the GainTable times {len(missing)} layer(s) the SensitivityTable lacks (e.g. "
+                         f"{missing[:3]}; {shared} shared): the two artifacts come from different models")
+    extra = [c for c in gains.candidates[1:] if c not in table.candidates]
+    if extra:
+        raise ValueError(f"the GainTable measured candidates {extra} that the SensitivityTable did not calibrate "
+                         f"({list(table.candidates)}): calibrate or profile with the same candidates")
+
+
+def _forced(layers: Sequence[str], pin: Mapping[str, str], keep: Iterable[str]) -> dict[str, str]:
+    """layer -> candidate for every layer a pin or keep pattern matches (exact name, else full regex match)."""
+    forced: dict[str, str] = {}
+    rules = [(p, BASE) for p in keep] + list(pin.items())
+    for pattern, cand in rules:
+        matched = [name for name in layers if name == pattern] or _regex_matches(layers, pattern)
+        if not matched:
+            raise ValueError(f"layer pattern {pattern!r} matches no layer of the model (e.g. {list(layers[:3])})")
+        for name in matched:
+            if name in forced and forced[name] != cand:
+                raise ValueError(f"layer {name!r} is both {forced[name]!r} and {cand!r} by the pins/keeps")
+            forced[name] = cand
+    return forced
+
+
+def _regex_matches(layers: Sequence[str], pattern: str) -> list[str]:
+    try:
+        rx = re.compile(pattern)
+    except re.error as e:
+        raise ValueError(f"layer pattern {pattern!r} is neither a layer name nor a valid regex ({e})") from None
+    return [name for name in layers if rx.fullmatch(name)]
+
+
+def _check_solved(sol: MckpSolution, kind: str, value: float, problem: Problem) -> None:
+    if sol.status == "infeasible":
+        raise ValueError(f"no plan meets {kind}={value:g}: {sol.message}"
+                         + (f" (pinned layers outside the timed sub-graphs already cost {problem.fixed_cost:g})"
+                            if problem.fixed else ""))
