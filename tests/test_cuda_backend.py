@@ -10,9 +10,10 @@ from _tiny_models import tiny_llama
 import mpq.candidates as C
 from mpq.application import apply
 from mpq.application import cuda_fused, native_cuda
-from mpq.profiling.backends import cuda
+from mpq.profiling.backends import get_backend
 from mpq.profiling import profile
 
+cuda = get_backend("cuda")
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
 
@@ -121,7 +122,7 @@ def test_apply_native_on_a_cuda_model_installs_the_cuda_kernels():
     x = torch.randn(8, 64, device="cuda", dtype=torch.bfloat16)
     q = apply(m, {"0": "fp8", "2": "int8"}, mode="native")
     f = apply(m, {"0": "fp8", "2": "int8"}, mode="fake")
-    assert isinstance(q[0], cuda.CudaFp8Linear) and isinstance(q[2], cuda.CudaInt8Linear)
+    assert isinstance(q[0], native_cuda.CudaFp8Linear) and isinstance(q[2], native_cuda.CudaInt8Linear)
     assert isinstance(m[0], nn.Linear)
     with torch.no_grad():
         yq, yf = q(x).float(), f(x).float()

@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from _tiny_models import tiny_llama
-from mpq.profiling.backends import BackendUnavailable, get_backend
+from mpq.formats import compute_scales, format_info
+from mpq.profiling.backends import BackendUnavailable, TimedBackend, get_backend
 from mpq.artifacts import GainTable, SubgraphGains
 from mpq.partitioning import Subgraph
 from mpq.profiling import enumerate_configs, profile
@@ -109,8 +110,9 @@ def test_profile_cpu_table_is_consistent(phase):
     assert t.layer_gain.shape == (3, 3) and np.isfinite(t.layer_gain).all()
     assert t.baseline_seconds > 0
     check = t.meta["additivity"]
-    assert check["passes"] == 3 * 3 and check["median_abs_error_s"] >= abs(check["median_error_s"]) >= 0
-    assert np.isfinite(check["base_slower_in_mixed_passes_s"])
+    assert check["passes"] == 3 * 3      # the figures themselves: test_additivity_figures_of_planted_times
+    assert set(check) == {"passes", "median_error_s", "median_abs_error_s", "base_pass_iqr_s",
+                          "base_slower_in_mixed_passes_s"} and all(np.isfinite(v) for v in check.values())
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())   # model untouched
     assert all(isinstance(mod, nn.Linear) for mod in (m[0], m[2], m[4]))
 
@@ -208,6 +210,170 @@ def test_gains_are_against_the_unquantized_model():
     assert (base_whole == 10 * n).all()
     assert set(np.unique(base_mixed)) == {10, 13}           # slower in the passes with a quantized layer...
     assert [gains_from_times(t)[0].tolist() for t in seg] == [[0.0, 6.0]] * n   # ...but the gain is 10 − 4
+
+
+class _CostlyLinear(nn.Linear):
+    """An nn.Linear of the model that costs `cost` on a simulated clock; `qcost` {candidate: cost} of the
+    modules the simulated backend makes for it."""
+
+    def __init__(self, clock, cost, qcost):
+        super().__init__(4, 4)
+        self.clock, self.cost, self.qcost = clock, cost, qcost
+
+    def forward(self, x):
+        self.clock.now += self.cost
+        return x
+
+
+class _Prologue(nn.Module):
+    """Runs before every sub-graph (outside all segments) and costs a planted amount per call."""
+
+    def __init__(self, clock, plant):
+        super().__init__()
+        self.clock, self.plant, self.charged = clock, plant, []
+
+    def forward(self, x):
+        cost = self.plant(len(self.charged))
+        self.charged.append(cost)
+        self.clock.now += cost
+        return x
+
+
+class _SimBackend(TimedBackend):
+    """A timed backend on a simulated clock: what every module costs is known, so a profile's figures are."""
+    name, base_format = "cpu", "fp32"
+    kernels = {"int8": "sim", "w8a16": "sim"}
+
+    def __init__(self, clock):
+        self.sim = clock
+
+    def prepare(self, model, example_input):
+        return model, example_input
+
+    def make_module(self, linear, candidate, act_scale=None):
+        return _Costly(self.sim, linear.qcost[candidate])
+
+    def clock(self):
+        return self.sim
+
+
+def test_additivity_figures_of_planted_times(monkeypatch):
+    """Every layer costs a known time and a prologue outside all sub-graphs a planted, varying one per pass: a mixed
+    pass's error (measured − (its repeat's all-base pass − Σ gains)) is then exactly its prologue's cost minus that
+    of its repeat's all-base pass, whatever configurations it ran; the figures in meta are their medians."""
+    from mpq.profiling.backends import cpu as cpu_module
+    from mpq.profiling.timing import iqr
+    clock = _SimClock()
+    monkeypatch.setattr(cpu_module, "BACKEND", _SimBackend(clock))
+    prologue = _Prologue(clock, lambda i: (7 * i * i + 3 * i) % 11)
+    costs = {"1": (50, {"int8": 20, "w8a16": 45}), "2": (30, {"int8": 10, "w8a16": 40}),
+             "3": (80, {"int8": 35, "w8a16": 60})}
+    model = nn.Sequential(prologue, *[_CostlyLinear(clock, c, q) for c, q in costs.values()])
+    subgraphs = [Subgraph("a", ("1",), (), "1"), Subgraph("b", ("2", "3"), (), "2")]
+    repeats, warmup = 5, 2
+    t = profile(model, torch.zeros(2, 4), ["int8", "w8a16"], subgraphs=subgraphs, repeats=repeats, warmup=warmup)
+    kmax = 9                                                # sub-graph b: 3 x 3 configurations
+    passes = np.array(prologue.charged[-(warmup + repeats) * (1 + kmax):]).reshape(-1, 1 + kmax)[warmup:]
+    base_pass, mixed = passes[:, 0], passes[:, 1:]
+    err = (mixed - base_pass[:, None]).ravel()
+    check = t.meta["additivity"]
+    assert check == {"passes": repeats * kmax, "median_error_s": float(np.median(err)),
+                     "median_abs_error_s": float(np.median(np.abs(err))),
+                     "base_pass_iqr_s": iqr(base_pass), "base_slower_in_mixed_passes_s": 0.0}
+    assert check["median_error_s"] != 0 and check["base_pass_iqr_s"] > 0     # the plant is not trivial
+    base = sum(c for c, _ in costs.values())
+    assert t.baseline_seconds == base + float(np.median(base_pass))
+    for sg in t.subgraphs:
+        expected = [sum(costs[l][0] - (costs[l][1][t.candidates[j]] if j else costs[l][0])
+                        for l, j in zip(sg.layers, row)) for row in sg.configs]
+        assert sg.gain.tolist() == expected and not sg.spread.any()
+        assert sg.baseline_seconds == sum(costs[l][0] for l in sg.layers)
+    assert t.layer_gain.tolist() == [[0.0] + [costs[l][0] - costs[l][1][c] for c in ("int8", "w8a16")]
+                                     for l in ("1", "2", "3")]
+    assert t.meta["clock"] == "_SimClock" and t.meta["base_format"] == "fp32" and t.unit == "seconds"
+
+
+def _record_scales(monkeypatch, backend, model):
+    """Records the static activation scale each module the backend makes gets: {(layer, candidate): scale} (the
+    model's Linear layers have distinct shapes: they name the backend's copies of them)."""
+    names = {m.weight.shape: n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    assert len(names) == sum(isinstance(m, nn.Linear) for m in model.modules())
+    made, make = {}, backend.make_module
+
+    def recording(linear, candidate, act_scale=None):
+        made[(names[linear.weight.shape], candidate)] = act_scale
+        return make(linear, candidate, act_scale)
+    monkeypatch.setattr(backend, "make_module", recording)
+    return made
+
+
+def test_two_static_candidates_of_a_layer_get_their_own_scales(monkeypatch):
+    m = mlp()
+    made = _record_scales(monkeypatch, get_backend("cpu"), m)
+    x = torch.randn(4, 64)
+    scales = {"int8_static": {"0": 0.05, "2": 0.07, "4": 0.09}, "fp8_static": {"0": 0.003, "2": 0.004}}
+    profile(m, x, ["int8_static", "fp8_static"], repeats=3, warmup=0, per_layer=False, act_scales=scales)
+    for c, per_layer in scales.items():
+        for l, s in per_layer.items():
+            assert made[(l, c)] == s, (l, c)
+    with torch.no_grad():                                  # no calibrated scale: its own, not int8_static's
+        x4 = m[3](m[2](m[1](m[0](x))))
+    assert made[("4", "fp8_static")] == float(compute_scales(x4, "fp8_e4m3")[0][0])
+
+
+def test_act_scales_per_layer_need_exactly_one_static_candidate(monkeypatch):
+    m = mlp()
+    made = _record_scales(monkeypatch, get_backend("cpu"), m)
+    x = torch.randn(4, 64)
+    profile(m, x, ["int8", "int8_static"], repeats=3, warmup=0, per_layer=False,
+            act_scales={"0": 0.1, "2": 0.2, "4": 0.3})
+    assert [made[(l, "int8_static")] for l in ("0", "2", "4")] == [0.1, 0.2, 0.3]
+    assert made[("0", "int8")] is None
+    with pytest.raises(ValueError, match="exactly one static candidate.*'int8_static', 'fp8_static'"):
+        profile(m, x, ["int8_static", "fp8_static"], repeats=3, act_scales={"0": 0.1})
+    with pytest.raises(ValueError, match="exactly one static candidate.*has 0"):
+        profile(m, x, ["int8"], repeats=3, act_scales={"0": 0.1})
+    with pytest.raises(ValueError, match=r"scales for \['int8'\], which are not static"):
+        profile(m, x, ["int8", "int8_static"], repeats=3, act_scales={"int8": {"0": 0.1}})
+    with pytest.raises(ValueError, match="mixes"):
+        profile(m, x, ["int8_static"], repeats=3, act_scales={"int8_static": {"0": 0.1}, "2": 0.2})
+    with pytest.raises(ValueError, match="positive finite"):
+        profile(m, x, ["int8_static"], repeats=3, act_scales={"0": -0.1})
+
+
+def test_static_scales_without_calibration_follow_the_formats_rule(monkeypatch):
+    """A static candidate without a calibrated scale gets its format's own scale rule on the layer's input (the
+    Gaudi-2 hardware scales for fp8_gaudi2, not amax / 240): the hpu backend's modules, run on CPU tensors."""
+    from mpq.models import prepare_bf16_on
+    from mpq.profiling.backends import hpu as hpu_module
+    from mpq.profiling.timing import PerfClock
+
+    class HpuOnCpu(hpu_module.HpuBackend):
+        def available(self):
+            return True, ""
+
+        def prepare(self, model, example_input):
+            return prepare_bf16_on("cpu", model, example_input)
+
+        def clock(self):
+            return PerfClock()
+
+    monkeypatch.setattr(hpu_module, "BACKEND", HpuOnCpu())
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 16))
+    x = torch.randn(4, 64) * 5
+    made = _record_scales(monkeypatch, get_backend("hpu"), m)
+    t = profile(m, x, ["fp8_gaudi2", "fp8_static"], backend="hpu", repeats=3, warmup=0, per_layer=False)
+    work, xb = prepare_bf16_on("cpu", m, x)
+    with torch.no_grad():
+        ins = {"0": xb, "2": torch.relu(work[0](xb))}
+    for l, xin in ins.items():
+        for c, fmt in (("fp8_gaudi2", "fp8_e4m3_gaudi2"), ("fp8_static", "fp8_e4m3")):
+            assert made[(l, c)] == float(compute_scales(xin, fmt)[0][0]), (l, c)
+        assert made[(l, "fp8_gaudi2")] in format_info("fp8_e4m3_gaudi2")["hw_scales"]
+    assert made[("0", "fp8_gaudi2")] != pytest.approx(float(xb.float().abs().max()) / 240)
+    assert t.meta["base_format"] == "bf16" and t.meta["clock"] == "PerfClock"
+    assert all(np.isfinite(s.gain).all() for s in t.subgraphs)
 
 
 def test_profile_tiny_llama_decode():

@@ -1,5 +1,5 @@
-// The module root of mpq._core: version, ISA control, and the per-topic binding files. Each
-// cpp/python/bind_<topic>.cpp defines bind_<topic>(); CMake defines MPQ_HAVE_<TOPIC>_BINDING for those present.
+// The module root of mpq._core: version, ISA control, and the per-topic binding files; each
+// cpp/python/bind_<topic>.cpp defines bind_<topic>(), called here.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -8,15 +8,9 @@
 namespace py = pybind11;
 
 void bind_formats(py::module_& m);
-#ifdef MPQ_HAVE_MCKP_BINDING
 void bind_mckp(py::module_& m);
-#endif
-#ifdef MPQ_HAVE_SENSITIVITY_BINDING
 void bind_sensitivity(py::module_& m);
-#endif
-#ifdef MPQ_HAVE_INT8_BINDING
 void bind_int8(py::module_& m);
-#endif
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "mpq's C++ core: numeric formats, sensitivity kernels, the MCKP solver";
@@ -26,13 +20,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("available_isas", &mpq::available_isas, "Every SIMD level this CPU supports, lowest first.");
   m.def("_set_isa", &mpq::set_isa, py::arg("name"), "Test hook: selects a SIMD level (ValueError if unsupported).");
   bind_formats(m);
-#ifdef MPQ_HAVE_MCKP_BINDING
   bind_mckp(m);
-#endif
-#ifdef MPQ_HAVE_SENSITIVITY_BINDING
   bind_sensitivity(m);
-#endif
-#ifdef MPQ_HAVE_INT8_BINDING
   bind_int8(m);
-#endif
 }

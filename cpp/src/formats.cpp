@@ -10,13 +10,18 @@
 #include <limits>
 #include <stdexcept>
 
+#include "isa_dispatch.hpp"
 #include "kernels.hpp"
-#include "mpq/isa.hpp"
 
 namespace mpq {
 namespace {
 
 using detail::BlockScale;
+
+// The kernels of the active ISA (isa_dispatch.hpp).
+const detail::FormatKernels& kernels() {
+  return detail::select(detail::scalar::kFormats, MPQ_AVX2_KERNELS(detail::avx2::kFormats));
+}
 
 Format fp_format(const char* name, int mbits, int emin, float max, bool saturate, bool neg_zero, uint32_t nan_bits,
                  bool nan_signed, ScaleRule rule) {
@@ -156,7 +161,7 @@ std::size_t blocks_per_item(std::size_t block) { return std::max<std::size_t>(1,
 
 // Min and max of the finite values of a whole run, in parallel chunks.
 detail::MinMax whole_minmax(const void* x, DType dtype, std::size_t n, int num_threads) {
-  const auto minmax = detail::active_minmax();
+  const auto minmax = kernels().minmax;
   std::vector<detail::MinMax> parts((n + kChunk - 1) / kChunk);
   parallel_for(parts.size(), num_threads, [&](std::size_t c) {
     parts[c] = minmax(offset(x, dtype, c * kChunk), dtype, std::min(kChunk, n - c * kChunk));
@@ -168,7 +173,7 @@ detail::MinMax whole_minmax(const void* x, DType dtype, std::size_t n, int num_t
 
 void quantize_one_scale(const void* x, void* y, DType dtype, std::size_t n, const detail::Params& p, BlockScale s,
                         int num_threads) {
-  const auto quantize = detail::active_quantize();
+  const auto quantize = kernels().quantize;
   parallel_for((n + kChunk - 1) / kChunk, num_threads, [&](std::size_t c) {
     quantize(offset(x, dtype, c * kChunk), offset(y, dtype, c * kChunk), dtype, std::min(kChunk, n - c * kChunk), p, s);
   });
@@ -214,7 +219,7 @@ void compute_scales(const void* x, DType dtype, std::size_t n, std::size_t block
     zero_points[0] = s.zero_point;
     return;
   }
-  const auto minmax_blocks = detail::active_minmax_blocks();
+  const auto minmax_blocks = kernels().minmax_blocks;
   const std::size_t per_item = blocks_per_item(block);
   parallel_for((blocks + per_item - 1) / per_item, num_threads, [&](std::size_t item) {
     const std::size_t b0 = item * per_item, nb = std::min(per_item, blocks - b0);
@@ -250,7 +255,7 @@ void fake_quantize(const void* x, void* y, DType dtype, std::size_t n, std::size
     quantize_one_scale(x, y, dtype, n, p, bs[0], num_threads);
     return;
   }
-  const auto quantize_blocks = detail::active_quantize_blocks();
+  const auto quantize_blocks = kernels().quantize_blocks;
   const std::size_t per_item = blocks_per_item(block);
   parallel_for((blocks + per_item - 1) / per_item, num_threads, [&](std::size_t item) {
     const std::size_t b0 = item * per_item, nb = std::min(per_item, blocks - b0);
@@ -271,8 +276,9 @@ void fake_quantize_auto(const void* x, void* y, DType dtype, std::size_t n, std:
     return;
   }
   // Many blocks: scales and quantization per work item, so the second read of a block comes from cache.
-  const auto minmax_blocks = detail::active_minmax_blocks();
-  const auto quantize_blocks = detail::active_quantize_blocks();
+  const detail::FormatKernels& k = kernels();
+  const auto minmax_blocks = k.minmax_blocks;
+  const auto quantize_blocks = k.quantize_blocks;
   const std::size_t per_item = blocks_per_item(block);
   parallel_for((blocks + per_item - 1) / per_item, num_threads, [&](std::size_t item) {
     const std::size_t b0 = item * per_item, nb = std::min(per_item, blocks - b0);
@@ -307,34 +313,6 @@ Params make_params(const Format& f) {
     p.magic = std::ldexp(1.0f, f.emin - f.mbits + 23);
   }
   return p;
-}
-
-MinMaxFn active_minmax() {
-#if defined(MPQ_HAVE_AVX2)
-  if (active_isa() != Isa::kScalar) return avx2::minmax;
-#endif
-  return scalar::minmax;
-}
-
-QuantizeFn active_quantize() {
-#if defined(MPQ_HAVE_AVX2)
-  if (active_isa() != Isa::kScalar) return avx2::quantize;
-#endif
-  return scalar::quantize;
-}
-
-MinMaxBlocksFn active_minmax_blocks() {
-#if defined(MPQ_HAVE_AVX2)
-  if (active_isa() != Isa::kScalar) return avx2::minmax_blocks;
-#endif
-  return scalar::minmax_blocks;
-}
-
-QuantizeBlocksFn active_quantize_blocks() {
-#if defined(MPQ_HAVE_AVX2)
-  if (active_isa() != Isa::kScalar) return avx2::quantize_blocks;
-#endif
-  return scalar::quantize_blocks;
 }
 
 }  // namespace detail

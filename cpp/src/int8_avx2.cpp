@@ -1,13 +1,13 @@
-// AVX2 versions of mpq/int8.hpp (compiled with -mavx2 -mfma -mf16c); same results as the scalar code bit for bit.
+// AVX2 int8 kernels (int8_kernels.hpp), compiled with -mavx2 -mfma -mf16c; the same results as int8_ref.cpp bit for
+// bit.
 #include <immintrin.h>
 
 #include <cfloat>
 #include <cmath>
 
-#include "mpq/int8.hpp"
+#include "int8_kernels.hpp"
 
-namespace mpq {
-namespace detail {
+namespace mpq::detail::avx2 {
 namespace {
 
 inline int8_t q8s(float v) {
@@ -40,9 +40,7 @@ inline void quant_span(const float* x, int64_t n, float inv, int8_t* q) {
   for (; i < n; ++i) q[i] = q8s(x[i] * inv);
 }
 
-}  // namespace
-
-void quantize_rows_int8_avx2(const float* x, int64_t rows, int64_t cols, int8_t* q, float* scales, int threads) {
+void quantize_rows_int8(const float* x, int64_t rows, int64_t cols, int8_t* q, float* scales, int threads) {
 #pragma omp parallel for num_threads(threads) if (threads > 1)
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * cols;
@@ -69,7 +67,7 @@ void quantize_rows_int8_avx2(const float* x, int64_t rows, int64_t cols, int8_t*
   }
 }
 
-void quantize_int8_static_avx2(const float* x, int64_t n, float inv, int8_t* q, int threads) {
+void quantize_int8_static(const float* x, int64_t n, float inv, int8_t* q, int threads) {
   const int64_t chunk = 1 << 16;
   const int64_t nchunks = (n + chunk - 1) / chunk;
 #pragma omp parallel for num_threads(threads) if (threads > 1)
@@ -79,8 +77,8 @@ void quantize_int8_static_avx2(const float* x, int64_t n, float inv, int8_t* q, 
   }
 }
 
-void dequantize_int32_avx2(const int32_t* acc, int64_t rows, int64_t cols, const float* rs, const float* cs,
-                           const float* bias, float* out, int threads) {
+void dequantize_int32(const int32_t* acc, int64_t rows, int64_t cols, const float* rs, const float* cs,
+                      const float* bias, float* out, int threads) {
 #pragma omp parallel for num_threads(threads) if (threads > 1)
   for (int64_t r = 0; r < rows; ++r) {
     const int32_t* ar = acc + r * cols;
@@ -97,8 +95,6 @@ void dequantize_int32_avx2(const int32_t* acc, int64_t rows, int64_t cols, const
     for (; c < cols; ++c) o[c] = std::fma(static_cast<float>(ar[c]), rsv * cs[c], bias ? bias[c] : 0.0f);
   }
 }
-
-namespace {
 
 inline __m256i dot32(__m256i ax, __m256i x, __m256i w, __m256i acc) {
   const __m256i p = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(w, x));  // |x| * (sign(x) w), pairs -> int16
@@ -121,10 +117,8 @@ inline void emit(float* o, int32_t acc, float rs, float cs, const float* bias, i
   *o = std::fma(static_cast<float>(acc), rs * cs, bias ? bias[j] : 0.0f);
 }
 
-}  // namespace
-
-void int8_linear_avx2(const int8_t* xq, const float* rs, int64_t m, int64_t k, const int8_t* w, const float* cs,
-                      const float* bias, int64_t n, float* out, int threads) {
+void int8_linear(const int8_t* xq, const float* rs, int64_t m, int64_t k, const int8_t* w, const float* cs,
+                 const float* bias, int64_t n, float* out, int threads) {
   const int64_t k32 = k / 32 * 32;
   const int64_t nb = (n + 3) / 4;
 #pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static)
@@ -202,5 +196,8 @@ void int8_linear_avx2(const int8_t* xq, const float* rs, int64_t m, int64_t k, c
   }
 }
 
-}  // namespace detail
-}  // namespace mpq
+}  // namespace
+
+const Int8Kernels kInt8{quantize_rows_int8, quantize_int8_static, dequantize_int32, int8_linear};
+
+}  // namespace mpq::detail::avx2

@@ -1,8 +1,11 @@
+// mpq/isa.hpp: detection and selection of the level; isa_dispatch.hpp picks the kernels for it.
 #include "mpq/isa.hpp"
 
 #include <atomic>
 #include <cstdlib>
 #include <stdexcept>
+
+#include "isa_dispatch.hpp"
 
 namespace mpq {
 namespace {
@@ -43,15 +46,12 @@ const char* to_string(Isa isa) noexcept {
 }
 
 Isa detect_isa() noexcept {
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && defined(MPQ_HAVE_AVX2)
-  __builtin_cpu_init();
-#if defined(MPQ_HAVE_AVX512)
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
-    return Isa::kAvx512;
-#endif
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
-    return Isa::kAvx2;
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  if constexpr (detail::kBuiltIsa >= Isa::kAvx2) {  // no AVX-512 kernels yet: kAvx512 is never reported
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+      return Isa::kAvx2;
+  }
 #endif
   return Isa::kScalar;
 }

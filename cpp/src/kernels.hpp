@@ -1,5 +1,6 @@
-// Internal: the per-ISA block kernels behind formats.cpp. Each ISA lives in its own kernels_<isa>.cpp, the only
-// files compiled with that ISA's flags, so no AVX code can leak into callers on older CPUs.
+// Internal: the per-ISA kernel tables behind formats.cpp (kernels_<isa>.cpp) and sensitivity.cpp
+// (sensitivity_<isa>.cpp). Each ISA lives in its own *_<isa>.cpp files, the only ones compiled with that ISA's
+// flags, so no AVX code can leak into callers on older CPUs. The drivers pick a table through isa_dispatch.hpp.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -31,21 +32,38 @@ struct BlockScale {
   float scale, inv_scale, zero_point;
 };
 
-using MinMaxFn = MinMax (*)(const void* x, DType dtype, std::size_t n);
-using QuantizeFn = void (*)(const void* x, void* y, DType dtype, std::size_t n, const Params& p, BlockScale s);
-/// n_blocks consecutive blocks of `block` values: minmax of each / fake-quantize block b with scales[b].
-using MinMaxBlocksFn = void (*)(const void* x, DType dtype, std::size_t block, std::size_t n_blocks, MinMax* out);
-using QuantizeBlocksFn = void (*)(const void* x, void* y, DType dtype, std::size_t block, std::size_t n_blocks,
-                                  const Params& p, const BlockScale* scales);
+/// The kernels of formats.cpp. kernels_ref.cpp and kernels_avx2.cpp each define one table, with the same results
+/// bit for bit.
+struct FormatKernels {
+  /// The finite minimum and maximum of n values.
+  MinMax (*minmax)(const void* x, DType dtype, std::size_t n);
+  /// Fake-quantizes n values with one scale.
+  void (*quantize)(const void* x, void* y, DType dtype, std::size_t n, const Params& p, BlockScale s);
+  /// n_blocks consecutive blocks of `block` values: the minmax of each.
+  void (*minmax_blocks)(const void* x, DType dtype, std::size_t block, std::size_t n_blocks, MinMax* out);
+  /// n_blocks consecutive blocks of `block` values: block b fake-quantized with scales[b].
+  void (*quantize_blocks)(const void* x, void* y, DType dtype, std::size_t block, std::size_t n_blocks,
+                          const Params& p, const BlockScale* scales);
+};
+
+/// The kernels of sensitivity.cpp. sensitivity_ref.cpp and sensitivity_avx2.cpp each define one table, with the
+/// same results bit for bit.
+struct SensitivityKernels {
+  /// acc[k] += sum_{i<n} g[k*g_stride + i] * (Q(t[i]) - t[i]) for k < n_grads.
+  void (*delta_dot)(const float* t, const float* g, std::size_t g_stride, std::size_t n_grads, std::size_t n,
+                    const Params& p, BlockScale s, double* acc);
+  /// acc[c] += sum_{i<n} g[i] * (Q_c(t[i]) - t[i]) for c < n_q: one gradient, quantizer c with p[c] and s[c].
+  void (*delta_dot_multi)(const float* t, const float* g, std::size_t n, const Params* p, const BlockScale* s,
+                          std::size_t n_q, double* acc);
+};
 
 namespace scalar {
-MinMax minmax(const void* x, DType dtype, std::size_t n);
-void quantize(const void* x, void* y, DType dtype, std::size_t n, const Params& p, BlockScale s);
-void minmax_blocks(const void* x, DType dtype, std::size_t block, std::size_t n_blocks, MinMax* out);
-void quantize_blocks(const void* x, void* y, DType dtype, std::size_t block, std::size_t n_blocks, const Params& p,
-                     const BlockScale* scales);
+extern const FormatKernels kFormats;
+extern const SensitivityKernels kSensitivity;
 /// One value, the definition every SIMD path must reproduce bit for bit.
 float quantize_one(float x, const Params& p, BlockScale s);
+/// kFormats.minmax, for the tails of the SIMD paths.
+MinMax minmax(const void* x, DType dtype, std::size_t n);
 float load_bf16(uint16_t h);
 float load_f16(uint16_t h);
 uint16_t store_bf16(float f);
@@ -53,17 +71,8 @@ uint16_t store_f16(float f);
 }  // namespace scalar
 
 namespace avx2 {
-MinMax minmax(const void* x, DType dtype, std::size_t n);
-void quantize(const void* x, void* y, DType dtype, std::size_t n, const Params& p, BlockScale s);
-void minmax_blocks(const void* x, DType dtype, std::size_t block, std::size_t n_blocks, MinMax* out);
-void quantize_blocks(const void* x, void* y, DType dtype, std::size_t block, std::size_t n_blocks, const Params& p,
-                     const BlockScale* scales);
+extern const FormatKernels kFormats;
+extern const SensitivityKernels kSensitivity;
 }  // namespace avx2
-
-/// The kernels of the active ISA.
-MinMaxFn active_minmax();
-QuantizeFn active_quantize();
-MinMaxBlocksFn active_minmax_blocks();
-QuantizeBlocksFn active_quantize_blocks();
 
 }  // namespace mpq::detail

@@ -74,8 +74,6 @@ void quantize_blocks_t(const void* x, void* y, std::size_t block, std::size_t n_
   }
 }
 
-}  // namespace
-
 MinMax minmax(const void* x, DType dtype, std::size_t n) {
   switch (dtype) {
     case DType::kBF16: return minmax_t<DType::kBF16>(x, n);
@@ -109,5 +107,9 @@ void quantize_blocks(const void* x, void* y, DType dtype, std::size_t block, std
     default: return quantize_blocks_t<DType::kF32>(x, y, block, n_blocks, p, scales);
   }
 }
+
+}  // namespace
+
+const FormatKernels kFormats{minmax, quantize, minmax_blocks, quantize_blocks};
 
 }  // namespace mpq::detail::avx2

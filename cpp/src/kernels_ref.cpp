@@ -126,6 +126,8 @@ MinMax minmax(const void* x, DType dtype, std::size_t n) {
   return m;
 }
 
+namespace {
+
 void quantize(const void* x, void* y, DType dtype, std::size_t n, const Params& p, BlockScale s) {
   for (std::size_t i = 0; i < n; ++i) store(y, dtype, i, quantize_one(load(x, dtype, i), p, s));
 }
@@ -142,5 +144,9 @@ void quantize_blocks(const void* x, void* y, DType dtype, std::size_t block, std
     quantize(static_cast<const char*>(x) + b * block * esize, static_cast<char*>(y) + b * block * esize, dtype, block,
              p, scales[b]);
 }
+
+}  // namespace
+
+const FormatKernels kFormats{minmax, quantize, minmax_blocks, quantize_blocks};
 
 }  // namespace mpq::detail::scalar

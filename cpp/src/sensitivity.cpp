@@ -11,45 +11,19 @@
 #include <string>
 #include <vector>
 
+#include "isa_dispatch.hpp"
 #include "kernels.hpp"
-#include "mpq/isa.hpp"
 
 namespace mpq {
-namespace detail {
-using DeltaDotFn = void (*)(const float* t, const float* g, std::size_t g_stride, std::size_t n_grads,
-                            std::size_t n, const Params& p, BlockScale s, double* acc);
-using DeltaDotMultiFn = void (*)(const float* t, const float* g, std::size_t n, const Params* p, const BlockScale* s,
-                                 std::size_t n_q, double* acc);
-namespace scalar {
-void delta_dot(const float*, const float*, std::size_t, std::size_t, std::size_t, const Params&, BlockScale, double*);
-void delta_dot_multi(const float*, const float*, std::size_t, const Params*, const BlockScale*, std::size_t, double*);
-}
-#if defined(MPQ_HAVE_AVX2)
-namespace avx2 {
-void delta_dot(const float*, const float*, std::size_t, std::size_t, std::size_t, const Params&, BlockScale, double*);
-void delta_dot_multi(const float*, const float*, std::size_t, const Params*, const BlockScale*, std::size_t, double*);
-}
-#endif
-}  // namespace detail
-
 namespace {
 
 using detail::BlockScale;
 
 [[noreturn]] void fail(const std::string& what) { throw std::invalid_argument("sensitivity: " + what); }
 
-detail::DeltaDotFn active_delta_dot() {
-#if defined(MPQ_HAVE_AVX2)
-  if (active_isa() != Isa::kScalar) return detail::avx2::delta_dot;
-#endif
-  return detail::scalar::delta_dot;
-}
-
-detail::DeltaDotMultiFn active_delta_dot_multi() {
-#if defined(MPQ_HAVE_AVX2)
-  if (active_isa() != Isa::kScalar) return detail::avx2::delta_dot_multi;
-#endif
-  return detail::scalar::delta_dot_multi;
+// The kernels of the active ISA (isa_dispatch.hpp).
+const detail::SensitivityKernels& kernels() {
+  return detail::select(detail::scalar::kSensitivity, MPQ_AVX2_KERNELS(detail::avx2::kSensitivity));
 }
 
 BlockScale scale_at(const QuantSpec& s, std::size_t k) {
@@ -108,8 +82,9 @@ void sensitivity(const float* t, const float* g, std::size_t rows, std::size_t c
     }
   }
 
-  const auto kernel = active_delta_dot();
-  const auto kernel_multi = active_delta_dot_multi();
+  const detail::SensitivityKernels& k = kernels();
+  const auto kernel = k.delta_dot;
+  const auto kernel_multi = k.delta_dot_multi;
   // With one gradient, every spec with one scale per row (per tensor or per row) runs in one fused pass per row.
   std::vector<std::size_t> fused;
   if (n_grads == 1)

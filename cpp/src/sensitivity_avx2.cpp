@@ -73,8 +73,6 @@ void delta_dot_multi_k(const float* t, const float* g, std::size_t n, const Quan
   for (int c = 0; c < NQ; ++c) acc[c] += hsum(_mm256_mul_ps(gv, _mm256_sub_ps(q[c](x), x)));
 }
 
-}  // namespace
-
 /// acc[c] += sum_{i<n} g[i] * (Q_c(t[i]) - t[i]) for c < n_q, quantizer c with params p[c] and scale s[c].
 void delta_dot_multi(const float* t, const float* g, std::size_t n, const Params* p, const BlockScale* s,
                      std::size_t n_q, double* acc) {
@@ -116,5 +114,9 @@ void delta_dot(const float* t, const float* g, std::size_t g_stride, std::size_t
     }
   }
 }
+
+}  // namespace
+
+const SensitivityKernels kSensitivity{delta_dot, delta_dot_multi};
 
 }  // namespace mpq::detail::avx2

@@ -5,6 +5,7 @@
 #include "kernels.hpp"
 
 namespace mpq::detail::scalar {
+namespace {
 
 /// acc[k] += sum_{i<n} g[k*g_stride + i] * (Q(t[i]) - t[i]) for k < n_grads.
 void delta_dot(const float* t, const float* g, std::size_t g_stride, std::size_t n_grads, std::size_t n,
@@ -20,5 +21,9 @@ void delta_dot_multi(const float* t, const float* g, std::size_t n, const Params
                      std::size_t n_q, double* acc) {
   for (std::size_t c = 0; c < n_q; ++c) delta_dot(t, g, 0, 1, n, p[c], s[c], acc + c);
 }
+
+}  // namespace
+
+const SensitivityKernels kSensitivity{delta_dot, delta_dot_multi};
 
 }  // namespace mpq::detail::scalar

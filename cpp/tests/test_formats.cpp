@@ -9,7 +9,6 @@
 #include <stdexcept>
 #include <vector>
 
-#include "kernels.hpp"
 #include "mpq/formats.hpp"
 #include "mpq/isa.hpp"
 

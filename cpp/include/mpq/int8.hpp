@@ -29,13 +29,4 @@ void dequantize_int32(const int32_t* acc, int64_t rows, int64_t cols, const floa
 void int8_linear(const int8_t* xq, const float* row_scale, int64_t m, int64_t k, const int8_t* w,
                  const float* col_scale, const float* bias, int64_t n, float* out, int threads = 1);
 
-namespace detail {
-void int8_linear_avx2(const int8_t* xq, const float* rs, int64_t m, int64_t k, const int8_t* w, const float* cs,
-                      const float* bias, int64_t n, float* out, int threads);
-void quantize_rows_int8_avx2(const float* x, int64_t rows, int64_t cols, int8_t* q, float* scales, int threads);
-void quantize_int8_static_avx2(const float* x, int64_t n, float inv, int8_t* q, int threads);
-void dequantize_int32_avx2(const int32_t* acc, int64_t rows, int64_t cols, const float* rs, const float* cs,
-                           const float* bias, float* out, int threads);
-}  // namespace detail
-
 }  // namespace mpq

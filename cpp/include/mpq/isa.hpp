@@ -6,6 +6,7 @@
 
 namespace mpq {
 
+/// kAvx512 is a name only for now: no kernel uses it, so detect_isa() never reports it.
 enum class Isa : int { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
 
 const char* to_string(Isa isa) noexcept;

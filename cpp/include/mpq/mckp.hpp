@@ -4,9 +4,20 @@
 // Costs are real (double) and >= 0; gains are any finite doubles. Groups are ragged and passed in CSR form:
 // group g owns items [offsets[g], offsets[g+1]) of `gains` and `costs`; offsets[0] == 0, no group is empty.
 //
-// Algorithm (research/solver.md §5.1): Pareto filter and convex hull per group, the LP by sorted hull
-// increments, Lagrangian pegging, then a Pareto-state DP over the remaining core groups pruned with the exact
-// residual-LP bound. The returned cost is checked with an exact (error-free) sum, so it never exceeds the budget.
+// Algorithm: an exact core method built on dynamic programming, not a branch-and-bound tree search.
+//  1. Per group, drop dominated items (Pareto filter) and take the upper concave hull of the rest.
+//  2. The LP relaxation: hull increments sorted once by efficiency, taken in that order until the budget is
+//     spent; the efficiency of the split increment is the LP multiplier lambda. The LP rounding, continued
+//     greedily, is the first incumbent.
+//  3. Lagrangian pegging at lambda: an item whose forced Lagrangian bound cannot beat the incumbent is removed;
+//     groups left with one item are fixed, the others form the core.
+//  4. A Pareto-state (Nemhauser-Ullmann) DP over the core groups, most ambiguous first: level by level, each
+//     partial solution is bounded by the exact LP of the groups not merged yet and dropped when that bound
+//     cannot beat the incumbent, then the survivors are merged with the next group keeping only the
+//     non-dominated (cost, gain) states. Past MckpOptions::max_states it keeps a beam of the best bounds per
+//     level, and the result is kLimit unless the states it cut provably could not win.
+// The returned cost is checked with an exact (error-free) sum, so it never exceeds the budget.
+// Step by step, with the memory variant: docs/cpp-core.md.
 // All functions are deterministic, single-threaded and thread-safe (no shared state).
 // Pass arrays as named containers or Spans built from pointer and size (e.g. a std::vector<double> variable).
 #pragma once
@@ -50,7 +61,7 @@ struct MckpResult {
   double bound = 0;             ///< proven upper bound on the optimum (lower bound for min_cost); -inf if
                                 ///< infeasible (+inf for min_cost)
   double seconds = 0;           ///< wall clock of the call
-  int64_t nodes = 0;            ///< DP states (or B&B nodes) generated
+  int64_t nodes = 0;            ///< DP states generated
   int64_t core_groups = 0;      ///< groups left after pegging, i.e. enumerated by the exact search
   std::string message;          ///< why a solve is infeasible or limited; empty when optimal
 };

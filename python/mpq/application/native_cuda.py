@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..candidates import get_candidate
+from ..formats import format_info
 from . import cuda_fused
 
 # candidate -> kernel ("fused": the Triton quantizer, or torch ops without it: a profile's
@@ -36,16 +37,18 @@ def _scale(amax, qmax):
 
 
 class _QuantLinear(nn.Module):
-    """What the fp8 and int8 modules share: sizes, the candidate's name, the format's max and the static activation
-    scale as buffers on the layer's device (a call moves nothing from the host), and the torch-ops activation
-    scale."""
+    """What the fp8 and int8 modules share: sizes, the candidate's name, its formats' max (``wmax`` of the weights,
+    ``fmax`` of the activations, from ``mpq.formats``), the activation max and the static activation scale as
+    buffers on the layer's device (a call moves nothing from the host), and the torch-ops activation scale."""
 
-    def __init__(self, linear, cand, act_scale, qmax: float):
+    def __init__(self, linear, cand, act_scale):
         super().__init__()
         device = linear.weight.device
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.candidate = cand.name
-        self.register_buffer("qmax", torch.tensor(qmax, device=device))
+        self.wmax = format_info(cand.weight_format)["max"]
+        self.fmax = format_info(cand.act_format)["max"]
+        self.register_buffer("qmax", torch.tensor(self.fmax, device=device))
         self.register_buffer("act_scale", None if act_scale is None else torch.tensor(float(act_scale), device=device))
 
     def _torch_act_scale(self, x2):
@@ -55,18 +58,18 @@ class _QuantLinear(nn.Module):
 
 class CudaFp8Linear(_QuantLinear):
     """y = (Q(x) Q(W)^T) · s_x · s_w (+ b) through ``torch._scaled_mm`` (fp32 accumulation, bf16 out, cast back
-    to the input's dtype). Weights: e4m3 per output channel (per tensor for ``fp8_static``), scale amax / 448;
-    activations: per token (amax / 448) or the static per-tensor scale. Q is ``Candidate.quantize_weight`` /
+    to the input's dtype). Weights: e4m3 per output channel (per tensor for ``fp8_static``), scale amax / max;
+    activations: per token (amax / max) or the static per-tensor scale. Q is ``Candidate.quantize_weight`` /
     ``quantize_act``'s rule, computed the same way (x · (1 / s), round to nearest even)."""
 
     def __init__(self, linear, cand, act_scale=None):
-        super().__init__(linear, cand, act_scale, 448.0)
+        super().__init__(linear, cand, act_scale)
         w = linear.weight.detach().float()
         if cand.weight_granularity == "tensor":
-            s = _scale(w.abs().amax().reshape(1, 1), 448.0)
+            s = _scale(w.abs().amax().reshape(1, 1), self.wmax)
             ws = s.reshape(())
         else:
-            s = _scale(w.abs().amax(1, keepdim=True), 448.0)
+            s = _scale(w.abs().amax(1, keepdim=True), self.wmax)
             ws = s.reshape(1, -1).contiguous()
         self.register_buffer("qw", (w * (1.0 / s)).to(torch.float8_e4m3fn))
         self.register_buffer("ws", ws)
@@ -79,7 +82,7 @@ class CudaFp8Linear(_QuantLinear):
             qx, sa = cuda_fused.quantize_rows(x2, False, self.act_scale)
         else:
             sa = self._torch_act_scale(x2)
-            qx = (x2.float() * (1.0 / sa)).clamp_(-448, 448).to(torch.float8_e4m3fn)
+            qx = (x2.float() * (1.0 / sa)).clamp_(-self.fmax, self.fmax).to(torch.float8_e4m3fn)
         sb = self.ws
         if sa.dim() != sb.dim():  # _scaled_mm takes both scales per tensor or both row-/column-wise
             if sa.dim() == 0:
@@ -92,16 +95,16 @@ class CudaFp8Linear(_QuantLinear):
 
 class CudaInt8Linear(_QuantLinear):
     """y = (Q(x) Q(W)^T) · s_x · s_w (+ b) through ``torch._int_mm`` (exact int32 sums), dequantized in fp32 and
-    cast to the input's dtype. Weights int8 per output channel (amax / 127), held [out, in] so that the GEMM
+    cast to the input's dtype. Weights int8 per output channel (amax / max), held [out, in] so that the GEMM
     runs in the layout cuBLASLt's int8 kernels take (row-major activations times column-major weights; other
-    layouts are refused for most shapes on Hopper); activations per token (amax / 127) or the static
+    layouts are refused for most shapes on Hopper); activations per token (amax / max) or the static
     per-tensor scale."""
 
     def __init__(self, linear, cand, act_scale=None):
-        super().__init__(linear, cand, act_scale, 127.0)
+        super().__init__(linear, cand, act_scale)
         w = linear.weight.detach().float()
-        s = _scale(w.abs().amax(1, keepdim=True), 127.0)
-        self.register_buffer("qw", torch.round(w * (1.0 / s)).clamp(-127, 127).to(torch.int8))
+        s = _scale(w.abs().amax(1, keepdim=True), self.wmax)
+        self.register_buffer("qw", torch.round(w * (1.0 / s)).clamp(-self.wmax, self.wmax).to(torch.int8))
         self.register_buffer("ws", s.reshape(1, -1))
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float())
 
@@ -115,7 +118,7 @@ class CudaInt8Linear(_QuantLinear):
             y = cuda_fused.dequantize(torch._int_mm(q, self.qw.t()), m, sa, self.ws, self.bias, x.dtype)
             return y.reshape(*lead, self.out_features)
         sa = self._torch_act_scale(x2)
-        q = (x2.float() * (1.0 / sa)).clamp_(-127, 127).round_().to(torch.int8)
+        q = (x2.float() * (1.0 / sa)).clamp_(-self.fmax, self.fmax).round_().to(torch.int8)
         if rows != m:  # F.pad copies even when it adds nothing
             q = F.pad(q, (0, 0, 0, rows - m))
         y = torch._int_mm(q, self.qw.t())[:m].float() * (sa * self.ws)

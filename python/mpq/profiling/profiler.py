@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import math
+import numbers
 import os
 import platform
-from typing import Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -22,6 +24,7 @@ from torch import nn
 
 from ..artifacts.gain_table import GainTable, SubgraphGains
 from ..candidates import BASE, get_candidate, get_candidates
+from ..formats import compute_scales
 from ..models import hf_kwargs, is_hf, run_example, split_example
 from ..partitioning import Subgraph, partition
 
@@ -167,19 +170,23 @@ def _record_inputs(model, layers, run):
 def profile(model: nn.Module, example_input, candidates: Sequence[str] = ("int8",), backend: str = "cpu",
             phase: str = "prefill", *, subgraphs: Optional[Sequence[Subgraph]] = None, repeats: int = 15,
             warmup: int = 2, max_configs: int = 64, per_layer: bool = True,
-            act_scales: Optional[Mapping[str, float]] = None, seed: int = 0, threads: int = 1,
-            device: Optional[str] = None) -> GainTable:
+            act_scales: Optional[Mapping[str, Union[float, Mapping[str, float]]]] = None, seed: int = 0,
+            threads: int = 1, device: Optional[str] = None) -> GainTable:
     """Profiles every configuration of every sub-graph (see module doc) and returns a GainTable.
 
     backend: "cpu" | "cuda" | "hpu" (timed) | "macs" | "memory" (theoretical). device: the ``macs`` peak table
     (default "cpu-avx2"). threads: intra-op threads while timing (1 by default: the machine is shared).
-    act_scales: static activation scales per layer for static candidates (default: amax/qmax of the layer's
-    input on the example, which does not change the timing). seed: the random subset of configurations (when
-    there are more than ``max_configs``) and which configurations share a timed pass (``profiling.timing``).
+    act_scales: static activation scales for the static candidates, ``{candidate: {layer: scale}}`` (the
+    calibrated ones: ``SensitivityTable.act_scales``); ``{layer: scale}`` is taken when exactly one of the
+    candidates is static. A layer without one gets the scale of its candidate's activation format and scale rule
+    (``compute_scales``) on its input in the example, which does not change the timing. seed: the random subset
+    of configurations (when there are more than ``max_configs``) and which configurations share a timed pass
+    (``profiling.timing``).
     Timed backends store in ``meta["additivity"]`` how well baseline − Σ sub-graph gains predicted the timed
     passes, each of which ran a random mix of configurations, and by how much the base sub-graphs ran slower in
     those passes than in the all-base one (summed; a cost of mixing that no single gain holds).
-    @raises ValueError for a bad example input, unknown/unsupported candidates, bad phase;
+    @raises ValueError for a bad example input, unknown/unsupported candidates, bad phase, act_scales that name
+            no static candidate of the profile or are ambiguous or not positive;
             mpq.profiling.BackendUnavailable when the backend's hardware is absent.
     """
     from . import backends as B
@@ -187,14 +194,14 @@ def profile(model: nn.Module, example_input, candidates: Sequence[str] = ("int8"
         raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
     if repeats < 3:
         raise ValueError("repeats must be >= 3 (median and spread)")
-    mod = B.get_backend(backend)
+    be = B.get_backend(backend)
     cand_names = tuple(c.name for c in get_candidates(candidates))
-    bad = [c for c in cand_names if not mod.supported(c)]
+    bad = [c for c in cand_names if not be.supported(c)]
     if bad:
         raise ValueError(f"backend {backend!r} cannot execute candidates {bad}; it runs: "
-                         f"{', '.join(k for k in mod.kernels if k != '*')}")
-    timed = backend in ("cpu", "cuda", "hpu")
-    if timed:
+                         f"{', '.join(k for k in be.kernels if k != '*')}")
+    scales = _keyed_act_scales(act_scales, cand_names) if be.timed else {}
+    if be.timed:
         B.check_available(backend)
     if subgraphs is None:
         subgraphs = partition(model, example_input)
@@ -217,49 +224,64 @@ def profile(model: nn.Module, example_input, candidates: Sequence[str] = ("int8"
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        if timed:
-            work, ex = mod.prepare(model, example_input)
-        else:
-            work, ex = model, example_input
+        work, ex = be.prepare(model, example_input) if be.timed else (model, example_input)
         run, shape_info = make_runner(work, ex, phase)
         inputs = _record_inputs(work, layers, run)
         layer_shapes = {l: [int(np.prod(inputs[l].shape[:-1])), int(inputs[l].shape[-1]),
                             int(named[l].out_features)] for l in layers}
         shapes = dict(shape_info, layers=layer_shapes)
         elem = next(iter(named[layers[0]].parameters())).element_size()
-        from .backends.memory import layer_bytes as _lb
-        lbytes = np.array([[_lb(layer_shapes[l][2], layer_shapes[l][1], c, elem)
+        memory = B.get_backend("memory")
+        lbytes = np.array([[memory.layer_cost(layer_shapes[l], c, element_size=elem)
                             if c == BASE or applies(l, c) else np.nan for c in table_cands] for l in layers])
         meta = dict(threads=threads, torch=torch.__version__, machine=platform.machine(),
                     processor=platform.processor(), repeats=repeats, warmup=warmup,
                     loadavg=list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-                    kernels={c: mod.kernels.get(c, mod.kernels.get("*", "")) for c in cand_names},
+                    kernels={c: be.kernel(c) for c in cand_names},
                     partition=sorted({sg.method for sg in subgraphs}), max_configs=max_configs, seed=seed)
         lgain = lspread = None
-        if timed:
-            sgs, baseline, lgain, lspread, checks = _timed(mod, work, run, subgraphs, configs, table_cands, inputs,
-                                                           act_scales, repeats, warmup, per_layer, layers, seed)
+        if be.timed:
+            sgs, baseline, lgain, lspread, checks = _timed(be, work, run, subgraphs, configs, table_cands, inputs,
+                                                           scales, repeats, warmup, per_layer, layers, seed)
             meta.update(checks)
-            meta["base_format"] = mod.BASE_FORMAT
-            meta["clock"] = type(mod.clock()).__name__
-            meta.update(getattr(mod, "extra_meta", dict)())
-        elif backend == "macs":
-            dev = device or mod.DEFAULT_DEVICE
-            meta["device"] = dev
-            meta["base_format"] = mod.DEVICES[dev][0] if dev in mod.DEVICES else None
+        else:
             sgs, baseline, lgain = _theoretical(
                 subgraphs, configs, table_cands, layers,
-                lambda l, c: mod.layer_seconds(layer_shapes[l][0] * layer_shapes[l][1] * layer_shapes[l][2], c, dev))
-        else:
-            sgs, baseline, lgain = _theoretical(subgraphs, configs, table_cands, layers,
-                                                lambda l, c: lbytes[layers.index(l), table_cands.index(c)])
+                lambda l, c: be.layer_cost(layer_shapes[l], c, device=device, element_size=elem))
+        meta.update(be.meta(device))
     finally:
         torch.set_num_threads(old_threads)
     out = []
     for sg, (cfg, subset, note), (gain, spread, noisy, base_t) in zip(subgraphs, enum, sgs):
         out.append(SubgraphGains(sg.name, sg.layers, sg.ties, cfg, gain, spread, noisy, base_t, subset, note))
-    return GainTable(backend, phase, table_cands, tuple(out), baseline, mod.UNIT, shapes, meta, layers, lbytes,
+    return GainTable(backend, phase, table_cands, tuple(out), baseline, be.unit, shapes, meta, layers, lbytes,
                      lgain, lspread)
+
+
+def _keyed_act_scales(act_scales, cand_names) -> dict[tuple[str, str], float]:
+    """profile's ``act_scales`` as {(layer, candidate): scale}."""
+    if not act_scales:
+        return {}
+    static = [c for c in cand_names if get_candidate(c).act_static]
+    nested = [isinstance(v, Mapping) for v in act_scales.values()]
+    if all(nested):
+        stray = sorted(set(act_scales) - set(static))
+        if stray:
+            raise ValueError(f"act_scales has scales for {stray}, which are not static candidates of this profile "
+                             f"(static: {static})")
+        keyed = {(l, c): s for c, per_layer in act_scales.items() for l, s in per_layer.items()}
+    elif any(nested):
+        raise ValueError("act_scales mixes {candidate: {layer: scale}} and {layer: scale} entries")
+    elif len(static) != 1:
+        raise ValueError(f"act_scales {{layer: scale}} needs exactly one static candidate to belong to, and this "
+                         f"profile has {len(static)} ({static}): pass {{candidate: {{layer: scale}}}}")
+    else:
+        keyed = {(l, static[0]): s for l, s in act_scales.items()}
+    bad = {k: s for k, s in keyed.items() if isinstance(s, bool) or not isinstance(s, numbers.Real)
+           or not (math.isfinite(s) and s > 0)}
+    if bad:
+        raise ValueError(f"act_scales must be positive finite numbers, got {bad}")
+    return {k: float(s) for k, s in keyed.items()}
 
 
 def _theoretical(subgraphs, configs, table_cands, layers, cost):
@@ -283,26 +305,23 @@ def _nan(cost, l, c):
         return True
 
 
-def _timed(mod, work, run, subgraphs, configs, table_cands, inputs, act_scales, repeats, warmup, per_layer,
+def _timed(backend, work, run, subgraphs, configs, table_cands, inputs, act_scales, repeats, warmup, per_layer,
            layers, seed):
+    """Times on a TimedBackend; act_scales {(layer, candidate): scale} for the static candidates (the others get
+    their format's own scale on the layer's recorded input)."""
     from .timing import additivity_check, gains_from_times, time_callable, time_in_model
     named = dict(work.named_modules())
-    act_scales = dict(act_scales or {})
     modules = {}
     for sg, cfg in zip(subgraphs, configs):
         for li, l in enumerate(sg.layers):
             for j in sorted(set(cfg[:, li].tolist()) - {0}):
                 c = table_cands[j]
-                scale = None
                 cand = get_candidate(c)
-                if cand.act_static:
-                    scale = act_scales.get(l)
-                    if scale is None:
-                        from .formats import format_info
-                        amax = float(inputs[l].float().abs().amax())
-                        scale = max(amax, 1e-12) / format_info(cand.act_format)["max"]
-                modules[(l, c)] = mod.make_module(named[l], c, scale)
-    clock = mod.clock()
+                scale = act_scales.get((l, c)) if cand.act_static else None
+                if cand.act_static and scale is None:
+                    scale = float(compute_scales(inputs[l], cand.act_format)[0][0])
+                modules[(l, c)] = backend.make_module(named[l], c, scale)
+    clock = backend.clock()
     seg, base_whole, passes, base_mixed = time_in_model(work, run, subgraphs, configs, table_cands, modules, clock,
                                                         repeats, warmup, seed)
     sgs = [gains_from_times(t) for t in seg]

@@ -205,7 +205,7 @@ def time_callable(fns: Sequence[Callable[[], object]], repeats: int, warmup: int
 class ThreadClock:
     """CPU time of the calling thread (``time.thread_time_ns``): with one intra-op thread every kernel runs on
     the calling thread, and time spent descheduled while other jobs hold the cores is not counted. The default of
-    the cpu backend on a shared machine (research/environment.md §3.4)."""
+    the cpu backend: on a shared machine the wall clock also counts the time other jobs held the core."""
 
     def mark(self):
         import time

@@ -1,45 +1,45 @@
-"""The ``cpu`` timing backend: the native kernels of ``mpq.application.native_cpu`` (the ones ``apply(mode="native")`` installs),
-timed inside the float32 model on one thread. The clock is the thread's CPU time (``time.thread_time_ns``,
-immune to other jobs taking the core away) unless ``MPQ_CPU_CLOCK=wall`` asks for ``time.perf_counter_ns``."""
+"""The ``cpu`` timing backend: the native kernels of ``mpq.application.native_cpu`` (the ones
+``apply(mode="native")`` installs), timed inside the float32 model on one thread. The clock is the thread's CPU
+time (``time.thread_time_ns``, immune to other jobs taking the core away) unless ``MPQ_CPU_CLOCK=wall`` asks for
+``time.perf_counter_ns``."""
 from __future__ import annotations
+
+import os
 
 import torch
 
 from ...application.native_cpu import CPU_KERNELS, native_linear
 from ...models import copy_sharing_tensors
 from ..timing import PerfClock, ThreadClock
-
-NAME = "cpu"
-UNIT = "seconds"
-BASE_FORMAT = "fp32"
-kernels = CPU_KERNELS
+from .base import TimedBackend
 
 
-def available():
-    return True, ""
+class CpuBackend(TimedBackend):
+    name = "cpu"
+    base_format = "fp32"
+    kernels = CPU_KERNELS
+
+    def prepare(self, model, example_input):
+        for n, p in model.named_parameters():
+            if p.device.type != "cpu" or p.dtype != torch.float32:
+                raise ValueError(f"the cpu backend times float32 CPU models; parameter {n!r} is {p.dtype} on "
+                                 f"{p.device}")
+        # the copy shares the weights' memory with the model, as apply(mode="native")'s plan models do, so that
+        # base sub-graphs are timed on the memory the unquantized model and every plan model run from
+        return copy_sharing_tensors(model).eval(), example_input
+
+    def make_module(self, linear, candidate: str, act_scale=None):
+        return native_linear(linear, candidate, act_scale)
+
+    def clock(self):
+        mode = os.environ.get("MPQ_CPU_CLOCK", "thread")
+        if mode not in ("thread", "wall"):
+            raise ValueError(f"MPQ_CPU_CLOCK must be 'thread' or 'wall', got {mode!r}")
+        return PerfClock() if mode == "wall" else ThreadClock()
 
 
-def supported(candidate: str) -> bool:
-    return candidate in CPU_KERNELS
+BACKEND = CpuBackend()
 
-
-def prepare(model, example_input):
-    for n, p in model.named_parameters():
-        if p.device.type != "cpu" or p.dtype != torch.float32:
-            raise ValueError(f"the cpu backend times float32 CPU models; parameter {n!r} is {p.dtype} on "
-                             f"{p.device}")
-    # the copy shares the weights' memory with the model, as apply(mode="native")'s plan models do, so that base
-    # sub-graphs are timed on the memory the unquantized model and every plan model run from
-    return copy_sharing_tensors(model).eval(), example_input
-
-
-def make_module(linear, candidate: str, act_scale=None):
-    return native_linear(linear, candidate, act_scale)
-
-
-def clock():
-    import os
-    mode = os.environ.get("MPQ_CPU_CLOCK", "thread")
-    if mode not in ("thread", "wall"):
-        raise ValueError(f"MPQ_CPU_CLOCK must be 'thread' or 'wall', got {mode!r}")
-    return PerfClock() if mode == "wall" else ThreadClock()
+# for callers that import this module (`from mpq.profiling.backends import cpu`); new code: get_backend("cpu")
+clock = BACKEND.clock
+make_module = BACKEND.make_module

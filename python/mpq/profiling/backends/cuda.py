@@ -1,36 +1,16 @@
-"""The ``cuda`` timing backend: a bf16 copy of the model is the baseline; ``fp8``/``fp8_static`` run through
-``torch._scaled_mm`` (per-token x per-channel scales, or per-tensor), ``int8``/``int8_static`` through
-``torch._int_mm``; activations are quantized by one fused Triton kernel (``cuda_fused``; torch ops without
-Triton); timed with CUDA events around each sub-graph. ``apply(mode="native")`` installs the same modules on a
-CUDA model. Without a CUDA device ``available()`` says why and ``profile`` raises ``BackendUnavailable``.
-The modules also run on CPU tensors (torch ops), which is how the tests check their arithmetic without a GPU."""
+"""The ``cuda`` timing backend: a bf16 copy of the model is the baseline; the modules of
+``mpq.application.native_cuda`` (``fp8``/``fp8_static`` through ``torch._scaled_mm``, ``int8``/``int8_static``
+through ``torch._int_mm``, activations quantized by one fused Triton kernel) are timed with CUDA events around each
+sub-graph. ``apply(mode="native")`` installs the same modules on a CUDA model. Without a CUDA device
+``available()`` says why and ``profile`` raises ``BackendUnavailable``. The modules also run on CPU tensors (torch
+ops), which is how the tests check their arithmetic without a GPU."""
 from __future__ import annotations
 
 import torch
-from ...application import cuda_fused
-from ...application.native_cuda import kernels, make_module
+
+from ...application import cuda_fused, native_cuda
 from ...models import prepare_bf16_on
-
-NAME = "cuda"
-UNIT = "seconds"
-BASE_FORMAT = "bf16"
-def available():
-    if not torch.cuda.is_available():
-        return False, "torch.cuda.is_available() is False (no CUDA GPU here, or a CPU-only torch build)"
-    return True, ""
-
-
-def supported(candidate: str) -> bool:
-    return candidate in kernels
-
-
-def extra_meta() -> dict:
-    """What a GainTable of this backend records beside the kernels: which activation quantizer ran."""
-    return {"activation_quantizer": cuda_fused.quantizer()}
-
-
-def prepare(model, example_input):
-    return prepare_bf16_on("cuda", model, example_input)
+from .base import TimedBackend
 
 
 class CudaClock:
@@ -48,5 +28,28 @@ class CudaClock:
         torch.cuda.synchronize()
 
 
-def clock():
-    return CudaClock()
+class CudaBackend(TimedBackend):
+    name = "cuda"
+    base_format = "bf16"
+    kernels = native_cuda.kernels
+
+    def available(self):
+        if not torch.cuda.is_available():
+            return False, "torch.cuda.is_available() is False (no CUDA GPU here, or a CPU-only torch build)"
+        return True, ""
+
+    def extra_meta(self) -> dict:
+        """Which activation quantizer ran (the fused kernel or torch ops)."""
+        return {"activation_quantizer": cuda_fused.quantizer()}
+
+    def prepare(self, model, example_input):
+        return prepare_bf16_on("cuda", model, example_input)
+
+    def make_module(self, linear, candidate: str, act_scale=None):
+        return native_cuda.make_module(linear, candidate, act_scale)
+
+    def clock(self):
+        return CudaClock()
+
+
+BACKEND = CudaBackend()

@@ -8,16 +8,16 @@ activation precision, so they get the base rate (their gain is in memory, see th
 """
 from __future__ import annotations
 
-from ...candidates import get_candidate
+from typing import Optional
 
-NAME = "macs"
-UNIT = "seconds"
+from ...candidates import BASE, get_candidate
+from .base import TheoreticalBackend
 
 # device -> (base format, {format: MAC/s})
 DEVICES = {
     # 2 FMA pipes x 8 fp32 lanes at ~2.5 GHz; int8 vpmaddubsw+vpmaddwd ≈ 2x fp32; no bf16/fp16/fp8 arithmetic
     "cpu-avx2": ("fp32", {"fp32": 40e9, "bf16": 40e9, "fp16": 40e9, "int8": 80e9, "fp8": 40e9}),
-    # AVX-512 + VNNI (the research machine): int8 4x fp32
+    # AVX-512 + VNNI: int8 4x fp32
     "cpu-avx512-vnni": ("fp32", {"fp32": 80e9, "bf16": 80e9, "fp16": 80e9, "int8": 320e9, "fp8": 80e9}),
     # H100 SXM dense: bf16 989 TFLOP/s, fp8 and int8 1979 TOP/s
     "h100": ("bf16", {"fp32": 33.5e12, "bf16": 494.5e12, "fp16": 494.5e12, "int8": 989.5e12, "fp8": 989.5e12}),
@@ -25,31 +25,33 @@ DEVICES = {
     "gaudi2": ("bf16", {"fp32": 108e12, "bf16": 216e12, "fp16": 216e12, "int8": 216e12, "fp8": 432.5e12}),
 }
 DEFAULT_DEVICE = "cpu-avx2"
-kernels = {"*": "theoretical"}
-
-
-def available():
-    return True, ""
-
-
-def supported(candidate: str) -> bool:
-    return True
 
 
 def compute_format(candidate: str) -> str:
     """The arithmetic format a candidate's matmul runs in ("base" for weight-only)."""
     c = get_candidate(candidate)
     if c.act_format is None:
-        return "base"
+        return BASE
     f = c.act_format
     return "fp8" if f.startswith("fp8") else f
 
 
-def layer_seconds(macs: float, candidate: str, device: str) -> float:
-    if device not in DEVICES:
-        raise ValueError(f"unknown macs device {device!r}; known: {', '.join(DEVICES)}")
-    base, rates = DEVICES[device]
-    fmt = base if candidate == "base" else compute_format(candidate)
-    if fmt == "base":
-        fmt = base
-    return macs / rates[fmt]
+class MacsBackend(TheoreticalBackend):
+    name = "macs"
+    unit = "seconds"
+
+    def meta(self, device: Optional[str] = None) -> dict:
+        dev = device or DEFAULT_DEVICE
+        return {"device": dev, "base_format": DEVICES[dev][0] if dev in DEVICES else None}
+
+    def layer_cost(self, shape, candidate: str, *, device: Optional[str] = None, element_size: int = 4) -> float:
+        dev = device or DEFAULT_DEVICE
+        if dev not in DEVICES:
+            raise ValueError(f"unknown macs device {dev!r}; known: {', '.join(DEVICES)}")
+        base, rates = DEVICES[dev]
+        fmt = BASE if candidate == BASE else compute_format(candidate)
+        m, k, n = shape
+        return m * k * n / rates[base if fmt == BASE else fmt]
+
+
+BACKEND = MacsBackend()

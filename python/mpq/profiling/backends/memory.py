@@ -5,30 +5,30 @@ tensor, per output channel, or per group of ``group_size`` inputs; base: N·K ti
 Biases and activations are not counted (they do not change)."""
 from __future__ import annotations
 
-from ...candidates import get_candidate
+from typing import Optional
 
-NAME = "memory"
-UNIT = "bytes"
-kernels = {"*": "bytes"}
-
-
-def available():
-    return True, ""
+from ...candidates import BASE, get_candidate
+from .base import TheoreticalBackend
 
 
-def supported(candidate: str) -> bool:
-    return True
+class MemoryBackend(TheoreticalBackend):
+    name = "memory"
+    unit = "bytes"
+    kernels = {"*": "bytes"}
+
+    def layer_cost(self, shape, candidate: str, *, device: Optional[str] = None, element_size: int = 4) -> float:
+        _, k, n = shape
+        if candidate == BASE:
+            return float(n * k * element_size)
+        c = get_candidate(candidate)
+        elems = n * k * c.weight_bits / 8
+        if c.weight_granularity == "tensor":
+            scales = 1
+        elif c.weight_granularity == "channel":
+            scales = n
+        else:
+            scales = n * (k // c.group_size)
+        return float(elems + 4 * scales)
 
 
-def layer_bytes(n: int, k: int, candidate: str, base_element_size: int = 4) -> float:
-    if candidate == "base":
-        return float(n * k * base_element_size)
-    c = get_candidate(candidate)
-    elems = n * k * c.weight_bits / 8
-    if c.weight_granularity == "tensor":
-        scales = 1
-    elif c.weight_granularity == "channel":
-        scales = n
-    else:
-        scales = n * (k // c.group_size)
-    return float(elems + 4 * scales)
+BACKEND = MemoryBackend()

@@ -1,16 +1,17 @@
-// MCKP with a second row (memory): research/solver.md §2.5e and §5.1 step 8.
+// MCKP with a second row (memory); docs/cpp-core.md, "The memory-constrained variant".
 // 1. Solve without the memory row; if its optimum fits the memory too, it is optimal for both rows.
 // 2. Surrogate relaxation: cost + mu*memory <= budget + mu*max_memory holds for every feasible choice, so every
-//    mu >= 0 gives an MCKP whose optimum bounds ours. Pick mu minimising the surrogate LP; exact surrogate
-//    solves around it give incumbents (when they fit both rows) and a bound.
-// 3. Close the gap by a Pareto-state DP with 3-D dominance over the groups that survive surrogate pegging,
-//    bounded by the surrogate residual LP and both rows' cheapest completions (mckp_memory_core.cpp).
+//    mu >= 0 gives an MCKP whose optimum bounds ours. Pick mu minimising the surrogate LP (a bound).
+// 3. Lagrangian relaxation of the memory row: exact MCKP solves with gains p - nu*memory, nu found by bisection,
+//    give incumbents (when they fit both rows) and further bounds.
+// 4. Close the gap by a Pareto-state DP with 3-D dominance over the groups that survive surrogate pegging,
+//    bounded by the surrogate residual LP and both rows' cheapest completions (memory_core.cpp).
 #include <algorithm>
 #include <cmath>
 #include <numeric>
 #include <stdexcept>
 
-#include "mckp_internal.hpp"
+#include "mckp/internal.hpp"
 
 namespace mpq {
 namespace {
@@ -126,7 +127,7 @@ MckpResult solve_mckp_memory(Span<const int64_t> offsets, Span<const double> gai
     return done(r);
   }
 
-  // incumbents and bounds: Lagrangian relaxation of the memory row. For nu >= 0 the exact MCKP with gains
+  // 3. incumbents and bounds: Lagrangian relaxation of the memory row. For nu >= 0 the exact MCKP with gains
   // p - nu*mem bounds the optimum by its bound + nu*max_memory; larger nu uses less memory, so a bisection
   // on nu finds memory-feasible solutions close to the boundary.
   double z = kNegInf;
@@ -161,7 +162,7 @@ MckpResult solve_mckp_memory(Span<const int64_t> offsets, Span<const double> gai
     }
   }
 
-  // 3. exact search over the surrogate core
+  // 4. exact search over the surrogate core
   const detail::Prepared ps = prep_mu(mu);
   const detail::TwoRowInput in{offsets, gains, costs, memory, budget, max_memory, opts, start, pr.scale, pr.Wmax};
   MckpResult core = detail::solve_two_row_core(in, mu, surrogate_lp(ps, scap).lambda, upper, z, best);

@@ -4,7 +4,7 @@
 #include <cstring>
 #include <stdexcept>
 
-#include "mckp_internal.hpp"
+#include "mckp/internal.hpp"
 
 namespace mpq::detail {
 

@@ -4,7 +4,7 @@
 #include <cstdio>
 #include <cstdlib>
 
-#include "mckp_internal.hpp"
+#include "mckp/internal.hpp"
 
 namespace mpq::detail {
 

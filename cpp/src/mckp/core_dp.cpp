@@ -1,4 +1,5 @@
-// The Pareto-state DP over the core groups that Lagrangian pegging left (research/solver.md §5.1, step 5).
+// The Pareto-state DP over the core groups that Lagrangian pegging left (docs/cpp-core.md, "The MCKP solver",
+// step 5).
 // Levels go most ambiguous first. Each level: bound every state by the exact LP of the groups not merged yet (a
 // Fenwick tree over their hull increments, which loses a level's increments once it is merged), round it to an
 // incumbent where that beats the best one, prune states whose bound cannot beat the incumbent, then expand by the
@@ -7,7 +8,7 @@
 #include <cmath>
 #include <numeric>
 
-#include "mckp_internal.hpp"
+#include "mckp/internal.hpp"
 
 namespace mpq::detail {
 namespace {

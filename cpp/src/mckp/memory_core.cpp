@@ -1,13 +1,13 @@
-// Exact search of the memory-constrained MCKP once multipliers are known (research/solver.md §2.5e):
-// surrogate pegging, then a Pareto-state DP over the core with 3-D dominance (cost <=, memory <=, gain >=),
-// pruned by the surrogate residual LP. Called by solve_mckp_memory (mckp_memory.cpp).
+// Exact search of the memory-constrained MCKP once multipliers are known: surrogate pegging, then a Pareto-state
+// DP over the core with 3-D dominance (cost <=, memory <=, gain >=), pruned by the surrogate residual LP. Called by
+// solve_mckp_memory (memory.cpp); docs/cpp-core.md, "The memory-constrained variant", step 4.
 #include <algorithm>
 #include <cmath>
 #include <iterator>
 #include <map>
 #include <numeric>
 
-#include "mckp_internal.hpp"
+#include "mckp/internal.hpp"
 
 namespace mpq::detail {
 namespace {
@@ -161,7 +161,7 @@ MckpResult solve_two_row_core(const TwoRowInput& in, double mu, double lambda, d
     return v;
   };
   // Pareto-state DP over the core levels with 3-D dominance (cost <=, memory <=, gain >=), pruned by the
-  // surrogate residual LP: the scheme of the MCKP core DP (mckp_core.cpp) with one more coordinate. The tree
+  // surrogate residual LP: the scheme of the MCKP core DP (core_dp.cpp) with one more coordinate. The tree
   // holds exactly the levels not merged yet.
   struct St {
     double c, m, g;  // cost, memory, gain of the core levels merged so far

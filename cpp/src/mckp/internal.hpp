@@ -1,4 +1,5 @@
-// Internal pieces of the MCKP solver shared by the cpp/src/mckp_*.cpp files. Not installed, not public.
+// Internal pieces of the MCKP solver shared by the cpp/src/mckp/*.cpp files. Not installed, not public.
+// The algorithm, step by step: docs/cpp-core.md, "The MCKP solver".
 #pragma once
 #include <algorithm>
 #include <chrono>
@@ -102,7 +103,7 @@ using Clock = std::chrono::steady_clock;
 MckpResult solve_prepared(const Prepared& pr, double budget, const MckpOptions& opts,
                           const std::vector<int32_t>& hint, Clock::time_point start);
 
-/// The groups Lagrangian pegging left with several items (mckp_core.cpp), and what the others were fixed to.
+/// The groups Lagrangian pegging left with several items (core.cpp), and what the others were fixed to.
 struct CoreGroups {
   std::vector<int64_t> group;     ///< original group of each core group
   std::vector<int64_t> off{0};    ///< CSR: core group c's survivors are items[off[c], off[c+1])
@@ -112,7 +113,7 @@ struct CoreGroups {
   double Wfix = 0, Pfix = 0;      ///< summed cost and gain of the fixed groups
 };
 
-/// The Pareto-state DP over the core groups (mckp_core_dp.cpp). Improves the incumbent (r's choice, objective
+/// The Pareto-state DP over the core groups (core_dp.cpp). Improves the incumbent (r's choice, objective
 /// and cost; z, its objective as the search saw it), counts r.nodes, raises pruned_max to the best bound it
 /// discards. Returns true when a state or time limit cut the search short (r.message says which).
 bool core_dp(const Prepared& pr, double budget, const MckpOptions& opts, Clock::time_point start,
@@ -140,7 +141,7 @@ struct TwoRowInput {
   double scale, wmax;       // Prepared::scale and Prepared::Wmax of the plain problem
 };
 /// Exact search once the multipliers are known: surrogate mu (cost + mu*memory), its LP slope lambda, a proven
-/// upper bound and the incumbent (z, best; z = -inf if none). mckp_memory_core.cpp.
+/// upper bound and the incumbent (z, best; z = -inf if none). memory_core.cpp.
 MckpResult solve_two_row_core(const TwoRowInput& in, double mu, double lambda, double upper, double z,
                               std::vector<int32_t> best);
 

@@ -6,7 +6,7 @@
 #include <numeric>
 #include <stdexcept>
 
-#include "mckp_internal.hpp"
+#include "mckp/internal.hpp"
 
 namespace mpq {
 
@@ -112,14 +112,20 @@ namespace {
 void check_number(const char* fn, const char* name, double x) {
   if (std::isnan(x)) throw std::invalid_argument(std::string(fn) + ": " + name + " is nan");
 }
+
+// The checks of a one-budget entry point: the arrays, the options and its limit (`name`, the budget or min_gain).
+void check_inputs(const char* fn, const Span<const int64_t>& offsets, const Span<const double>& gains,
+                  const Span<const double>& costs, const MckpOptions& opts, const char* name, double limit) {
+  detail::validate(fn, offsets, gains, costs);
+  detail::check_options(fn, opts);
+  check_number(fn, name, limit);
+}
 }  // namespace
 
 MckpResult solve_mckp(Span<const int64_t> offsets, Span<const double> gains, Span<const double> costs,
                       double budget, const MckpOptions& opts) {
   const auto start = Clock::now();
-  detail::validate("solve_mckp", offsets, gains, costs);
-  detail::check_options("solve_mckp", opts);
-  check_number("solve_mckp", "budget", budget);
+  check_inputs("solve_mckp", offsets, gains, costs, opts, "budget", budget);
   const detail::Prepared pr = detail::prepare(offsets, gains, costs);
   return detail::solve_verified(pr, budget, opts, {}, start);
 }
@@ -147,9 +153,7 @@ std::vector<MckpResult> sweep_mckp(Span<const int64_t> offsets, Span<const doubl
 MckpResult solve_mckp_min_cost(Span<const int64_t> offsets, Span<const double> gains, Span<const double> costs,
                                double min_gain, const MckpOptions& opts) {
   const auto start = Clock::now();
-  detail::validate("solve_mckp_min_cost", offsets, gains, costs);
-  detail::check_options("solve_mckp_min_cost", opts);
-  check_number("solve_mckp_min_cost", "min_gain", min_gain);
+  check_inputs("solve_mckp_min_cost", offsets, gains, costs, opts, "min_gain", min_gain);
   // min cost s.t. gain >= G  <=>  max (-cost) s.t. (-gain) <= -G. Negation is exact, so the feasibility check
   // of the transformed problem is exactly the original one; the solver accepts negative "costs" internally.
   std::vector<double> neg_cost(costs.size), neg_gain(gains.size);

@@ -1,10 +1,10 @@
 // One budget on a prepared instance: LP by sorted increments, greedy incumbent, Lagrangian pegging, then the
-// Pareto-state DP over the core groups (mckp_core_dp.cpp) pruned by the exact residual-LP bound
-// (research/solver.md §5.1, steps 2-5).
+// Pareto-state DP over the core groups (core_dp.cpp) pruned by the exact residual-LP bound
+// (docs/cpp-core.md, "The MCKP solver", steps 2-5).
 #include <algorithm>
 #include <cmath>
 
-#include "mckp_internal.hpp"
+#include "mckp/internal.hpp"
 
 namespace mpq::detail {
 namespace {

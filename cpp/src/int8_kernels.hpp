@@ -1,0 +1,28 @@
+// Internal: the per-ISA kernel tables behind int8.cpp (int8_ref.cpp, int8_avx2.cpp; see isa_dispatch.hpp). The
+// kernels take checked arguments: the public functions of mpq/int8.hpp validate them, then pick a table.
+#pragma once
+#include <cstdint>
+
+namespace mpq::detail {
+
+/// The kernels of int8.cpp, with the same results bit for bit in every table; the formulas are those of
+/// mpq/int8.hpp (rs, cs: row and column scales).
+struct Int8Kernels {
+  void (*quantize_rows_int8)(const float* x, int64_t rows, int64_t cols, int8_t* q, float* scales, int threads);
+  /// inv: the inverse of the static scale.
+  void (*quantize_int8_static)(const float* x, int64_t n, float inv, int8_t* q, int threads);
+  void (*dequantize_int32)(const int32_t* acc, int64_t rows, int64_t cols, const float* rs, const float* cs,
+                           const float* bias, float* out, int threads);
+  void (*int8_linear)(const int8_t* xq, const float* rs, int64_t m, int64_t k, const int8_t* w, const float* cs,
+                      const float* bias, int64_t n, float* out, int threads);
+};
+
+namespace scalar {
+extern const Int8Kernels kInt8;
+}  // namespace scalar
+
+namespace avx2 {
+extern const Int8Kernels kInt8;
+}  // namespace avx2
+
+}  // namespace mpq::detail
