@@ -144,7 +144,7 @@ def run(settings: RunSettings) -> dict:
         "tokens")
     table = calibrate(model, lm_batches(calib, settings.batch_size), settings.candidates, progress=settings.progress)
     table.save(out / "sensitivity.npz")
-    act_scales = {}  # static candidates: the scales calibration chose, so that apply runs what was measured
+    act_scales = {}  # static candidates: the scales calibration chose, so that profile times what apply runs
     for li, layer in enumerate(table.layers):
         for ci, cand in enumerate(table.candidates):
             if not np.isnan(table.act_scales[li, ci]):
@@ -153,7 +153,7 @@ def run(settings: RunSettings) -> dict:
     say("[3/6] partitioning and timing every sub-graph configuration on the CPU (one thread)")
     example = calib[:1, :settings.timing_tokens]
     gains = profile(model, {"input_ids": example}, settings.candidates, backend="cpu", phase="prefill",
-                    repeats=settings.profile_repeats, per_layer=False)
+                    repeats=settings.profile_repeats, per_layer=False, act_scales=act_scales)
     gains.save(out / "gains.npz")
 
     say("[4/6] selecting the plan and the Pareto front")
@@ -173,12 +173,12 @@ def run(settings: RunSettings) -> dict:
     results.append(measure(f"all {settings.candidates[0]}", model, uniform, None, evalw, base_losses, example,
                            settings, scales_for(uniform), predicted(table, gains, uniform)))
     results.append(measure("chosen plan", model, plan.quantized, plan, evalw, base_losses, example, settings,
-                           scales_for(plan.quantized)))
+                           plan.act_scales))
     picks = sorted({int(i) for i in np.linspace(0, len(front) - 1, settings.measured_points)}) if front else []
     for i in picks:
         p = front[i]
         results.append(measure(f"front {i}", model, p.quantized, p, evalw, base_losses, example, settings,
-                               scales_for(p.quantized)))
+                               p.act_scales))
 
     say("[6/6] writing the report")
     summary = write_report(out, table, gains, plan, front, results, settings, time.perf_counter() - t_start)

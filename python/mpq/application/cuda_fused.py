@@ -18,6 +18,8 @@ import os
 
 import torch
 
+from ..formats import format_info
+
 # every launch compiles with these: no FMA contraction, so a multiply then an add rounds twice, as in torch
 # (tests/test_cuda_fused_compile.py checks the PTX for sm_90 without a GPU)
 LAUNCH_OPTIONS = dict(num_warps=4, enable_fp_fusion=False)
@@ -106,7 +108,7 @@ def quantize_rows(x2: torch.Tensor, int8: bool, static_scale=None, rows: int = 0
     s = torch.empty(rows, 1, device=x2.device, dtype=torch.float32)
     static = static_scale is not None
     quant[(rows,)](x2, q, s, static_scale if static else s, m, k, x2.stride(0), q.stride(0),
-                   QMAX=127.0 if int8 else 448.0, INT8=int8, STATIC=static, BLOCK=QUANT_BLOCK, **LAUNCH_OPTIONS)
+                   QMAX=format_info("int8" if int8 else "fp8_e4m3")["max"], INT8=int8, STATIC=static, BLOCK=QUANT_BLOCK, **LAUNCH_OPTIONS)
     return q, (static_scale if static else s[:m])
 
 

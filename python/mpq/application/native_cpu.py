@@ -33,7 +33,7 @@ from torch import nn
 
 from .. import _core
 from ..candidates import BASE, Candidate, get_candidate
-from ..formats import compute_scales
+from ..formats import compute_scales, format_info
 
 __all__ = ["CPU_KERNELS", "NativeLinear", "native_linear", "supported_on_cpu"]
 
@@ -52,7 +52,6 @@ CPU_KERNELS = {
 }
 
 _FP8_DTYPES = {"fp8_e4m3": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
-_FP8_MAX = {"fp8_e4m3": 448.0, "fp8_e5m2": 57344.0}
 
 
 def supported_on_cpu(candidate) -> bool:
@@ -190,7 +189,8 @@ class Fp8Linear(NativeLinear):
     def _forward2d(self, x):
         if self.static_scale is not None:
             sa = torch.tensor(self.static_scale, dtype=torch.float32)
-            qx = (x * (1.0 / sa)).clamp(-_FP8_MAX[self.fmt], _FP8_MAX[self.fmt]).to(self.dtype)
+            fmax = format_info(self.fmt)["max"]
+            qx = (x * (1.0 / sa)).clamp(-fmax, fmax).to(self.dtype)
         elif self.per_token:
             sa, _ = compute_scales(x, self.fmt, axis=0)
             sa = sa.reshape(-1, 1)
