@@ -6,7 +6,7 @@ from torch import nn
 
 import mpq
 from mpq import _core
-from mpq.application.native_cpu import CPU_KERNELS, native_linear
+from mpq.application.cpu_kernels import CPU_KERNELS, native_linear
 
 SIZES = [(1, 1), (1, 7), (3, 9), (2, 15), (5, 17), (4, 31), (3, 33), (2, 64), (7, 100)]
 

@@ -250,7 +250,7 @@ class _SimBackend(TimedBackend):
     def prepare(self, model, example_input):
         return model, example_input
 
-    def make_module(self, linear, candidate, act_scale=None):
+    def make_module(self, linear, candidate, act_scale=None, implementation=None):
         return _Costly(self.sim, linear.qcost[candidate])
 
     def clock(self):
@@ -300,9 +300,9 @@ def _record_scales(monkeypatch, backend, model):
     assert len(names) == sum(isinstance(m, nn.Linear) for m in model.modules())
     made, make = {}, backend.make_module
 
-    def recording(linear, candidate, act_scale=None):
+    def recording(linear, candidate, act_scale=None, implementation=None):
         made[(names[linear.weight.shape], candidate)] = act_scale
-        return make(linear, candidate, act_scale)
+        return make(linear, candidate, act_scale, implementation)
     monkeypatch.setattr(backend, "make_module", recording)
     return made
 
@@ -400,7 +400,7 @@ def test_profile_memory_and_macs_exact():
 
 def test_profile_errors():
     m = mlp()
-    with pytest.raises(ValueError, match="cannot execute candidates \\['fp8_gaudi2'\\]"):
+    with pytest.raises(ValueError, match="backend 'cpu' cannot run 'fp8_gaudi2' \\(it runs int8, "):
         profile(m, torch.randn(2, 64), ["fp8_gaudi2"], backend="cpu")
     with pytest.raises(ValueError, match="unknown backend"):
         profile(m, torch.randn(2, 64), ["int8"], backend="tpu")

@@ -1,61 +1,35 @@
-"""Native low-precision Linear modules for the CPU: the kernels that ``mpq.profile(backend="cpu")`` times and that
-``mpq.apply(mode="native")`` swaps in, so what is measured is what runs.
+"""Native low-precision Linear modules for the CPU: what ``mpq.profile(backend="cpu")`` times and
+``mpq.apply(mode="native")`` swaps in, so what is measured is what runs. Which module runs a candidate on this
+CPU, and with what numerics, is the registry's business (``cpu_kernels``); here are the modules:
 
-| candidate            | kernel                                                                                  |
-|----------------------|-----------------------------------------------------------------------------------------|
-| int8 / int8_static   | C++ fused per-token (or static per-tensor) int8 activation quantizer, then the C++ int8 |
-|                      | Linear (``mpq::int8_linear``: exact int32 sums, AVX2 vpmaddubsw, dequant + bias fused)  |
-| w8a16                | ``torch._weight_int8pack_mm`` with bf16 activations (per-channel bf16 scales)           |
-| w4a16 / w4a16_g128   | ``torch._weight_int4pack_mm_for_cpu`` with bf16 activations (bf16 group scales)         |
-| bf16 / fp16          | ``F.linear`` in bf16 / fp16 (emulated on CPUs without AVX512-BF16/FP16)                 |
-| fp8 / fp8_static /   | ``torch._scaled_mm`` on float8 inputs (per-token and per-channel or per-tensor scales)  |
-| fp8_e5m2             |                                                                                         |
+- ``Int8Linear`` / ``Int8IntMmLinear``: int8 / int8_static through mpq's C++ activation quantizer, then mpq's C++
+  int8 GEMM with the dequantization fused, or ``torch._int_mm`` followed by mpq's C++ dequantization.
+- ``W8A16Linear``, ``W4A16Linear``: ``torch._weight_int8pack_mm``, ``torch._weight_int4pack_mm_for_cpu`` (bf16
+  activations and scales).
+- ``HalfLinear``: ``F.linear`` in bf16 / fp16. ``Fp8Linear``: ``torch._scaled_mm`` on float8 operands.
 
 The weights are quantized with exactly the rule of ``Candidate.quantize_weight`` (scale = amax / qmax,
 round-to-nearest-even); scales held in bf16 (weight-only kernels) round the scale itself, an error below 2^-8
-relative. Activations of weight-only kernels are rounded to bf16 as the kernels require. ``fp8_gaudi2`` has no CPU
-kernel (its hardware scales and 240 range need Gaudi): ``native_linear`` refuses it with a ValueError.
-Inputs are float32 (the model's precision on the CPU); outputs are float32.
-
-Why not ``torch._int_mm`` for int8: on CPUs without AVX512-VNNI (this project's AMD EPYC build machine reports
-``get_cpu_capability() == "AVX2"``) it falls back to a reference loop at about 1.4 GOP/s, 5–50x slower than fp32;
-oneDNN's u8s8 qlinear saturates int16 pairs on AVX2 (wrong results for full-range int8). The C++ kernel is exact
-(|x|·sign(w, x) keeps every vpmaddubsw pair within int16) and 2.5–3.3x faster than fp32 at M = 1–32, about 1x at
-M = 128 on that machine.
+relative. Activations of weight-only kernels are rounded to bf16 as the kernels require. Inputs are float32 (the
+model's precision on the CPU); outputs are float32.
 """
 from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .. import _core
-from ..candidates import BASE, Candidate, get_candidate
+from ..candidates import Candidate
 from ..formats import compute_scales, format_info
 
-__all__ = ["CPU_KERNELS", "NativeLinear", "native_linear", "supported_on_cpu"]
-
-# candidate name -> kernel description
-CPU_KERNELS = {
-    "int8": "C++ per-token int8 quantizer + C++ int8 Linear (AVX2, exact int32, fused dequant)",
-    "int8_static": "C++ static int8 quantizer + C++ int8 Linear (AVX2, exact int32, fused dequant)",
-    "w8a16": "torch._weight_int8pack_mm (bf16 activations)",
-    "w4a16": "torch._weight_int4pack_mm_for_cpu g32 (bf16 activations)",
-    "w4a16_g128": "torch._weight_int4pack_mm_for_cpu g128 (bf16 activations)",
-    "bf16": "F.linear in bfloat16",
-    "fp16": "F.linear in float16",
-    "fp8": "torch._scaled_mm e4m3, per-token x per-channel scales",
-    "fp8_static": "torch._scaled_mm e4m3, static per-tensor scales",
-    "fp8_e5m2": "torch._scaled_mm e5m2, per-token x per-channel scales",
-}
+__all__ = ["Fp8Linear", "HalfLinear", "Int8IntMmLinear", "Int8Linear", "NativeLinear", "W4A16Linear",
+           "W8A16Linear"]
 
 _FP8_DTYPES = {"fp8_e4m3": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
-
-
-def supported_on_cpu(candidate) -> bool:
-    return get_candidate(candidate).name in CPU_KERNELS
 
 
 class NativeLinear(nn.Module):
@@ -93,7 +67,10 @@ def _quantize_rows(w: torch.Tensor):
 
 
 class Int8Linear(NativeLinear):
-    """W8A8: int8 weights per channel; activations per token (dynamic) or one static scale."""
+    """W8A8: int8 weights per channel; activations per token (dynamic) or one static scale, quantized by mpq's C++
+    quantizer; the int32 GEMM with the dequantization ``acc · (s_x · s_w) + b`` fused is mpq's C++ int8 Linear."""
+
+    implementation = "mpq_int8"
 
     def __init__(self, linear: nn.Linear, static_scale: Optional[float] = None):
         super().__init__(linear.in_features, linear.out_features, linear.bias)
@@ -104,17 +81,31 @@ class Int8Linear(NativeLinear):
         self.static_scale = None if static_scale is None else float(static_scale)
 
     def _forward2d(self, x):
-        m = x.shape[0]
         xn = x.numpy()
         if self.static_scale is None:
             q, rs = _core.quantize_rows_int8(xn)
         else:
             q = _core.quantize_int8_static(xn, self.static_scale)
-            rs = torch.full((m,), self.static_scale, dtype=torch.float32).numpy()
-        out = torch.empty(m, self.out_features, dtype=torch.float32)
-        _core.int8_linear_into(q, rs, self.qweight.numpy(), self.wscale.numpy(),
-                               None if self.bias is None else self.bias.numpy(), out.numpy())
+            rs = np.full(x.shape[0], self.static_scale, dtype=np.float32)
+        out = torch.empty(x.shape[0], self.out_features, dtype=torch.float32)
+        self._gemm(q, rs, out.numpy())
         return out
+
+    def _gemm(self, q, rs, out):
+        _core.int8_linear_into(q, rs, self.qweight.numpy(), self.wscale.numpy(),
+                               None if self.bias is None else self.bias.numpy(), out)
+
+
+class Int8IntMmLinear(Int8Linear):
+    """``Int8Linear``'s numerics (the same quantizer, int8 weights and fused dequantization) with the int32 GEMM
+    done by ``torch._int_mm``: oneDNN's AMX/VNNI kernels where the CPU has them, a reference loop elsewhere."""
+
+    implementation = "torch_int_mm"
+
+    def _gemm(self, q, rs, out):
+        acc = torch._int_mm(torch.from_numpy(q), self.qweight.t())
+        _core.dequantize_int32_into(acc.numpy(), rs, self.wscale.numpy(),
+                                    None if self.bias is None else self.bias.numpy(), out)
 
 
 class W8A16Linear(NativeLinear):
@@ -207,36 +198,3 @@ class Fp8Linear(NativeLinear):
                 sb = sb.expand(1, self.out_features).contiguous()
         y = torch._scaled_mm(qx, self.qweight.t(), scale_a=sa, scale_b=sb, out_dtype=torch.float32)
         return y if self.bias is None else y + self.bias
-
-
-def native_linear(linear: nn.Linear, candidate, act_scale: Optional[float] = None) -> nn.Module:
-    """The CPU native module of ``candidate`` for ``linear``. Static-activation candidates need ``act_scale``.
-    @raises ValueError for a candidate without a CPU kernel, a missing static scale or a non-float32 Linear."""
-    if not isinstance(linear, nn.Linear):
-        raise ValueError(f"native_linear expects an nn.Linear, got {type(linear).__name__}")
-    if candidate == BASE:
-        return linear
-    cand = get_candidate(candidate)
-    if cand.name not in CPU_KERNELS:
-        raise ValueError(f"candidate {cand.name!r} has no native CPU kernel; CPU kernels exist for "
-                         f"{', '.join(CPU_KERNELS)}")
-    if linear.weight.dtype != torch.float32 or linear.weight.device.type != "cpu":
-        raise ValueError(f"native CPU kernels replace float32 CPU Linear layers, got {linear.weight.dtype} on "
-                         f"{linear.weight.device}")
-    if not cand.applies_to(linear.weight):
-        raise ValueError(f"candidate {cand.name!r} does not apply to a Linear with in_features "
-                         f"{linear.in_features} (group size {cand.group_size})")
-    if cand.act_static and act_scale is None:
-        raise ValueError(f"candidate {cand.name!r} has static activation scales: pass act_scale")
-    n = cand.name
-    if n in ("int8", "int8_static"):
-        return Int8Linear(linear, act_scale if cand.act_static else None)
-    if n == "w8a16":
-        return W8A16Linear(linear)
-    if n in ("w4a16", "w4a16_g128"):
-        return W4A16Linear(linear, cand.group_size, n)
-    if n == "bf16":
-        return HalfLinear(linear, torch.bfloat16, n)
-    if n == "fp16":
-        return HalfLinear(linear, torch.float16, n)
-    return Fp8Linear(linear, cand, act_scale if cand.act_static else None)

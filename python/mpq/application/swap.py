@@ -17,6 +17,7 @@ model, and the unquantized layers run from the very memory the input model runs 
 from __future__ import annotations
 
 import copy
+import math
 from typing import Mapping, Optional
 
 import torch.nn.functional as F
@@ -76,6 +77,8 @@ def apply(model: nn.Module, plan_or_mapping, mode: str = "fake", *,
     if act_scales is None:  # a Plan carries the scales its static candidates were calibrated with
         act_scales = getattr(plan_or_mapping, "act_scales", None)
     act_scales = dict(act_scales or {})
+    # the CPU implementations the profile timed (a Plan from a cpu-backend GainTable): installed as timed
+    implementations = dict(getattr(plan_or_mapping, "implementations", None) or {})
     checked = {}
     for layer, cname in mapping.items():
         if layer not in modules:
@@ -88,16 +91,18 @@ def apply(model: nn.Module, plan_or_mapping, mode: str = "fake", *,
         if cand.act_static and layer not in act_scales:
             raise ValueError(f"layer {layer!r}: candidate {cname!r} has static activation scales; "
                              f"pass act_scales={{{layer!r}: scale}}")
+        if cand.act_static and not _positive_finite(act_scales[layer]):
+            raise ValueError(f"layer {layer!r}: the static activation scale of {cname!r} must be a positive "
+                             f"finite number, got {act_scales[layer]!r}")
         if not cand.applies_to(modules[layer].weight):
             raise ValueError(f"layer {layer!r}: candidate {cname!r} does not apply (group size "
                              f"{cand.group_size} vs in_features {modules[layer].in_features})")
         checked[layer] = cand
     if mode == "native":
         for layer, cand in checked.items():
-            kernels, _, where = _native_kernels(modules[layer].weight.device.type)
-            if cand.name not in kernels:
-                raise ValueError(f"layer {layer!r}: candidate {cand.name!r} has no {where} kernel ({where} kernels: "
-                                 f"{', '.join(kernels)})")
+            problem = _native_problem(modules[layer].weight.device.type, cand.name, implementations.get(layer))
+            if problem:
+                raise ValueError(f"layer {layer!r}: {problem}")
     new = copy.deepcopy(model) if mode == "fake" else copy_sharing_tensors(model)
     new_modules = dict(new.named_modules())
     for layer, cand in checked.items():
@@ -105,18 +110,36 @@ def apply(model: nn.Module, plan_or_mapping, mode: str = "fake", *,
         scale = act_scales.get(layer) if cand.act_static else None
         if mode == "fake":
             repl = FakeQuantLinear(lin, cand, scale)
+        elif lin.weight.device.type == "cpu":
+            from .cpu_kernels import native_linear
+            repl = native_linear(lin, cand.name, scale, implementations.get(layer))
         else:
-            repl = _native_kernels(lin.weight.device.type)[1](lin, cand.name, scale)
+            from .native_cuda import make_module
+            repl = make_module(lin, cand.name, scale)
         set_module(new, layer, repl)
     return new
 
 
-def _native_kernels(device_type: str):
-    """(candidate -> kernel description, factory(linear, candidate name, act_scale), words) for a device type."""
-    if device_type == "cuda":
-        from . import native_cuda
-        return native_cuda.kernels, native_cuda.make_module, "CUDA"
+def _positive_finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+
+def _native_problem(device_type: str, candidate: str, implementation: Optional[str]) -> str:
+    """Why ``candidate`` (with the timed ``implementation``, if any) cannot run natively on this device type;
+    "" when it can."""
     if device_type == "cpu":
-        from .native_cpu import CPU_KERNELS, native_linear
-        return CPU_KERNELS, native_linear, "native CPU"
-    return {}, None, f"native {device_type}"
+        from . import cpu_kernels
+        if implementation is not None:
+            ok, reason = cpu_kernels.admission(implementation, candidate)
+            return "" if ok else (f"candidate {candidate!r} was timed with {implementation!r}, which cannot run "
+                                  f"on this machine: {reason}")
+        if not cpu_kernels.implementations(candidate):
+            return (f"candidate {candidate!r} has no native CPU kernel (native CPU kernels: "
+                    f"{', '.join(cpu_kernels.CPU_KERNELS)})")
+        reason = cpu_kernels.why_not(candidate)
+        return f"candidate {candidate!r} cannot run natively on this CPU: {reason}" if reason else ""
+    if device_type == "cuda":
+        from .native_cuda import kernels
+        return "" if candidate in kernels else (f"candidate {candidate!r} has no CUDA kernel (CUDA kernels: "
+                                                f"{', '.join(kernels)})")
+    return f"candidate {candidate!r} has no native {device_type} kernel (native kernels exist on cpu and cuda)"

@@ -14,6 +14,8 @@ read and edit plans) with keys
   artifacts                       fingerprints of the sensitivity and gain tables the plan came from
   act_scales                      {layer: static activation scale} for the layers whose chosen candidate has static
                                   activation scales: the calibrated scales, so ``apply`` runs what was measured
+  implementations                 {layer: CPU implementation} the profile timed each quantized layer with (cpu
+                                  backend only), so ``apply(mode="native")`` installs exactly those
 """
 from __future__ import annotations
 
@@ -42,13 +44,16 @@ class Plan:
     solver: Mapping = field(default_factory=dict)
     artifacts: Mapping = field(default_factory=dict)
     act_scales: Mapping[str, float] = field(default_factory=dict)
+    implementations: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self):
         object.__setattr__(self, "mapping", dict(self.mapping))
         object.__setattr__(self, "act_scales", {k: float(v) for k, v in self.act_scales.items()})
-        stray = sorted(set(self.act_scales) - set(self.mapping))
-        if stray:
-            raise ValueError(f"act_scales names layers the plan does not map: {stray}")
+        object.__setattr__(self, "implementations", dict(self.implementations))
+        for what, names in (("act_scales", self.act_scales), ("implementations", self.implementations)):
+            stray = sorted(set(names) - set(self.mapping))
+            if stray:
+                raise ValueError(f"{what} names layers the plan does not map: {stray}")
         bad = {k: v for k, v in self.act_scales.items() if not (math.isfinite(v) and v > 0)}
         if bad:
             raise ValueError(f"act_scales must be positive finite numbers, got {bad}")
@@ -121,13 +126,17 @@ class Plan:
         if not isinstance(scales, Mapping) or not all(isinstance(k, str) and isinstance(v, (int, float))
                                                       and not isinstance(v, bool) for k, v in scales.items()):
             raise ValueError(f"{source}: 'act_scales' must be an object of layer name -> number")
+        impls = d.get("implementations", {})
+        if not isinstance(impls, Mapping) or not all(isinstance(k, str) and isinstance(v, str)
+                                                     for k, v in impls.items()):
+            raise ValueError(f"{source}: 'implementations' must be an object of layer name -> implementation name")
         baseline = d.get("baseline_seconds")
         return cls(mapping=mapping, predicted_loss_mse=float(d.get("predicted_loss_mse", float("nan"))),
                    predicted_gain=float(d.get("predicted_gain", float("nan"))), gain_unit=d.get("gain_unit", ""),
                    baseline_seconds=float("nan") if baseline is None else float(baseline),
                    predicted_memory=d.get("predicted_memory"), candidates=tuple(d.get("candidates", ())),
                    objective=d.get("objective", {}), solver=d.get("solver", {}), artifacts=d.get("artifacts", {}),
-                   act_scales=scales)
+                   act_scales=scales, implementations=impls)
 
 
 def _version() -> str:

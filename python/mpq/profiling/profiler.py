@@ -196,10 +196,9 @@ def profile(model: nn.Module, example_input, candidates: Sequence[str] = ("int8"
         raise ValueError("repeats must be >= 3 (median and spread)")
     be = B.get_backend(backend)
     cand_names = tuple(c.name for c in get_candidates(candidates))
-    bad = [c for c in cand_names if not be.supported(c)]
+    bad = {c: be.unsupported_reason(c) for c in cand_names if not be.supported(c)}
     if bad:
-        raise ValueError(f"backend {backend!r} cannot execute candidates {bad}; it runs: "
-                         f"{', '.join(k for k in be.kernels if k != '*')}")
+        raise ValueError(f"backend {backend!r} cannot run " + "; ".join(f"{c!r} ({why})" for c, why in bad.items()))
     scales = _keyed_act_scales(act_scales, cand_names) if be.timed else {}
     if be.timed:
         B.check_available(backend)
@@ -309,9 +308,11 @@ def _timed(backend, work, run, subgraphs, configs, table_cands, inputs, act_scal
            layers, seed):
     """Times on a TimedBackend; act_scales {(layer, candidate): scale} for the static candidates (the others get
     their format's own scale on the layer's recorded input)."""
+    from .kernel_choice import choose, shape_key
     from .timing import additivity_check, gains_from_times, time_callable, time_in_model
     named = dict(work.named_modules())
-    modules = {}
+    clock = backend.clock()
+    modules, chosen, timed_shapes = {}, {}, {}
     for sg, cfg in zip(subgraphs, configs):
         for li, l in enumerate(sg.layers):
             for j in sorted(set(cfg[:, li].tolist()) - {0}):
@@ -320,8 +321,17 @@ def _timed(backend, work, run, subgraphs, configs, table_cands, inputs, act_scal
                 scale = act_scales.get((l, c)) if cand.act_static else None
                 if cand.act_static and scale is None:
                     scale = float(compute_scales(inputs[l], cand.act_format)[0][0])
-                modules[(l, c)] = backend.make_module(named[l], c, scale)
-    clock = backend.clock()
+
+                def make(impl, lin=named[l], c=c, scale=scale):
+                    return backend.make_module(lin, c, scale, impl)
+
+                key = shape_key(named[l], inputs[l], c, scale)
+                if key in timed_shapes:  # a layer of a shape already measured runs what won there
+                    modules[(l, c)] = make(timed_shapes[key].implementation)
+                else:
+                    timed_shapes[key], modules[(l, c)] = choose(make, backend.implementations(c), inputs[l], clock,
+                                                                repeats, warmup)
+                chosen.setdefault(l, {})[c] = timed_shapes[key].implementation
     seg, base_whole, passes, base_mixed = time_in_model(work, run, subgraphs, configs, table_cands, modules, clock,
                                                         repeats, warmup, seed)
     sgs = [gains_from_times(t) for t in seg]
@@ -344,4 +354,11 @@ def _timed(backend, work, run, subgraphs, configs, table_cands, inputs, act_scal
             lgain[li, 0] = lspread[li, 0] = 0.0
             for k, j in enumerate(cands, 1):
                 lgain[li, j], lspread[li, j] = g[k], s[k]
-    return sgs, baseline, lgain, lspread, {"additivity": check}
+    checks = {"additivity": check}
+    if any(impl is not None for per in chosen.values() for impl in per.values()):
+        # what apply(mode="native") must install to run what was timed, and what the choice was made on
+        checks["implementations"] = chosen
+        checks["implementation_timings"] = [
+            {"candidate": k[0], "rows": k[1], "in_features": k[2], "out_features": k[3], "chosen": ch.implementation,
+             "seconds": dict(ch.seconds)} for k, ch in timed_shapes.items() if ch.seconds]
+    return sgs, baseline, lgain, lspread, checks

@@ -164,7 +164,11 @@ class Problem:
             mapping.update({name: gains.candidates[j] for name, j in zip(sg.layers, sg.configs[k])})
             if memory is not None:
                 memory += float(self.memory[i][sol.choice[i]])
-        return Plan(mapping=mapping, act_scales=self.act_scales(mapping), predicted_loss_mse=float(sol.cost) + self.fixed_cost,
+        timed_with = gains.meta.get("implementations", {})
+        impls = {layer: timed_with[layer][c] for layer, c in mapping.items()
+                 if c != BASE and c in timed_with.get(layer, {})}
+        return Plan(mapping=mapping, act_scales=self.act_scales(mapping), implementations=impls,
+                    predicted_loss_mse=float(sol.cost) + self.fixed_cost,
                     predicted_gain=float(sol.objective), gain_unit=gains.unit,
                     baseline_seconds=float(gains.baseline_seconds), predicted_memory=memory,
                     candidates=self.table.candidates, objective=objective,

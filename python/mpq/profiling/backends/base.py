@@ -31,6 +31,12 @@ class Backend:
     def supported(self, candidate: str) -> bool:
         return "*" in self.kernels or candidate in self.kernels
 
+    def unsupported_reason(self, candidate: str) -> str:
+        """Why ``candidate`` cannot run on this backend here ("" when it can)."""
+        if self.supported(candidate):
+            return ""
+        return f"it runs {', '.join(k for k in self.kernels if k != '*')}"
+
     def kernel(self, candidate: str) -> str:
         return self.kernels.get(candidate, self.kernels.get("*", ""))
 
@@ -48,9 +54,16 @@ class TimedBackend(Backend):
         """(model to time, example input for it): a copy in the backend's base format on its device."""
         raise NotImplementedError
 
-    def make_module(self, linear, candidate: str, act_scale: Optional[float] = None):
-        """The module ``linear`` runs as in ``candidate`` (static candidates need ``act_scale``)."""
+    def make_module(self, linear, candidate: str, act_scale: Optional[float] = None,
+                    implementation: Optional[str] = None):
+        """The module ``linear`` runs as in ``candidate`` (static candidates need ``act_scale``), with
+        ``implementation`` (one of ``implementations(candidate)``; None where there is one built-in kernel)."""
         raise NotImplementedError
+
+    def implementations(self, candidate: str) -> tuple[str, ...]:
+        """The implementations of ``candidate`` that may run here, fastest found by timing (profiling.kernel_choice);
+        empty where the backend has one built-in kernel per candidate."""
+        return ()
 
     def clock(self):
         raise NotImplementedError

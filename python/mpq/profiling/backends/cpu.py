@@ -8,7 +8,8 @@ import os
 
 import torch
 
-from ...application.native_cpu import CPU_KERNELS, native_linear
+from ...application import cpu_features, cpu_kernels
+from ...application.cpu_kernels import CPU_KERNELS, native_linear
 from ...models import copy_sharing_tensors
 from ..timing import PerfClock, ThreadClock
 from .base import TimedBackend
@@ -28,8 +29,22 @@ class CpuBackend(TimedBackend):
         # base sub-graphs are timed on the memory the unquantized model and every plan model run from
         return copy_sharing_tensors(model).eval(), example_input
 
-    def make_module(self, linear, candidate: str, act_scale=None):
-        return native_linear(linear, candidate, act_scale)
+    def supported(self, candidate: str) -> bool:
+        return bool(cpu_kernels.admitted(candidate)) if candidate in CPU_KERNELS else False
+
+    def unsupported_reason(self, candidate: str) -> str:
+        if candidate not in CPU_KERNELS:
+            return super().unsupported_reason(candidate)
+        return cpu_kernels.why_not(candidate)
+
+    def implementations(self, candidate: str) -> tuple[str, ...]:
+        return tuple(impl.name for impl in cpu_kernels.admitted(candidate))
+
+    def make_module(self, linear, candidate: str, act_scale=None, implementation=None):
+        return native_linear(linear, candidate, act_scale, implementation)
+
+    def extra_meta(self) -> dict:
+        return {"cpu": cpu_features.describe()}
 
     def clock(self):
         mode = os.environ.get("MPQ_CPU_CLOCK", "thread")

@@ -45,7 +45,7 @@ class CudaBackend(TimedBackend):
     def prepare(self, model, example_input):
         return prepare_bf16_on("cuda", model, example_input)
 
-    def make_module(self, linear, candidate: str, act_scale=None):
+    def make_module(self, linear, candidate: str, act_scale=None, implementation=None):
         return native_cuda.make_module(linear, candidate, act_scale)
 
     def clock(self):

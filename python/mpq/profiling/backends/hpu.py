@@ -143,7 +143,7 @@ class HpuBackend(TimedBackend):
     def prepare(self, model, example_input):
         return prepare_bf16_on("hpu", model, example_input)
 
-    def make_module(self, linear, candidate: str, act_scale=None):
+    def make_module(self, linear, candidate: str, act_scale=None, implementation=None):
         return HpuFp8Linear(linear, candidate, act_scale)
 
     def clock(self):

@@ -1,0 +1,39 @@
+"""Which implementation runs a candidate on a layer: the fastest of those the backend admits on this machine,
+timed on the layer's own recorded input (so per layer shape and phase), interleaved and paired like every other
+timing of mpq. Layers of one shape share one measurement."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Mapping, Optional
+
+import numpy as np
+import torch
+
+from .timing import time_callable
+
+
+@dataclass
+class Choice:
+    implementation: Optional[str]        # None: the backend has one built-in kernel per candidate
+    seconds: Mapping[str, float]         # median seconds of every implementation timed (empty when only one)
+
+
+def choose(make: Callable[[Optional[str]], torch.nn.Module], names, x: torch.Tensor, clock, repeats: int,
+           warmup: int) -> tuple[Choice, torch.nn.Module]:
+    """Times ``make(name)(x)`` for every implementation name and returns the fastest with its module; one name
+    (or none) is taken without timing."""
+    names = list(names)
+    if len(names) <= 1:
+        name = names[0] if names else None
+        return Choice(name, {}), make(name)
+    modules = [make(n) for n in names]
+    t = time_callable([lambda m=m: m(x) for m in modules], repeats, warmup, clock)
+    med = np.median(t, axis=1)
+    best = int(np.argmin(med))
+    return Choice(names[best], {n: float(s) for n, s in zip(names, med)}), modules[best]
+
+
+def shape_key(linear: torch.nn.Linear, x: torch.Tensor, candidate: str, act_scale) -> tuple:
+    """What decides the fastest implementation: the candidate, the GEMM's M, K, N and whether a bias is added."""
+    rows = int(np.prod(x.shape[:-1]))
+    return candidate, rows, linear.in_features, linear.out_features, linear.bias is not None, act_scale is None
