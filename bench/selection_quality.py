@@ -10,7 +10,7 @@ Methods, all at the same required predicted gain (min_gain = a fraction of the f
            MCKP, solved by the same solver and target;
   random   random per-sub-graph configurations until the target is met (median and best of ``--random-plans``).
 Every plan is measured: perplexity and loss MSE against the base model on the held-out windows (``apply(mode=
-"fake")``), end-to-end prefill time of one window on one thread (``apply(mode="native")``, ``time_prefill``).
+"fake")``), end-to-end prefill time of one window on one thread (``apply(mode="native")``, ``time_phase``).
 
 Usage:  python bench/selection_quality.py [--reuse] [--candidates int8,w8a16] [--calib-windows 16]
         [--eval-windows 8] [--random-plans 10] [--fractions 0.25,0.5,0.75]
@@ -40,7 +40,7 @@ from _util import machine_line  # noqa: E402
 from mpq.calibration import calibrate  # noqa: E402
 from mpq.data import lm_batches, token_windows, tokenize  # noqa: E402
 from mpq.artifacts import GainTable  # noqa: E402
-from mpq.demo_run import RunSettings, demo_text, load_model, measure, per_sample_losses, time_prefill  # noqa: E402
+from mpq.demo_run import RunSettings, demo_text, load_model, measure, per_sample_losses, time_phase  # noqa: E402
 from mpq.profiling import profile  # noqa: E402
 from mpq.selection import select  # noqa: E402
 from mpq.artifacts import SensitivityTable  # noqa: E402
@@ -165,12 +165,12 @@ def main(argv=None) -> int:
                      seconds_iqr=r.seconds_iqr)
             memo[keyp] = r
         if n == len(todo) // 2:  # base again, half-way: the load of the box drifts
-            base_times.append(time_prefill(model, example, args.timing_repeats)[0])
+            base_times.append(time_phase(model, example, "prefill", args.timing_repeats)[0])
         rows.append(dict(target=ti, method=method, n_quantized=len(mapping), pred_gain=gains.predict(mapping),
                          pred_mse=table.predicted_mse(mapping), ppl=r["ppl"], loss_mse=r["loss_mse"],
                          seconds=r["seconds"], seconds_iqr=r["seconds_iqr"], info=info,
                          mapping=mapping))
-    base_times.append(time_prefill(model, example, args.timing_repeats)[0])
+    base_times.append(time_phase(model, example, "prefill", args.timing_repeats)[0])
     base_s = statistics.median(base_times)
     for r in rows:
         r["speedup"] = base_s / r["seconds"]

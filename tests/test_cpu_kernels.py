@@ -157,3 +157,17 @@ def test_bad_static_scales_are_refused_when_given():
         for mode in ("fake", "native"):
             with pytest.raises(ValueError, match="positive finite"):
                 mpq.apply(m, {"0": "int8_static"}, mode=mode, act_scales={"0": bad})
+
+
+def test_shapes_an_implementation_cannot_run_are_refused_not_run():
+    """torch 2.13's _weight_int8pack_mm gives wrong sums for K = 68 and crashes for K = 70; int4pack needs N % 16."""
+    with pytest.raises(ValueError, match="in_features divisible by 8, got 70"):
+        K.native_linear(nn.Linear(70, 32), "w8a16")
+    with pytest.raises(ValueError, match="out_features divisible by 16, got 300"):
+        K.native_linear(nn.Linear(64, 300), "w4a16", None, "torch_int4pack")
+    assert K.runnable(nn.Linear(64, 300), "w4a16") == ()
+    assert [i.name for i in K.runnable(nn.Linear(70, 32), "int8")] == ["mpq_int8", "torch_int_mm"]
+    m = nn.Sequential(nn.Linear(64, 96), nn.ReLU(), nn.Linear(96, 300))
+    gains = mpq.profile(m, torch.randn(4, 64), candidates=("w4a16",), backend="cpu", repeats=3, per_layer=False)
+    used = {l: set(sg.configs[:, i].tolist()) for sg in gains.subgraphs for i, l in enumerate(sg.layers)}
+    assert used["2"] == {0} and used["0"] == {0, 1}  # the 96x300 layer stays base: no kernel runs it

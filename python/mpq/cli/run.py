@@ -10,7 +10,10 @@ from ._common import MODEL_HELP, add_candidates, check_model, parse_candidates
 def register(sub) -> None:
     p = sub.add_parser("run", help="run the whole pipeline (default: the built-in SmolLM2 demo)", description=__doc__)
     p.add_argument("--model", default="smollm2", help=f"{MODEL_HELP} (default smollm2)")
-    add_candidates(p)
+    add_candidates(p, auto=True)
+    p.add_argument("--phase", default="prefill", choices=("prefill", "decode"),
+                   help="what is profiled and timed: the whole prompt (prefill, default) or one token with the "
+                   "prompt in the KV cache (decode, the tokens-per-second figure)")
     p.add_argument("--max-loss-rmse", type=float, default=0.01, help="loss budget in nats (default 0.01)")
     p.add_argument("--calib-windows", type=int, default=16, help="calibration sequences (default 16)")
     p.add_argument("--eval-windows", type=int, default=8, help="held-out evaluation sequences (default 8)")
@@ -21,11 +24,11 @@ def register(sub) -> None:
 
 
 def main(args) -> int:
-    candidates = parse_candidates(args.candidates)
+    candidates = parse_candidates(args.candidates, allow_auto=True)
     check_model(args.model)
     from ..demo_run import RunSettings, run
     settings = RunSettings(out_dir=Path(args.out), model=None if args.model == "smollm2" else args.model,
-                           candidates=candidates, max_loss_rmse=args.max_loss_rmse, calib_windows=args.calib_windows,
+                           candidates=candidates, phase=args.phase, max_loss_rmse=args.max_loss_rmse, calib_windows=args.calib_windows,
                            eval_windows=args.eval_windows, seq_len=args.seq_len, progress=not args.no_progress)
     run(settings)
     return 0

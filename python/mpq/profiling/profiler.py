@@ -214,8 +214,8 @@ def profile(model: nn.Module, example_input, candidates: Sequence[str] = ("int8"
     layers = tuple(l for sg in subgraphs for l in sg.layers)
     table_cands = (BASE,) + cand_names
 
-    def applies(l, c):
-        return get_candidate(c).applies_to(named[l].weight)
+    def applies(l, c):  # the candidate's grouping fits, and a kernel of the backend runs the layer's shape
+        return get_candidate(c).applies_to(named[l].weight) and (not be.timed or be.runs(named[l], c))
 
     enum = [enumerate_configs(sg, cand_names, applies, max_configs, seed) for sg in subgraphs]
     configs = [e[0] for e in enum]
@@ -329,8 +329,8 @@ def _timed(backend, work, run, subgraphs, configs, table_cands, inputs, act_scal
                 if key in timed_shapes:  # a layer of a shape already measured runs what won there
                     modules[(l, c)] = make(timed_shapes[key].implementation)
                 else:
-                    timed_shapes[key], modules[(l, c)] = choose(make, backend.implementations(c), inputs[l], clock,
-                                                                repeats, warmup)
+                    timed_shapes[key], modules[(l, c)] = choose(make, backend.implementations(c, named[l]),
+                                                                inputs[l], clock, repeats, warmup)
                 chosen.setdefault(l, {})[c] = timed_shapes[key].implementation
     seg, base_whole, passes, base_mixed = time_in_model(work, run, subgraphs, configs, table_cands, modules, clock,
                                                         repeats, warmup, seed)

@@ -60,9 +60,13 @@ class TimedBackend(Backend):
         ``implementation`` (one of ``implementations(candidate)``; None where there is one built-in kernel)."""
         raise NotImplementedError
 
-    def implementations(self, candidate: str) -> tuple[str, ...]:
-        """The implementations of ``candidate`` that may run here, fastest found by timing (profiling.kernel_choice);
-        empty where the backend has one built-in kernel per candidate."""
+    def runs(self, linear, candidate: str) -> bool:
+        """Whether some kernel of the backend runs ``linear``'s shape in ``candidate``."""
+        return True
+
+    def implementations(self, candidate: str, linear=None) -> tuple[str, ...]:
+        """The implementations of ``candidate`` that may run here (on ``linear``'s shape, when given), the fastest
+        found by timing (profiling.kernel_choice); empty where the backend has one built-in kernel per candidate."""
         return ()
 
     def clock(self):

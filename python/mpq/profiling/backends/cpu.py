@@ -37,8 +37,12 @@ class CpuBackend(TimedBackend):
             return super().unsupported_reason(candidate)
         return cpu_kernels.why_not(candidate)
 
-    def implementations(self, candidate: str) -> tuple[str, ...]:
-        return tuple(impl.name for impl in cpu_kernels.admitted(candidate))
+    def runs(self, linear, candidate: str) -> bool:
+        return bool(cpu_kernels.runnable(linear, candidate))
+
+    def implementations(self, candidate: str, linear=None) -> tuple[str, ...]:
+        impls = cpu_kernels.admitted(candidate) if linear is None else cpu_kernels.runnable(linear, candidate)
+        return tuple(impl.name for impl in impls)
 
     def make_module(self, linear, candidate: str, act_scale=None, implementation=None):
         return native_linear(linear, candidate, act_scale, implementation)

@@ -1,0 +1,69 @@
+"""Which candidates pay on this CPU for this model and phase: each one's fastest admitted implementation timed
+against the model's own float32 Linear on the input that Linear receives in the phase, for the shape that holds
+most of the model's multiply-adds. ``mpq run`` uses it to choose its candidates instead of assuming them."""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .backends import get_backend
+from .kernel_choice import choose
+from .timing import time_callable
+
+POOL = ("int8", "w8a16", "bf16", "fp16", "fp8", "w4a16")
+
+
+@dataclass(frozen=True)
+class Paying:
+    candidate: str
+    implementation: str
+    speedup: float          # fp32 seconds / candidate seconds on the probed layer (> 1: faster)
+
+
+def paying_candidates(model: nn.Module, example_input, phase: str = "prefill", pool: Sequence[str] = POOL,
+                      min_speedup: float = 1.1, repeats: int = 7) -> tuple[list[Paying], dict]:
+    """(candidates of ``pool`` with speedup >= ``min_speedup``, fastest first; what was probed: the layer, its
+    shape and every candidate's speedup). One thread, the cpu backend's clock and implementations."""
+    from .profiler import _record_inputs, make_runner
+    be = get_backend("cpu")
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    if not linears:
+        raise ValueError("the model has no nn.Linear layer to quantize")
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run, _ = make_runner(model, example_input, phase)
+        inputs = _record_inputs(model, list(linears), run)
+        # the (K, N) shape with the most multiply-adds over the model, and one layer of it
+        macs = Counter()
+        for n, m in linears.items():
+            macs[(m.in_features, m.out_features)] += m.in_features * m.out_features
+        shape = macs.most_common(1)[0][0]
+        name = next(n for n, m in linears.items() if (m.in_features, m.out_features) == shape)
+        lin, x = linears[name], inputs[name]
+        clock = be.clock()
+        speed = {}
+        for c in pool:
+            if not be.supported(c) or not _applies(c, lin) or not be.runs(lin, c):
+                continue
+            choice, module = choose(lambda impl, c=c: be.make_module(lin, c, None, impl),
+                                    be.implementations(c, lin), x, clock, repeats, 1)
+            t = time_callable([lambda: lin(x), lambda: module(x)], repeats, 1, clock)
+            med = np.median(t, axis=1)
+            speed[c] = Paying(c, choice.implementation, float(med[0] / med[1]))
+    finally:
+        torch.set_num_threads(old)
+    ranked = sorted(speed.values(), key=lambda p: -p.speedup)
+    probe = {"layer": name, "rows": int(np.prod(x.shape[:-1])), "in_features": shape[0], "out_features": shape[1],
+             "phase": phase, "speedups": {p.candidate: p.speedup for p in ranked}}
+    return [p for p in ranked if p.speedup >= min_speedup], probe
+
+
+def _applies(candidate: str, linear: nn.Linear) -> bool:
+    from ..candidates import get_candidate
+    return get_candidate(candidate).applies_to(linear.weight)

@@ -1,0 +1,51 @@
+"""`mpq run` end to end on a tiny saved Llama: the candidates it chooses by measurement, both phases, and the
+files it writes (the SmolLM2 default is not installed in CI; tests/test_run_cli.py checks its clear error)."""
+import json
+
+import pytest
+
+import mpq
+
+from _cli_model import save_tiny_causal_lm
+from mpq.demo_run import RunSettings, run
+
+
+@pytest.fixture(scope="module")
+def lm(tmp_path_factory):
+    return save_tiny_causal_lm(tmp_path_factory.mktemp("tiny_lm"))
+
+
+def small(lm, out, **kw):
+    return RunSettings(out_dir=out, model=str(lm), seq_len=32, calib_windows=4, eval_windows=2, batch_size=2,
+                       front_points=4, measured_points=2, timing_tokens=16, profile_repeats=3, timing_repeats=3,
+                       progress=False, **kw)
+
+
+@pytest.mark.parametrize("phase", ["prefill", "decode"])
+def test_run_writes_its_artifacts_and_measures_the_phase(lm, tmp_path, phase, capsys):
+    summary = run(small(lm, tmp_path / "out", candidates=("int8", "w8a16"), phase=phase))
+    names = {p.name for p in (tmp_path / "out").iterdir()}
+    assert {"sensitivity.npz", "gains.npz", "plan.json", "report.html", "summary.json"} <= names
+    assert json.loads((tmp_path / "out" / "summary.json").read_text()) == json.loads(json.dumps(summary))
+    gains = mpq.GainTable.load(tmp_path / "out" / "gains.npz")
+    assert gains.phase == phase and gains.meta["implementations"]
+    plan = mpq.Plan.load(tmp_path / "out" / "plan.json")
+    assert set(plan.implementations) == set(plan.quantized)
+    assert [r["name"] for r in summary["results"]][:3] == ["base", "all int8", "chosen plan"]
+    assert all(r["seconds"] > 0 for r in summary["results"])
+
+
+def test_auto_candidates_are_measured_and_printed(lm, tmp_path, capsys):
+    import torch
+    from mpq.data import load_causal_lm
+    from mpq.profiling.paying import paying_candidates
+    model, _ = load_causal_lm(str(lm))
+    ids = torch.randint(0, 200, (1, 16))
+    paying, probe = paying_candidates(model, {"input_ids": ids}, "prefill", pool=("int8", "w8a16", "bf16"))
+    assert set(probe["speedups"]) == {"int8", "w8a16", "bf16"} and probe["rows"] == 16
+    assert [p.candidate for p in paying] == [c for c, s in probe["speedups"].items() if s >= 1.1]
+    run(small(lm, tmp_path / "auto"))
+    err = capsys.readouterr().err
+    assert "speed of each candidate against fp32" in err
+    chosen = mpq.SensitivityTable.load(tmp_path / "auto" / "sensitivity.npz").candidates
+    assert f"candidates: {', '.join(chosen)} (" in err or f"taking the least slow, {chosen[0]}" in err
