@@ -13,9 +13,10 @@ import numpy as np
 from .artifacts.io import atomic_file, write_json
 
 
-def plot_front(front, results, baseline_seconds: float, path: Path) -> bool:
-    """Loss MSE against speedup: the predicted front, the measured plans and the baselines. Returns False (and
-    writes nothing) when matplotlib is missing."""
+def plot_front(front, results, baseline_seconds: float, path: Path, phase: str = "prefill") -> bool:
+    """Loss MSE against speedup: the predicted front, the measured plans and the baselines; and every measured
+    point against its prediction (also the uniform plan's and the small plans', clamped to the axis floor where a
+    figure is 0). Returns False (and writes nothing) when matplotlib is missing."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -41,19 +42,21 @@ def plot_front(front, results, baseline_seconds: float, path: Path) -> bool:
                     lw=0.8)
     ax.set_xscale("log")
     ax.set_xlabel("loss MSE against the base model (log)")
-    ax.set_ylabel("speedup of a prefill (x, one CPU thread)")
+    ax.set_ylabel(f"speedup of a {phase} step (x, one CPU thread)")
     ax.set_title("Pareto front: predicted (grey) and measured (dots)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    planned = [r for r in results if r.plan is not None and r.loss_mse > 0 and r.predicted_mse > 0]
+    planned = [r for r in results if r.name != "base" and np.isfinite(r.predicted_mse) and np.isfinite(r.loss_mse)
+               and max(r.predicted_mse, r.loss_mse) > 0]
     if planned:
-        p = np.array([r.predicted_mse for r in planned])
-        m = np.array([r.loss_mse for r in planned])
+        floor = 1e-3 * min(v for r in planned for v in (r.predicted_mse, r.loss_mse) if v > 0)
+        p = np.array([max(r.predicted_mse, floor) for r in planned])
+        m = np.array([max(r.loss_mse, floor) for r in planned])
         ax2.loglog(p, m, "o")
         lo, hi = min(p.min(), m.min()), max(p.max(), m.max())
         ax2.plot([lo, hi], [lo, hi], "--", color="#888", label="measured = predicted")
-        for r in planned:
-            ax2.annotate(r.name, (r.predicted_mse, r.loss_mse), fontsize=7)
+        for r, x, y in zip(planned, p, m):
+            ax2.annotate(r.name, (x, y), fontsize=7)
         ax2.legend(fontsize=8)
     ax2.set_xlabel("predicted loss MSE (Σ s[l,c])")
     ax2.set_ylabel("measured loss MSE")
@@ -96,7 +99,7 @@ def _finite(x):
 
 def write_report(out: Path, table, gains, plan, front, results, settings, seconds: float) -> dict:
     png = out / "pareto.png"
-    have_png = plot_front(front, results, gains.baseline_seconds, png)
+    have_png = plot_front(front, results, gains.baseline_seconds, png, gains.phase)
     base = next(r for r in results if r.name == "base")
     text = format_results(results)
     print(plan.summary())
@@ -105,7 +108,7 @@ def write_report(out: Path, table, gains, plan, front, results, settings, second
     for i, p in enumerate(front):
         print(f"{i:3d} {p.predicted_loss_mse:10.3g} {p.predicted_gain:9.4f} {p.predicted_speedup:8.3f} "
               f"{len(p.quantized):8d}")
-    print("Measured (held-out perplexity, loss MSE against the base model, prefill time on one CPU thread):")
+    print(f"Measured (held-out perplexity, loss MSE against the base model, {gains.phase} time on one CPU thread):")
     print(text)
     rows = []
     for r in results:
@@ -139,7 +142,7 @@ The whole run took {seconds:.0f} s.</p>
 {img}
 <h2>Predicted against measured</h2>
 {_table(["plan", "layers quantized", "predicted loss MSE", "measured loss MSE", "perplexity (held out)",
-         "predicted speedup", "measured speedup", "prefill ms"], rows)}
+         "predicted speedup", "measured speedup", f"{gains.phase} ms"], rows)}
 <h2>Pareto front (predicted)</h2>
 {_table(["#", "loss-MSE budget", "predicted loss MSE", "predicted gain (s)", "predicted speedup",
          "layers quantized"], front_rows)}
