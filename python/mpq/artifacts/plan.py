@@ -16,6 +16,10 @@ read and edit plans) with keys
                                   activation scales: the calibrated scales, so ``apply`` runs what was measured
   implementations                 {layer: CPU implementation} the profile timed each quantized layer with (cpu
                                   backend only), so ``apply(mode="native")`` installs exactly those
+  predicted_loss_mse_stderr       the standard error of predicted_loss_mse, from the per-sample δ (null: unknown)
+  verification                    {} or, for a plan checked by measurement (``select(verify=...)``): measured_loss_mse
+                                  and measured_loss_mse_stderr on the verification sequences, samples, rounds, the
+                                  additive budget the last solve used, the bound ("estimate" or "upper"), warnings
 """
 from __future__ import annotations
 
@@ -45,11 +49,14 @@ class Plan:
     artifacts: Mapping = field(default_factory=dict)
     act_scales: Mapping[str, float] = field(default_factory=dict)
     implementations: Mapping[str, str] = field(default_factory=dict)
+    predicted_loss_mse_stderr: Optional[float] = None
+    verification: Mapping = field(default_factory=dict)
 
     def __post_init__(self):
         object.__setattr__(self, "mapping", dict(self.mapping))
         object.__setattr__(self, "act_scales", {k: float(v) for k, v in self.act_scales.items()})
         object.__setattr__(self, "implementations", dict(self.implementations))
+        object.__setattr__(self, "verification", dict(self.verification))
         for what, names in (("act_scales", self.act_scales), ("implementations", self.implementations)):
             stray = sorted(set(names) - set(self.mapping))
             if stray:
@@ -87,15 +94,21 @@ class Plan:
         parts = ", ".join(f"{c}: {n}" for c, n in sorted(self.counts().items()))
         speed = self.predicted_speedup
         speed_txt = f", predicted speedup {speed:.3f}x" if not math.isnan(speed) else ""
-        return (f"Plan: {len(self.mapping)} layers ({parts}); predicted loss MSE {self.predicted_loss_mse:.4g}, "
-                f"gain {self.predicted_gain:.4g} {self.gain_unit}{speed_txt}; solver {self.solver.get('status', '?')}")
+        se = self.predicted_loss_mse_stderr
+        se_txt = f" ± {se:.2g}" if se is not None and math.isfinite(se) else ""
+        v = self.verification
+        v_txt = (f"; measured {v['measured_loss_mse']:.4g} ± {v['measured_loss_mse_stderr']:.2g} on "
+                 f"{v['samples']} held-out sequences" if "measured_loss_mse" in v else "")
+        return (f"Plan: {len(self.mapping)} layers ({parts}); predicted loss MSE {self.predicted_loss_mse:.4g}"
+                f"{se_txt}{v_txt}, gain {self.predicted_gain:.4g} {self.gain_unit}{speed_txt}; solver "
+                f"{self.solver.get('status', '?')}")
 
     # --- files ------------------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
         d = asdict(self)
         d["candidates"] = list(self.candidates)
-        for key in ("baseline_seconds",):
-            if isinstance(d[key], float) and math.isnan(d[key]):
+        for key in ("baseline_seconds", "predicted_loss_mse", "predicted_gain", "predicted_loss_mse_stderr"):
+            if isinstance(d[key], float) and not math.isfinite(d[key]):  # unknown figures: null, as JSON has no NaN
                 d[key] = None
         return {"format": FORMAT, "version": VERSION, "mpq": _version(), **d}
 
@@ -130,13 +143,34 @@ class Plan:
         if not isinstance(impls, Mapping) or not all(isinstance(k, str) and isinstance(v, str)
                                                      for k, v in impls.items()):
             raise ValueError(f"{source}: 'implementations' must be an object of layer name -> implementation name")
-        baseline = d.get("baseline_seconds")
-        return cls(mapping=mapping, predicted_loss_mse=float(d.get("predicted_loss_mse", float("nan"))),
-                   predicted_gain=float(d.get("predicted_gain", float("nan"))), gain_unit=d.get("gain_unit", ""),
-                   baseline_seconds=float("nan") if baseline is None else float(baseline),
+
+        def number(key):  # null or absent: unknown
+            v = _optional_number(d.get(key), source, key)
+            return float("nan") if v is None else v
+
+        return cls(mapping=mapping, predicted_loss_mse=number("predicted_loss_mse"),
+                   predicted_gain=number("predicted_gain"), gain_unit=d.get("gain_unit", ""),
+                   baseline_seconds=number("baseline_seconds"),
                    predicted_memory=d.get("predicted_memory"), candidates=tuple(d.get("candidates", ())),
                    objective=d.get("objective", {}), solver=d.get("solver", {}), artifacts=d.get("artifacts", {}),
-                   act_scales=scales, implementations=impls)
+                   act_scales=scales, implementations=impls,
+                   predicted_loss_mse_stderr=_optional_number(d.get("predicted_loss_mse_stderr"), source,
+                                                              "predicted_loss_mse_stderr"),
+                   verification=_mapping(d.get("verification", {}), source, "verification"))
+
+
+def _optional_number(x, source: str, key: str) -> Optional[float]:
+    if x is None:
+        return None
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        raise ValueError(f"{source}: {key!r} must be a number or null, got {type(x).__name__}")
+    return float(x)
+
+
+def _mapping(x, source: str, key: str) -> dict:
+    if not isinstance(x, Mapping):
+        raise ValueError(f"{source}: {key!r} must be an object, got {type(x).__name__}")
+    return dict(x)
 
 
 def _version() -> str:

@@ -100,6 +100,15 @@ class SensitivityTable:
         li, ci = self._plan_idx(plan)
         return float(self.mse[li, ci].sum())
 
+    def predicted_mse_stderr(self, plan: Mapping[str, str]) -> float:
+        """Standard error of ``predicted_mse``: the layers share their samples, so it is the spread of the
+        per-sample sums Σ_l δ[n, l, plan(l)]² over samples / √N, not a sum of the layers' errors."""
+        li, ci = self._plan_idx(plan)
+        if self.n_samples < 2:
+            return float("nan")
+        per_sample = (self.delta[:, li, ci] ** 2).sum(axis=1)
+        return float(np.std(per_sample, ddof=1) / np.sqrt(self.n_samples))
+
     def plan_mse_with_cross_terms(self, plan: Mapping[str, str]) -> float:
         """mean_n (Σ_l δ[n, l, plan(l)])²: the first-order model including the cross terms."""
         li, ci = self._plan_idx(plan)

@@ -18,6 +18,9 @@ def register(sub) -> None:
     p.add_argument("--calib-windows", type=int, default=16, help="calibration sequences (default 16)")
     p.add_argument("--eval-windows", type=int, default=8, help="held-out evaluation sequences (default 8)")
     p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--verify-windows", type=int, default=8, help="held-out sequences the chosen plan is measured "
+                   "on, the budget tightened until the measurement holds (default 8)")
+    p.add_argument("--no-verify", action="store_true", help="select on the first-order estimate alone")
     p.add_argument("--out", default="mpq_run", help="folder for the artifacts and the report")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=main)
@@ -28,7 +31,9 @@ def main(args) -> int:
     check_model(args.model)
     from ..demo_run import RunSettings, run
     settings = RunSettings(out_dir=Path(args.out), model=None if args.model == "smollm2" else args.model,
-                           candidates=candidates, phase=args.phase, max_loss_rmse=args.max_loss_rmse, calib_windows=args.calib_windows,
-                           eval_windows=args.eval_windows, seq_len=args.seq_len, progress=not args.no_progress)
+                           candidates=candidates, phase=args.phase, max_loss_rmse=args.max_loss_rmse,
+                           calib_windows=args.calib_windows, eval_windows=args.eval_windows,
+                           verify_windows=0 if args.no_verify else args.verify_windows, seq_len=args.seq_len,
+                           progress=not args.no_progress)
     run(settings)
     return 0

@@ -23,15 +23,21 @@ def select(table: SensitivityTable, gains: GainTable, *, max_loss_mse: Optional[
            max_loss_rmse: Optional[float] = None, min_gain: Optional[float] = None,
            target_speedup: Optional[float] = None, max_memory: Optional[float] = None, solver: str = "exact",
            pin: Optional[Mapping[str, str]] = None, keep: Optional[Iterable[str]] = None,
-           time_limit: Optional[float] = None) -> Plan:
+           time_limit: Optional[float] = None, verify=None, verify_bound: str = "estimate",
+           verify_rounds: int = 8) -> Plan:
     """The best plan for one objective; give exactly one of ``max_loss_mse``, ``max_loss_rmse`` (the loss
     budget), ``min_gain`` or ``target_speedup`` (the least loss MSE reaching that gain / speedup).
 
     max_memory: bytes of the timed layers' weights (from a GainTable with ``layer_bytes``, e.g. backend "memory").
     pin: {layer name or regex: candidate} forces those layers; keep: names or regexes of layers that stay in the
     model's own precision. A pattern that matches no layer is an error.
-    @raises ValueError for mismatched artifacts, an unknown layer pattern, or a budget no plan can meet (the
-    message gives the smallest feasible budget).
+    verify: ``(model, batches)`` or ``(model, batches, loss_fn)`` with held-out batches (default loss: a causal
+    LM's): with a loss budget, the plan is fake-quantized and its loss MSE measured against the base model there;
+    while the measurement (``verify_bound="estimate"``, the default) or its upper bound (``"upper"``: estimate + 2
+    standard errors) exceeds the budget, the additive budget is tightened and the problem solved again, in at most
+    ``verify_rounds`` measurements. The Plan's ``verification`` records what was measured.
+    @raises ValueError for mismatched artifacts, an unknown layer pattern, a budget no plan can meet (the message
+    gives the smallest feasible budget), or, with verify, a budget no quantized plan measured within.
     """
     kind, value = _objective(max_loss_mse, max_loss_rmse, min_gain, target_speedup)
     problem = Problem.build(table, gains, pin=pin, keep=keep, with_memory=max_memory is not None)
@@ -46,22 +52,34 @@ def select(table: SensitivityTable, gains: GainTable, *, max_loss_mse: Optional[
     kwargs = dict(solver=solver, time_limit=time_limit)
     if max_memory is not None:
         kwargs.update(memory=problem.memory, max_memory=max_memory)
+    objective = {"kind": kind, "value": value, **({"max_memory": max_memory} if max_memory else {})}
     if kind in ("max_loss_mse", "max_loss_rmse"):
         budget = value if kind == "max_loss_mse" else value ** 2
-        sol = solve_mckp(problem.gains, problem.costs, budget - problem.fixed_cost, **kwargs)
-        _check_solved(sol, kind, value, problem)
-    else:
-        need = value if kind == "min_gain" else need
-        sol = solve_mckp(problem.gains, problem.costs, min_gain=need, **kwargs)
-        _check_solved(sol, kind, value, problem)
-    return problem.plan(sol, {"kind": kind, "value": value, **({"max_memory": max_memory} if max_memory else {})})
+
+        def solve(additive_budget: float) -> Plan:
+            sol = solve_mckp(problem.gains, problem.costs, additive_budget - problem.fixed_cost, **kwargs)
+            _check_solved(sol, kind, value, problem)
+            return problem.plan(sol, objective)
+
+        if verify is None:
+            return solve(budget)
+        from .measured import Verifier, verified_select
+        return verified_select(solve, budget, Verifier.of(verify), bound=verify_bound, max_rounds=verify_rounds,
+                               calibration_fingerprint=table.data_fingerprint)
+    if verify is not None:
+        raise ValueError("verify checks a loss budget: use it with max_loss_mse or max_loss_rmse")
+    need = value if kind == "min_gain" else need
+    sol = solve_mckp(problem.gains, problem.costs, min_gain=need, **kwargs)
+    _check_solved(sol, kind, value, problem)
+    return problem.plan(sol, objective)
 
 
 def pareto(table: SensitivityTable, gains: GainTable, budgets: Optional[Sequence[float]] = None, *,
            solver: str = "exact", pin: Optional[Mapping[str, str]] = None, keep: Optional[Iterable[str]] = None,
-           points: int = 30) -> list[Plan]:
+           points: int = 30, verify=None) -> list[Plan]:
     """The loss-MSE / gain front: one plan per loss budget (default: ``points`` budgets spaced geometrically from
-    the cheapest non-zero cost to the cost of the fastest plan), solved with one shared preprocessing."""
+    the cheapest non-zero cost to the cost of the fastest plan), solved with one shared preprocessing. With
+    ``verify`` (as in ``select``) every plan is also measured once, its ``verification`` saying whether it held."""
     problem = Problem.build(table, gains, pin=pin, keep=keep)
     if budgets is None:
         budgets = problem.default_budgets(points)
@@ -74,6 +92,9 @@ def pareto(table: SensitivityTable, gains: GainTable, budgets: Optional[Sequence
         if sol.status == "infeasible":
             continue
         plans.append(problem.plan(sol, {"kind": "max_loss_mse", "value": b}))
+    if verify is not None:
+        from .measured import Verifier, measured_front
+        plans = measured_front(plans, Verifier.of(verify), table.data_fingerprint)
     return plans
 
 
@@ -168,6 +189,7 @@ class Problem:
         impls = {layer: timed_with[layer][c] for layer, c in mapping.items()
                  if c != BASE and c in timed_with.get(layer, {})}
         return Plan(mapping=mapping, act_scales=self.act_scales(mapping), implementations=impls,
+                    predicted_loss_mse_stderr=self.table.predicted_mse_stderr(mapping),
                     predicted_loss_mse=float(sol.cost) + self.fixed_cost,
                     predicted_gain=float(sol.objective), gain_unit=gains.unit,
                     baseline_seconds=float(gains.baseline_seconds), predicted_memory=memory,

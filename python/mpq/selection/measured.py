@@ -1,0 +1,140 @@
+"""A loss budget that holds when measured: the selected plan is fake-quantized and its loss MSE against the base
+model measured on verification sequences that calibration did not use; while the measurement is over the
+budget, the additive budget the solver sees is tightened and the problem solved again (a solve costs
+milliseconds, a measurement one forward pass over the verification set)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import torch
+
+BOUNDS = ("estimate", "upper")   # "within budget": the measured estimate, or estimate + 2 standard errors
+
+
+@dataclass(frozen=True)
+class Verifier:
+    """The model and held-out batches a plan is measured on (``select(verify=...)`` builds it from a tuple
+    ``(model, batches)`` or ``(model, batches, loss_fn)``; the default loss is a causal LM's)."""
+    model: torch.nn.Module
+    batches: Sequence
+    loss_fn: Optional[Callable] = None
+
+    @classmethod
+    def of(cls, verify) -> "Verifier":
+        if isinstance(verify, Verifier):
+            return verify
+        if not isinstance(verify, (tuple, list)) or len(verify) not in (2, 3):
+            raise ValueError("verify must be (model, batches) or (model, batches, loss_fn)")
+        v = cls(*verify)
+        if not isinstance(v.model, torch.nn.Module):
+            raise ValueError(f"verify: the model must be an nn.Module, got {type(v.model).__name__}")
+        if isinstance(v.batches, (str, bytes)) or not len(v.batches):
+            raise ValueError("verify: batches must be a non-empty sequence of batches")
+        return v
+
+    def losses(self, model) -> torch.Tensor:
+        """Per-sample losses [N] of ``model`` on the batches, in float64."""
+        from ..calibration.hooks import causal_lm_loss
+        from ..models import model_inputs
+        loss_fn = self.loss_fn or causal_lm_loss
+        out = []
+        with torch.no_grad():
+            for b in self.batches:
+                args, kwargs = model_inputs(b)
+                out.append(loss_fn(model(*args, **kwargs), b).detach().double().reshape(-1))
+        return torch.cat(out)
+
+
+def measure(verifier: Verifier, base_losses: torch.Tensor, plan) -> tuple[float, float]:
+    """(loss MSE of ``plan`` against the base model, its standard error) on the verification batches."""
+    from ..application.swap import apply
+    if not plan.quantized:
+        return 0.0, 0.0
+    sq = (verifier.losses(apply(verifier.model, plan, mode="fake")) - base_losses) ** 2
+    n = sq.numel()
+    return float(sq.mean()), float(sq.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan")
+
+
+def verified_select(solve: Callable[[float], object], budget: float, verifier: Verifier, *, bound: str = "estimate",
+                    max_rounds: int = 8, calibration_fingerprint: str = ""):
+    """The plan of the largest additive budget ≤ ``budget`` whose measured loss MSE (or its upper bound) is within
+    ``budget``, found in at most ``max_rounds`` measurements: the first solve at ``budget``, then a proportional
+    guess and a bisection (in log space) between the largest budget that held and the smallest that did not.
+    ``solve(additive_budget)`` returns a Plan. @raises ValueError when no quantized plan held within the rounds,
+    naming the smallest loss MSE measured."""
+    if bound not in BOUNDS:
+        raise ValueError(f"verify_bound must be one of {', '.join(BOUNDS)}, got {bound!r}")
+    if max_rounds < 1:
+        raise ValueError(f"verify_rounds must be >= 1, got {max_rounds}")
+    warnings = _overlap_warnings(verifier, calibration_fingerprint)
+    base = verifier.losses(verifier.model)
+    tried = []  # (additive budget, plan, measured, stderr, holds)
+    held, failed = None, None
+    b = budget
+    for _ in range(max_rounds):
+        try:
+            plan = solve(b)
+        except ValueError:  # tightened below what the pinned layers alone cost: no plan there
+            break
+        mse, se = measure(verifier, base, plan)
+        value = mse + 2 * se if bound == "upper" and math.isfinite(se) else mse
+        holds = value <= budget
+        tried.append((b, plan, mse, se, holds))
+        if holds:
+            held = b if held is None else max(held, b)
+        else:
+            failed = b if failed is None else min(failed, b)
+        if holds and b == budget:  # the plain solve already holds: nothing to tighten
+            break
+        if held is None:  # proportional guess: the measured/predicted ratio seen at this budget
+            ratio = value / plan.predicted_loss_mse if plan.predicted_loss_mse > 0 else 4.0
+            b = b / max(ratio, 1.5)
+        else:
+            b = math.sqrt(held * failed) if held > 0 else failed / 4
+        if failed is not None and held is not None and failed / max(held, 1e-300) < 1.02:
+            break
+    ok = [t for t in tried if t[4] and t[1].quantized] or [t for t in tried[:1] if not t[1].quantized]
+    if not ok:  # the solve quantized layers, and every tightening that still did broke the budget
+        quantized = [t for t in tried if t[1].quantized]
+        least = (f"the least loss MSE a quantized plan measured was {min(t[2] for t in quantized):.4g}: raise the "
+                 f"budget to at least that" if quantized else "the tightened budgets left no layer quantized")
+        raise ValueError(f"no quantized plan measured within the loss budget {budget:.4g} in {len(tried)} rounds "
+                         f"(bound {bound!r}); {least}, or select without verify")
+    best = max(ok, key=lambda t: (t[1].predicted_gain, -t[2]))
+    b, plan, mse, se, _ = best
+    verification = {"measured_loss_mse": mse, "measured_loss_mse_stderr": se, "samples": int(base.numel()),
+                    "rounds": len(tried), "additive_budget": b, "budget": budget, "bound": bound,
+                    "tried": [{"additive_budget": t[0], "measured_loss_mse": t[2], "stderr": t[3], "holds": t[4],
+                               "layers_quantized": len(t[1].quantized)} for t in tried]}
+    if warnings:
+        verification["warnings"] = warnings
+    return _with_verification(plan, verification)
+
+
+def measured_front(plans, verifier: Verifier, calibration_fingerprint: str = "") -> list:
+    """Every plan of a front measured once on the verification batches (no tightening)."""
+    warnings = _overlap_warnings(verifier, calibration_fingerprint)
+    base = verifier.losses(verifier.model)
+    out = []
+    for plan in plans:
+        mse, se = measure(verifier, base, plan)
+        v = {"measured_loss_mse": mse, "measured_loss_mse_stderr": se, "samples": int(base.numel()), "rounds": 1,
+             "budget": plan.objective.get("value"), "holds": mse <= plan.objective.get("value", math.inf)}
+        if warnings:
+            v["warnings"] = warnings
+        out.append(_with_verification(plan, v))
+    return out
+
+
+def _overlap_warnings(verifier: Verifier, calibration_fingerprint: str) -> list:
+    from ..calibration.hooks import fingerprint
+    if calibration_fingerprint and fingerprint(list(verifier.batches)) == calibration_fingerprint:
+        return ["the verification batches are the calibration batches: the measurement is not held out"]
+    return []
+
+
+def _with_verification(plan, verification: dict):
+    from dataclasses import replace
+    return replace(plan, verification=verification)
