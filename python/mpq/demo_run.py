@@ -5,7 +5,6 @@ Shakespeare text shipped in ``mpq/demo_data`` (calibration: A Midsummer Night's 
 from __future__ import annotations
 
 import math
-import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -51,6 +50,7 @@ class Measured:
     predicted_mse: float = float("nan")
     predicted_gain: float = float("nan")
     loss_mse_stderr: float = float("nan")
+    speedup: float = 1.0                   # against the base model, timed in turns with it (paired ratios)
     extra: dict = field(default_factory=dict)
 
 
@@ -86,24 +86,24 @@ def per_sample_losses(model, windows: torch.Tensor, batch_size: int) -> torch.Te
     return torch.cat(out)
 
 
-def time_phase(model, example: torch.Tensor, phase: str, repeats: int) -> tuple[float, float]:
-    """Median and IQR of one pass of ``phase`` over ``example`` on one thread: the whole prompt (prefill) or one
-    token with the prompt in the KV cache (decode), run as ``mpq.profile`` runs it."""
+def time_phase(model, example: torch.Tensor, phase: str, repeats: int, base=None) -> tuple[float, float, float]:
+    """(median seconds, IQR, speedup against ``base``) of one pass of ``phase`` over ``example`` on one thread:
+    the whole prompt (prefill) or one token with the prompt in the KV cache (decode), run as ``mpq.profile`` runs
+    it, on the cpu backend's clock (the thread's CPU time). With ``base``, the two models run in turns and the
+    speedup is the median of the paired ratios, which the host's drift between minutes does not bias."""
     from .profiling.profiler import make_runner
+    from .profiling.timing import ThreadClock, time_callable
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        run, _ = make_runner(model, {"input_ids": example}, phase)
-        run()
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            run()
-            times.append(time.perf_counter() - t0)
+        runs = [make_runner(m, {"input_ids": example}, phase)[0] for m in ([model] if base is None else
+                                                                          [model, base])]
+        t = time_callable(runs, repeats, 1, ThreadClock())
     finally:
         torch.set_num_threads(threads)
-    q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
-    return statistics.median(times), q[2] - q[0]
+    q = np.percentile(t[0], [25, 50, 75])
+    speedup = float(np.median(t[1] / t[0])) if base is not None else 1.0
+    return float(q[1]), float(q[2] - q[0]), speedup
 
 
 def predicted(table, gains, mapping) -> tuple[float, float]:
@@ -119,16 +119,18 @@ def predicted(table, gains, mapping) -> tuple[float, float]:
 def measure(name, model, plan_mapping, plan, eval_windows, base_losses, example, settings, act_scales,
             prediction=(float("nan"), float("nan"))) -> Measured:
     from .application.swap import apply
-    fake = apply(model, plan_mapping, mode="fake", act_scales=act_scales) if plan_mapping else model
+    target = plan if plan is not None else plan_mapping  # a Plan brings its scales and timed implementations
+    fake = apply(model, target, mode="fake", act_scales=act_scales) if plan_mapping else model
     losses = per_sample_losses(fake, eval_windows, settings.batch_size)
     del fake
-    native = apply(model, plan_mapping, mode="native", act_scales=act_scales) if plan_mapping else model
-    seconds, iqr = time_phase(native, example, settings.phase, settings.timing_repeats)
+    native = apply(model, target, mode="native", act_scales=act_scales) if plan_mapping else model
+    seconds, iqr, speedup = time_phase(native, example, settings.phase, settings.timing_repeats,
+                                       base=model if plan_mapping else None)
     del native
     pred_mse, pred_gain = (plan.predicted_loss_mse, plan.predicted_gain) if plan else prediction
     sq = (losses - base_losses) ** 2
     return Measured(name, plan, float(torch.exp(losses.mean())), float(sq.mean()), seconds, iqr, pred_mse,
-                    pred_gain, float(sq.std() / math.sqrt(sq.numel())) if sq.numel() > 1 else float("nan"))
+                    pred_gain, float(sq.std() / math.sqrt(sq.numel())) if sq.numel() > 1 else float("nan"), speedup)
 
 
 def choose_candidates(model, example: torch.Tensor, phase: str) -> tuple[str, ...]:

@@ -23,14 +23,13 @@ def plot_front(front, results, baseline_seconds: float, path: Path, phase: str =
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    base = next(r for r in results if r.name == "base")
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
     pred = [(p.predicted_loss_mse, p.predicted_speedup) for p in front if p.predicted_loss_mse > 0]
     if pred:
         xs, ys = zip(*pred)
         ax.plot(xs, ys, "-o", ms=3, color="#888", label="front, predicted")
     for r in results:
-        s = base.seconds / r.seconds
+        s = r.speedup
         if r.plan is None:
             ax.scatter([max(r.loss_mse, 1e-12)], [s], marker="s", s=60, zorder=3,
                        label=f"{r.name} (measured)")
@@ -80,14 +79,13 @@ def _fmt(x, spec=".4g"):
 
 def format_results(results: Sequence) -> str:
     """The predicted-against-measured table of `mpq run` (results: demo_run.Measured records), as text."""
-    lines = [f"{'plan':>14} {'layers q':>8} {'pred MSE':>10} {'meas MSE':>10} {'ppl':>8} {'pred gain s':>11} "
-             f"{'meas gain s':>11} {'ms (IQR)':>16}"]
-    base = next((r for r in results if r.name == "base"), None)
+    lines = [f"{'plan':>14} {'layers q':>8} {'pred MSE':>10} {'meas MSE':>10} {'± se':>8} {'ppl':>8} "
+             f"{'pred speedup':>12} {'meas speedup':>12} {'ms (IQR)':>16}"]
     for r in results:
         n = len(r.plan.quantized) if r.plan else (0 if r.name == "base" else -1)
-        meas_gain = base.seconds - r.seconds if base else float("nan")
+        pred_speedup = r.plan.predicted_speedup if r.plan else float("nan")
         lines.append(f"{r.name:>14} {('all' if n < 0 else n):>8} {r.predicted_mse:10.3g} {r.loss_mse:10.3g} "
-                     f"{r.ppl:8.3f} {r.predicted_gain:11.4f} {meas_gain:11.4f} "
+                     f"{r.loss_mse_stderr:8.2g} {r.ppl:8.3f} {pred_speedup:12.3f} {r.speedup:12.3f} "
                      f"{1e3 * r.seconds:9.1f} ({1e3 * r.seconds_iqr:4.1f})")
     return "\n".join(lines)
 
@@ -116,7 +114,7 @@ def write_report(out: Path, table, gains, plan, front, results, settings, second
                      _fmt(r.predicted_mse), f"{_fmt(r.loss_mse)} ± {_fmt(r.loss_mse_stderr, '.2g')}",
                      f"{r.ppl:.3f}",
                      _fmt(r.plan.predicted_speedup, ".3f") if r.plan else "–",
-                     f"{base.seconds / r.seconds:.3f}", f"{1e3 * r.seconds:.1f} ± {1e3 * r.seconds_iqr / 2:.1f}"])
+                     f"{r.speedup:.3f}", f"{1e3 * r.seconds:.1f} ± {1e3 * r.seconds_iqr / 2:.1f}"])
     mse = table.mse
     layer_rows = []
     for layer, cand in plan.mapping.items():
@@ -154,6 +152,7 @@ The whole run took {seconds:.0f} s.</p>
         f.write(page)
     summary = {"plan": plan.to_dict(), "results": [
         {"name": r.name, "ppl": _finite(r.ppl), "loss_mse": _finite(r.loss_mse), "seconds": _finite(r.seconds),
+         "speedup": _finite(r.speedup),
          "loss_mse_stderr": _finite(r.loss_mse_stderr), "predicted_mse": _finite(r.predicted_mse),
          "predicted_gain": _finite(r.predicted_gain)} for r in results],
         "seconds": seconds}
