@@ -309,3 +309,12 @@ def test_data_helpers():
     batches = data.lm_batches(w, 3)
     assert [b["input_ids"].shape[0] for b in batches] == [3, 1]
     assert all(torch.equal(b["attention_mask"], torch.ones_like(b["input_ids"])) for b in batches)
+
+
+def test_layers_given_as_a_string_or_twice_are_refused():
+    m = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8))
+    batches = [(torch.randn(2, 8), torch.randint(0, 8, (2,)))]
+    with pytest.raises(ValueError, match="not the string '02'"):
+        calib.calibrate(m, batches, ("int8",), loss_fn=ce_loss, layers="02", progress=False)
+    with pytest.raises(ValueError, match=r"layers names \['0'\] more than once"):
+        calib.calibrate(m, batches, ("int8",), loss_fn=ce_loss, layers=["0", "0"], progress=False)

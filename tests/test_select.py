@@ -1,4 +1,5 @@
 """select / pareto against brute force on small synthetic tables, pins and keeps, errors, Plan files."""
+import dataclasses
 import itertools
 import json
 
@@ -184,3 +185,38 @@ def test_a_plan_carries_the_static_scales_of_its_chosen_candidates(tmp_path):
         Plan({"a": "int8_static"}, 0.0, 0.0, act_scales={"b": 0.5})
     with pytest.raises(ValueError, match="positive finite"):
         Plan({"a": "int8_static"}, 0.0, 0.0, act_scales={"a": float("nan")})
+
+
+def test_inputs_that_would_be_misread_are_refused():
+    """A string where a list of names belongs would be read letter by letter; a pin list has no candidates."""
+    table, gains = make_tables(1)
+    with pytest.raises(ValueError, match="keep must be a list of layer names or patterns, not the string 'head'"):
+        select(table, gains, max_loss_mse=1.0, keep="head")
+    with pytest.raises(ValueError, match="pin must be a mapping"):
+        select(table, gains, max_loss_mse=1.0, pin=["head"])
+    with pytest.raises(ValueError, match="points must be a whole number >= 1, got 0"):
+        pareto(table, gains, points=0)
+    again = dataclasses.replace(gains.subgraphs[-1], name="h again")
+    twice = GainTable(gains.backend, gains.phase, gains.candidates, gains.subgraphs + (again,),
+                      baseline_seconds=gains.baseline_seconds)
+    with pytest.raises(ValueError, match="layer 'head' is in two sub-graphs"):
+        select(table, twice, max_loss_mse=1.0)
+
+
+def test_a_front_under_a_memory_limit_keeps_it():
+    table, gains = make_tables(2)
+    limit = float(gains.layer_bytes[:, 0].sum()) * 0.6
+    front = pareto(table, gains, points=6, max_memory=limit)
+    assert front and all(p.predicted_memory <= limit for p in front)
+    def weight_bytes(plan):
+        return sum(gains.layer_bytes[LAYERS.index(l), gains.candidates.index(c)] for l, c in plan.mapping.items())
+    assert all(p.predicted_memory == pytest.approx(weight_bytes(p)) for p in front)
+    assert max(weight_bytes(p) for p in pareto(table, gains, points=6)) > limit  # the limit binds
+    assert pareto(table, gains, points=6, max_memory=1.0) == []  # no plan fits in a byte: an empty front
+
+
+def test_info_keys_the_file_format_uses_are_refused_not_dropped():
+    table, _ = make_tables(0)
+    with pytest.raises(ValueError, match=r"info keys \['layers', 'version'\] are reserved"):
+        SensitivityTable(table.layers, table.candidates, table.delta, table.delta_weight, table.act_scales,
+                         table.act_zero_points, info={"version": "mine", "layers": 3, "note": "ok"})

@@ -21,6 +21,8 @@ import numpy as np
 from .io import load_npz, save_npz
 
 FORMAT, VERSION = "mpq.SensitivityTable", 1
+# keys of the file's meta record that the table itself writes: an ``info`` key of the same name would be lost
+RESERVED = ("format", "version", "mpq", "layers", "candidates", "n_samples", "data_fingerprint")
 
 
 @dataclass(frozen=True, eq=False)
@@ -52,6 +54,9 @@ class SensitivityTable:
                 raise ValueError(f"{name} must have shape [{L}, {C}], got {a.shape}")
             object.__setattr__(self, name, a)
         object.__setattr__(self, "info", dict(self.info))
+        clash = sorted(set(self.info) & set(RESERVED))
+        if clash:
+            raise ValueError(f"info keys {clash} are reserved by the {FORMAT} file format; rename them")
 
     # --- the numbers -------------------------------------------------------------------------------------------
     @property
@@ -158,8 +163,7 @@ class SensitivityTable:
     def load(cls, path) -> "SensitivityTable":
         meta, arrays = load_npz(path, FORMAT, VERSION)
         try:
-            info = {k: v for k, v in meta.items() if k not in (
-                "format", "version", "layers", "candidates", "n_samples", "data_fingerprint")}
+            info = {k: v for k, v in meta.items() if k not in RESERVED}
             table = cls(meta["layers"], meta["candidates"], arrays["delta"], arrays["delta_weight"],
                         arrays["act_scales"], arrays["act_zero_points"], meta.get("data_fingerprint", ""), info)
         except KeyError as e:

@@ -105,7 +105,12 @@ def quantizable_layers(model: nn.Module, layers: Optional[Iterable[str]] = None)
     """(name, module) of every ``nn.Linear`` (or of the named ones), in module order."""
     found = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     if layers is not None:
+        if isinstance(layers, (str, bytes)):
+            raise ValueError(f"layers must be a list of layer names, not the string {layers!r} (write [{layers!r}])")
         wanted = list(layers)
+        repeated = sorted({n for n in wanted if wanted.count(n) > 1})
+        if repeated:
+            raise ValueError(f"layers names {repeated} more than once: each layer is calibrated once")
         by_name = dict(found)
         missing = [n for n in wanted if n not in by_name]
         if missing:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from ._common import add_solver
 
@@ -40,20 +39,23 @@ def parse_pins(items) -> dict:
 
 def main(args: argparse.Namespace) -> int:
     from ..artifacts.gain_table import GainTable
+    from ..artifacts.io import write_json
     from ..selection import pareto, select
     from ..artifacts.sensitivity_table import SensitivityTable
 
     table = SensitivityTable.load(args.sensitivity)
     gains = GainTable.load(args.gains)
     pins = parse_pins(args.pin)
-    if args.pareto:
-        front = pareto(table, gains, solver=args.solver, pin=pins, keep=args.keep, points=args.pareto)
+    if args.pareto is not None:
+        if args.pareto < 1:
+            raise ValueError(f"--pareto N needs N >= 1 plans, got {args.pareto}")
+        front = pareto(table, gains, solver=args.solver, pin=pins, keep=args.keep, points=args.pareto,
+                       max_memory=args.max_memory)
         print(f"{'budget':>10} {'loss MSE':>10} {'gain':>10} {'speedup':>8} {'layers q':>8}")
         for p in front:
             print(f"{p.objective['value']:10.3g} {p.predicted_loss_mse:10.3g} {p.predicted_gain:10.4g} "
                   f"{p.predicted_speedup:8.3f} {len(p.quantized):8d}")
-        with open(args.output, "w") as f:
-            json.dump([p.to_dict() for p in front], f, indent=1)
+        write_json(args.output, [p.to_dict() for p in front])
         print(f"front: {args.output}")
         return 0
     goals = dict(max_loss_mse=args.max_loss_mse, max_loss_rmse=args.max_loss_rmse, min_gain=args.min_gain,

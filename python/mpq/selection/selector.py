@@ -76,22 +76,30 @@ def select(table: SensitivityTable, gains: GainTable, *, max_loss_mse: Optional[
 
 def pareto(table: SensitivityTable, gains: GainTable, budgets: Optional[Sequence[float]] = None, *,
            solver: str = "exact", pin: Optional[Mapping[str, str]] = None, keep: Optional[Iterable[str]] = None,
-           points: int = 30, verify=None) -> list[Plan]:
+           points: int = 30, verify=None, max_memory: Optional[float] = None) -> list[Plan]:
     """The loss-MSE / gain front: one plan per loss budget (default: ``points`` budgets spaced geometrically from
     the cheapest non-zero cost to the cost of the fastest plan), solved with one shared preprocessing. With
-    ``verify`` (as in ``select``) every plan is also measured once, its ``verification`` saying whether it held."""
-    problem = Problem.build(table, gains, pin=pin, keep=keep)
+    ``verify`` (as in ``select``) every plan is also measured once, its ``verification`` saying whether it held.
+    ``max_memory`` holds for every plan of the front (solved budget by budget: the sweep has no memory row)."""
+    if not isinstance(points, int) or isinstance(points, bool) or points < 1:
+        raise ValueError(f"points must be a whole number >= 1, got {points!r}")
+    problem = Problem.build(table, gains, pin=pin, keep=keep, with_memory=max_memory is not None)
     if budgets is None:
         budgets = problem.default_budgets(points)
     budgets = [float(b) for b in budgets]
     if not budgets:
         raise ValueError("budgets is empty")
-    sols = sweep_mckp(problem.gains, problem.costs, [b - problem.fixed_cost for b in budgets], solver=solver)
+    if max_memory is None:
+        sols = sweep_mckp(problem.gains, problem.costs, [b - problem.fixed_cost for b in budgets], solver=solver)
+    else:
+        sols = [solve_mckp(problem.gains, problem.costs, b - problem.fixed_cost, solver=solver,
+                           memory=problem.memory, max_memory=max_memory) for b in budgets]
     plans = []
     for b, sol in zip(budgets, sols):
         if sol.status == "infeasible":
             continue
-        plans.append(problem.plan(sol, {"kind": "max_loss_mse", "value": b}))
+        plans.append(problem.plan(sol, {"kind": "max_loss_mse", "value": b,
+                                        **({"max_memory": max_memory} if max_memory is not None else {})}))
     if verify is not None:
         from .measured import Verifier, measured_front
         plans = measured_front(plans, Verifier.of(verify), table.data_fingerprint)
@@ -125,6 +133,13 @@ class Problem:
             raise ValueError(f"max_memory needs per-layer bytes in the GainTable (profile with backend='memory'); "
                              f"this one is {gains.backend!r}")
         g_lidx = {name: i for i, name in enumerate(gains.layer_names)}
+        seen: dict[str, str] = {}
+        for sg in gains.subgraphs:  # one layer, one choice: a layer in two sub-graphs could get two
+            for name in sg.layers:
+                if name in seen:
+                    raise ValueError(f"layer {name!r} is in two sub-graphs of the GainTable ({seen[name]!r} and "
+                                     f"{sg.name!r}): each layer must belong to one")
+                seen[name] = sg.name
         rows, g_list, c_list, m_list = [], [], [], []
         for sg in gains.subgraphs:
             li = np.array([lidx[name] for name in sg.layers], dtype=np.int64)
@@ -239,6 +254,9 @@ def _check_compatible(table: SensitivityTable, gains: GainTable) -> None:
 
 def _forced(layers: Sequence[str], pin: Mapping[str, str], keep: Iterable[str]) -> dict[str, str]:
     """layer -> candidate for every layer a pin or keep pattern matches (exact name, else full regex match)."""
+    if not isinstance(pin, Mapping):
+        raise ValueError(f"pin must be a mapping {{layer name or regex: candidate}}, got {type(pin).__name__}")
+    keep = names_list(keep, "keep")
     forced: dict[str, str] = {}
     rules = [(p, BASE) for p in keep] + list(pin.items())
     for pattern, cand in rules:
@@ -250,6 +268,18 @@ def _forced(layers: Sequence[str], pin: Mapping[str, str], keep: Iterable[str]) 
                 raise ValueError(f"layer {name!r} is both {forced[name]!r} and {cand!r} by the pins/keeps")
             forced[name] = cand
     return forced
+
+
+def names_list(names, what: str) -> list[str]:
+    """``names`` as a list of strings; a bare string is refused (it would be read letter by letter)."""
+    if isinstance(names, (str, bytes)):
+        raise ValueError(f"{what} must be a list of layer names or patterns, not the string {names!r} "
+                         f"(write [{names!r}])")
+    names = list(names)
+    bad = [n for n in names if not isinstance(n, str)]
+    if bad:
+        raise ValueError(f"{what} must hold layer names (strings), got {bad[:3]}")
+    return names
 
 
 def _regex_matches(layers: Sequence[str], pattern: str) -> list[str]:
