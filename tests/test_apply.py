@@ -117,3 +117,31 @@ def test_native_models_share_the_untouched_weights_and_leave_the_model_alone():
         assert torch.equal(m(ids).logits, y0)
     f = apply(m, {"model.layers.0.mlp.down_proj": "int8"}, mode="fake")             # may be trained: a deep copy
     assert f.model.layers[1].mlp.up_proj.weight.data_ptr() != untouched.data_ptr()
+
+
+class SharedTwice(nn.Module):
+    """One Linear under two attributes, called twice: both calls must run the quantized module."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(16, 16)
+        self.b = self.a
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+@pytest.mark.parametrize("name", ["a", "b"])
+def test_a_module_under_two_names_is_replaced_under_both(name):
+    torch.manual_seed(0)
+    m = SharedTwice()
+    x = torch.randn(3, 16)
+    for mode in ("fake", "native"):
+        q = apply(m, {name: "int8"}, mode=mode)
+        assert q.a is q.b and not isinstance(q.a, nn.Linear)
+        lin = m.a
+        ref = FakeQuantLinear(lin, C.get_candidate("int8"), None)
+        with torch.no_grad():
+            assert torch.allclose(q(x), ref(torch.relu(ref(x))), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="are one module, mapped to 'int8' and 'w8a16'"):
+        apply(m, {"a": "int8", "b": "w8a16"})

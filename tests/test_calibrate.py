@@ -318,3 +318,27 @@ def test_layers_given_as_a_string_or_twice_are_refused():
         calib.calibrate(m, batches, ("int8",), loss_fn=ce_loss, layers="02", progress=False)
     with pytest.raises(ValueError, match=r"layers names \['0'\] more than once"):
         calib.calibrate(m, batches, ("int8",), loss_fn=ce_loss, layers=["0", "0"], progress=False)
+
+
+@pytest.mark.parametrize("case", ["no_grad", "detached", "constant", "all_ignored", "one_token"])
+def test_losses_without_gradient_are_refused_not_a_table_of_zeros(case):
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Embedding(20, 8), nn.Linear(8, 20))
+    ids = torch.randint(0, 20, (2, 1 if case == "one_token" else 6))
+
+    def lm_loss(out, batch):
+        logits = out[:, :-1]
+        tgt = batch[:, 1:] if case != "all_ignored" else torch.full_like(batch[:, 1:], -100)
+        ce = nn.functional.cross_entropy(logits.reshape(-1, 20), tgt.reshape(-1), ignore_index=-100,
+                                         reduction="none").view(tgt.shape)
+        loss = ce.sum(1) / (tgt != -100).sum(1).clamp(min=1)
+        if case == "detached":
+            return loss.detach()
+        if case == "constant":
+            return torch.zeros(2)
+        if case == "no_grad":
+            with torch.no_grad():
+                return loss * 1.0
+        return loss
+    with pytest.raises(ValueError, match="carry no gradient|every first-order loss change δ is zero"):
+        calib.calibrate(m, [(ids,)], ("int8",), loss_fn=lambda out, b: lm_loss(out, b[0]), progress=False)

@@ -73,7 +73,14 @@ def apply(model: nn.Module, plan_or_mapping, mode: str = "fake", *,
     if mode not in ("fake", "native"):
         raise ValueError(f"mode must be 'fake' or 'native', got {mode!r}")
     mapping = plan_mapping(plan_or_mapping)
-    modules = dict(model.named_modules())
+    # every name of every module: one module held under two attributes (``self.b = self.a``) has both names
+    modules = dict(model.named_modules(remove_duplicate=False))
+    aliases = {name: [n for n, m in modules.items() if m is mod] for name, mod in modules.items()}
+    for layer, cname in mapping.items():
+        for other in aliases.get(layer, ()):
+            if other != layer and mapping.get(other, cname) != cname:
+                raise ValueError(f"layers {layer!r} and {other!r} are one module, mapped to {cname!r} and "
+                                 f"{mapping[other]!r}: one module runs one candidate")
     if act_scales is None:  # a Plan carries the scales its static candidates were calibrated with
         act_scales = getattr(plan_or_mapping, "act_scales", None)
     act_scales = dict(act_scales or {})
@@ -104,8 +111,11 @@ def apply(model: nn.Module, plan_or_mapping, mode: str = "fake", *,
             if problem:
                 raise ValueError(f"layer {layer!r}: {problem}")
     new = copy.deepcopy(model) if mode == "fake" else copy_sharing_tensors(model)
-    new_modules = dict(new.named_modules())
+    new_modules = dict(new.named_modules(remove_duplicate=False))
+    done = set()
     for layer, cand in checked.items():
+        if layer in done:  # another name of a module already replaced
+            continue
         lin = new_modules[layer]
         scale = act_scales.get(layer) if cand.act_static else None
         if mode == "fake":
@@ -116,7 +126,9 @@ def apply(model: nn.Module, plan_or_mapping, mode: str = "fake", *,
         else:
             from .native_cuda import make_module
             repl = make_module(lin, cand.name, scale)
-        set_module(new, layer, repl)
+        for name in aliases[layer]:  # every attribute that holds the module gets the replacement
+            set_module(new, name, repl)
+            done.add(name)
     return new
 
 

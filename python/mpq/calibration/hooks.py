@@ -27,6 +27,7 @@ import hashlib
 import math
 import sys
 import time
+import warnings
 from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
@@ -352,8 +353,10 @@ def calibrate(model: nn.Module, batches: Iterable, candidates=("fp8", "int8"),
                 outputs = model(*args, **kwargs)
                 losses = loss_fn(outputs, batch)
                 _check_losses(losses, run.batch_samples, bi)
-                if losses.requires_grad:
-                    losses.sum().backward()
+                if not losses.requires_grad:
+                    raise ValueError(f"the losses of batch {bi} carry no gradient (computed under torch.no_grad, "
+                                     "detached, or constant): calibration needs ∂ℓ/∂Y of every layer")
+                losses.sum().backward()
                 run.calls.clear()
                 deltas.append(run.delta)
                 deltas_w.append(run.delta_w)
@@ -372,9 +375,19 @@ def calibrate(model: nn.Module, batches: Iterable, candidates=("fp8", "int8"),
             p.requires_grad_(g)
         for m, mode in saved_modes:
             m.training = mode
+    measured = np.nan_to_num(delta, nan=0.0)
+    if not measured.any():
+        raise ValueError("every first-order loss change δ is zero: the losses do not depend on the layers (one-token "
+                         "sequences, every label -100, or a loss of something else); a table of zeros would let "
+                         "select quantize everything at a predicted loss of 0")
+    flat = [name for (name, _), zero in zip(named, ~measured.any(axis=(0, 2))) if zero]
     info = dict(model=type(model).__name__, loss="causal_lm_loss" if loss_fn is causal_lm_loss else
                 getattr(loss_fn, "__name__", type(loss_fn).__name__), seconds=time.perf_counter() - t0,
                 layer_shapes=[list(m.weight.shape) for _, m in named])
+    if flat:  # layers the loss does not see (unused, or their outputs cut off): say so, do not hide it
+        warnings.warn(f"calibrate: every δ of layer(s) {flat[:5]}{' ...' if len(flat) > 5 else ''} is zero: the "
+                      "loss does not depend on them, so their predicted loss is 0", stacklevel=2)
+        info["zero_delta_layers"] = flat
     return SensitivityTable(tuple(n for n, _ in named), tuple(c.name for c in cands), delta, delta_w, act_scales,
                             np.nan_to_num(act_zps, nan=0.0), fingerprint(batches), info)
 
