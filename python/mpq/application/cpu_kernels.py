@@ -2,8 +2,8 @@
 numbers it computes, and whether it is admitted on this CPU.
 
 An implementation is admitted when the CPU has the features it states *and* a short exactness probe passes on
-this machine: full-range adversarial data with scales of exactly 1, so the int8 paths' outputs are the exact
-integer sums (a saturating int16 pair, as oneDNN's u8s8 path does on AVX2, or any other wrong sum shows as a
+this machine: full-range adversarial data whose scales are exact powers of two, so the int8 paths' outputs are
+the exact integer sums (a saturating int16 pair, as oneDNN's u8s8 path does on AVX2, or any other wrong sum shows as a
 difference), and the other paths stay within the error their numerics state. Which admitted implementation is
 *fastest* is a matter of timing on this machine: ``mpq.profile`` (``profiling.kernel_choice``) measures it per
 layer shape and phase and records the choice; ``apply(mode="native")`` installs exactly that choice.
