@@ -342,3 +342,10 @@ def test_losses_without_gradient_are_refused_not_a_table_of_zeros(case):
         return loss
     with pytest.raises(ValueError, match="carry no gradient|every first-order loss change δ is zero"):
         calib.calibrate(m, [(ids,)], ("int8",), loss_fn=lambda out, b: lm_loss(out, b[0]), progress=False)
+
+
+def test_a_batch_without_samples_is_named():
+    m = nn.Sequential(nn.Linear(8, 8))
+    with pytest.raises(ValueError, match=r"a batch holds no sample \(its first tensor has shape \(0, 8\)\)"):
+        calib.calibrate(m, [(torch.randn(0, 8), torch.zeros(0, dtype=torch.long))], ("int8",), loss_fn=ce_loss,
+                        progress=False)

@@ -31,6 +31,8 @@ def batch_size(batch) -> int:
         first = batch
     if not isinstance(first, torch.Tensor) or first.dim() == 0:
         raise ValueError(f"cannot tell the number of samples of a batch of type {type(batch).__name__}")
+    if first.shape[0] == 0:
+        raise ValueError(f"a batch holds no sample (its first tensor has shape {tuple(first.shape)})")
     return int(first.shape[0])
 
 
