@@ -443,3 +443,36 @@ def test_cli_registers_profile_and_apply():
     assert a.phase == "decode" and a.candidates == "int8" and callable(a.func)
     b = p.parse_args(["apply", "smollm2", "plan.json", "--mode", "fake"])
     assert b.mode == "fake" and callable(b.func)
+
+
+def unique_bytes(model) -> int:
+    """Bytes of every distinct tensor storage the model holds (parameters and buffers)."""
+    seen = {}
+    for t in list(model.parameters()) + list(model.buffers()):
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    return sum(seen.values())
+
+
+def test_a_tied_lm_head_costs_memory_when_quantized_and_the_plan_says_so():
+    from _tiny_models import tiny_llama
+    import mpq
+    model = tiny_llama(layers=1, tie_word_embeddings=True)
+    ids = torch.randint(0, 64, (1, 8))
+    with pytest.warns(UserWarning, match="share their memory"):
+        gains = mpq.profile(model, {"input_ids": ids}, ("int8",), backend="memory")
+    li = gains.layer_names.index("lm_head")
+    assert gains.meta["shared_weights"] == {"lm_head": ["model.embed_tokens.weight"]}
+    assert gains.layer_bytes[li, 0] == 0 and gains.layer_bytes[li, 1] > 0  # int8 adds a copy, frees nothing
+    head = next(sg for sg in gains.subgraphs if "lm_head" in sg.layers)
+    j = head.layers.index("lm_head")
+    only_head = [k for k, cfg in enumerate(head.configs) if cfg[j] == 1 and cfg.sum() == 1]
+    assert only_head and all(head.gain[k] < 0 for k in only_head)  # a negative "saving"
+    # what the plan predicts is what apply holds: quantizing every layer but the head saves, the head costs
+    base_bytes = unique_bytes(model)
+    for mapping in ({"lm_head": "int8"}, {n: "int8" for n in gains.layer_names if n != "lm_head"}):
+        plan = mpq.Plan(mapping, 0.0, 0.0)
+        q = mpq.apply(model, plan, mode="native")
+        predicted = sum(gains.layer_bytes[gains.layer_names.index(l), 1] - gains.layer_bytes[
+            gains.layer_names.index(l), 0] for l in mapping)
+        held = unique_bytes(q) - base_bytes
+        assert held == pytest.approx(predicted, rel=0.02), (mapping, held, predicted)

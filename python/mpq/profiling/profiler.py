@@ -16,6 +16,7 @@ import math
 import numbers
 import os
 import platform
+import warnings
 from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
@@ -231,8 +232,17 @@ def profile(model: nn.Module, example_input, candidates: Sequence[str] = ("int8"
         shapes = dict(shape_info, layers=layer_shapes)
         elem = next(iter(named[layers[0]].parameters())).element_size()
         memory = B.get_backend("memory")
-        lbytes = np.array([[memory.layer_cost(layer_shapes[l], c, element_size=elem)
-                            if c == BASE or applies(l, c) else np.nan for c in table_cands] for l in layers])
+        shared = shared_weights(model, layers)
+
+        def layer_bytes(l, c):
+            """Bytes that exist because layer l runs c. A weight whose storage another owner keeps (an
+            embedding tied to lm_head, or an earlier layer) costs nothing in base: quantizing adds a copy."""
+            if c == BASE and shared.get(l):
+                return 0.0
+            return memory.layer_cost(layer_shapes[l], c, element_size=elem)
+
+        lbytes = np.array([[layer_bytes(l, c) if c == BASE or applies(l, c) else np.nan for c in table_cands]
+                           for l in layers])
         meta = dict(threads=threads, torch=torch.__version__, machine=platform.machine(),
                     processor=platform.processor(), repeats=repeats, warmup=warmup,
                     loadavg=list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
@@ -246,8 +256,11 @@ def profile(model: nn.Module, example_input, candidates: Sequence[str] = ("int8"
         else:
             sgs, baseline, lgain = _theoretical(
                 subgraphs, configs, table_cands, layers,
+                layer_bytes if be.name == "memory" else
                 lambda l, c: be.layer_cost(layer_shapes[l], c, device=device, element_size=elem))
         meta.update(be.meta(device))
+        if shared:
+            meta["shared_weights"] = shared
     finally:
         torch.set_num_threads(old_threads)
     out = []
@@ -281,6 +294,30 @@ def _keyed_act_scales(act_scales, cand_names) -> dict[tuple[str, str], float]:
     if bad:
         raise ValueError(f"act_scales must be positive finite numbers, got {bad}")
     return {k: float(s) for k, s in keyed.items()}
+
+
+def shared_weights(model: nn.Module, layers) -> dict[str, list[str]]:
+    """{layer: the other parameters whose storage its weight shares} for the layers whose weight memory another
+    owner keeps: a parameter outside ``layers`` (lm_head tied to the embedding) or an earlier layer's weight."""
+    owners: dict[tuple, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        owners.setdefault((p.untyped_storage().data_ptr(), p.storage_offset(), tuple(p.shape)), []).append(name)
+    order = {l: i for i, l in enumerate(layers)}
+    named = dict(model.named_modules())
+    out = {}
+    for l in layers:
+        w = named[l].weight
+        mine = f"{l}.weight"
+        others = [o for o in owners[(w.untyped_storage().data_ptr(), w.storage_offset(), tuple(w.shape))]
+                  if o != mine]
+        keepers = [o for o in others if o.rpartition(".")[0] not in order
+                   or order[o.rpartition(".")[0]] < order[l]]
+        if keepers:
+            out[l] = keepers
+    if out:
+        warnings.warn(f"profile: the weights of {sorted(out)[:3]} share their memory with {out[sorted(out)[0]]}: "
+                      "quantizing them adds a quantized copy instead of saving bytes (counted so)", stacklevel=3)
+    return out
 
 
 def _theoretical(subgraphs, configs, table_cands, layers, cost):
