@@ -98,3 +98,13 @@ def test_gurobi_is_optional():
     big_g, big_c = generate(2000, 6, 0)
     with pytest.raises(RuntimeError, match="licence is too small"):
         solve_mckp(big_g, big_c, threshold(big_c, 0.3), solver="gurobi")
+
+
+def test_an_instance_infeasible_by_one_ulp_is_infeasible_for_every_solver():
+    budget = 1.0
+    over = math.nextafter(budget, math.inf)
+    gains, costs = [np.array([2.0, 3.0]), np.array([1.0, 5.0])], [np.array([0.5, 0.7]), np.array([over - 0.5, 0.9])]
+    ours = solve_mckp(gains, costs, budget)
+    ref = solve_mckp(gains, costs, budget, solver="highs", time_limit=30)
+    assert ours.status == "infeasible" and ref.status == "infeasible", (ours.message, ref.message)
+    assert ref.choice.size == 0 and ref.bound == ours.bound

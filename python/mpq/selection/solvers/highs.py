@@ -16,7 +16,7 @@ from typing import Optional
 
 import numpy as np
 
-from .verify import finish_external
+from .verify import finish_external, problem_rows, provably_infeasible
 
 GRACE_S = 5.0  # extra wall clock for process start, model build and HiGHS' own overshoot before we kill it
 
@@ -60,6 +60,9 @@ def solve_highs(offsets, gains, costs, target: float, *, minimize_cost: bool = F
     if res["infeasible"]:
         return _empty("infeasible", "HiGHS: infeasible", res["seconds"], minimize_cost)
     if not res["has_solution"]:
+        if provably_infeasible(offsets, problem_rows(gains, costs, target, minimize_cost, memory, max_memory)[1]):
+            return _empty("infeasible", f"HiGHS: {res['status']}; no choice is feasible (exact sums)",
+                          res["seconds"], minimize_cost)
         return _empty("limit", f"HiGHS: {res['status']}, no feasible solution", res["seconds"], minimize_cost,
                       bound=res["bound"])
     choice = _choice_from_x(offsets, res["x"])

@@ -19,6 +19,27 @@ def _excess(values: np.ndarray, idx: np.ndarray, limit: float) -> float:
     return math.fsum(values[idx].tolist() + [-limit])
 
 
+def problem_rows(gains, costs, target: float, minimize_cost: bool, memory, max_memory):
+    """(objective to maximise, rows [(values, limit)] meaning sum(values[choice]) <= limit)."""
+    if minimize_cost:   # min cost s.t. gain >= target  ==  max -cost s.t. -gain <= -target
+        objective, rows = -np.asarray(costs), [(-np.asarray(gains), -target)]
+    else:
+        objective, rows = np.asarray(gains), [(np.asarray(costs), target)]
+    if memory is not None:
+        rows.append((np.asarray(memory), max_memory))
+    return objective, rows
+
+
+def provably_infeasible(offsets: np.ndarray, rows: list) -> bool:
+    """Whether some row cannot hold even with every group at its smallest value (an exact sum): then no choice
+    is feasible, whatever an external solver's tolerances let it report."""
+    for values, limit in rows:
+        least = [float(values[offsets[g]:offsets[g + 1]].min()) for g in range(len(offsets) - 1)]
+        if math.fsum(least + [-limit]) > 0:
+            return True
+    return False
+
+
 def repair(offsets: np.ndarray, objective: np.ndarray, rows: list, choice: np.ndarray) -> Optional[np.ndarray]:
     """Greedy repair for rows [(values, limit)] meaning sum(values[choice]) <= limit, maximising ``objective``.
     Each step takes the move (group, item) that worsens no row and reduces the violated ones most per unit of
@@ -55,12 +76,7 @@ def repair(offsets: np.ndarray, objective: np.ndarray, rows: list, choice: np.nd
 def finish_external(name: str, offsets, gains, costs, choice, target: float, minimize_cost: bool, memory,
                     max_memory, *, proven: bool, bound: float, seconds: float, status_text: str) -> dict:
     """Verify an external solver's choice exactly and build the result dict (shape of mpq._core results)."""
-    if minimize_cost:   # min cost s.t. gain >= target  ==  max -cost s.t. -gain <= -target
-        objective, rows = -np.asarray(costs), [(-np.asarray(gains), -target)]
-    else:
-        objective, rows = np.asarray(gains), [(np.asarray(costs), target)]
-    if memory is not None:
-        rows.append((np.asarray(memory), max_memory))
+    objective, rows = problem_rows(gains, costs, target, minimize_cost, memory, max_memory)
     idx = offsets[:-1] + choice
     violation = max(_excess(v, idx, lim) for v, lim in rows)
     message = "" if proven else f"{name}: {status_text}"
@@ -69,6 +85,12 @@ def finish_external(name: str, offsets, gains, costs, choice, target: float, min
         fixed = repair(offsets, objective, rows, choice)
         what = "min_gain" if minimize_cost else "the budget"
         if fixed is None:
+            if provably_infeasible(offsets, rows):  # the exact solver's answer too: no choice fits
+                return {"status": "infeasible", "choice": np.zeros(0, dtype=np.int64), "objective": 0.0,
+                        "cost": 0.0, "memory": 0.0, "bound": -math.inf if not minimize_cost else math.inf,
+                        "seconds": seconds, "nodes": 0,
+                        "message": f"{name} returned an answer violating {what} by {violation:.3g}; no choice is "
+                                   "feasible (exact sums)"}
             return {"status": "limit", "choice": np.zeros(0, dtype=np.int64), "objective": 0.0, "cost": 0.0,
                     "memory": 0.0, "bound": float(bound), "seconds": seconds, "nodes": 0,
                     "message": f"{name}'s answer violates {what} by {violation:.3g} and could not be repaired"}
