@@ -1,4 +1,5 @@
 """fake_quantize's contract: layouts, dtypes, bad input, and that the input is never touched."""
+import numpy as np
 import pytest
 import torch
 
@@ -159,3 +160,68 @@ def test_tensors_that_require_grad_are_quantized_without_autograd():
     x = torch.randn(4, 8, requires_grad=True)
     y = mpq.fake_quantize(x, "int8", axis=0)
     assert not y.requires_grad and torch.equal(y, mpq.fake_quantize(x.detach(), "int8", axis=0))
+
+
+OVERLAP = "out overlaps the input without being the same memory"
+
+
+@pytest.mark.parametrize("kwargs", [dict(), dict(axis=0), dict(axis=1), dict(group_size=3)])
+@pytest.mark.parametrize("fmt", ["int8", "fp8_e4m3", "int4_asym"])
+def test_out_partly_overlapping_the_input_is_refused(fmt, kwargs):
+    base = torch.randn(37)
+    before = base.clone()
+    x, out = base[:-1].view(4, 9), base[1:].view(4, 9)  # out is x shifted by one element
+    with pytest.raises(ValueError, match=OVERLAP):
+        mpq.fake_quantize(x, fmt, out=out, **kwargs)
+    with pytest.raises(ValueError, match=OVERLAP):
+        mpq.fake_quantize(out, fmt, out=x, **kwargs)  # shifted the other way
+    assert torch.equal(base, before)  # refused before anything was written
+
+
+def test_out_overlapping_through_another_storage_is_refused():
+    a = np.random.default_rng(0).standard_normal(33).astype(np.float32)
+    x, out = torch.from_numpy(a[:-1]), torch.from_numpy(a[1:])  # two torch storages over overlapping memory
+    with pytest.raises(ValueError, match=OVERLAP):
+        mpq.fake_quantize(x, "int8", out=out)
+
+
+def test_out_with_the_same_start_but_another_layout_is_refused():
+    base = torch.randn(16)
+    x = base.view(4, 4).t()  # the same memory as out, transposed
+    with pytest.raises(ValueError, match=OVERLAP):
+        mpq.fake_quantize(x, "int8", out=base.view(4, 4))
+    strided = base[::2]  # every other value; out = the first 8 values overlaps half of them
+    with pytest.raises(ValueError, match=OVERLAP):
+        mpq.fake_quantize(strided, "int8", out=base[:8])
+
+
+@pytest.mark.parametrize("kwargs", [dict(), dict(axis=0), dict(axis=1), dict(group_size=3)])
+def test_out_exactly_the_input_memory_works_in_place(kwargs):
+    x = torch.randn(4, 9)
+    want = mpq.fake_quantize(x, "int8_asym", **kwargs)
+    same = x.clone()
+    alias = same.view(36).view(4, 9)  # another tensor object over exactly the same memory
+    y = mpq.fake_quantize(same, "int8_asym", out=alias, **kwargs)
+    assert y is alias and torch.equal(same, want)
+
+
+@pytest.mark.parametrize("kwargs", [dict(), dict(axis=0), dict(group_size=3)])
+def test_out_disjoint_view_of_the_same_storage_works(kwargs):
+    base = torch.randn(72)
+    x, out = base[:36].view(4, 9), base[36:].view(4, 9)
+    x_before = x.clone()
+    y = mpq.fake_quantize(x, "int4", out=out, **kwargs)
+    assert y is out and torch.equal(out, mpq.fake_quantize(x_before, "int4", **kwargs))
+    assert torch.equal(x, x_before)
+
+
+def test_core_refuses_partly_overlapping_buffers():
+    from mpq import _core
+    base = torch.randn(33).numpy()
+    with pytest.raises(ValueError, match="overlap without being the same buffer"):
+        _core.fake_quantize_auto_into(base[:-1], base[1:], 0, 32, "int8", "maxabs", 1)
+    with pytest.raises(ValueError, match="overlap without being the same buffer"):
+        _core.fake_quantize_into(base[1:], base[:-1], 0, 32, "int8", np.ones(1, np.float32),
+                                 np.zeros(1, np.float32), 1)
+    x = base[:32].copy()
+    _core.fake_quantize_auto_into(x, x, 0, 32, "int8", "maxabs", 1)  # the same buffer: in place

@@ -93,16 +93,21 @@ BlockScale block_scale(detail::MinMax m, const Format& f, ScaleRule rule) {
   const bool any = m.lo <= m.hi;
   if (rule == ScaleRule::kNone || !any) return {1.0f, 1.0f, 0.0f};
   float span, lo = 0.0f;
+  float range = f.asymmetric ? f.qmax - f.qmin : f.max;
   if (f.asymmetric) {
     lo = std::fmin(m.lo, 0.0f);
     const float hi = std::fmax(m.hi, 0.0f);
     span = hi - lo;
-    if (!std::isfinite(span)) span = FLT_MAX;  // the range overflows fp32: the widest scale we can hold
+    if (!std::isfinite(span)) {
+      // hi - lo overflows fp32 (|hi|, |lo| >= 2^103 then, so halving them is exact): the rules below compare and
+      // divide span by range only, so halving both gives what fp32 would with an unbounded exponent.
+      span = hi * 0.5f - lo * 0.5f;
+      range *= 0.5f;
+    }
   } else {
     span = std::fmax(-m.lo, m.hi);
   }
   if (span == 0.0f) return {1.0f, 1.0f, 0.0f};
-  const float range = f.asymmetric ? f.qmax - f.qmin : f.max;
   float s;
   switch (rule) {
     case ScaleRule::kPow2: s = pow2_at_least(span, range); break;
@@ -121,6 +126,16 @@ BlockScale block_scale(detail::MinMax m, const Format& f, ScaleRule rule) {
   float zp = 0.0f;
   if (f.asymmetric) zp = std::fmin(std::fmax(std::nearbyint(static_cast<float>(f.qmin) - lo / s), f.qmin), f.qmax);
   return {s, 1.0f / s, zp};
+}
+
+// x and y may be the same buffer (in place) or disjoint; a partial overlap would read values already written.
+void check_alias(const char* fn, const void* x, const void* y, DType dtype, std::size_t n) {
+  if (x == y || n == 0) return;
+  const auto xb = reinterpret_cast<std::uintptr_t>(x), yb = reinterpret_cast<std::uintptr_t>(y);
+  const std::uintptr_t bytes = n * (dtype == DType::kF32 ? 4 : 2);
+  if (xb < yb + bytes && yb < xb + bytes)
+    throw std::invalid_argument(std::string(fn) + ": x and y overlap without being the same buffer (y must be x "
+                                "itself or disjoint from it)");
 }
 
 void check_shape(const char* fn, std::size_t n, std::size_t block) {
@@ -236,6 +251,7 @@ void compute_scales(const void* x, DType dtype, std::size_t n, std::size_t block
 void fake_quantize(const void* x, void* y, DType dtype, std::size_t n, std::size_t block, const Format& fmt,
                    Span<const float> scales, Span<const float> zero_points, int num_threads) {
   check_shape("fake_quantize", n, block);
+  check_alias("fake_quantize", x, y, dtype, n);
   if (n == 0) return;
   const std::size_t blocks = n / block;
   if (scales.size != 1 && scales.size != blocks)
@@ -266,6 +282,7 @@ void fake_quantize(const void* x, void* y, DType dtype, std::size_t n, std::size
 void fake_quantize_auto(const void* x, void* y, DType dtype, std::size_t n, std::size_t block, const Format& fmt,
                         ScaleRule rule, int num_threads) {
   check_shape("fake_quantize", n, block);
+  check_alias("fake_quantize", x, y, dtype, n);
   if (rule == ScaleRule::kHw && fmt.hw_scales.empty())
     throw std::invalid_argument("fake_quantize: format '" + fmt.name + "' has no hardware scale set");
   if (n == 0) return;
@@ -291,7 +308,9 @@ void fake_quantize_auto(const void* x, void* y, DType dtype, std::size_t n, std:
 }
 
 float fake_quantize_value(float x, const Format& fmt, float scale, float zero_point) {
-  return detail::scalar::quantize_one(x, detail::make_params(fmt), {scale, 1.0f / scale, zero_point});
+  const detail::Params p = detail::make_params(fmt);
+  const float y = detail::scalar::quantize_one(x, p, {scale, 1.0f / scale, zero_point});
+  return detail::saturates_output(p) ? detail::saturate(y, FLT_MAX) : y;
 }
 
 namespace detail {

@@ -22,6 +22,22 @@ struct Params {
 };
 Params make_params(const Format& fmt);
 
+/// Whether fake_quantize saturates y = q * s at +-finite_max(dtype) (see formats.hpp): the formats that saturate
+/// themselves (fp8, int). bf16/fp16 are plain casts and overflow to Inf, as torch's casts do.
+inline bool saturates_output(const Params& p) { return p.is_int || p.saturate; }
+
+/// The largest finite value of a storage dtype, as fp32 (bf16: 0x7F7F, fp16: 65504).
+inline float finite_max(DType dtype) {
+  switch (dtype) {
+    case DType::kBF16: return 3.38953138925153547590e38f;  // (2 - 2^-7) * 2^127, exact in fp32
+    case DType::kF16: return 65504.0f;
+    default: return 3.40282346638528859812e38f;  // FLT_MAX
+  }
+}
+
+/// y clamped to [-lim, lim]; NaN passes with its bits (the SIMD paths use min/max with y second, which do too).
+inline float saturate(float y, float lim) { return y > lim ? lim : (y < -lim ? -lim : y); }
+
 /// Smallest and largest finite value of a run (lo = +inf, hi = -inf when there is none).
 struct MinMax {
   float lo, hi;

@@ -45,17 +45,32 @@ MinMax minmax_t(const void* x, std::size_t n) {
   return m;
 }
 
-template <DType D>
+// q(x), saturated at +-finite_max(D) when Sat (scalar::quantize's saturate(): y is the second operand of min and
+// max, which return it unchanged when it is NaN).
+template <DType D, bool Sat>
+inline __m256 quantize8(const Quantizer& q, __m256 x) {
+  const __m256 y = q(x);
+  if (!Sat) return y;
+  return _mm256_max_ps(_mm256_set1_ps(-finite_max(D)), _mm256_min_ps(_mm256_set1_ps(finite_max(D)), y));
+}
+
+template <DType D, bool Sat>
 void quantize_run(const Quantizer& q, const void* x, void* y, std::size_t n) {
   std::size_t i = 0;
-  for (; i + 8 <= n; i += 8) store8<D>(y, i, q(load8<D>(x, i)));
+  for (; i + 8 <= n; i += 8) store8<D>(y, i, quantize8<D, Sat>(q, load8<D>(x, i)));
   if (i == n) return;
   // Tail: through a padded lane buffer so the same vector code rounds it.
   alignas(32) uint8_t in[32] = {}, out[32];
   const std::size_t rest = n - i;
   std::memcpy(in, static_cast<const uint8_t*>(x) + i * esize(D), rest * esize(D));
-  store8<D>(out, 0, q(load8<D>(in, 0)));
+  store8<D>(out, 0, quantize8<D, Sat>(q, load8<D>(in, 0)));
   std::memcpy(static_cast<uint8_t*>(y) + i * esize(D), out, rest * esize(D));
+}
+
+template <DType D>
+void quantize_run(const Quantizer& q, const void* x, void* y, std::size_t n) {
+  if (saturates_output(q.p)) quantize_run<D, true>(q, x, y, n);
+  else quantize_run<D, false>(q, x, y, n);
 }
 
 template <DType D>
@@ -67,10 +82,13 @@ template <DType D>
 void quantize_blocks_t(const void* x, void* y, std::size_t block, std::size_t n_blocks, const Params& p,
                        const BlockScale* scales) {
   Quantizer q(p, scales[0]);  // built once: only the three scale vectors change per block
+  const bool sat = saturates_output(p);
   for (std::size_t b = 0; b < n_blocks; ++b) {
     q.set_scale(scales[b]);
-    quantize_run<D>(q, static_cast<const char*>(x) + b * block * esize(D), static_cast<char*>(y) + b * block * esize(D),
-                    block);
+    const void* xb = static_cast<const char*>(x) + b * block * esize(D);
+    void* yb = static_cast<char*>(y) + b * block * esize(D);
+    if (sat) quantize_run<D, true>(q, xb, yb, block);
+    else quantize_run<D, false>(q, xb, yb, block);
   }
 }
 

@@ -129,7 +129,12 @@ MinMax minmax(const void* x, DType dtype, std::size_t n) {
 namespace {
 
 void quantize(const void* x, void* y, DType dtype, std::size_t n, const Params& p, BlockScale s) {
-  for (std::size_t i = 0; i < n; ++i) store(y, dtype, i, quantize_one(load(x, dtype, i), p, s));
+  if (!saturates_output(p)) {
+    for (std::size_t i = 0; i < n; ++i) store(y, dtype, i, quantize_one(load(x, dtype, i), p, s));
+    return;
+  }
+  const float lim = finite_max(dtype);  // a grid point q * s beyond the dtype's range saturates (formats.hpp)
+  for (std::size_t i = 0; i < n; ++i) store(y, dtype, i, saturate(quantize_one(load(x, dtype, i), p, s), lim));
 }
 
 void minmax_blocks(const void* x, DType dtype, std::size_t block, std::size_t n_blocks, MinMax* out) {

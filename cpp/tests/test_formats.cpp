@@ -1,6 +1,7 @@
 // C++ tests of the formats: every SIMD path equals the scalar definition bit for bit, spec values hold, and bad
 // input throws std::invalid_argument. Returns non-zero on the first failure.
 #include "check.hpp"
+#include <cfloat>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -111,6 +112,72 @@ void test_spec_values() {
   CHECK(g2.hw_scales.size() == 4 && g2.hw_scales.front() == std::ldexp(1.0f, -8) && g2.hw_scales.back() == 16.0f);
 }
 
+uint16_t f16_bits(float f) {  // exact for the values used below (fp16-representable)
+  if (f == 65504.0f) return 0x7BFF;
+  if (f == -65504.0f) return 0xFBFF;
+  if (f == 1.0f) return 0x3C00;
+  return 0;
+}
+
+// The ends of the fp32 and fp16 ranges: finite in, finite out, and the extremes come back near themselves.
+void test_extremes() {
+  const float big = 3.4e38f;
+  const std::vector<float> x{big, -big, 1.0f};
+  for (const char* name : {"int8_asym", "int4_asym", "int8", "int4", "fp8_e4m3", "fp8_e5m2"}) {
+    const mpq::Format& f = mpq::format_by_name(name);
+    for (mpq::ScaleRule rule : {mpq::ScaleRule::kMaxAbs, mpq::ScaleRule::kPow2}) {
+      float s = 0, zp = 0;
+      mpq::compute_scales(x.data(), mpq::DType::kF32, 3, 3, f, rule, &s, &zp);
+      CHECK(std::isfinite(s) && s > 0, "%s: scale %g", name, s);
+      for (const auto& isa : mpq::available_isas()) {
+        mpq::set_isa(isa);
+        std::vector<float> y(3);
+        mpq::fake_quantize_auto(x.data(), y.data(), mpq::DType::kF32, 3, 3, f, rule, 1);
+        const double tol = f.is_int ? 0.51 * s : 0.13 * double(big);  // half an int step; fp8: an eighth
+        for (int i = 0; i < 2; ++i)
+          CHECK(std::isfinite(y[i]) && std::fabs(double(y[i]) - double(x[i])) <= tol, "%s %s: %g -> %g (scale %g)",
+                name, isa.c_str(), x[i], y[i], s);
+      }
+    }
+  }
+  // hi - lo = 6.8e38 overflows fp32: the scale is still (hi - lo) / 255
+  float s = 0, zp = 0;
+  mpq::compute_scales(x.data(), mpq::DType::kF32, 3, 3, mpq::format_by_name("int8_asym"), mpq::ScaleRule::kMaxAbs, &s,
+                      &zp);
+  CHECK(std::fabs(double(s) / (6.8e38 / 255) - 1) < 1e-6, "scale %g", s);
+  // fp16 +-65504: the grid point half a step past -65504 saturates at -65504 instead of overflowing to -Inf
+  const std::vector<uint16_t> h{f16_bits(65504.0f), f16_bits(-65504.0f), f16_bits(1.0f)};
+  for (const char* name : {"int8_asym", "int4_asym"}) {
+    for (const auto& isa : mpq::available_isas()) {
+      mpq::set_isa(isa);
+      std::vector<uint16_t> y(3);
+      mpq::fake_quantize_auto(h.data(), y.data(), mpq::DType::kF16, 3, 3, mpq::format_by_name(name),
+                              mpq::ScaleRule::kMaxAbs, 1);
+      CHECK((y[0] & 0x7C00u) != 0x7C00u && y[1] == 0xFBFF, "%s %s: %04x %04x", name, isa.c_str(), y[0], y[1]);
+    }
+  }
+  CHECK(mpq::fake_quantize_value(big, mpq::format_by_name("int8"), big / 126.6f) == FLT_MAX);  // 127 * s > FLT_MAX
+  mpq::set_isa(mpq::available_isas().back());
+}
+
+void test_partial_alias_throws() {
+  const mpq::Format& f = mpq::format_by_name("int8");
+  std::vector<float> buf(33, 1.0f), s{1.0f}, z{0.0f};
+  CHECK(throws_invalid([&] { mpq::fake_quantize(buf.data(), buf.data() + 1, mpq::DType::kF32, 32, 32, f, s, z); }));
+  CHECK(throws_invalid([&] { mpq::fake_quantize(buf.data() + 1, buf.data(), mpq::DType::kF32, 32, 32, f, s, z); }));
+  CHECK(throws_invalid([&] {
+    mpq::fake_quantize_auto(buf.data(), buf.data() + 1, mpq::DType::kF32, 32, 32, f, mpq::ScaleRule::kMaxAbs);
+  }));
+  CHECK(!throws_invalid([&] { mpq::fake_quantize(buf.data(), buf.data(), mpq::DType::kF32, 32, 32, f, s, z); }));
+  std::vector<uint16_t> h(64, 0x3C00);  // 16-bit: the overlap is counted in 2-byte values
+  CHECK(throws_invalid([&] {
+    mpq::fake_quantize_auto(h.data(), h.data() + 31, mpq::DType::kBF16, 32, 32, f, mpq::ScaleRule::kMaxAbs);
+  }));
+  CHECK(!throws_invalid([&] {
+    mpq::fake_quantize_auto(h.data(), h.data() + 32, mpq::DType::kBF16, 32, 32, f, mpq::ScaleRule::kMaxAbs);
+  }));
+}
+
 void test_bad_input_throws() {
   CHECK(throws_invalid([] { mpq::format_by_name("fp7"); }));
   CHECK(throws_invalid([] { mpq::scale_rule_by_name("mse"); }));
@@ -134,6 +201,8 @@ int main() {
   test_random_fp32_all_isas();
   test_spec_values();
   test_bad_input_throws();
+  test_extremes();
+  test_partial_alias_throws();
   if (failures) std::fprintf(stderr, "%d check(s) failed\n", failures);
   else std::printf("test_formats: all checks passed (isas:%zu)\n", mpq::available_isas().size());
   return failures ? 1 : 0;

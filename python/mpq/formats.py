@@ -41,7 +41,8 @@ def fake_quantize(
     out: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Quantize ``t`` to ``fmt`` and back; returns a new tensor of ``t``'s dtype, shape and device (or ``out``,
-    a contiguous tensor like ``t`` to write into, which saves allocating; ``out=t`` works in place).
+    a contiguous tensor like ``t`` to write into, which saves allocating; ``out=t`` works in place, and an ``out``
+    that shares only part of ``t``'s memory raises ValueError, as torch's own ``out=`` does).
 
     Granularity: one scale for the whole tensor (default); ``axis=k`` one scale per index along axis k (per
     channel: ``axis=0`` for a Linear weight); ``group_size=g`` one scale per g consecutive values along the
@@ -98,6 +99,24 @@ def _check_out(out: torch.Tensor, t: torch.Tensor) -> None:
         raise ValueError(f"out must be a tensor of shape {tuple(t.shape)}, dtype {t.dtype} on {t.device}")
     if not out.is_contiguous():
         raise ValueError("out must be contiguous")
+    if _overlaps_partially(out, t):
+        raise ValueError("out overlaps the input without being the same memory (a view of the input's storage "
+                         "shifted or laid out differently): pass out=t to work in place, or a disjoint tensor")
+
+
+def _overlaps_partially(out: torch.Tensor, t: torch.Tensor) -> bool:
+    """Whether out (contiguous, t's shape and dtype) shares memory with t without being exactly t's memory (the
+    same first element and, t being contiguous too, the same layout). As torch's own out= check
+    (at::get_overlap_status, which Python cannot call: torch._C._overlaps only says "same storage"), it compares
+    the byte ranges the two span, which for a strided t is conservative."""
+    if out.numel() == 0 or t.numel() == 0:
+        return False
+    if out.data_ptr() == t.data_ptr() and t.is_contiguous():
+        return False  # exactly the same memory: in place, which the kernels support
+    # addresses, not storages: two storages may share memory (torch.from_numpy of overlapping numpy views)
+    size = t.element_size()  # torch strides are never negative: t spans [data_ptr, data_ptr + extent)
+    t_end = t.data_ptr() + size * (1 + sum((n - 1) * st for n, st in zip(t.shape, t.stride())))
+    return out.data_ptr() < t_end and t.data_ptr() < out.data_ptr() + size * out.numel()
 
 
 def compute_scales(t: torch.Tensor, fmt: str, *, axis: Optional[int] = None, group_size: Optional[int] = None,

@@ -3,8 +3,11 @@ compare the C++ core against. Written independently of the C++ code (torch's own
 not part of the stable public surface.
 
 Semantics (as in cpp/include/mpq/formats.hpp): v = x * (1/s) in float32; fp8 formats saturate to ±max and round
-with torch's casts; bf16/fp16 are plain casts; ints round half to even and clamp; y = q * s; NaN stays NaN with the
-bits torch's fp8 casts give; the result is rounded to the input dtype.
+with torch's casts; bf16/fp16 are plain casts; ints round half to even and clamp; y = q * s, which for the
+saturating formats (fp8, int) saturates at ±the input dtype's largest finite value (never Inf from a finite
+input); NaN stays NaN with the bits torch's fp8 casts give; the result is rounded to the input dtype.
+Asymmetric scales are (hi - lo) / (qmax - qmin); where hi - lo overflows float32 they come from
+(hi/2 - lo/2) against (qmax - qmin)/2, the float32 result with an unbounded exponent.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import torch
 
 _FLT_MIN = torch.finfo(torch.float32).tiny
 _FLT_MAX = torch.finfo(torch.float32).max
+_CAST_MAX = {torch.bfloat16: _FLT_MAX, torch.float16: 65504.0}  # the core's Format::max of bf16 / fp16
 
 # name: (torch dtype to cast through or None, max, int range or None, asymmetric, default rule, hardware scales)
 _SPECS = {
@@ -62,6 +66,9 @@ def fake_quantize(t: torch.Tensor, fmt: str, *, axis: Optional[int] = None, grou
         if fmax is None:  # bf16/fp16: torch's NaN bits depend on its code path; mpq's are canonical
             q = torch.where(q.isnan(), torch.full_like(q, float("nan")), q)
         y = torch.where(q.isnan(), q, q * s)  # keep the cast's NaN bits (q * s would quiet them)
+    if irange is not None or fmax is not None:  # saturating formats: a grid point past the dtype's range
+        dmax = torch.finfo(t.dtype).max         # gives ±its max, not ±Inf (comparisons leave NaN bits alone)
+        y = torch.where(y > dmax, torch.full_like(y, dmax), torch.where(y < -dmax, torch.full_like(y, -dmax), y))
     return _to_dtype(unview(y), t.dtype)
 
 
@@ -95,20 +102,27 @@ def _scales(view: torch.Tensor, fmt: str, rule: str):
     if asym:
         lo0, hi0 = torch.minimum(lo, zero), torch.maximum(hi, zero)
         span = hi0 - lo0
-        span = torch.where(span.isfinite(), span, torch.full_like(span, _FLT_MAX))
-        rng = float(irange[1] - irange[0])
+        rng = torch.full_like(span, float(irange[1] - irange[0]))
+        # hi - lo overflows float32: halve both span and range (exact for values that large), which every rule
+        # below compares and divides only by each other
+        wide = ~span.isfinite() & ~empty
+        span = torch.where(wide, hi0 * 0.5 - lo0 * 0.5, span)
+        rng = torch.where(wide, rng * 0.5, rng)
     else:
         lo0 = zero
         span = torch.maximum(-lo, hi)
-        rng = fmax
+        # bf16/fp16 have no saturation bound in _SPECS; a scale rule divides by their largest value (as the core)
+        rng = torch.full_like(span, fmax if fmax is not None else _CAST_MAX[cast])
     # a true quotient on every device: CUDA computes "tensor / Python number" as a product with the reciprocal,
     # one ulp away from the C++ core's division
-    quotient = span / torch.full_like(span, rng)
+    quotient = span / rng
     if rule == "maxabs":
         s = quotient
     elif rule == "pow2":
         _, e = torch.frexp(quotient)
         s = torch.ldexp(ones, e.float())
+        # a quotient that underflows to 0 (bf16's range is FLT_MAX) asks for a power below FLT_MIN: the clamp's
+        s = torch.where(quotient == 0, torch.full_like(s, _FLT_MIN), s)
         # exact corrections: the smallest power of two with span <= rng * s
         for _ in range(2):
             s = torch.where((span <= rng * (s * 0.5)) & (s > _FLT_MIN), s * 0.5, s)

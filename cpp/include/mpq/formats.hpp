@@ -10,6 +10,10 @@
 //                  (Inf saturates too), overflowing to Inf for bf16/fp16, subnormals kept;
 //   int formats:   q = clamp(nearbyint(v) + zp, qmin, qmax) - zp;
 //   y = q * s                               (fp32, then rounded to the input dtype).
+//   The formats that saturate (fp8, int) saturate y too, at +-the largest finite value of the input dtype
+//   (FLT_MAX, bf16 0x7F7F, fp16 65504): a grid point beyond it (the scale is rounded, and an asymmetric grid may
+//   reach half a step past lo or hi) gives that value, never Inf, so a finite input gives a finite output.
+//   bf16/fp16 stay plain casts and overflow to Inf where torch's casts do.
 // NaN stays NaN. For fp8 formats the NaN bits equal those of torch's casts (fp8 -> fp32/fp16/bf16).
 #pragma once
 #include <cstddef>
@@ -27,7 +31,10 @@ enum class DType : int { kF32 = 0, kBF16 = 1, kF16 = 2 };
 /// How a block's scale is chosen when the caller gives none.
 enum class ScaleRule : int {
   kNone = 0,    ///< scale 1 (bf16, fp16: plain casts)
-  kMaxAbs = 1,  ///< s = amax / max (int: amax / qmax; asymmetric: (hi - lo) / (qmax - qmin))
+  kMaxAbs = 1,  ///< s = amax / max (int: amax / qmax; asymmetric: (hi - lo) / (qmax - qmin), with
+                ///< lo = min(min, 0), hi = max(max, 0); where hi - lo overflows fp32, every rule uses
+                ///< (hi/2 - lo/2) against (qmax - qmin)/2: the fp32 result with an unbounded exponent, so
+                ///< [-FLT_MAX, FLT_MAX] gets s = 2 * FLT_MAX / 255 for int8_asym, not a clipped range)
   kPow2 = 2,    ///< smallest power of two s with amax <= max * s
   kHw = 3,      ///< smallest hardware scale with amax <= max * s (Gaudi-2 E4M3: 2^-8, 2^-4, 2^0, 2^4)
 };
@@ -66,17 +73,21 @@ ScaleRule scale_rule_by_name(const std::string& name);
 void compute_scales(const void* x, DType dtype, std::size_t n, std::size_t block, const Format& fmt,
                     ScaleRule rule, float* scales, float* zero_points, int num_threads = 1);
 
-/// Fake-quantizes x into y (both n values of `dtype`; they may alias). scales/zero_points: one per block, or
-/// one in all (broadcast). Thread-safe; OpenMP over blocks (or over chunks when there is one block).
-/// @throws std::invalid_argument on a bad shape or a non-positive / non-finite scale.
+/// Fake-quantizes x into y (both n values of `dtype`; y may be x itself, in place, or disjoint from it).
+/// scales/zero_points: one per block, or one in all (broadcast). Thread-safe; OpenMP over blocks (or over chunks
+/// when there is one block).
+/// @throws std::invalid_argument on a bad shape, a non-positive / non-finite scale, or x and y overlapping
+/// partially (y != x but sharing bytes: values would be read after being overwritten).
 void fake_quantize(const void* x, void* y, DType dtype, std::size_t n, std::size_t block, const Format& fmt,
                    Span<const float> scales, Span<const float> zero_points, int num_threads = 1);
 
-/// Scales by `rule` and fake-quantizes in one call (the scales are computed first, then used).
+/// Scales by `rule` and fake-quantizes in one call (the scales are computed first, then used). x and y as in
+/// fake_quantize, with the same checks.
 void fake_quantize_auto(const void* x, void* y, DType dtype, std::size_t n, std::size_t block,
                         const Format& fmt, ScaleRule rule, int num_threads = 1);
 
-/// Fake-quantizes one fp32 value with a given scale (slow; for tests and tools).
+/// Fake-quantizes one fp32 value with a given scale, as fake_quantize on kF32 (saturating at +-FLT_MAX for
+/// fp8/int formats); slow, for tests and tools.
 float fake_quantize_value(float x, const Format& fmt, float scale, float zero_point = 0.f);
 
 }  // namespace mpq
