@@ -331,3 +331,74 @@ def test_an_error_reaches_the_shell_as_one_line(tmp_path):
                        text=True, timeout=60)
     assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
     assert r.stderr.startswith("mpq report: error: ") and "missing.npz" in r.stderr
+
+
+# --- unreadable artifacts and Pareto front files ---------------------------------------------------------------------
+@pytest.mark.parametrize("name,content,names", [
+    ("empty.json", b"", ["empty.json", "it is empty"]),
+    ("cut.json", b'{"format": "mpq.Plan", "version": 2, "mapp', ["cut.json", "not a readable mpq.Plan file"]),
+    ("deep.json", b"[" * 100_000 + b"]" * 100_000, ["deep.json", "nested too deeply"]),
+    ("empty.npz", b"", ["empty.npz", "the file is empty"]),
+    ("cut.npz", None, ["cut.npz", "not a readable"]),
+    ("folder", "dir", ["folder", "is a directory"]),
+    ("folder.json", "dir", ["folder.json", "is a directory"]),
+    ("folder.npz", "dir", ["folder.npz", "is a directory"]),
+])
+def test_report_names_an_unreadable_file_in_one_line(chain, tmp_path, name, content, names):
+    path = tmp_path / name
+    if content == "dir":
+        path.mkdir()
+    elif content is None:  # a table cut short
+        path.write_bytes((chain[0] / "s.npz").read_bytes()[:300])
+    else:
+        path.write_bytes(content)
+    one_error(cli("report", path), 1, "report", *names)
+
+
+@pytest.fixture(scope="module")
+def front(chain):
+    """A Pareto front file of the chain's tables (mpq select --pareto 3) and its plans as JSON objects."""
+    d, _ = chain
+    code, out, err = cli("select", d / "s.npz", d / "m.npz", "--pareto", 3, "-o", d / "front.json")
+    assert code == 0 and f"front: {d / 'front.json'}" in out, err
+    return d / "front.json", json.loads((d / "front.json").read_text())
+
+
+def test_report_shows_a_pareto_front_file(front):
+    path, plans = front
+    code, out, err = cli("report", path)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith(f"Pareto front: {len(plans)} plan") and len(lines) == 2 + len(plans)
+    assert [int(line.split()[0]) for line in lines[2:]] == list(range(len(plans)))
+    code, out, err = cli("report", path, "--index", len(plans) - 1)
+    assert code == 0 and out.splitlines()[0] == Plan.from_dict(plans[-1]).summary(), err
+    one_error(cli("report", path, "--index", len(plans)), 1, "report", "front.json", f"index {len(plans)}",
+              f"{len(plans)} plans")
+
+
+def test_export_takes_one_plan_of_a_front_by_index(front, tmp_path):
+    path, plans = front
+    one_error(cli("export", path, "mpq", tmp_path / "x.json"), 1, "export", "front.json",
+              f"a Pareto front of {len(plans)} plans", "--index")
+    assert not (tmp_path / "x.json").exists()
+    last = len(plans) - 1
+    code, out, err = cli("export", path, "mpq", tmp_path / "x.json", "--index", last)
+    assert code == 0 and f"mpq: {tmp_path / 'x.json'}" in out, err
+    Plan.from_dict(plans[last]).save(tmp_path / "one.json")
+    assert cli("export", tmp_path / "one.json", "mpq", tmp_path / "y.json")[0] == 0
+    assert (tmp_path / "x.json").read_text() == (tmp_path / "y.json").read_text()
+    one_error(cli("export", path, "mpq", tmp_path / "x.json", "--index", len(plans)), 1, "export",
+              f"index {len(plans)} is not one of the front's {len(plans)} plans")
+    one_error(cli("export", tmp_path / "one.json", "mpq", tmp_path / "x.json", "--index", 0), 1, "export",
+              "one.json", "holds one plan, not a Pareto front")
+
+
+def test_apply_takes_one_plan_of_a_front_by_index(front, lm):
+    path, plans = front
+    one_error(cli("apply", lm, path, "--random", *SMALL, "--repeats", 3), 1, "apply", "front.json",
+              f"a Pareto front of {len(plans)} plans", "--index")
+    last = len(plans) - 1
+    code, out, err = cli("apply", lm, path, "--index", last, "--mode", "fake", "--random", *SMALL, "--repeats", 3)
+    assert code == 0, err
+    assert f"layers changed: {len(Plan.from_dict(plans[last]).quantized)}  mode=fake" in out

@@ -13,7 +13,7 @@ Conventions
   was measured (all-base, each group alone with each candidate, every group on the same candidate, then seeded
   random configurations up to the limit); ``note`` says so.
 
-File format (``.npz`` through ``mpq._artifact_io``, kind ``mpq.GainTable``, version 1): meta holds the table-level
+File format (``.npz`` through ``mpq.artifacts.io``, kind ``mpq.GainTable``, version 1): meta holds the table-level
 fields and, per sub-graph, name/layers/ties/subset/note/baseline_seconds; arrays ``configs_<i>`` (int32 [K, n]),
 ``gain_<i>``, ``spread_<i>`` (float64 [K]), ``noisy_<i>`` (bool [K]), optional ``layer_bytes`` (float64
 [n_layers, n_candidates], bytes of each layer's weight in each candidate; NaN where not applicable) and
@@ -22,13 +22,15 @@ additive prediction) over ``layer_names``.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Mapping, Optional
 
 import numpy as np
 
 from ..candidates import BASE
-from .io import load_npz, save_npz
+from .io import (array, as_bool, as_names, as_object, as_optional_number, as_str, as_str_mapping, load_npz,
+                 save_npz, take)
 
 __all__ = ["GainTable", "SubgraphGains"]
 
@@ -163,19 +165,59 @@ class GainTable:
 
     @classmethod
     def load(cls, path) -> "GainTable":
+        """@raises ValueError naming the file and the field for any file that is not a well-formed table (wrong
+        types, shapes or dtypes, config indices outside the candidates, a damaged archive); FileNotFoundError when
+        it is missing."""
+        path = os.fspath(path)
         meta, arrays = load_npz(path, FORMAT, VERSION)
+        candidates = take(meta, "candidates", path, as_names)
+        if not candidates or candidates[0] != BASE:
+            raise ValueError(f"{path}: 'candidates' must start with {BASE!r}, got {list(candidates)}")
+        layer_names = take(meta, "layer_names", path, as_names, ())
+        info = take(meta, "info", path, as_object, {})
+        if "implementations" in info:  # {layer: {candidate: implementation}}: what select copies into plans
+            impls = as_object(info["implementations"], f"{path}: 'info.implementations'")
+            for layer, per in impls.items():
+                as_str_mapping(per, f"{path}: 'info.implementations.{layer}'", optional_values=True)
+        records = take(meta, "subgraphs", path, _list_of_objects)
+        sgs = []
+        for i, d in enumerate(records):
+            where = f"{path}: subgraphs[{i}]"
+            name = take(d, "name", where, as_str)
+            where = f"{path}: sub-graph {name!r}"
+            layers = take(d, "layers", where, as_names)
+            ties = tuple(as_names(t, f"{where}: 'ties'[{j}]")
+                         for j, t in enumerate(take(d, "ties", where, _list_of_lists, [])))
+            configs = array(arrays, f"configs_{i}", where, "iu", (None, len(layers)))
+            k = configs.shape[0]
+            if not k:
+                raise ValueError(f"{where}: array 'configs_{i}' has no rows (row 0 is the all-base configuration)")
+            if configs.size and (configs.min() < 0 or configs.max() >= len(candidates)):
+                raise ValueError(f"{where}: array 'configs_{i}' holds candidate indices outside "
+                                 f"0..{len(candidates) - 1}")
+            gain = array(arrays, f"gain_{i}", where, "f", (k,))
+            spread = array(arrays, f"spread_{i}", where, "f", (k,))
+            noisy = array(arrays, f"noisy_{i}", where, "b", (k,))
+            sgs.append(SubgraphGains(name, layers, ties, configs.astype(np.int32), gain.astype(np.float64),
+                                     spread.astype(np.float64), noisy, _unnum(take(d, "baseline_seconds", where,
+                                                                                     as_optional_number, None)),
+                                     take(d, "subset", where, as_bool, False), take(d, "note", where, as_str, "")))
+        per_layer = {what: array(arrays, what, path, "f", (len(layer_names), len(candidates)), optional=True)
+                     for what in ("layer_bytes", "layer_gain", "layer_spread")}
+        if any(a is not None for a in per_layer.values()):
+            known = set(layer_names)
+            stray = [l for sg in sgs for l in sg.layers if l not in known]
+            if stray:
+                raise ValueError(f"{path}: 'layer_names' lacks sub-graph layers {stray[:3]} that the per-layer "
+                                 "arrays must cover")
+        backend, phase, unit = (take(meta, key, path, as_str) for key in ("backend", "phase", "unit"))
+        baseline = _unnum(take(meta, "baseline_seconds", path, as_optional_number, None))
+        shapes = take(meta, "shapes", path, as_object, {})
         try:
-            sgs = tuple(SubgraphGains(d["name"], tuple(d["layers"]), tuple(tuple(t) for t in d["ties"]),
-                                      arrays[f"configs_{i}"], arrays[f"gain_{i}"], arrays[f"spread_{i}"],
-                                      arrays[f"noisy_{i}"], _unnum(d["baseline_seconds"]), bool(d["subset"]),
-                                      d["note"])
-                        for i, d in enumerate(meta["subgraphs"]))
-            return cls(meta["backend"], meta["phase"], tuple(meta["candidates"]), sgs,
-                       _unnum(meta["baseline_seconds"]), meta["unit"], meta["shapes"], meta["info"],
-                       tuple(meta["layer_names"]), arrays.get("layer_bytes"), arrays.get("layer_gain"),
-                       arrays.get("layer_spread"))
-        except KeyError as e:
-            raise ValueError(f"{path}: mpq.GainTable v{meta['version']} is missing {e}") from None
+            return cls(backend, phase, candidates, tuple(sgs), baseline, unit, shapes, info, layer_names,
+                       *(None if a is None else a.astype(np.float64) for a in per_layer.values()))
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
 
     def summary(self) -> str:
         lines = [f"GainTable backend={self.backend} phase={self.phase} unit={self.unit} "
@@ -194,3 +236,15 @@ def _num(x):
 
 def _unnum(x):
     return float("nan") if x is None else float(x)
+
+
+def _list_of_objects(x, where: str) -> list:
+    if not isinstance(x, list) or not all(isinstance(d, dict) for d in x):
+        raise ValueError(f"{where} must be a list of objects, got {type(x).__name__}")
+    return x
+
+
+def _list_of_lists(x, where: str) -> list:
+    if not isinstance(x, list):
+        raise ValueError(f"{where} must be a list of lists of layer names, got {type(x).__name__}")
+    return x

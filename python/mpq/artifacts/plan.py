@@ -20,17 +20,21 @@ read and edit plans) with keys
   verification                    {} or, for a plan checked by measurement (``select(verify=...)``): measured_loss_mse
                                   and measured_loss_mse_stderr on the verification sequences, samples, rounds, the
                                   additive budget the last solve used, the bound ("estimate" or "upper"), warnings
+
+A Pareto front file (``mpq select --pareto N``) is a JSON list of such objects: ``Plan.load_front`` reads them all,
+``Plan.load(path, index=i)`` plan i. Reading checks the type of every field above and refuses what JSON cannot hold
+(NaN, Infinity) and nesting deeper than ``io.MAX_DEPTH``, each with one ValueError naming the file and the field.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Mapping, Optional
 
 from ..candidates import BASE
-from .io import write_json
+from .io import (as_count, as_names, as_number, as_object, as_optional_number, as_str, brief, read_json,
+                 take, write_json)
 
 FORMAT, VERSION = "mpq.Plan", 2
 
@@ -116,21 +120,52 @@ class Plan:
         write_json(path, self.to_dict())
 
     @classmethod
-    def load(cls, path) -> "Plan":
+    def load(cls, path, index: Optional[int] = None) -> "Plan":
+        """The plan in a plan file; with ``index``, plan ``index`` of a Pareto front file (``mpq select --pareto``,
+        a JSON list of plans). @raises ValueError naming the file (and the field) when it is not one readable plan
+        (a front without ``index`` says how many plans it holds); FileNotFoundError when it is missing."""
         path = os.fspath(path)
-        try:
-            with open(path) as f:
-                d = json.load(f)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{path}: not a readable {FORMAT} file ({e})") from None
-        return cls.from_dict(d, source=path)
+        return cls.from_json(read_json(path, FORMAT), source=path, index=index)
+
+    @classmethod
+    def load_front(cls, path) -> list["Plan"]:
+        """Every plan of a Pareto front file (``mpq select --pareto N``: a JSON list of plans), in its order.
+        @raises ValueError naming the file and the plan when it is not a list of readable plans."""
+        path = os.fspath(path)
+        d = read_json(path, f"{FORMAT} front")
+        if not isinstance(d, list):
+            raise ValueError(f"{path}: holds one plan, not a Pareto front (a JSON list of plans)"
+                             if isinstance(d, dict) else f"{path}: a JSON {_json_type(d)}, not a Pareto front "
+                             "(a JSON list of plans)")
+        return [cls.from_dict(p, source=f"{path}: plan [{i}]") for i, p in enumerate(d)]
+
+    @classmethod
+    def from_json(cls, d, source: str = "plan", index: Optional[int] = None) -> "Plan":
+        """A plan from a parsed plan file (an object) or, with ``index``, from a parsed front file (a list).
+        @raises ValueError naming ``source`` when ``d`` is neither or ``index`` does not fit it."""
+        if isinstance(d, list):
+            if not all(isinstance(p, dict) for p in d):
+                raise ValueError(f"{source}: a JSON list that is not a Pareto front (a list of plan objects)")
+            if index is None:
+                raise ValueError(f"{source}: a Pareto front of {_plans(len(d))}, not one plan: pick one by its "
+                                 f"index{_range(len(d), '; --index I on the command line')}")
+            if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(d):
+                raise ValueError(f"{source}: index {index!r} is not one of the front's {_plans(len(d))}"
+                                 f"{_range(len(d))}")
+            return cls.from_dict(d[index], source=f"{source}: plan [{index}]")
+        if index is not None:
+            raise ValueError(f"{source}: holds one plan, not a Pareto front: an index does not apply")
+        return cls.from_dict(d, source=source)
 
     @classmethod
     def from_dict(cls, d: Mapping, source: str = "plan") -> "Plan":
+        """@raises ValueError naming ``source`` and the field for anything a plan file cannot hold."""
         if not isinstance(d, Mapping) or d.get("format") != FORMAT:
-            raise ValueError(f"{source}: not a {FORMAT} (format {d.get('format') if isinstance(d, Mapping) else '?'!r})")
-        if not isinstance(d.get("version"), int) or not 1 <= d["version"] <= VERSION:
-            raise ValueError(f"{source}: {FORMAT} version {d.get('version')!r} is not one this mpq reads (1..{VERSION})")
+            got = brief(d.get("format")) if isinstance(d, Mapping) else f"?, a JSON {_json_type(d)}"
+            raise ValueError(f"{source}: not a {FORMAT} (format {got})")
+        version = d.get("version")
+        if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= VERSION:
+            raise ValueError(f"{source}: {FORMAT} version {brief(version)} is not one this mpq reads (1..{VERSION})")
         mapping = d.get("mapping")
         if not isinstance(mapping, Mapping) or not all(isinstance(k, str) and isinstance(v, str)
                                                        for k, v in mapping.items()):
@@ -139,38 +174,64 @@ class Plan:
         if not isinstance(scales, Mapping) or not all(isinstance(k, str) and isinstance(v, (int, float))
                                                       and not isinstance(v, bool) for k, v in scales.items()):
             raise ValueError(f"{source}: 'act_scales' must be an object of layer name -> number")
+        scales = {k: as_number(v, f"{source}: 'act_scales.{k}'") for k, v in scales.items()}
         impls = d.get("implementations", {})
         if not isinstance(impls, Mapping) or not all(isinstance(k, str) and isinstance(v, str)
                                                      for k, v in impls.items()):
             raise ValueError(f"{source}: 'implementations' must be an object of layer name -> implementation name")
 
         def number(key):  # null or absent: unknown
-            v = _optional_number(d.get(key), source, key)
+            v = take(d, key, source, as_optional_number, None)
             return float("nan") if v is None else v
 
-        return cls(mapping=mapping, predicted_loss_mse=number("predicted_loss_mse"),
-                   predicted_gain=number("predicted_gain"), gain_unit=d.get("gain_unit", ""),
-                   baseline_seconds=number("baseline_seconds"),
-                   predicted_memory=d.get("predicted_memory"), candidates=tuple(d.get("candidates", ())),
-                   objective=d.get("objective", {}), solver=d.get("solver", {}), artifacts=d.get("artifacts", {}),
-                   act_scales=scales, implementations=impls,
-                   predicted_loss_mse_stderr=_optional_number(d.get("predicted_loss_mse_stderr"), source,
-                                                              "predicted_loss_mse_stderr"),
-                   verification=_mapping(d.get("verification", {}), source, "verification"))
+        objective = take(d, "objective", source, as_object, {})
+        take(objective, "kind", f"{source}: 'objective'", as_str, None)
+        take(objective, "value", f"{source}: 'objective'", as_optional_number, None)
+        solver = take(d, "solver", source, as_object, {})
+        for key in ("name", "status"):
+            take(solver, key, f"{source}: 'solver'", as_str, None)
+        for key in ("bound", "seconds"):
+            take(solver, key, f"{source}: 'solver'", as_optional_number, None)
+        verification = take(d, "verification", source, as_object, {})
+        if "measured_loss_mse" in verification:  # what summary() prints
+            where = f"{source}: 'verification'"
+            take(verification, "measured_loss_mse", where, as_number)
+            take(verification, "measured_loss_mse_stderr", where, as_number)
+            take(verification, "samples", where, as_count)
+        fields = dict(predicted_loss_mse=number("predicted_loss_mse"), predicted_gain=number("predicted_gain"),
+                      gain_unit=take(d, "gain_unit", source, as_str, ""), baseline_seconds=number("baseline_seconds"),
+                      predicted_memory=take(d, "predicted_memory", source, as_optional_number, None),
+                      candidates=take(d, "candidates", source, as_names, []),
+                      artifacts=take(d, "artifacts", source, as_object, {}),
+                      predicted_loss_mse_stderr=take(d, "predicted_loss_mse_stderr", source, as_optional_number,
+                                                     None))
+        try:
+            return cls(mapping=mapping, objective=objective, solver=solver, act_scales=scales, implementations=impls,
+                       verification=verification, **fields)
+        except ValueError as e:  # what __post_init__ checks across the fields
+            raise ValueError(f"{source}: {e}") from None
 
 
-def _optional_number(x, source: str, key: str) -> Optional[float]:
-    if x is None:
-        return None
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        raise ValueError(f"{source}: {key!r} must be a number or null, got {type(x).__name__}")
-    return float(x)
+def load_plan_or_front(path) -> "Plan | list[Plan]":
+    """The plan of a plan file, or every plan of a Pareto front file (a JSON list of plans), reading it once.
+    @raises ValueError naming the file as ``Plan.load`` does."""
+    path = os.fspath(path)
+    d = read_json(path, FORMAT)
+    if isinstance(d, list):
+        return [Plan.from_dict(p, source=f"{path}: plan [{i}]") for i, p in enumerate(d)]
+    return Plan.from_dict(d, source=path)
 
 
-def _mapping(x, source: str, key: str) -> dict:
-    if not isinstance(x, Mapping):
-        raise ValueError(f"{source}: {key!r} must be an object, got {type(x).__name__}")
-    return dict(x)
+def _plans(n: int) -> str:
+    return f"{n} plan{'' if n == 1 else 's'}"
+
+
+def _range(n: int, more: str = "") -> str:
+    return f" ({'0..' + str(n - 1) if n else 'none'}{more})"
+
+
+def _json_type(x) -> str:
+    return {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}.get(type(x), "number")
 
 
 def _version() -> str:

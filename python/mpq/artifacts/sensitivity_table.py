@@ -1,7 +1,7 @@
 """``SensitivityTable``: the output of ``mpq.calibrate`` — per (layer, candidate) loss MSE s[l, c] = mean_n δ[n,l,c]²
 and the per-sample first-order loss changes δ[n, l, c] behind it (design.md, "The method").
 
-File format ``mpq.SensitivityTable`` version 1 (an .npz written by ``mpq._artifact_io``; no pickle):
+File format ``mpq.SensitivityTable`` version 1 (an .npz written by ``mpq.artifacts.io``; no pickle):
   meta (JSON)     format, version, mpq (writer's version), layers [L names], candidates [C names], n_samples,
                   data_fingerprint (sha256 of the calibration batches), loss (description), model (class name),
                   seconds, plus any extra ``info`` keys
@@ -13,12 +13,13 @@ File format ``mpq.SensitivityTable`` version 1 (an .npz written by ``mpq._artifa
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Mapping, Optional
 
 import numpy as np
 
-from .io import load_npz, save_npz
+from .io import array, as_count, as_names, as_str, load_npz, save_npz, take
 
 FORMAT, VERSION = "mpq.SensitivityTable", 1
 # keys of the file's meta record that the table itself writes: an ``info`` key of the same name would be lost
@@ -161,16 +162,27 @@ class SensitivityTable:
 
     @classmethod
     def load(cls, path) -> "SensitivityTable":
+        """@raises ValueError naming the file and the field for any file that is not a well-formed table (wrong
+        types, shapes or dtypes, repeated names, a damaged archive); FileNotFoundError when it is missing."""
+        path = os.fspath(path)
         meta, arrays = load_npz(path, FORMAT, VERSION)
+        layers = take(meta, "layers", path, as_names)
+        candidates = take(meta, "candidates", path, as_names)
+        if not candidates:
+            raise ValueError(f"{path}: 'candidates' is empty")
+        n = take(meta, "n_samples", path, as_count)
+        fingerprint = take(meta, "data_fingerprint", path, as_str, "")
+        L, C = len(layers), len(candidates)
+        delta = array(arrays, "delta", path, "f", (n, L, C))
+        delta_weight = array(arrays, "delta_weight", path, "f", (n, L, C))
+        act_scales = array(arrays, "act_scales", path, "f", (L, C))
+        act_zero_points = array(arrays, "act_zero_points", path, "f", (L, C))
+        array(arrays, "mse", path, "f", (L, C), optional=True)  # written for other readers; recomputed here
+        info = {k: v for k, v in meta.items() if k not in RESERVED}
         try:
-            info = {k: v for k, v in meta.items() if k not in RESERVED}
-            table = cls(meta["layers"], meta["candidates"], arrays["delta"], arrays["delta_weight"],
-                        arrays["act_scales"], arrays["act_zero_points"], meta.get("data_fingerprint", ""), info)
-        except KeyError as e:
-            raise ValueError(f"{path}: {FORMAT} file lacks {e}") from None
-        if table.n_samples != meta.get("n_samples"):
-            raise ValueError(f"{path}: n_samples {meta.get('n_samples')} does not match delta ({table.n_samples})")
-        return table
+            return cls(layers, candidates, delta, delta_weight, act_scales, act_zero_points, fingerprint, info)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
 
     def __repr__(self) -> str:
         return (f"SensitivityTable({len(self.layers)} layers × {len(self.candidates)} candidates "

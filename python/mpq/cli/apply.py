@@ -3,14 +3,15 @@ median of ``--repeats``), printing both times, the measured gain and the largest
 checks accuracy; ``--mode native`` runs the real kernels.
 
 PLAN: a plan file from ``mpq select`` (it carries the calibrated activation scales of static candidates such as
-int8_static), or a hand-written JSON object {layer name: candidate name} ("base" keeps a layer); a bare mapping
+int8_static), plan I of a Pareto front file from ``mpq select --pareto`` with ``--index I`` (``mpq report FRONT``
+lists them), or a hand-written JSON object {layer name: candidate name} ("base" keeps a layer); a bare mapping
 carries no activation scales, so it cannot use static candidates. The example input is the first ``--seq-len``
 tokens of the text (``--text FILE...``, ``--shakespeare NAME...``, by default the Shakespeare text shipped with
 mpq), or random token ids with ``--random``."""
 from __future__ import annotations
 
 import argparse
-import json
+from typing import Optional
 
 from ._common import MODEL_HELP, add_text, check_positive, example_ids, load_model, read_text
 
@@ -19,7 +20,10 @@ def register(sub) -> None:
     p = sub.add_parser("apply", help="apply a plan (fake-quant or native kernels) and time it",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help=MODEL_HELP)
-    p.add_argument("plan", help="plan .json (mpq select), or a JSON object {layer: candidate}")
+    p.add_argument("plan", help="plan .json (mpq select), a Pareto front .json (with --index), or a JSON object "
+                   "{layer: candidate}")
+    p.add_argument("--index", type=int, default=None, metavar="I",
+                   help="of a Pareto front file (mpq select --pareto): apply plan I (0 = the first)")
     p.add_argument("--mode", default="native", choices=("fake", "native"))
     p.add_argument("--seq-len", type=int, default=128, help="tokens of the example input (default 128)")
     add_text(p, "whose first --seq-len tokens are the example input", random=True)
@@ -27,18 +31,16 @@ def register(sub) -> None:
     p.set_defaults(func=main)
 
 
-def load_plan(path: str):
-    """A Plan from a plan file or a bare {layer: candidate} mapping, its candidates checked (before the model is
-    loaded). @raises ValueError naming what is wrong."""
+def load_plan(path: str, index: Optional[int] = None):
+    """A Plan from a plan file, plan ``index`` of a Pareto front file, or a bare {layer: candidate} mapping, its
+    candidates checked (before the model is loaded). @raises ValueError naming what is wrong."""
+    from ..artifacts.io import read_json
     from ..artifacts.plan import Plan
     from ..candidates import get_candidate
-    with open(path, encoding="utf-8") as f:
-        try:
-            d = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not JSON ({e})") from None
-    if isinstance(d, dict) and "format" in d:
-        plan = Plan.from_dict(d, source=path)
+    d = read_json(path, "plan")
+    front = isinstance(d, list) and all(isinstance(p, dict) for p in d)
+    if front or index is not None or (isinstance(d, dict) and "format" in d):
+        plan = Plan.from_json(d, source=path, index=index)
     elif isinstance(d, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in d.items()):
         plan = Plan(d, float("nan"), float("nan"))
     else:
@@ -52,7 +54,7 @@ def load_plan(path: str):
 
 def main(args) -> int:
     check_positive(args, "seq_len", "repeats")
-    plan = load_plan(args.plan)
+    plan = load_plan(args.plan, args.index)
     text = None if args.random else read_text(args)
     import numpy as np
     import torch

@@ -202,7 +202,7 @@ class Problem:
                 memory += float(self.memory[i][sol.choice[i]])
         timed_with = gains.meta.get("implementations", {})
         impls = {layer: timed_with[layer][c] for layer, c in mapping.items()
-                 if c != BASE and c in timed_with.get(layer, {})}
+                 if c != BASE and timed_with.get(layer, {}).get(c) is not None}
         return Plan(mapping=mapping, act_scales=self.act_scales(mapping), implementations=impls,
                     predicted_loss_mse_stderr=self.table.predicted_mse_stderr(mapping),
                     predicted_loss_mse=float(sol.cost) + self.fixed_cost,
