@@ -233,6 +233,10 @@ def profile(model: nn.Module, example_input, candidates: Sequence[str] = ("int8"
         elem = next(iter(named[layers[0]].parameters())).element_size()
         memory = B.get_backend("memory")
         shared = shared_weights(model, layers)
+        if shared and be.name == "memory":  # said where bytes are the gain; recorded in meta either way
+            first = sorted(shared)[0]
+            warnings.warn(f"profile: the weights of {sorted(shared)[:3]} share their memory with {shared[first]}: "
+                          "quantizing them adds a quantized copy instead of saving bytes (counted so)", stacklevel=2)
 
         def layer_bytes(l, c):
             """Bytes that exist because layer l runs c. A weight whose storage another owner keeps (an
@@ -314,9 +318,6 @@ def shared_weights(model: nn.Module, layers) -> dict[str, list[str]]:
                    or order[o.rpartition(".")[0]] < order[l]]
         if keepers:
             out[l] = keepers
-    if out:
-        warnings.warn(f"profile: the weights of {sorted(out)[:3]} share their memory with {out[sorted(out)[0]]}: "
-                      "quantizing them adds a quantized copy instead of saving bytes (counted so)", stacklevel=3)
     return out
 
 
