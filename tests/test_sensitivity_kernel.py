@@ -117,3 +117,18 @@ def test_gil_released():
     [x.start() for x in th]
     [x.join() for x in th]
     assert len(res) == 2 and torch.equal(res[0], res[1])
+
+
+@pytest.mark.parametrize("isa", _core.available_isas())
+def test_values_at_float32s_extremes_give_the_reference_sums(isa, force_isa):
+    """Q(t) saturates at ±FLT_MAX in the kernel as fake_quantize's does: sums stay finite and equal the reference."""
+    big = torch.finfo(torch.float32).max
+    t = torch.tensor([[big, -big, 1.0, 0.5] * 5, [big * 0.999, 3.0, -2.0, 1e-3] * 5])
+    g = torch.full((1, 2, 20), 1e-30)
+    quants = [TensorQuant("int8", "row"), TensorQuant("int8_asym", "row"), TensorQuant("fp8_e4m3", "tensor"),
+              TensorQuant("int8", "tensor", scale=big / 100)]
+    with force_isa(isa):
+        got = delta_sums(t, g, quants, 1, use_core=True)
+    want = ref_delta_sums(t, g, quants, 1)
+    assert torch.isfinite(want).all() and torch.equal(torch.isfinite(got), torch.isfinite(want))
+    assert torch.allclose(got, want, rtol=1e-5, atol=0), (got, want)

@@ -3,6 +3,7 @@
 // products stay in fp32 lanes, then go to double. Compiled with -mavx2 -mfma -mf16c (only *_avx2.cpp files are).
 #include <algorithm>
 #include <cstring>
+#include <limits>
 #include <new>
 
 #include "quantizer_avx2.hpp"
@@ -19,19 +20,31 @@ inline double hsum(__m256 v) {
   return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
 }
 
+// Q(x) saturated at +-FLT_MAX for the formats that saturate, as fake_quantize does (formats.hpp); lim is +inf for
+// the others. y is min's and max's second operand, so a NaN passes with its bits.
+inline __m256 sat_limit(const Quantizer& q) {
+  return _mm256_set1_ps(saturates_output(q.p) ? finite_max(DType::kF32) : std::numeric_limits<float>::infinity());
+}
+
+inline __m256 saturated(const Quantizer& q, __m256 lim, __m256 x) {
+  const __m256 neg = _mm256_sub_ps(_mm256_setzero_ps(), lim);
+  return _mm256_max_ps(neg, _mm256_min_ps(lim, q(x)));
+}
+
 // K gradients (1..8) against one run of T.
 template <int K>
 void delta_dot_k(const float* t, const float* g, std::size_t g_stride, std::size_t n, const Quantizer& q,
                  double* acc) {
   std::size_t i = 0;
   const std::size_t full = n - n % 8;
+  const __m256 lim = sat_limit(q);
   while (i < full) {
     __m256 a[K];
     for (int k = 0; k < K; ++k) a[k] = _mm256_setzero_ps();
     const std::size_t stop = std::min(full, i + kFlush);
     for (; i < stop; i += 8) {
       const __m256 x = _mm256_loadu_ps(t + i);
-      const __m256 d = _mm256_sub_ps(q(x), x);
+      const __m256 d = _mm256_sub_ps(saturated(q, lim, x), x);
       for (int k = 0; k < K; ++k) a[k] = _mm256_fmadd_ps(_mm256_loadu_ps(g + k * g_stride + i), d, a[k]);
     }
     for (int k = 0; k < K; ++k) acc[k] += hsum(a[k]);
@@ -42,7 +55,7 @@ void delta_dot_k(const float* t, const float* g, std::size_t g_stride, std::size
   const std::size_t rest = n - i;
   std::memcpy(xt, t + i, rest * sizeof(float));
   const __m256 x = _mm256_load_ps(xt);
-  const __m256 d = _mm256_sub_ps(q(x), x);
+  const __m256 d = _mm256_sub_ps(saturated(q, lim, x), x);
   for (int k = 0; k < K; ++k) {
     std::memset(gt, 0, sizeof gt);
     std::memcpy(gt, g + k * g_stride + i, rest * sizeof(float));
@@ -55,13 +68,15 @@ template <int NQ>
 void delta_dot_multi_k(const float* t, const float* g, std::size_t n, const Quantizer* q, double* acc) {
   std::size_t i = 0;
   const std::size_t full = n - n % 8;
+  __m256 lim[NQ];
+  for (int c = 0; c < NQ; ++c) lim[c] = sat_limit(q[c]);
   while (i < full) {
     __m256 a[NQ];
     for (int c = 0; c < NQ; ++c) a[c] = _mm256_setzero_ps();
     const std::size_t stop = std::min(full, i + kFlush);
     for (; i < stop; i += 8) {
       const __m256 x = _mm256_loadu_ps(t + i), gv = _mm256_loadu_ps(g + i);
-      for (int c = 0; c < NQ; ++c) a[c] = _mm256_fmadd_ps(gv, _mm256_sub_ps(q[c](x), x), a[c]);
+      for (int c = 0; c < NQ; ++c) a[c] = _mm256_fmadd_ps(gv, _mm256_sub_ps(saturated(q[c], lim[c], x), x), a[c]);
     }
     for (int c = 0; c < NQ; ++c) acc[c] += hsum(a[c]);
   }
@@ -70,7 +85,7 @@ void delta_dot_multi_k(const float* t, const float* g, std::size_t n, const Quan
   std::memcpy(xt, t + i, (n - i) * sizeof(float));
   std::memcpy(gt, g + i, (n - i) * sizeof(float));
   const __m256 x = _mm256_load_ps(xt), gv = _mm256_load_ps(gt);
-  for (int c = 0; c < NQ; ++c) acc[c] += hsum(_mm256_mul_ps(gv, _mm256_sub_ps(q[c](x), x)));
+  for (int c = 0; c < NQ; ++c) acc[c] += hsum(_mm256_mul_ps(gv, _mm256_sub_ps(saturated(q[c], lim[c], x), x)));
 }
 
 /// acc[c] += sum_{i<n} g[i] * (Q_c(t[i]) - t[i]) for c < n_q, quantizer c with params p[c] and scale s[c].
