@@ -53,9 +53,9 @@ def test_python_cli_solves_the_documented_example(tmp_path, capsys):
 @pytest.mark.parametrize("text,match", [
     ("2\n1 0 0\n", "unexpected end of file: expected the item count of group 1"),
     ("1\n0\n", "group 0 is empty"),
-    ("1\n1 0 x\n", "line 2: the cost of item 0 of group 0: 'x' is not a number"),
+    ("1\n1 0 x\n", "line 2: the cost of item 0 of group 0: 'x' is not a decimal number"),
     ("1\n1 0 -1\n", "group 0: cost -1.0 is negative"),
-    ("1\n1 nan 1\n", "group 0: gain nan is not finite"),
+    ("1\n1 nan 1\n", "line 2: the gain of item 0 of group 0: 'nan' is not a decimal number"),
     ("1\n1 0 0 7\n", "unexpected '7' after the last group"),
 ])
 def test_python_cli_bad_input_exits_1_with_a_message(tmp_path, capsys, text, match):
@@ -75,7 +75,7 @@ def test_cpp_cli_exit_codes_and_output(tmp_path):
     r = run("--budget", "-0.5")
     assert r.returncode == 2 and "minimum feasible budget 0" in r.stdout
     r = run("--budget", "abc")
-    assert r.returncode == 1 and "--budget: 'abc' is not a number" in r.stderr
+    assert r.returncode == 1 and "--budget: 'abc' is not a decimal number" in r.stderr
     r = run()
     assert r.returncode == 1 and "give exactly one of --budget and --min-gain" in r.stderr
     (tmp_path / "bad.txt").write_text("2\n1 0 0\n1 0 -3\n")
@@ -124,3 +124,39 @@ def test_cpp_consumer_builds_against_the_installed_package(tmp_path):
     r = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "status optimal objective 7" in r.stdout
+
+
+GRAMMAR_CASES = [  # (file text, options, what the message names): the same refusal from both readers
+    ("1\n1 1\x00garbage 0\n", ["--budget", "1"], "not a decimal number"),
+    ("1\n1 0x1p3 0\n", ["--budget", "1"], "not a decimal number"),
+    ("1\n1 1e-400 0\n", ["--budget", "1"], "too small for a double"),
+    ("1\n1 1e400 0\n", ["--budget", "1"], "beyond the range of a double"),
+    ("1\n1 inf 0\n", ["--budget", "1"], "not a decimal number"),
+    ("1\n1_0 1 0\n", ["--budget", "1"], "not an integer"),
+    ("1\n1 1 0\n", ["--budget", "1", "--time-limit", "0"], "--time-limit.*must be > 0"),
+    ("1\n1 1 0\n", ["--budget", "0x10"], "--budget.*not a decimal number"),
+]
+
+
+@pytest.mark.parametrize("text,options,match", GRAMMAR_CASES)
+def test_both_readers_share_one_grammar(tmp_path, capsys, text, options, match):
+    import re
+    path = tmp_path / "p.txt"
+    path.write_bytes(text.encode())
+    assert main(["solve", str(path), *options]) == 1
+    err = capsys.readouterr().err
+    assert re.search(match, err) and err.count("\n") == 1, err
+    exe = mpq_solve_exe()
+    r = subprocess.run([exe, str(path), *options], capture_output=True, text=True)
+    assert r.returncode == 1 and re.search(match, r.stderr), r.stderr
+
+
+def test_subnormal_and_signed_decimals_read_alike(tmp_path, capsys):
+    path = tmp_path / "p.txt"
+    path.write_text("2\n2 +0 0 1e-310 .5\n1 -0.0 0.\n")
+    assert main(["solve", str(path), "--budget", "1"]) == 0
+    out = capsys.readouterr().out
+    exe = mpq_solve_exe()
+    r = subprocess.run([exe, str(path), "--budget", "1"], capture_output=True, text=True)
+    value = lambda text: float(text.splitlines()[1].split()[1])  # "objective X": the same double from both
+    assert r.returncode == 0 and value(out) == value(r.stdout) == 1e-310, (out, r.stdout)

@@ -48,21 +48,68 @@ class Tokens {
   int line_ = 0;
 };
 
+// The grammar of docs/mckp-file-format.md, the same in `mpq solve`: an integer is [+-]?[0-9]+; a number is
+// [+-]?([0-9]+(.[0-9]*)?|.[0-9]+)([eE][+-]?[0-9]+)? whose value is finite and, unless every digit is 0, not
+// rounded to 0. No hex, no inf/nan, nothing after the last digit (not even a NUL byte).
+bool digits(const std::string& s, std::size_t& i) {
+  const std::size_t from = i;
+  while (i < s.size() && s[i] >= '0' && s[i] <= '9') ++i;
+  return i > from;
+}
+
+bool is_decimal(const std::string& s, bool integer) {
+  std::size_t i = (!s.empty() && (s[0] == '+' || s[0] == '-')) ? 1 : 0;
+  const bool whole = digits(s, i);
+  if (integer) return whole && i == s.size();
+  bool frac = false;
+  if (i < s.size() && s[i] == '.') frac = digits(s, ++i);
+  if (!whole && !frac) return false;
+  if (i < s.size() && (s[i] == 'e' || s[i] == 'E')) {
+    ++i;
+    if (i < s.size() && (s[i] == '+' || s[i] == '-')) ++i;
+    if (!digits(s, i)) return false;
+  }
+  return i == s.size();
+}
+
+// A token as an error message shows it: bytes outside printable ASCII (a NUL among them) as \xNN.
+std::string shown(const std::string& s) {
+  std::string out;
+  for (unsigned char c : s) {
+    if (c >= 0x20 && c < 0x7F) {
+      out += static_cast<char>(c);
+    } else {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\x%02X", c);
+      out += buf;
+    }
+  }
+  return out;
+}
+
+bool has_nonzero_digit(const std::string& s) {
+  for (char c : s) {
+    if (c == 'e' || c == 'E') break;
+    if (c >= '1' && c <= '9') return true;
+  }
+  return false;
+}
+
 double parse_double(const std::string& s, const std::string& what) {
-  char* end = nullptr;
+  if (!is_decimal(s, false)) throw std::invalid_argument(what + ": '" + shown(s) + "' is not a decimal number");
   errno = 0;
-  const double v = std::strtod(s.c_str(), &end);
-  if (end == s.c_str() || *end != '\0' || errno == ERANGE)
-    throw std::invalid_argument(what + ": '" + s + "' is not a number");
-  return v;
+  const double v = std::strtod(s.c_str(), nullptr);
+  if (std::isinf(v)) throw std::invalid_argument(what + ": '" + s + "' is beyond the range of a double");
+  if (v == 0 && has_nonzero_digit(s))
+    throw std::invalid_argument(what + ": '" + s + "' is too small for a double (it would read as 0)");
+  return v;  // subnormal results are kept (strtod's ERANGE for them is not an error here)
 }
 
 int64_t parse_int(const std::string& s, const std::string& what) {
-  char* end = nullptr;
+  if (!is_decimal(s, true)) throw std::invalid_argument(what + ": '" + shown(s) + "' is not an integer");
   errno = 0;
-  const long long v = std::strtoll(s.c_str(), &end, 10);
-  if (end == s.c_str() || *end != '\0' || errno == ERANGE)
-    throw std::invalid_argument(what + ": '" + s + "' is not an integer");
+  const long long v = std::strtoll(s.c_str(), nullptr, 10);
+  if (errno == ERANGE) throw std::invalid_argument(what + ": '" + s + "' is beyond the range of an integer");
   return v;
 }
 
@@ -110,7 +157,11 @@ int run(int argc, char** argv) {
     };
     if (a == "--budget") { budget = parse_double(value("--budget"), "--budget"); have_budget = true; }
     else if (a == "--min-gain") { min_gain = parse_double(value("--min-gain"), "--min-gain"); have_gain = true; }
-    else if (a == "--time-limit") opts.time_limit = parse_double(value("--time-limit"), "--time-limit");
+    else if (a == "--time-limit") {
+      opts.time_limit = parse_double(value("--time-limit"), "--time-limit");
+      if (!(opts.time_limit > 0))
+        throw std::invalid_argument("--time-limit must be > 0 seconds (leave it out for no limit)");
+    }
     else if (a == "--rel-gap") opts.rel_gap = parse_double(value("--rel-gap"), "--rel-gap");
     else if (a == "--max-states") opts.max_states = parse_int(value("--max-states"), "--max-states");
     else if (a == "-h" || a == "--help") { std::cout << kUsage; return 0; }
