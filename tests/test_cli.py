@@ -402,3 +402,20 @@ def test_apply_takes_one_plan_of_a_front_by_index(front, lm):
     code, out, err = cli("apply", lm, path, "--index", last, "--mode", "fake", "--random", *SMALL, "--repeats", 3)
     assert code == 0, err
     assert f"layers changed: {len(Plan.from_dict(plans[last]).quantized)}  mode=fake" in out
+
+
+def test_run_on_a_saved_model_measures_and_writes_its_report(lm, tmp_path):
+    """`mpq run --model FOLDER` end to end through the command line: candidates measured (auto), decode phase,
+    verification on held-out windows, the artifacts and the report written."""
+    out = tmp_path / "run"
+    code, stdout, err = cli("run", "--model", lm, "--seq-len", 32, "--calib-windows", 4, "--eval-windows", 2,
+                            "--verify-windows", 2, "--phase", "decode", "--no-progress", "--out", out)
+    assert code == 0, err
+    assert {"sensitivity.npz", "gains.npz", "plan.json", "report.html", "summary.json"} <= {p.name for p in
+                                                                                            out.iterdir()}
+    assert "speed of each candidate against fp32" in err and "verifying by measurement on 2 held-out" in err
+    assert mpq.GainTable.load(out / "gains.npz").phase == "decode"
+    assert mpq.Plan.load(out / "plan.json").verification["samples"] == 2
+    code, _, err = cli("run", "--model", lm, "--verify-windows", 0, "--no-verify", "--candidates", "int9",
+                       "--out", tmp_path / "bad")
+    assert code == 1 and "int9" in err and err.count("\n") == 1 and not (tmp_path / "bad").exists()
