@@ -36,13 +36,17 @@ def batch_size(batch) -> int:
     return int(first.shape[0])
 
 
-def to_device(batch, device):
+def to_device(batch, device, float_dtype=None):
+    """Every tensor of ``batch`` (nested in mappings, tuples and lists) on ``device``; floating ones also cast to
+    ``float_dtype`` when given."""
     if isinstance(batch, torch.Tensor):
+        if float_dtype is not None and batch.is_floating_point():
+            return batch.to(device, float_dtype)
         return batch.to(device)
     if isinstance(batch, Mapping):
-        return {k: to_device(v, device) for k, v in batch.items()}
+        return {k: to_device(v, device, float_dtype) for k, v in batch.items()}
     if isinstance(batch, (tuple, list)):
-        return type(batch)(to_device(v, device) for v in batch)
+        return type(batch)(to_device(v, device, float_dtype) for v in batch)
     return batch
 
 
@@ -103,14 +107,4 @@ def prepare_bf16_on(device: str, model, example_input):
     ``device`` (``copy_sharing_tensors``), and never holds a second host copy of the others."""
     dev = torch.device(device)
     work = copy_sharing_tensors(model).to(dev, torch.bfloat16).eval()
-
-    def move(x):
-        if isinstance(x, torch.Tensor):
-            return x.to(dev, torch.bfloat16) if x.is_floating_point() else x.to(dev)
-        if isinstance(x, dict):
-            return {k: move(v) for k, v in x.items()}
-        if isinstance(x, (tuple, list)):
-            return type(x)(move(v) for v in x)
-        return x
-
-    return work, move(example_input)
+    return work, to_device(example_input, dev, torch.bfloat16)
