@@ -75,7 +75,10 @@ def apply(model: nn.Module, plan_or_mapping, mode: str = "fake", *,
     mapping = plan_mapping(plan_or_mapping)
     # every name of every module: one module held under two attributes (``self.b = self.a``) has both names
     modules = dict(model.named_modules(remove_duplicate=False))
-    aliases = {name: [n for n, m in modules.items() if m is mod] for name, mod in modules.items()}
+    names_of: dict[int, list[str]] = {}  # one pass: a module's every name, by identity
+    for n, m in modules.items():
+        names_of.setdefault(id(m), []).append(n)
+    aliases = {name: names_of[id(mod)] for name, mod in modules.items()}
     for layer, cname in mapping.items():
         for other in aliases.get(layer, ()):
             if other != layer and mapping.get(other, cname) != cname:
