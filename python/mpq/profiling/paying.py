@@ -13,6 +13,7 @@ from torch import nn
 
 from .backends import get_backend
 from .kernel_choice import choose
+from .profiler import make_runner, record_inputs
 from .timing import time_callable
 
 POOL = ("int8", "w8a16", "bf16", "fp16", "fp8", "w4a16")
@@ -29,7 +30,6 @@ def paying_candidates(model: nn.Module, example_input, phase: str = "prefill", p
                       min_speedup: float = 1.1, repeats: int = 7) -> tuple[list[Paying], dict]:
     """(candidates of ``pool`` with speedup >= ``min_speedup``, fastest first; what was probed: the layer, its
     shape and every candidate's speedup). One thread, the cpu backend's clock and implementations."""
-    from .profiler import _record_inputs, make_runner
     be = get_backend("cpu")
     linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
     if not linears:
@@ -38,7 +38,7 @@ def paying_candidates(model: nn.Module, example_input, phase: str = "prefill", p
     torch.set_num_threads(1)
     try:
         run, _ = make_runner(model, example_input, phase)
-        inputs = _record_inputs(model, list(linears), run)
+        inputs = record_inputs(model, list(linears), run)
         # the (K, N) shape with the most multiply-adds over the model, and one layer of it
         macs = Counter()
         for n, m in linears.items():

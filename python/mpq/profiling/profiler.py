@@ -148,7 +148,8 @@ def make_runner(model: nn.Module, example_input, phase: str):
     return run, {"input": [list(one.shape)]}
 
 
-def _record_inputs(model, layers, run):
+def record_inputs(model, layers, run):
+    """{layer: a copy of the input it receives in ``run()``} (the first call of each layer)."""
     named = dict(model.named_modules())
     seen: dict[str, torch.Tensor] = {}
     hooks = []
@@ -226,7 +227,7 @@ def profile(model: nn.Module, example_input, candidates: Sequence[str] = ("int8"
     try:
         work, ex = be.prepare(model, example_input) if be.timed else (model, example_input)
         run, shape_info = make_runner(work, ex, phase)
-        inputs = _record_inputs(work, layers, run)
+        inputs = record_inputs(work, layers, run)
         layer_shapes = {l: [int(np.prod(inputs[l].shape[:-1])), int(inputs[l].shape[-1]),
                             int(named[l].out_features)] for l in layers}
         shapes = dict(shape_info, layers=layer_shapes)
