@@ -162,8 +162,7 @@ class Problem:
                 gl = np.array([g_lidx[name] for name in sg.layers], dtype=np.int64)
                 mem = gains.layer_bytes[gl[None, :], sg.configs].sum(axis=1)
                 m_list.append(np.asarray(mem, np.float64)[keep_rows])
-        timed = {name for sg in gains.subgraphs for name in sg.layers}
-        fixed = {name: c for name, c in forced.items() if name not in timed and c != BASE}
+        fixed = {name: c for name, c in forced.items() if name not in seen and c != BASE}  # seen: the timed
         fixed_cost = sum(float(mse[lidx[n], table.candidates.index(c)]) for n, c in fixed.items())
         if not math.isfinite(fixed_cost):
             raise ValueError(f"a pinned layer cannot run its candidate: {fixed}")
