@@ -127,3 +127,34 @@ def test_verification_and_unknown_figures_survive_a_file(setup, tmp_path):
     again = Plan.load(tmp_path / "h.json")
     assert math.isnan(again.predicted_loss_mse) and math.isnan(again.predicted_gain)
     mpq.export(hand, "mpq", tmp_path / "e.json")
+
+
+def test_a_measurement_says_how_many_sequences_it_rests_on():
+    from mpq.selection.measured import Measurement
+    even = Measurement.of(torch.full((10,), 2.0, dtype=torch.float64))
+    assert even.mse == 2.0 and even.largest_share == pytest.approx(0.1) and even.effective_samples == \
+        pytest.approx(10.0) and even.warning() is None
+    q = torch.tensor([1e-4] * 47 + [0.0763], dtype=torch.float64)  # one memorised passage among 48 (RESULTS.md)
+    one = Measurement.of(q)
+    total = float(q.sum())
+    assert one.largest_share == pytest.approx(0.0763 / total)
+    assert one.effective_samples == pytest.approx(total ** 2 / float((q ** 2).sum()))
+    assert one.effective_samples < 1.2 and "holds 94% of the measured loss MSE" in one.warning()
+    assert Measurement.of(torch.zeros(4, dtype=torch.float64)).warning() is None  # nothing moved, nothing dominates
+
+
+def test_a_plan_whose_measurement_rests_on_one_sequence_warns(setup):
+    model, calib, held, table, gains = setup
+    x, y = held[0]
+    odd = [(x * 40, y)] + list(held[1:])  # one batch far outside the others: its samples dominate the sum
+    plan = mpq.select(table, gains, max_loss_mse=1e9, verify=(model, odd, per_sample_mse))
+    v = plan.verification
+    sq = torch.cat([(per_sample_mse(mpq.apply(model, plan.mapping, mode="fake")(a), (a, b)) -
+                     per_sample_mse(model(a), (a, b))) ** 2 for a, b in odd]).double().detach()
+    assert v["largest_sample_share"] == pytest.approx(float(sq.max() / sq.sum()), rel=1e-6)
+    assert v["effective_samples"] == pytest.approx(float(sq.sum() ** 2 / (sq ** 2).sum()), rel=1e-6)
+    assert v["largest_sample_share"] > 0.5, "the scaled batch was meant to dominate"
+    assert any("verification sequence holds" in w for w in v["warnings"])
+    assert "warning: one verification sequence" in plan.summary()
+    front = mpq.pareto(table, gains, points=3, verify=(model, odd, per_sample_mse))
+    assert all("effective_samples" in p.verification for p in front)

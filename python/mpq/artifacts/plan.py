@@ -103,9 +103,12 @@ class Plan:
         v = self.verification
         v_txt = (f"; measured {v['measured_loss_mse']:.4g} ± {v['measured_loss_mse_stderr']:.2g} on "
                  f"{v['samples']} held-out sequences" if "measured_loss_mse" in v else "")
+        if "effective_samples" in v and v.get("largest_sample_share", 0) > 0.5:
+            v_txt += f" (effectively {v['effective_samples']:.1f} of them)"
+        warn_txt = "".join(f"\nwarning: {w}" for w in v.get("warnings", ()))
         return (f"Plan: {len(self.mapping)} layers ({parts}); predicted loss MSE {self.predicted_loss_mse:.4g}"
                 f"{se_txt}{v_txt}, gain {self.predicted_gain:.4g} {self.gain_unit}{speed_txt}; solver "
-                f"{self.solver.get('status', '?')}")
+                f"{self.solver.get('status', '?')}{warn_txt}")
 
     # --- files ------------------------------------------------------------------------------------------------
     def to_dict(self) -> dict:

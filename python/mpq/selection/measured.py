@@ -11,6 +11,10 @@ from typing import Callable, Optional, Sequence
 import torch
 
 BOUNDS = ("estimate", "upper")   # "within budget": the measured estimate, or estimate + 2 standard errors
+# A measured loss MSE is a mean of squares, and per-sequence loss changes are heavy-tailed (a memorised passage can
+# move 100x more than the rest: bench/RESULTS.md, "Where the held-out loss MSE comes from"); past this share of
+# the sum in one sequence, the figure rests on that sequence and the plan says so.
+CONCENTRATED_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -47,14 +51,42 @@ class Verifier:
         return torch.cat(out)
 
 
-def measure(verifier: Verifier, base_losses: torch.Tensor, plan) -> tuple[float, float]:
-    """(loss MSE of ``plan`` against the base model, its standard error) on the verification batches."""
+@dataclass(frozen=True)
+class Measurement:
+    """A plan's loss MSE against the base model on the verification batches: the mean of the per-sequence
+    squared loss changes, its standard error, the largest sequence's share of the sum, and the effective number
+    of sequences the mean rests on, (Σ q)² / Σ q² (Kish's; it equals the count when every q is alike)."""
+    mse: float
+    stderr: float
+    largest_share: float
+    effective_samples: float
+
+    @classmethod
+    def of(cls, sq: torch.Tensor) -> "Measurement":
+        n, total = sq.numel(), float(sq.sum())
+        se = float(sq.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan")
+        if total <= 0:  # nothing moved: no sequence dominates
+            return cls(0.0, se, 0.0, float(n))
+        return cls(total / n, se, float(sq.max()) / total, total ** 2 / float((sq ** 2).sum()))
+
+    def fields(self) -> dict:
+        return {"measured_loss_mse": self.mse, "measured_loss_mse_stderr": self.stderr,
+                "largest_sample_share": self.largest_share, "effective_samples": self.effective_samples}
+
+    def warning(self) -> Optional[str]:
+        if self.largest_share <= CONCENTRATED_SHARE:
+            return None
+        return (f"one verification sequence holds {100 * self.largest_share:.0f}% of the measured loss MSE "
+                f"(effective samples {self.effective_samples:.1f}): the figure rests on that sequence; verify on "
+                f"more text")
+
+
+def measure(verifier: Verifier, base_losses: torch.Tensor, plan) -> Measurement:
+    """The loss MSE of ``plan`` against the base model on the verification batches, with its spread."""
     from ..application.swap import apply
     if not plan.quantized:
-        return 0.0, 0.0
-    sq = (verifier.losses(apply(verifier.model, plan, mode="fake")) - base_losses) ** 2
-    n = sq.numel()
-    return float(sq.mean()), float(sq.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan")
+        return Measurement(0.0, 0.0, 0.0, float(base_losses.numel()))
+    return Measurement.of((verifier.losses(apply(verifier.model, plan, mode="fake")) - base_losses) ** 2)
 
 
 def verified_select(solve: Callable[[float], object], budget: float, verifier: Verifier, *, bound: str = "estimate",
@@ -70,7 +102,7 @@ def verified_select(solve: Callable[[float], object], budget: float, verifier: V
         raise ValueError(f"verify_rounds must be >= 1, got {max_rounds}")
     warnings = _overlap_warnings(verifier, calibration_fingerprint)
     base = verifier.losses(verifier.model)
-    tried = []  # (additive budget, plan, measured, stderr, holds)
+    tried = []  # (additive budget, plan, measured, stderr, holds, Measurement)
     held, failed = None, None
     b = budget
     for _ in range(max_rounds):
@@ -78,10 +110,11 @@ def verified_select(solve: Callable[[float], object], budget: float, verifier: V
             plan = solve(b)
         except ValueError:  # tightened below what the pinned layers alone cost: no plan there
             break
-        mse, se = measure(verifier, base, plan)
+        m = measure(verifier, base, plan)
+        mse, se = m.mse, m.stderr
         value = mse + 2 * se if bound == "upper" and math.isfinite(se) else mse
         holds = value <= budget
-        tried.append((b, plan, mse, se, holds))
+        tried.append((b, plan, mse, se, holds, m))
         if holds:
             held = b if held is None else max(held, b)
         else:
@@ -103,8 +136,10 @@ def verified_select(solve: Callable[[float], object], budget: float, verifier: V
         raise ValueError(f"no quantized plan measured within the loss budget {budget:.4g} in {len(tried)} rounds "
                          f"(bound {bound!r}); {least}, or select without verify")
     best = max(ok, key=lambda t: (t[1].predicted_gain, -t[2]))
-    b, plan, mse, se, _ = best
-    verification = {"measured_loss_mse": mse, "measured_loss_mse_stderr": se, "samples": int(base.numel()),
+    b, plan, _, _, _, m = best
+    if m.warning():
+        warnings = warnings + [m.warning()]
+    verification = {**m.fields(), "samples": int(base.numel()),
                     "rounds": len(tried), "additive_budget": b, "budget": budget, "bound": bound,
                     "tried": [{"additive_budget": t[0], "measured_loss_mse": t[2], "stderr": t[3], "holds": t[4],
                                "layers_quantized": len(t[1].quantized)} for t in tried]}
@@ -119,11 +154,12 @@ def measured_front(plans, verifier: Verifier, calibration_fingerprint: str = "")
     base = verifier.losses(verifier.model)
     out = []
     for plan in plans:
-        mse, se = measure(verifier, base, plan)
-        v = {"measured_loss_mse": mse, "measured_loss_mse_stderr": se, "samples": int(base.numel()), "rounds": 1,
-             "budget": plan.objective.get("value"), "holds": mse <= plan.objective.get("value", math.inf)}
-        if warnings:
-            v["warnings"] = warnings
+        m = measure(verifier, base, plan)
+        v = {**m.fields(), "samples": int(base.numel()), "rounds": 1,
+             "budget": plan.objective.get("value"), "holds": m.mse <= plan.objective.get("value", math.inf)}
+        point_warnings = warnings + ([m.warning()] if m.warning() else [])
+        if point_warnings:
+            v["warnings"] = point_warnings
         out.append(_with_verification(plan, v))
     return out
 
