@@ -311,6 +311,21 @@ def test_data_helpers():
     assert all(torch.equal(b["attention_mask"], torch.ones_like(b["input_ids"])) for b in batches)
 
 
+@pytest.mark.parametrize("total,seq_len,n", [(100, 16, 4), (100, 16, 6), (1000, 7, 13), (50, 50, 1), (64, 8, 8)])
+def test_spread_windows_cover_the_whole_stream_without_overlap(total, seq_len, n):
+    from mpq import data
+    ids = torch.arange(total)
+    w = data.spread_windows(ids, seq_len, n)
+    starts = w[:, 0].tolist()
+    assert w.shape == (n, seq_len) and starts[0] == 0
+    assert all(torch.equal(row, torch.arange(s, s + seq_len)) for row, s in zip(w, starts))  # contiguous windows
+    assert all(b - a >= seq_len for a, b in zip(starts, starts[1:]))                          # none overlaps
+    if n > 1:  # the last window lies in the last seq_len-aligned slot: the end of the text is sampled too
+        assert starts[-1] == (total // seq_len - 1) * seq_len
+    with pytest.raises(ValueError, match="too few"):
+        data.spread_windows(ids, seq_len, total // seq_len + 1)
+
+
 def test_layers_given_as_a_string_or_twice_are_refused():
     m = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8))
     batches = [(torch.randn(2, 8), torch.randint(0, 8, (2,)))]

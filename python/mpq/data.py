@@ -110,6 +110,19 @@ def token_windows(ids: torch.Tensor, seq_len: int, n: int, start: int = 0) -> to
     return ids[start:need].reshape(n, seq_len).clone()
 
 
+def spread_windows(ids: torch.Tensor, seq_len: int, n: int) -> torch.Tensor:
+    """[n, seq_len] non-overlapping windows spread evenly over a 1-D token stream, first and last included: a
+    sample of the whole text rather than its first pages (a play's opening is its cast list). @raises ValueError
+    if the stream holds fewer than n windows."""
+    if n < 1 or seq_len < 1:
+        raise ValueError(f"need n >= 1 windows of seq_len >= 1 tokens, got n={n}, seq_len={seq_len}")
+    if ids.numel() < n * seq_len:
+        raise ValueError(f"{ids.numel()} tokens are too few for {n} windows of {seq_len}")
+    slots = ids.numel() // seq_len  # window-aligned starts: evenly spaced slots never overlap
+    starts = [(i * (slots - 1) // (n - 1) if n > 1 else 0) * seq_len for i in range(n)]
+    return torch.stack([ids[s:s + seq_len] for s in starts]).clone()
+
+
 def lm_batches(windows: torch.Tensor, batch_size: int) -> list:
     """Causal-LM batches {input_ids, attention_mask} of ``batch_size`` windows (the last may be smaller)."""
     return [{"input_ids": w, "attention_mask": torch.ones_like(w)} for w in windows.split(batch_size)]
