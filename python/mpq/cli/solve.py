@@ -11,6 +11,7 @@ import sys
 from ._common import add_solver
 
 EXIT = {"optimal": 0, "infeasible": 2, "limit": 3}
+BAD_INPUT_EXIT = 1  # not the 2 of the other subcommands: 2 is the infeasible status here (mpq.cli reads this)
 
 # the grammar of docs/mckp-file-format.md, the same in mpq-solve: no hex, no inf/nan, no "1_000", ASCII digits only
 INTEGER = re.compile(r"[+-]?[0-9]+\Z")
@@ -140,3 +141,8 @@ def register(subparsers) -> None:
     p.add_argument("--time-limit", metavar="SECONDS", default=None, help="seconds (default: none)")
     p.add_argument("--rel-gap", metavar="NUMBER", default="1e-9", help="relative optimality gap (default 1e-9)")
     p.set_defaults(func=main)
+
+    def usage_error(message: str):  # argparse exits 2, which here would read as "infeasible"
+        p.print_usage(sys.stderr)
+        p.exit(BAD_INPUT_EXIT, f"mpq solve: error: {message}\n")
+    p.error = usage_error
