@@ -295,7 +295,7 @@ def test_cli_calibrate_and_report(tiny_llama, tmp_path, capsys):
     assert main(["calibrate", "--table", str(out), "--report", "--top", "3"]) == 0
     assert len(capsys.readouterr().out.strip().splitlines()) == 2 + 3
     assert main(["calibrate", str(tmp_path / "m"), "--text", str(tmp_path / "t.txt"), "--candidates", "int7",
-                 "--report"]) == 1
+                 "--report"]) == 2
     assert "unknown candidate" in capsys.readouterr().err
 
 

@@ -219,7 +219,7 @@ def test_shakespeare_names_a_play(lm, tmp_path, monkeypatch):
     code, _, err = cli("profile", lm, "--shakespeare", "hamlet", *SMALL, "--backend", "memory",
                        "-o", tmp_path / "g.npz")
     assert code == 0, err
-    one_error(cli("profile", lm, "--shakespeare", "hamle", "--backend", "memory", "-o", tmp_path / "g.npz"), 1,
+    one_error(cli("profile", lm, "--shakespeare", "hamle", "--backend", "memory", "-o", tmp_path / "g.npz"), 2,
               "profile", "'hamle'")
 
 
@@ -228,18 +228,18 @@ def test_a_missing_text_file_is_named(lm, tmp_path, command):
     args = {"calibrate": ["-o", tmp_path / "s.npz"], "profile": ["-o", tmp_path / "g.npz"],
             "apply": [write_json(tmp_path / "plan.json", {})]}[command]
     missing = tmp_path / "missing.txt"
-    one_error(cli(command, lm, *args, "--text", missing), 1, command, str(missing))
+    one_error(cli(command, lm, *args, "--text", missing), 2, command, str(missing))
 
 
-# --- errors: one line, exit code 1 (3: backend absent), no traceback ------------------------------------------------
+# --- errors: one line, exit code 2 for bad input (1: a failed run, 3: backend absent), no traceback --------------
 @pytest.mark.parametrize("argv", [["calibrate", "no-such-model", "-o", "s.npz"],
                                   ["profile", "no-such-model", "-o", "g.npz"], ["run", "--model", "no-such-model"]])
 def test_unknown_candidates_fail_before_the_model_is_loaded(argv):
-    one_error(cli(*argv, "--candidates", "int8,int7"), 1, argv[0], "'int7'")
+    one_error(cli(*argv, "--candidates", "int8,int7"), 2, argv[0], "'int7'")
 
 
 def test_a_missing_model_is_named(tmp_path):
-    one_error(cli("profile", tmp_path / "nothing", "-o", tmp_path / "g.npz"), 1, "profile", "nothing")
+    one_error(cli("profile", tmp_path / "nothing", "-o", tmp_path / "g.npz"), 2, "profile", "nothing")
 
 
 @pytest.mark.parametrize("mapping,names", [
@@ -250,23 +250,23 @@ def test_a_missing_model_is_named(tmp_path):
 ])
 def test_apply_names_a_bad_entry_of_a_bare_mapping(lm, tmp_path, mapping, names):
     plan = write_json(tmp_path / "plan.json", mapping)
-    one_error(cli("apply", lm, plan, "--random", *SMALL, "--repeats", 3), 1, "apply", *names)
+    one_error(cli("apply", lm, plan, "--random", *SMALL, "--repeats", 3), 2, "apply", *names)
 
 
 def test_apply_names_a_candidate_the_cpu_cannot_run(lm, tmp_path):
     layer = "model.layers.0.mlp.up_proj"
     Plan({layer: "fp8_gaudi2"}, 0.0, 0.0, act_scales={layer: 1.0}).save(tmp_path / "plan.json")
-    one_error(cli("apply", lm, tmp_path / "plan.json", "--random", *SMALL), 1, "apply", repr(layer), "'fp8_gaudi2'")
+    one_error(cli("apply", lm, tmp_path / "plan.json", "--random", *SMALL), 2, "apply", repr(layer), "'fp8_gaudi2'")
 
 
 def test_apply_names_a_file_that_is_no_plan(lm, tmp_path):
-    one_error(cli("apply", lm, write_json(tmp_path / "p.json", [1, 2])), 1, "apply", "p.json", "neither a plan")
-    one_error(cli("apply", lm, write_json(tmp_path / "p.json", {"format": "mpq.Other"})), 1, "apply", "p.json",
+    one_error(cli("apply", lm, write_json(tmp_path / "p.json", [1, 2])), 2, "apply", "p.json", "neither a plan")
+    one_error(cli("apply", lm, write_json(tmp_path / "p.json", {"format": "mpq.Other"})), 2, "apply", "p.json",
               "'mpq.Other'")
 
 
 def test_profile_names_candidates_the_backend_cannot_run(lm, tmp_path):
-    one_error(cli("profile", lm, "--backend", "hpu", "--random", *SMALL, "-o", tmp_path / "g.npz"), 1, "profile",
+    one_error(cli("profile", lm, "--backend", "hpu", "--random", *SMALL, "-o", tmp_path / "g.npz"), 2, "profile",
               "'hpu'", "int8", "w8a16")
 
 
@@ -282,7 +282,7 @@ def test_select_names_mismatched_candidates(chain, lm):
     d, _ = chain
     assert cli("profile", lm, "--random", *SMALL, "--backend", "memory", "--candidates", "fp8", "-o",
                d / "fp8.npz")[0] == 0
-    one_error(cli("select", d / "s.npz", d / "fp8.npz", "--max-loss-rmse", 1, "-o", d / "x.json"), 1, "select", "fp8")
+    one_error(cli("select", d / "s.npz", d / "fp8.npz", "--max-loss-rmse", 1, "-o", d / "x.json"), 2, "select", "fp8")
 
 
 def test_a_missing_solver_package_names_its_install_command(chain):
@@ -329,7 +329,7 @@ def test_a_broken_mpq_import_is_a_bug_not_a_user_error(lm, tmp_path, monkeypatch
 def test_an_error_reaches_the_shell_as_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "mpq", "report", str(tmp_path / "missing.npz")], capture_output=True,
                        text=True, timeout=60)
-    assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert r.stderr.startswith("mpq report: error: ") and "missing.npz" in r.stderr
 
 
@@ -352,7 +352,7 @@ def test_report_names_an_unreadable_file_in_one_line(chain, tmp_path, name, cont
         path.write_bytes((chain[0] / "s.npz").read_bytes()[:300])
     else:
         path.write_bytes(content)
-    one_error(cli("report", path), 1, "report", *names)
+    one_error(cli("report", path), 2, "report", *names)
 
 
 @pytest.fixture(scope="module")
@@ -373,13 +373,13 @@ def test_report_shows_a_pareto_front_file(front):
     assert [int(line.split()[0]) for line in lines[2:]] == list(range(len(plans)))
     code, out, err = cli("report", path, "--index", len(plans) - 1)
     assert code == 0 and out.splitlines()[0] == Plan.from_dict(plans[-1]).summary(), err
-    one_error(cli("report", path, "--index", len(plans)), 1, "report", "front.json", f"index {len(plans)}",
+    one_error(cli("report", path, "--index", len(plans)), 2, "report", "front.json", f"index {len(plans)}",
               f"{len(plans)} plans")
 
 
 def test_export_takes_one_plan_of_a_front_by_index(front, tmp_path):
     path, plans = front
-    one_error(cli("export", path, "mpq", tmp_path / "x.json"), 1, "export", "front.json",
+    one_error(cli("export", path, "mpq", tmp_path / "x.json"), 2, "export", "front.json",
               f"a Pareto front of {len(plans)} plans", "--index")
     assert not (tmp_path / "x.json").exists()
     last = len(plans) - 1
@@ -388,15 +388,15 @@ def test_export_takes_one_plan_of_a_front_by_index(front, tmp_path):
     Plan.from_dict(plans[last]).save(tmp_path / "one.json")
     assert cli("export", tmp_path / "one.json", "mpq", tmp_path / "y.json")[0] == 0
     assert (tmp_path / "x.json").read_text() == (tmp_path / "y.json").read_text()
-    one_error(cli("export", path, "mpq", tmp_path / "x.json", "--index", len(plans)), 1, "export",
+    one_error(cli("export", path, "mpq", tmp_path / "x.json", "--index", len(plans)), 2, "export",
               f"index {len(plans)} is not one of the front's {len(plans)} plans")
-    one_error(cli("export", tmp_path / "one.json", "mpq", tmp_path / "x.json", "--index", 0), 1, "export",
+    one_error(cli("export", tmp_path / "one.json", "mpq", tmp_path / "x.json", "--index", 0), 2, "export",
               "one.json", "holds one plan, not a Pareto front")
 
 
 def test_apply_takes_one_plan_of_a_front_by_index(front, lm):
     path, plans = front
-    one_error(cli("apply", lm, path, "--random", *SMALL, "--repeats", 3), 1, "apply", "front.json",
+    one_error(cli("apply", lm, path, "--random", *SMALL, "--repeats", 3), 2, "apply", "front.json",
               f"a Pareto front of {len(plans)} plans", "--index")
     last = len(plans) - 1
     code, out, err = cli("apply", lm, path, "--index", last, "--mode", "fake", "--random", *SMALL, "--repeats", 3)
@@ -418,4 +418,4 @@ def test_run_on_a_saved_model_measures_and_writes_its_report(lm, tmp_path):
     assert mpq.Plan.load(out / "plan.json").verification["samples"] == 2
     code, _, err = cli("run", "--model", lm, "--verify-windows", 0, "--no-verify", "--candidates", "int9",
                        "--out", tmp_path / "bad")
-    assert code == 1 and "int9" in err and err.count("\n") == 1 and not (tmp_path / "bad").exists()
+    assert code == 2 and "int9" in err and err.count("\n") == 1 and not (tmp_path / "bad").exists()

@@ -170,3 +170,34 @@ def test_model_without_linear_layers():
 def test_subgraph_groups_order():
     sg = Subgraph("s", ("q", "k", "v", "o"), (("q", "k", "v"),))
     assert sg.groups == (("q", "k", "v"), ("o",))
+
+
+class SharedWeights(nn.Module):
+    """Two Linears holding one Parameter (as a head tied to an input projection does), far apart in the graph,
+    and a third pair that shares a weight inside one segment."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(8, 8)
+        self.mid = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 8)
+        self.head.weight = self.proj.weight  # one tensor, two modules
+        self.p = nn.Linear(8, 8)
+        self.q = nn.Linear(8, 8, bias=False)
+        self.q.weight = self.p.weight
+
+    def forward(self, x):
+        h = torch.relu(self.proj(x))
+        h = torch.relu(self.mid(h))
+        h = torch.relu(self.head(h))
+        return self.p(h) + self.q(h * 2)
+
+
+@pytest.mark.parametrize("method", ["export", "fallback"])
+def test_linears_sharing_one_weight_are_tied_in_one_subgraph(method):
+    """A weight stored once can take only one format: its Linears take one choice, in one sub-graph (the span
+    between them, as for a Linear called twice)."""
+    sgs = partition(SharedWeights(), torch.randn(2, 8), method=method)
+    assert layers_of(sgs) == [("proj", "mid", "head"), ("p", "q")]
+    assert sgs[0].groups == (("proj", "head"), ("mid",))
+    assert sgs[1].groups == (("p", "q"),)

@@ -36,7 +36,7 @@ def test_select_export_report_on_saved_tables(tmp_path, capsys):
     plan = json.loads(plan_path.read_text())
     expected = "a.o" if s[1] <= s.max() * 0.999 else "a.q"
     assert [l for l, c in plan["mapping"].items() if c == "int8"] == [expected]  # one layer fits, the better one
-    assert main(["select", str(tmp_path / "s.npz"), str(tmp_path / "g.npz"), "--max-loss-mse", "-1"]) == 1
+    assert main(["select", str(tmp_path / "s.npz"), str(tmp_path / "g.npz"), "--max-loss-mse", "-1"]) == 2
     assert main(["export", str(plan_path), "torchao", str(tmp_path / "ao.json")]) == 0
     assert main(["report", str(plan_path)]) == 0
     assert main(["report", str(tmp_path / "g.npz")]) == 0

@@ -220,3 +220,11 @@ def test_info_keys_the_file_format_uses_are_refused_not_dropped():
     with pytest.raises(ValueError, match=r"info keys \['layers', 'version'\] are reserved"):
         SensitivityTable(table.layers, table.candidates, table.delta, table.delta_weight, table.act_scales,
                          table.act_zero_points, info={"version": "mine", "layers": 3, "note": "ok"})
+
+
+def test_info_keys_added_after_construction_are_refused_at_save(tmp_path):
+    table, _ = make_tables(0)
+    table.info["format"] = "mine"  # the dict is the user's to edit; the reserved name must not vanish at save
+    with pytest.raises(ValueError, match=r"info keys \['format'\] are reserved"):
+        table.save(tmp_path / "s.npz")
+    assert not (tmp_path / "s.npz").exists()

@@ -12,6 +12,10 @@ are merged into the following sub-graph (the last into the previous). A Linear c
 them. Linear layers of one sub-graph that read the same input value (q/k/v, gate/up) are tied to one choice,
 because runtimes fuse them.
 
+Both methods: Linear layers that hold one weight tensor (a Parameter shared by two modules, or views of the same
+storage) are tied too, since a weight stored once can be stored in only one format; the sub-graphs from the first
+to the last of them merge into one, as for a Linear called in several segments.
+
 Fallback (``method="fallback"``): when the model cannot be captured, a warning says why and the partition is one
 sub-graph per block of the first ``nn.ModuleList`` holding Linear layers (decoder layers), plus one per Linear
 outside it; ties come from Linear layers that received the very same input tensor in one forward pass.
@@ -135,14 +139,80 @@ def partition(model: nn.Module, example_input, *, method: str = "auto") -> list[
     run_example(model, example_input)  # a bad example is a clear error before any capture attempt
     if method in ("auto", "export"):
         try:
-            return _partition_export(model, example_input, linears)
+            return _tie_shared_weights(_partition_export(model, example_input, linears), linears)
         except Exception as e:  # noqa: BLE001
             if method == "export":
                 raise RuntimeError(f"torch.export could not capture the model: {type(e).__name__}: {e}") from e
             warnings.warn(f"mpq.partition: torch.export could not capture the model ({type(e).__name__}: "
                           f"{str(e).splitlines()[0] if str(e) else ''}); falling back to one sub-graph per block "
                           f"or per layer", RuntimeWarning, stacklevel=2)
-    return _partition_fallback(model, example_input, linears)
+    return _tie_shared_weights(_partition_fallback(model, example_input, linears), linears)
+
+
+def _weight_key(w: torch.Tensor):
+    """Equal for two tensors that are the same memory: one Parameter, or equal views of one storage."""
+    ptr = w.untyped_storage().data_ptr()
+    if ptr == 0:  # meta or empty storage: no address to compare, only the object
+        return ("object", id(w))
+    return (w.device.type, ptr, w.storage_offset(), tuple(w.shape), tuple(w.stride()))
+
+
+def _tie_shared_weights(subgraphs: list[Subgraph], linears: dict[str, nn.Linear]) -> list[Subgraph]:
+    """Ties the Linear layers that share a weight, merging the sub-graphs that lie between them."""
+    holders: dict = {}
+    for name in (l for sg in subgraphs for l in sg.layers):
+        holders.setdefault(_weight_key(linears[name].weight), []).append(name)
+    shared = [names for names in holders.values() if len(names) > 1]
+    if not shared:
+        return subgraphs
+    where = {l: i for i, sg in enumerate(subgraphs) for l in sg.layers}
+    spans: list[list[int]] = []  # [first, last] sub-graph index of each merged run, overlapping runs joined
+    for lo, hi in sorted((min(where[l] for l in g), max(where[l] for l in g)) for g in shared):
+        if spans and lo <= spans[-1][1]:
+            spans[-1][1] = max(spans[-1][1], hi)
+        else:
+            spans.append([lo, hi])
+    run_of = {i: (lo, hi) for lo, hi in spans for i in range(lo, hi + 1)}
+    out: list[Subgraph] = []
+    taken = {sg.name for i, sg in enumerate(subgraphs) if i not in run_of}
+    for i, sg in enumerate(subgraphs):
+        if i not in run_of:
+            out.append(sg)
+            continue
+        lo, hi = run_of[i]
+        if i != lo:
+            continue
+        members = subgraphs[lo:hi + 1]
+        layers = tuple(l for m in members for l in m.layers)
+        groups = [list(t) for m in members for t in m.ties] + [g for g in shared if g[0] in layers]
+        name = sg.name if hi == lo else _common_prefix(layers)
+        k, base = 1, name
+        while name in taken:
+            k += 1
+            name = f"{base}#{k}"
+        taken.add(name)
+        out.append(Subgraph(name, layers, _joined(groups, layers), sg.start, sg.method))
+    return out
+
+
+def _joined(groups: list[list[str]], layers: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
+    """Groups that share a layer joined into one, each in layer order, ordered by their first layer."""
+    parent = {l: l for g in groups for l in g}
+
+    def find(l):
+        while parent[l] != l:
+            parent[l] = parent[parent[l]]
+            l = parent[l]
+        return l
+
+    for g in groups:
+        for l in g[1:]:
+            parent[find(l)] = find(g[0])
+    joined: dict[str, list[str]] = {}
+    for l in layers:
+        if l in parent:
+            joined.setdefault(find(l), []).append(l)
+    return tuple(tuple(g) for g in joined.values() if len(g) > 1)
 
 
 def _partition_export(model, example_input, linears) -> list[Subgraph]:

@@ -26,6 +26,13 @@ FORMAT, VERSION = "mpq.SensitivityTable", 1
 RESERVED = ("format", "version", "mpq", "layers", "candidates", "n_samples", "data_fingerprint")
 
 
+
+def _check_info(info) -> None:
+    clash = sorted(set(info) & set(RESERVED))
+    if clash:
+        raise ValueError(f"info keys {clash} are reserved by the {FORMAT} file format; rename them")
+
+
 @dataclass(frozen=True, eq=False)
 class SensitivityTable:
     layers: tuple
@@ -55,9 +62,7 @@ class SensitivityTable:
                 raise ValueError(f"{name} must have shape [{L}, {C}], got {a.shape}")
             object.__setattr__(self, name, a)
         object.__setattr__(self, "info", dict(self.info))
-        clash = sorted(set(self.info) & set(RESERVED))
-        if clash:
-            raise ValueError(f"info keys {clash} are reserved by the {FORMAT} file format; rename them")
+        _check_info(self.info)
 
     # --- the numbers -------------------------------------------------------------------------------------------
     @property
@@ -154,6 +159,7 @@ class SensitivityTable:
 
     # --- files -------------------------------------------------------------------------------------------------
     def save(self, path) -> None:
+        _check_info(self.info)  # again: the dict may have been edited since
         meta = dict(self.info, layers=list(self.layers), candidates=list(self.candidates),
                     n_samples=self.n_samples, data_fingerprint=self.data_fingerprint)
         save_npz(path, FORMAT, VERSION, meta, dict(

@@ -2,10 +2,12 @@
 ``register(subparsers)``, whose parser sets ``func`` to the module's ``main(args) -> exit code``; what several
 subcommands share is in ``_common``.
 
-An error is one line on stderr, ``mpq COMMAND: error: ...``, with exit code 1 (3 for a timing backend absent
-here): bad input (ValueError, a missing file), a solver's or the model's RuntimeError, a missing optional package
-(named, with its install command where known). An ImportError of mpq's own modules is a bug in mpq and keeps its
-traceback."""
+An error is one line on stderr, ``mpq COMMAND: error: ...``. Exit code 2 for bad input (a ValueError, a missing
+or unreadable file: what argparse's own usage errors also exit with), 1 for a run that failed otherwise (a solver's
+or the model's RuntimeError, a missing optional package, named with its install command where known), 3 for a
+timing backend absent here. ``mpq solve`` exits 1 for bad input instead, as ``mpq-solve`` does: its 2 is the
+infeasible status (a subcommand's module says so with ``BAD_INPUT_EXIT``). An ImportError of mpq's own modules is
+a bug in mpq and keeps its traceback."""
 from __future__ import annotations
 
 import argparse
@@ -52,8 +54,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if failure is None:
             raise
         code, message = failure
+        if code == BAD_INPUT_EXIT:
+            code = getattr(sys.modules.get(args.func.__module__), "BAD_INPUT_EXIT", BAD_INPUT_EXIT)
         print(f"mpq {args.command}: error: {message}", file=sys.stderr)
         return code
+
+
+BAD_INPUT_EXIT = 2
 
 
 def user_error(e: BaseException) -> Optional[tuple[int, str]]:
@@ -67,7 +74,9 @@ def user_error(e: BaseException) -> Optional[tuple[int, str]]:
     backends = sys.modules.get("mpq.profiling.backends")  # only loaded when a backend could have been asked for
     if backends is not None and isinstance(e, backends.BackendUnavailable):
         return 3, one_line(e)
-    if isinstance(e, (ValueError, OSError, RuntimeError)):
+    if isinstance(e, (ValueError, OSError)):
+        return BAD_INPUT_EXIT, one_line(e)
+    if isinstance(e, RuntimeError):
         return 1, one_line(e)
     return None
 
@@ -75,6 +84,8 @@ def user_error(e: BaseException) -> Optional[tuple[int, str]]:
 def one_line(e: BaseException) -> str:
     if isinstance(e, FileNotFoundError) and len(e.args) == 1:  # FileNotFoundError(path)
         return f"no such file: {e.args[0]}"
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:  # "[Errno 2] No such file ...: 'x'"
+        return f"{e.filename}: {e.strerror[0].lower()}{e.strerror[1:]}"
     text = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
     return text or type(e).__name__
 

@@ -74,8 +74,15 @@ def check_positive(args, *names: str) -> None:
 
 
 def check_model(spec: str) -> None:
-    if spec != "smollm2" and not os.path.exists(spec):
-        raise FileNotFoundError(f"model {spec!r}: no such folder or file (give {MODEL_HELP})")
+    """Refuses a MODEL that cannot be one, before transformers says so in many lines (or unclearly)."""
+    if spec == "smollm2":
+        return
+    if not os.path.exists(spec):
+        raise ValueError(f"model {spec!r}: no such folder or file (give {MODEL_HELP})")
+    if os.path.isdir(spec) and not os.path.isfile(os.path.join(spec, "config.json")):
+        raise ValueError(f"model {spec!r}: a folder without config.json is not a Hugging Face model folder")
+    if not os.path.isdir(spec) and not spec.endswith(".gguf"):
+        raise ValueError(f"model {spec!r}: a file must be a .gguf file (a Hugging Face model is a folder)")
 
 
 def load_model(spec: str):

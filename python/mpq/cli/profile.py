@@ -1,7 +1,7 @@
 """``mpq profile MODEL -o GAINS.npz``: partition a causal LM and write its GainTable (.npz), printing its summary.
 
 The example input is the first ``--seq-len`` tokens of the text (``--text FILE...``, ``--shakespeare NAME...``,
-by default the Shakespeare text shipped with mpq), or random token ids with ``--random``. Exit code 0; 1 with a
+by default the Shakespeare text shipped with mpq), or random token ids with ``--random``. Exit code 0; 2 with a
 message on bad input; 3 when the backend is absent here."""
 from __future__ import annotations
 

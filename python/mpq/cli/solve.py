@@ -11,27 +11,36 @@ import sys
 from ._common import add_solver
 
 EXIT = {"optimal": 0, "infeasible": 2, "limit": 3}
+BAD_INPUT_EXIT = 1  # not the 2 of the other subcommands: 2 is the infeasible status here (mpq.cli reads this)
 
 # the grammar of docs/mckp-file-format.md, the same in mpq-solve: no hex, no inf/nan, no "1_000", ASCII digits only
 INTEGER = re.compile(r"[+-]?[0-9]+\Z")
 DECIMAL = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?\Z")
+# mpq-solve's tokens are bytes split at C's whitespace, lines end at LF only: Python's own str.split and
+# splitlines also split at \x1c-\x1f, \x85 and more, which would read files that mpq-solve refuses
+C_WHITESPACE = re.compile(rb"[ \t\n\v\f\r]+")
+
+
+def shown(raw: bytes) -> str:
+    """A token as both readers' messages show it: bytes outside printable ASCII as \\xNN."""
+    return "".join(chr(b) if 0x20 <= b < 0x7F else f"\\x{b:02X}" for b in raw)
 
 
 def integer(tok: str) -> int:
     if not INTEGER.match(tok):
-        raise ValueError(f"{tok!r} is not an integer")
+        raise ValueError(f"'{tok}' is not an integer")
     return int(tok)
 
 
 def number(tok: str) -> float:
     """A finite decimal that does not round to 0 unless every digit is 0 (subnormals are kept)."""
     if not DECIMAL.match(tok):
-        raise ValueError(f"{tok!r} is not a decimal number")
+        raise ValueError(f"'{tok}' is not a decimal number")
     v = float(tok)
     if math.isinf(v):
-        raise ValueError(f"{tok!r} is beyond the range of a double")
+        raise ValueError(f"'{tok}' is beyond the range of a double")
     if v == 0 and re.search(r"[1-9]", tok.split("e")[0].split("E")[0]):
-        raise ValueError(f"{tok!r} is too small for a double (it would read as 0)")
+        raise ValueError(f"'{tok}' is too small for a double (it would read as 0)")
     return v
 
 
@@ -54,10 +63,9 @@ def _option(args, name: str, conv):
 
 def read_problem(path: str) -> tuple[list, list]:
     """(gains, costs) as lists of per-group lists. Raises ValueError naming the line on bad input."""
-    tokens = []  # (token, line number); '#' starts a comment
-    text = sys.stdin.read() if path == "-" else open(path, encoding="utf-8").read()
-    for ln, line in enumerate(text.splitlines(), 1):
-        tokens += [(t, ln) for t in line.split("#", 1)[0].split()]
+    tokens = []  # (token as shown, line number); '#' starts a comment
+    for ln, line in enumerate(_read_bytes(path).split(b"\n"), 1):
+        tokens += [(shown(t), ln) for t in C_WHITESPACE.split(line.split(b"#", 1)[0]) if t]
     pos = 0
 
     def take(what, conv):
@@ -86,8 +94,21 @@ def read_problem(path: str) -> tuple[list, list]:
         gains.append(pg)
         costs.append(cg)
     if pos < len(tokens):
-        raise ValueError(f"{path}: line {tokens[pos][1]}: unexpected {tokens[pos][0]!r} after the last group")
+        raise ValueError(f"{path}: line {tokens[pos][1]}: unexpected '{tokens[pos][0]}' after the last group")
     return gains, costs
+
+
+def _read_bytes(path: str) -> bytes:
+    """The file's bytes; a missing file or a folder is named in the words mpq-solve uses."""
+    if path == "-":
+        return sys.stdin.buffer.read()
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path}: is a directory, not a file") from None
 
 
 def main(args: argparse.Namespace) -> int:
@@ -120,3 +141,8 @@ def register(subparsers) -> None:
     p.add_argument("--time-limit", metavar="SECONDS", default=None, help="seconds (default: none)")
     p.add_argument("--rel-gap", metavar="NUMBER", default="1e-9", help="relative optimality gap (default 1e-9)")
     p.set_defaults(func=main)
+
+    def usage_error(message: str):  # argparse exits 2, which here would read as "infeasible"
+        p.print_usage(sys.stderr)
+        p.exit(BAD_INPUT_EXIT, f"mpq solve: error: {message}\n")
+    p.error = usage_error
