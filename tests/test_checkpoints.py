@@ -1,9 +1,11 @@
 """mpq.save_quantized: checkpoints that the real libraries load back (transformers with compressed-tensors and
 with torchao, in a fresh process; Intel Neural Compressor's own reader and quantize step), and plans a format
 cannot hold refused with every layer named and nothing written."""
+import copy
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -175,10 +177,9 @@ def test_compressed_tensors_int8_activations_within_one_step(saved):
 def test_torchao_checkpoint_reloads_as_torchaos_own_quantization(saved):
     from torchao.core.config import config_from_dict
     from torchao.quantization import quantize_
-    model, plans, _, probes, loaded = saved
-    import copy
+    model, plans, folders, probes, loaded = saved
     ref = copy.deepcopy(model)
-    quantize_(ref, config_from_dict(mpq.export(plans["ao"], "torchao", Path(saved[2]["ao"]).parent / "ao.json")),
+    quantize_(ref, config_from_dict(mpq.export(plans["ao"], "torchao", Path(folders["ao"]).parent / "ao.json")),
               filter_fn=None)
     with torch.no_grad():
         want = ref(probes["ids"]).logits
@@ -332,3 +333,31 @@ def test_mpq_apply_save_on_the_command_line(tmp_path):
                   "compressed-tensors"), 1, "apply", "E5M2", L0 + "mlp.down_proj", "nothing written")
     assert not (tmp_path / "ct2").exists()
     one_error(cli("apply", model_dir, tmp_path / "plan.json", "--save", tmp_path / "x"), 1, "apply", "--format")
+
+
+def test_fused_groups_are_what_serving_engines_fuse():
+    from mpq.application.checkpoints.checks import fused_groups
+    names = ["m.0.attn.q_proj", "m.0.attn.k_proj", "m.0.attn.v_proj", "m.0.attn.o_proj", "m.0.mlp.gate_proj",
+             "m.0.mlp.up_proj", "m.0.mlp.down_proj", "m.1.moe.experts.0.w1", "m.1.moe.experts.0.w2",
+             "m.1.moe.experts.1.w1", "m.1.moe.experts.1.w2", "m.1.moe.gate", "m.2.attn.q_proj", "m.2.attn.o_proj"]
+    assert sorted(fused_groups(names)) == sorted([
+        ("m.0.attn.q_proj", "m.0.attn.k_proj", "m.0.attn.v_proj"), ("m.0.mlp.gate_proj", "m.0.mlp.up_proj"),
+        ("m.1.moe.experts.0.w1", "m.1.moe.experts.0.w2", "m.1.moe.experts.1.w1", "m.1.moe.experts.1.w2")])
+
+
+def test_mpq_apply_save_inc_on_the_command_line(tmp_path):
+    from _cli_model import save_tiny_causal_lm
+    from test_cli import cli
+    model_dir = save_tiny_causal_lm(tmp_path / "model")
+    (tmp_path / "plan.json").write_text(json.dumps({L0 + "mlp.down_proj": "fp8_gaudi2"}))
+    code, out, err = cli("apply", model_dir, tmp_path / "plan.json", "--save", tmp_path / "inc", "--format", "inc",
+                         "--seq-len", 16, "--samples", 3)
+    assert code == 0, err
+    cfg = json.loads((tmp_path / "inc" / "inc_fp8.json").read_text())
+    assert cfg["dump_stats_path"] == str(tmp_path / "inc" / "measure" / "inc") and cfg["scale_method"] == "maxabs_hw"
+    blocked = cfg["blocklist"]["names"]  # every other Linear (2 layers of 7, and lm_head) stays high precision
+    assert len(blocked) == 14 and "^lm_head$" in blocked
+    assert "^" + re.escape(L0 + "mlp.down_proj") + "$" not in blocked
+    stats = json.loads((tmp_path / "inc" / "measure" / "inc_hooks_maxabs.json").read_text())
+    assert stats["NumSamples"] == 3 and list(stats["Nodes"]) == [L0 + "mlp.down_proj"]
+    assert stats["Nodes"][L0 + "mlp.down_proj"]["inputs"][0][0][0] > 0

@@ -4,18 +4,19 @@ load, its weights compressed by the compressed-tensors library itself.
 How: the plan's ``quantization_config`` (``exporters.compressed_tensors_config``: one config group per candidate,
 targets the exact layer names) is attached to a copy of the model by ``apply_quantization_config``; the scales it
 initialises are then set to mpq's own (``mpq.formats.compute_scales`` of the weights, the plan's calibrated
-activation scales for static candidates), so that the weights compressed-tensors stores dequantize to exactly the
-weights of ``mpq.apply(model, plan, mode="fake")``; ``ModelCompressor`` compresses them (int8 and fp8 as int8 /
-float8_e4m3fn tensors, int4 packed eight to an int32: ``weight_packed``), ``save_pretrained`` writes them and
-``update_config`` the config, whose ``quantization_status`` is then "compressed" and ``format``
-"mixed-precision" when the plan mixes formats. Scales are stored in the model's dtype, as compressed-tensors
-does (a bf16 model gets bf16 scales, which round mpq's float32 scales).
+activation scales for static candidates), so that the weights compressed-tensors stores dequantize to the
+weights of ``mpq.apply(model, plan, mode="fake")``; ``ModelCompressor`` compresses them (W8A8 int8 and fp8 as
+int8 / float8_e4m3fn tensors; weight-only int8 and int4 packed into int32 ``weight_packed``, as vLLM's WNA16
+reads them), ``save_pretrained`` writes them and ``update_config`` the config, whose ``quantization_status`` is
+then "compressed" and ``format`` "mixed-precision" when the plan mixes formats. Scales are stored in the
+model's dtype, as compressed-tensors does: exact for a float32 model; a bf16 model gets bf16 scales, which round
+mpq's float32 ones (and may move a value to the neighbouring grid point).
 
 Dynamic activations are quantized at run time by the loader: vLLM's int8 per-token kernel divides by amax/127 as
 mpq does; compressed-tensors' own reference path (transformers on CPU) by amax/127.5, a difference within one
 int8 step. FP8 per-token scales (amax/448) agree.
 
-Fused layers (q/k/v, gate/up, the experts of an MoE block) must share one candidate (``checks.check_fused``).
+Fused layers (q/k/v, gate/up, the experts of an MoE block) must share one candidate (``checks.fused_problems``).
 """
 from __future__ import annotations
 
