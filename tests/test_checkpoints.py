@@ -361,3 +361,19 @@ def test_mpq_apply_save_inc_on_the_command_line(tmp_path):
     stats = json.loads((tmp_path / "inc" / "measure" / "inc_hooks_maxabs.json").read_text())
     assert stats["NumSamples"] == 3 and list(stats["Nodes"]) == [L0 + "mlp.down_proj"]
     assert stats["Nodes"][L0 + "mlp.down_proj"]["inputs"][0][0][0] > 0
+
+
+def test_experts_of_one_moe_block_share_one_scheme(tmp_path):
+    pytest.importorskip("compressed_tensors")
+    from mpq.application.checkpoints.checks import fused_problems
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.experts = torch.nn.ModuleList(torch.nn.ModuleDict({"w1": torch.nn.Linear(8, 8),
+                                                                    "w2": torch.nn.Linear(8, 8)}) for _ in range(2))
+    problems = fused_problems(Block(), Plan({"experts.0.w1": "int8", "experts.1.w1": "w8a16"}, 0.0, 0.0))
+    (reason, groups), = problems.items()
+    assert "MoE" in reason and groups == ["experts [experts.0.w1=int8, experts.0.w2=base, experts.1.w1=w8a16, "
+                                          "experts.1.w2=base]"]
+    assert fused_problems(Block(), Plan({f"experts.{i}.w{j}": "int8" for i in (0, 1) for j in (1, 2)}, 0., 0.)) == {}

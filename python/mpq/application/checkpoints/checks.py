@@ -15,7 +15,7 @@ from ..swap import plan_mapping
 # sibling Linears that serving engines load as one fused matrix (vLLM's packed_modules_mapping: qkv_proj,
 # gate_up_proj; Mixtral's w1/w3 experts), and the experts of one mixture-of-experts block (one FusedMoE layer)
 FUSED_SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"), ("w1", "w3"))
-_EXPERT = re.compile(r"^(.*\.experts)\.\d+\.")
+_EXPERT = re.compile(r"^((?:.*\.)?experts)\.\d+\.")
 
 
 def as_plan(plan_or_mapping) -> Plan:
@@ -111,10 +111,14 @@ def fused_problems(model: nn.Module, plan: Plan) -> dict[str, list[str]]:
     for group in fused_groups(linears):
         chosen = {n: mapping.get(n, BASE) for n in group}
         if len(set(chosen.values())) > 1:
-            text = ", ".join(f"{n.rpartition('.')[2] if not _EXPERT.match(n) else n}={c}" for n, c in chosen.items())
-            problems.setdefault("serving engines fuse these layers into one and run one scheme for all of them "
-                                "(refused, not promoted: give them one candidate, as mpq select does)",
-                                []).append(f"{_common_prefix(group)} [{text}]")
+            experts = bool(_EXPERT.match(group[0]))
+            text = ", ".join(f"{n if experts else n.rpartition('.')[2]}={c}" for n, c in chosen.items())
+            reason = ("serving engines run the experts of one MoE block as one layer with one scheme (refused, not "
+                      "promoted: give them one candidate; mpq select does not tie experts, which see different "
+                      "tokens)" if experts else
+                      "serving engines fuse these layers into one and run one scheme for all of them (refused, not "
+                      "promoted: give them one candidate, as mpq select does)")
+            problems.setdefault(reason, []).append(f"{_common_prefix(group)} [{text}]")
     return problems
 
 
