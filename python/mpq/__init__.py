@@ -21,7 +21,7 @@ _LAZY = {
     "CANDIDATES": "candidates", "Candidate": "candidates",
     "calibrate": "calibration", "causal_lm_loss": "calibration", "SensitivityTable": "artifacts",
     "partition": "partitioning", "Subgraph": "partitioning", "profile": "profiling", "GainTable": "artifacts",
-    "apply": "application", "export": "application", "Plan": "artifacts",
+    "apply": "application", "export": "application", "save_quantized": "application", "Plan": "artifacts",
     "select": "selection", "pareto": "selection",
     "MckpSolution": "selection.solvers", "solve_mckp": "selection.solvers", "sweep_mckp": "selection.solvers",
 }

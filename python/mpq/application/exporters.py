@@ -5,7 +5,9 @@ targets:
   "inc"                 Intel Neural Compressor FP8 config for Gaudi (``FP8Config.from_json_file``): the layers that
                         stay high precision go in ``blocklist.names`` as anchored, escaped regexes (INC matches names
                         with ``re.search``, so ``layers.1`` would also block ``layers.10``)
-  "compressed-tensors"  a ``quantization_config`` (``config_groups`` + ``ignore``) for llm-compressor / vLLM
+  "compressed-tensors"  a ``quantization_config`` (``config_groups`` + ``ignore``) for llm-compressor / vLLM. A config
+                        without weights: its ``quantization_status`` is "initialized" (no scale computed, no weight
+                        compressed); ``mpq.save_quantized`` writes the checkpoint, "compressed"
   "torchao"             an ``FqnToConfig`` in torchao's ``config_to_dict`` form (``config_from_dict`` reads it).
                         torchao's int4 weight-only scheme picks asymmetric per-group parameters, so it runs a close
                         relative of mpq's symmetric ``w4a16``, not the identical quantizer the sensitivity measured.
@@ -99,7 +101,7 @@ def compressed_tensors_config(plan: Plan) -> dict:
                              "fp8_static, int8, int8_static, w8a16, w4a16, w4a16_g128)") from None
         groups[f"group_{i}"] = {"targets": ["re:" + anchored(n) for n in layers], **scheme}
     formats = {g["format"] for g in groups.values()}
-    return {"quant_method": "compressed-tensors", "quantization_status": "frozen",
+    return {"quant_method": "compressed-tensors", "quantization_status": "initialized",
             "format": formats.pop() if len(formats) == 1 else "mixed-precision", "config_groups": groups,
             "ignore": [n for n, c in plan.mapping.items() if c == BASE]}
 

@@ -7,13 +7,20 @@ int8_static), plan I of a Pareto front file from ``mpq select --pareto`` with ``
 lists them), or a hand-written JSON object {layer name: candidate name} ("base" keeps a layer); a bare mapping
 carries no activation scales, so it cannot use static candidates. The example input is the first ``--seq-len``
 tokens of the text (``--text FILE...``, ``--shakespeare NAME...``, by default the Shakespeare text shipped with
-mpq), or random token ids with ``--random``."""
+mpq), or random token ids with ``--random``.
+
+``--save FOLDER --format F`` writes the checkpoint instead of timing (``mpq.save_quantized``): compressed-tensors
+(weights compressed, for transformers / vLLM), torchao (quantized by torchao, for transformers), or inc (INC's
+FP8 JSON and the max-abs measurements of ``--samples`` windows of ``--seq-len`` tokens of the text)."""
 from __future__ import annotations
 
 import argparse
 from typing import Optional
 
 from ._common import MODEL_HELP, add_text, check_positive, example_ids, load_model, read_text
+
+# mpq.application.checkpoints.FORMATS, named here so that building the parser does not import torch
+FORMATS = ("compressed-tensors", "inc", "torchao")
 
 
 def register(sub) -> None:
@@ -28,6 +35,11 @@ def register(sub) -> None:
     p.add_argument("--seq-len", type=int, default=128, help="tokens of the example input (default 128)")
     add_text(p, "whose first --seq-len tokens are the example input", random=True)
     p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--save", metavar="FOLDER", help="write the plan as a checkpoint into FOLDER (new or empty) "
+                   "instead of timing it")
+    p.add_argument("--format", choices=FORMATS, help="the checkpoint format of --save")
+    p.add_argument("--samples", type=int, default=16,
+                   help="--format inc: calibration windows of --seq-len tokens to measure (default 16)")
     p.set_defaults(func=main)
 
 
@@ -53,8 +65,12 @@ def load_plan(path: str, index: Optional[int] = None):
 
 
 def main(args) -> int:
-    check_positive(args, "seq_len", "repeats")
-    plan = load_plan(args.plan, args.index)
+    check_positive(args, "seq_len", "repeats", "samples")
+    if (args.save is None) != (args.format is None):
+        raise ValueError("--save FOLDER and --format F go together")
+    plan = load_plan(args.plan, args.index) if args.format != "inc" else _load_inc_plan(args.plan, args.index)
+    if args.save:
+        return save(args, plan)
     text = None if args.random else read_text(args)
     import numpy as np
     import torch
@@ -74,4 +90,31 @@ def main(args) -> int:
     print(f"layers changed: {len(plan.quantized)}  mode={args.mode}")
     print(f"base {base * 1e3:.2f} ms  plan {cand * 1e3:.2f} ms  gain {(base - cand) * 1e3:+.2f} ms  "
           f"max |logit diff| {diff:.4g}")
+    return 0
+
+
+def _load_inc_plan(path: str, index: Optional[int]):
+    """A plan for INC, whose static candidates take their scales from the measurements, not from the plan."""
+    from ..artifacts.io import read_json
+    from ..artifacts.plan import Plan
+    d = read_json(path, "plan")
+    if isinstance(d, dict) and "format" not in d and index is None and all(
+            isinstance(k, str) and isinstance(v, str) for k, v in d.items()):
+        return Plan(d, float("nan"), float("nan"))
+    return Plan.from_json(d, source=path, index=index)
+
+
+def save(args, plan) -> int:
+    from ..application.checkpoints import save_quantized
+    text = None if args.random else read_text(args)
+    model, tok = load_model(args.model)
+    batches = None
+    if args.format == "inc":
+        from .. import data
+        if text is None:
+            raise ValueError("--format inc measures the calibration text: give --text or --shakespeare, not --random")
+        windows = data.token_windows(data.tokenize(tok, text), args.seq_len, args.samples)
+        batches = data.lm_batches(windows, 4)
+    folder = save_quantized(model, plan, args.save, args.format, batches=batches, tokenizer=tok)
+    print(f"{args.format}: {folder} ({len(plan.quantized)} layers quantized)")
     return 0
