@@ -330,9 +330,9 @@ def test_mpq_apply_save_on_the_command_line(tmp_path):
     assert {"model.safetensors", "tokenizer.json", "config.json"} <= set(os.listdir(tmp_path / "ct"))
     (tmp_path / "bad.json").write_text(json.dumps({L0 + "mlp.down_proj": "fp8_e5m2"}))
     one_error(cli("apply", model_dir, tmp_path / "bad.json", "--save", tmp_path / "ct2", "--format",
-                  "compressed-tensors"), 1, "apply", "E5M2", L0 + "mlp.down_proj", "nothing written")
+                  "compressed-tensors"), 2, "apply", "E5M2", L0 + "mlp.down_proj", "nothing written")
     assert not (tmp_path / "ct2").exists()
-    one_error(cli("apply", model_dir, tmp_path / "plan.json", "--save", tmp_path / "x"), 1, "apply", "--format")
+    one_error(cli("apply", model_dir, tmp_path / "plan.json", "--save", tmp_path / "x"), 2, "apply", "--format")
 
 
 def test_fused_groups_are_what_serving_engines_fuse():
