@@ -326,6 +326,21 @@ def test_spread_windows_cover_the_whole_stream_without_overlap(total, seq_len, n
         data.spread_windows(ids, seq_len, total // seq_len + 1)
 
 
+@pytest.mark.parametrize("n,held", [(24, 8), (24, 0), (24, 1), (24, 23), (9, 4), (10, 7)])
+def test_held_out_windows_are_spread_among_the_kept_ones_and_never_shared(n, held):
+    from mpq import data
+    windows = torch.arange(n * 3).reshape(n, 3)
+    kept, out = data.split_spread(windows, held)
+    rows = lambda t: {tuple(r) for r in t.tolist()}
+    assert len(kept) == n - held and len(out) == held and not rows(kept) & rows(out)
+    assert rows(kept) | rows(out) == rows(windows)
+    if held:  # every n/held slice of the windows gives one
+        idx = [r[0] // 3 for r in out.tolist()]
+        assert all(i * n // held <= j < (i + 1) * n // held + 1 for i, j in enumerate(idx))
+    with pytest.raises(ValueError, match="keep at least one"):
+        data.split_spread(windows, n)
+
+
 def test_layers_given_as_a_string_or_twice_are_refused():
     m = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8))
     batches = [(torch.randn(2, 8), torch.randint(0, 8, (2,)))]

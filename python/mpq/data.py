@@ -123,6 +123,17 @@ def spread_windows(ids: torch.Tensor, seq_len: int, n: int) -> torch.Tensor:
     return torch.stack([ids[s:s + seq_len] for s in starts]).clone()
 
 
+def split_spread(windows: torch.Tensor, held_out: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(kept, held out): ``held_out`` of the windows, spread evenly among them, set aside, so that both sets
+    sample the whole text and never share a window. @raises ValueError if none would be kept."""
+    n = windows.shape[0]
+    if not 0 <= held_out < n:
+        raise ValueError(f"cannot hold out {held_out} of {n} windows and keep at least one")
+    out = {(2 * i + 1) * n // (2 * held_out) for i in range(held_out)}  # centred in n/held_out slices: distinct
+    keep = [i for i in range(n) if i not in out]
+    return windows[keep], windows[sorted(out)]
+
+
 def lm_batches(windows: torch.Tensor, batch_size: int) -> list:
     """Causal-LM batches {input_ids, attention_mask} of ``batch_size`` windows (the last may be smaller)."""
     return [{"input_ids": w, "attention_mask": torch.ones_like(w)} for w in windows.split(batch_size)]

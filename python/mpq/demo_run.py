@@ -154,7 +154,7 @@ def choose_candidates(model, example: torch.Tensor, phase: str) -> tuple[str, ..
 def run(settings: RunSettings) -> dict:
     """Runs every step, saves the artifacts and the report under ``settings.out_dir``; returns a summary dict."""
     from .calibration.hooks import calibrate
-    from .data import lm_batches, token_windows, tokenize
+    from .data import lm_batches, split_spread, spread_windows, tokenize
     from .profiling.profiler import profile
     from .report import write_report
     from .selection.selector import pareto, select
@@ -165,11 +165,13 @@ def run(settings: RunSettings) -> dict:
     model, tok = load_model(settings)
     out.mkdir(parents=True, exist_ok=True)  # after loading: a run that cannot start leaves no folder behind
     calib_ids = tokenize(tok, demo_text("calibration"))
-    calib = token_windows(calib_ids, settings.seq_len, settings.calib_windows)
-    # verification: the calibration text's next windows, disjoint from calibration and from the evaluation text
-    verify = (token_windows(calib_ids, settings.seq_len, settings.verify_windows,
-                            start=settings.calib_windows * settings.seq_len) if settings.verify_windows else None)
-    evalw = token_windows(tokenize(tok, demo_text("evaluation")), settings.seq_len, settings.eval_windows)
+    # windows spread over each whole text, not its first pages (a play opens with its cast list); the verification
+    # windows are interleaved with the calibration ones: the same text, never the same window
+    calib, verify = split_spread(spread_windows(calib_ids, settings.seq_len,
+                                                settings.calib_windows + settings.verify_windows),
+                                 settings.verify_windows)
+    verify = verify if settings.verify_windows else None
+    evalw = spread_windows(tokenize(tok, demo_text("evaluation")), settings.seq_len, settings.eval_windows)
     example = calib[:1, :settings.timing_tokens]
     candidates = tuple(settings.candidates or choose_candidates(model, example, settings.phase))
 
