@@ -1,8 +1,12 @@
 """``mpq calibrate MODEL``: per-layer sensitivity of a causal LM on text, saved as a SensitivityTable; ``--report``
-prints the per-layer table (also for a saved table: ``mpq calibrate --table T.npz --report``)."""
+prints the per-layer table (also for a saved table: ``mpq calibrate --table T.npz --report``).
+
+Under ``torchrun --nproc_per_node R -m mpq calibrate ...`` the R processes share the samples (torch.distributed,
+the default backend for the machine's devices) and rank 0 writes the table and the report."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ._common import MODEL_HELP, add_candidates, add_text, check_positive, load_model, parse_candidates, read_text
@@ -24,6 +28,9 @@ def register(subparsers) -> None:
     p.add_argument("--top", type=int, default=None, help="report only the N most sensitive layers")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--timeout", type=float, default=1800, metavar="SECONDS",
+                   help="under torchrun: how long a rank waits for the others before every rank gives up "
+                        "(default 1800)")
     p.set_defaults(func=main)
 
 
@@ -45,11 +52,19 @@ def main(args) -> int:
 
     from .. import data
     from ..calibration import calibrate
+    from ..calibration.distributed import init_from_launcher
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, tok = load_model(args.model)
-    windows = data.token_windows(data.tokenize(tok, text), args.seq_len, args.samples, args.skip_tokens)
-    table = calibrate(model, data.lm_batches(windows, args.batch_size), candidates, progress=not args.quiet)
+    joined = init_from_launcher(args.timeout)
+    try:
+        model, tok = load_model(args.model)
+        windows = data.token_windows(data.tokenize(tok, text), args.seq_len, args.samples, args.skip_tokens)
+        table = calibrate(model, data.lm_batches(windows, args.batch_size), candidates, progress=not args.quiet)
+    finally:
+        if joined:
+            torch.distributed.destroy_process_group()
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # every rank holds the same table: rank 0 alone writes it
     if args.output:
         table.save(args.output)
         print(f"saved {table!r} to {args.output}", file=sys.stderr)
