@@ -184,3 +184,32 @@ def test_a_model_dispatched_by_accelerate_calibrates_as_in_one_piece(how, tmp_pa
     assert all(p.requires_grad and p.grad is None for p in model.parameters())
     with torch.no_grad():
         torch.testing.assert_close(model(**lm_batches()[0]).logits, logits, rtol=0, atol=0)
+
+
+def test_autograd_keeps_no_offloaded_weight_until_the_backward(tmp_path):
+    import gc
+    import weakref
+
+    from mpq.calibration.devices import offloaded_weights_reloaded
+    whole = tiny_llama(layers=2).requires_grad_(False)  # as in calibration: only activation gradients
+    ids = lm_batches()[0]["input_ids"]
+    emb = whole.get_input_embeddings()(ids).detach().requires_grad_(True)
+    whole(inputs_embeds=emb).logits.square().sum().backward()
+
+    model = dispatched(copy.deepcopy(whole), "disk_offload", tmp_path)
+    loaded = []  # a weak reference to every weight accelerate loads for a forward
+    for m in model.modules():
+        hook = getattr(m, "_hf_hook", None)
+        if hook is not None and getattr(hook, "offload", False):
+            def pre(module, *args, _orig=hook.pre_forward, **kwargs):
+                out = _orig(module, *args, **kwargs)
+                loaded.extend((n, weakref.ref(p)) for n, p in module.named_parameters(recurse=False))
+                return out
+            hook.pre_forward = pre
+    x = emb.detach().clone().requires_grad_(True)
+    with offloaded_weights_reloaded(model):
+        out = model(inputs_embeds=x).logits.square().sum()
+        gc.collect()
+        assert len(loaded) > 10 and [n for n, r in loaded if r() is not None] == []  # none kept alive by the graph
+        out.backward()
+    torch.testing.assert_close(x.grad, emb.grad, rtol=1e-5, atol=1e-7)  # the backward found every weight again

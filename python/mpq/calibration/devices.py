@@ -4,10 +4,13 @@
 accelerate moves each module's inputs to the module's execution device and, for offloaded modules, loads the
 weights from their offload store just for the forward, leaving a ``meta`` placeholder on the module afterwards.
 Calibration reads a Linear's weight again in the backward pass (for Q(W) − W), so it loads it the same way
-accelerate does (``align_module_device``), on the device its output gradient is on.
+accelerate does (``align_module_device``), on the device its output gradient is on. And autograd would keep every
+loaded weight until the backward pass (the input gradient needs it), so that offloading saved nothing:
+``offloaded_weights_reloaded`` has it keep a note instead and load the weight again in the backward.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Iterator, Optional
 
 import torch
@@ -64,3 +67,59 @@ def parameters_with_data(model: nn.Module) -> Iterator[tuple[str, Optional[torch
             continue
         for n, p in own:
             yield f"{prefix}.{n}" if prefix else n, None if p.device.type == "meta" else p
+
+
+class _Reload:
+    """What autograd keeps of an offloaded module's weight (or a view of it) instead of the tensor."""
+
+    def __init__(self, module: nn.Module, name: str, weight: torch.Tensor, t: torch.Tensor):
+        self.module, self.name, self.size, self.stride, self.device = module, name, t.size(), t.stride(), t.device
+        self.offset = t.storage_offset() - weight.storage_offset()  # t is a view of the (contiguous) weight
+
+    def load(self) -> torch.Tensor:
+        with _onloaded(self.module, self.device, self.name):
+            w = getattr(self.module, self.name).detach().contiguous()
+        return w.as_strided(self.size, self.stride, w.storage_offset() + self.offset)
+
+
+@contextlib.contextmanager
+def offloaded_weights_reloaded(model: nn.Module):
+    """While active, autograd keeps no weight of a module that accelerate offloads (to the CPU or disk): it keeps
+    a note and loads the weight again when the backward pass needs it, so that a forward pass holds one offloaded
+    module's weights at a time, not all of them until the backward. Without offloaded modules: nothing."""
+    try:
+        from accelerate.utils import has_offloaded_params
+    except ImportError:
+        yield
+        return
+    offloaded = [m for m in model.modules() if has_offloaded_params(m)]
+    if not offloaded:
+        yield
+        return
+    running: list = []  # the offloaded modules whose forward is running (innermost last)
+
+    def enter(module, args):
+        running.append(module)
+
+    def leave(module, args, out):
+        running.pop()
+
+    def pack(t: torch.Tensor):
+        if running and t.layout == torch.strided and t.device.type != "meta":
+            module = running[-1]
+            for name, p in module.named_parameters(recurse=False):
+                if p.device == t.device and p.dtype == t.dtype and p.is_contiguous() and \
+                        p.untyped_storage().data_ptr() == t.untyped_storage().data_ptr():
+                    return _Reload(module, name, p, t)
+        return t
+
+    def unpack(x):
+        return x.load() if isinstance(x, _Reload) else x
+
+    handles = [h for m in offloaded for h in (m.register_forward_pre_hook(enter), m.register_forward_hook(leave))]
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+            yield
+    finally:
+        for h in handles:
+            h.remove()

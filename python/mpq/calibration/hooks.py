@@ -39,7 +39,7 @@ from ..artifacts.sensitivity_table import SensitivityTable
 from ..candidates import Candidate, get_candidates
 from ..formats import compute_scales
 from ..models import batch_size, model_inputs, to_device
-from .devices import input_device, weight_on
+from .devices import input_device, offloaded_weights_reloaded, weight_on
 from .distributed import Ranks, describe
 from .kernel import act_quant, delta_sums, weight_quant
 
@@ -365,7 +365,7 @@ def _calibrate(model, batches, candidates, loss_fn, progress, layers, ranks: Ran
 
         deltas, deltas_w = [], []
         bar = _Progress(len(shard), progress and ranks.rank == 0 and sys.stderr.isatty())
-        with torch.enable_grad():
+        with torch.enable_grad(), offloaded_weights_reloaded(model):  # keeps offloading's memory saving
             for done, (bi, batch) in enumerate(shard):
                 batch = to_device(batch, device)
                 run.start(bi, batch_size(batch))
