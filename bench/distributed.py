@@ -3,7 +3,8 @@ the same batches of a Llama-shaped model built from a config, and whether both g
 2 ranks >= 1.7x faster.
 
 Each repeat times the single process here, then starts 2 rank processes which time their calibrate call between
-two barriers (the slower rank counts; process start and imports are not timed). Medians over the repeats.
+two barriers (the slower rank counts; process start, imports and a warm-up call are not timed). Medians over the
+repeats, of wall time (what a user waits) and of CPU time (what the split costs, less disturbed by other load).
 
     python bench/distributed.py [--batches 8] [--batch-size 2] [--seq-len 128] [--hidden 256] [--layers 4]
                                 [--repeat 3]
@@ -56,13 +57,14 @@ def rank_main(args):
     torch.set_num_threads(1)
     model, batches = build(args)
     dist.init_process_group("gloo")
+    calibrate(model, batches[:2])  # warm-up, as the single process has (first-call costs are not the split's)
     dist.barrier()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     table = calibrate(model, batches)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     dist.barrier()
     out = Path(args.out)
-    (out / f"seconds{dist.get_rank()}.json").write_text(json.dumps(seconds))
+    (out / f"seconds{dist.get_rank()}.json").write_text(json.dumps([seconds, cpu]))
     if dist.get_rank() == 0:
         table.save(out / "table.npz")
     dist.destroy_process_group()
@@ -74,7 +76,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def two_ranks(args, out: Path) -> float:
+def two_ranks(args, out: Path) -> tuple[float, float]:
     env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE="2",
                OMP_NUM_THREADS="1")
     cmd = [sys.executable, __file__, "--rank-of-two", "--out", str(out)] + [
@@ -82,7 +84,8 @@ def two_ranks(args, out: Path) -> float:
     procs = [subprocess.Popen(cmd, env=dict(env, RANK=str(r))) for r in range(2)]
     if any(p.wait(timeout=1800) for p in procs):
         raise SystemExit("a rank failed")
-    return max(json.loads((out / f"seconds{r}.json").read_text()) for r in range(2))
+    wall, cpu = zip(*(json.loads((out / f"seconds{r}.json").read_text()) for r in range(2)))
+    return max(wall), max(cpu)  # the slower rank
 
 
 def main():
@@ -104,24 +107,31 @@ def main():
     print(machine_line())
     print(f"# Llama hidden {args.hidden}, {args.layers} layers; {args.batches} batches of {args.batch_size} x "
           f"{args.seq_len} tokens; candidates {', '.join(CANDIDATES)}; gloo, 1 thread per process")
-    one, two = [], []
+    calibrate(model, batches[:1])  # warm-up
+    one, two, one_cpu, two_cpu = [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(args.repeat):  # interleaved, so that the machine's load falls on both alike
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             single = calibrate(model, batches)
             one.append(time.perf_counter() - t0)
+            one_cpu.append(time.process_time() - c0)
             out = Path(tmp) / str(rep)
             out.mkdir()
-            two.append(two_ranks(args, out))
+            wall, cpu = two_ranks(args, out)
+            two.append(wall)
+            two_cpu.append(cpu)
         from mpq import SensitivityTable
         shared = SensitivityTable.load(Path(tmp) / "0" / "table.npz")
     same = (shared.data_fingerprint == single.data_fingerprint and shared.n_samples == single.n_samples
             and np.allclose(shared.delta, single.delta, rtol=1e-6, atol=0)
             and np.array_equal(shared.act_scales, single.act_scales, equal_nan=True))
     rel = float(np.nanmax(np.abs(shared.delta - single.delta) / np.maximum(np.abs(single.delta), 1e-300)))
-    rows = [("1 process", statistics.median(one), max(one) - min(one), 1.0),
-            ("2 gloo ranks", statistics.median(two), max(two) - min(two), statistics.median(one) / statistics.median(two))]
-    print_table(["setup", "median_s", "spread_s", "speedup"], rows, ["s", ".2f", ".2f", ".2f"])
+    med = statistics.median
+    rows = [("1 process", med(one), max(one) - min(one), 1.0, med(one_cpu), 1.0),
+            ("2 ranks", med(two), max(two) - min(two), med(one) / med(two), med(two_cpu), med(one_cpu) / med(two_cpu))]
+    # wall time is what a user waits; the slower rank's CPU time is what the split costs without the others' load
+    print_table(["setup", "wall_s", "spread_s", "speedup", "cpu_s", "cpu_ratio"], rows,
+                ["s", ".2f", ".2f", ".2f", ".2f", ".2f"])
     print(f"# same table: {same} (max relative difference of δ {rel:.1e}); goal speedup >= 1.7: "
           f"{'met' if rows[1][3] >= 1.7 else 'NOT met'}; {machine_line().split()[-1]} at the end")
     if not same:

@@ -51,10 +51,12 @@ def _onloaded(module: nn.Module, device: Optional[torch.device], name: str):
 def parameters_with_data(model: nn.Module) -> Iterator[tuple[str, Optional[torch.Tensor]]]:
     """(name, tensor) of every parameter, offloaded ones loaded one module at a time (the tensor is None for a
     ``meta`` parameter that nothing can load)."""
-    try:
-        from accelerate.utils import align_module_device, has_offloaded_params
-    except ImportError:
-        align_module_device = has_offloaded_params = None
+    align_module_device = has_offloaded_params = None
+    if any(hasattr(m, "_hf_hook") for m in model.modules()):  # dispatched by accelerate
+        try:
+            from accelerate.utils import align_module_device, has_offloaded_params
+        except ImportError:
+            pass
     for prefix, module in model.named_modules():
         own = list(module.named_parameters(recurse=False))
         if not own:
@@ -87,6 +89,9 @@ def offloaded_weights_reloaded(model: nn.Module):
     """While active, autograd keeps no weight of a module that accelerate offloads (to the CPU or disk): it keeps
     a note and loads the weight again when the backward pass needs it, so that a forward pass holds one offloaded
     module's weights at a time, not all of them until the backward. Without offloaded modules: nothing."""
+    if not any(hasattr(m, "_hf_hook") for m in model.modules()):  # not dispatched: spare importing accelerate
+        yield
+        return
     try:
         from accelerate.utils import has_offloaded_params
     except ImportError:

@@ -6,7 +6,6 @@ the default backend for the machine's devices) and rank 0 writes the table and t
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from ._common import MODEL_HELP, add_candidates, add_text, check_positive, load_model, parse_candidates, read_text
@@ -56,6 +55,7 @@ def main(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     joined = init_from_launcher(args.timeout)
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
     try:
         model, tok = load_model(args.model)
         windows = data.token_windows(data.tokenize(tok, text), args.seq_len, args.samples, args.skip_tokens)
@@ -63,7 +63,7 @@ def main(args) -> int:
     finally:
         if joined:
             torch.distributed.destroy_process_group()
-    if int(os.environ.get("RANK", "0")) != 0:
+    if rank != 0:
         return 0  # every rank holds the same table: rank 0 alone writes it
     if args.output:
         table.save(args.output)
