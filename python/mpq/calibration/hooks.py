@@ -39,6 +39,8 @@ from ..artifacts.sensitivity_table import SensitivityTable
 from ..candidates import Candidate, get_candidates
 from ..formats import compute_scales
 from ..models import batch_size, model_inputs, to_device
+from .devices import input_device, offloaded_weights_reloaded, weight_on
+from .distributed import Ranks, describe
 from .kernel import act_quant, delta_sums, weight_quant
 
 # per-sample weight gradients are formed this many values at a time (at least one sample): bounds the temporary
@@ -191,9 +193,9 @@ class _Call:
         L = self.layer
         if not L.w_quants or self.x is None:
             return None
-        x = self._samples(self.x, "input").float()
         g = self._samples(gy.detach(), "output gradient").float()
-        w = L.module.weight.detach().float()
+        x = self._samples(self.x, "input").to(g.device).float()  # accelerate moves inputs inside forward
+        w = weight_on(L.module, g.device, L.name).float()  # an offloaded weight is loaded again
         B, out_f, in_f = x.shape[0], w.shape[0], w.shape[1]
         chunk = max(1, GRAD_CHUNK_VALUES // max(1, out_f * in_f))
         res = torch.empty(B, len(L.w_quants), dtype=torch.float64)
@@ -241,9 +243,9 @@ class _Run:
             self.delta_w[:, layer, idx] += v
 
 
-def _static_scales(model, layers, batches, cands, device):
+def _static_scales(model, layers, batches, cands, device, ranks: Ranks):
     """Per layer and static candidate: the per-tensor activation (scale, zero_point) from the range of the finite
-    values the layer sees over all calibration batches (padded tokens excluded)."""
+    values the layer sees over all calibration batches (padded tokens excluded; every rank's batches)."""
     lo = [math.inf] * len(layers)
     hi = [-math.inf] * len(layers)
     state = {"mask": None}
@@ -277,6 +279,7 @@ def _static_scales(model, layers, batches, cands, device):
     finally:
         for h in handles:
             h.remove()
+    lo, hi = ranks.reduce_range(lo, hi)
     scales = {}
     for i in range(len(layers)):
         rng = torch.tensor([lo[i] if math.isfinite(lo[i]) else 0.0, hi[i] if math.isfinite(hi[i]) else 0.0])
@@ -298,20 +301,37 @@ def calibrate(model: nn.Module, batches: Iterable, candidates=("fp8", "int8"),
     every input is the sample.
     loss_fn(outputs, batch) → per-sample losses [B]; default: ``causal_lm_loss`` for Hugging Face causal LMs.
     layers: names of the ``nn.Linear`` modules to calibrate (default: all).
+    On every rank of an initialised torch.distributed process group (``mpq.calibration.distributed``), with the
+    same arguments everywhere: each rank calibrates its share of the batches and every rank returns the table of
+    all of them; a rank that differs, fails or dies makes every rank raise (naming it).
+    A model dispatched by accelerate (``device_map``, CPU or disk offload) calibrates as the same model in one piece.
     @raises ValueError on an unknown candidate, an empty batch iterator, a model without ``nn.Linear``, a loss_fn
     that does not return [B] losses, or a NaN/Inf loss or gradient (naming the layer and the batch).
     """
+    ranks = Ranks.current(input_device(model))
+    with ranks.failures_shared():
+        return _calibrate(model, batches, candidates, loss_fn, progress, layers, ranks)
+
+
+def _calibrate(model, batches, candidates, loss_fn, progress, layers, ranks: Ranks) -> SensitivityTable:
     cands: tuple[Candidate, ...] = get_candidates(candidates)
     named = quantizable_layers(model, layers)
     batches = list(batches)
     if not batches:
         raise ValueError("calibrate: the batch iterator is empty")
     loss_fn = causal_lm_loss if loss_fn is None else loss_fn
+    loss_name = ("causal_lm_loss" if loss_fn is causal_lm_loss else
+                 getattr(loss_fn, "__name__", type(loss_fn).__name__))
+    sizes = [batch_size(b) for b in batches]
+    data_fingerprint = fingerprint(batches)
+    ranks.check_same(lambda: describe(model, named, cands, sizes, data_fingerprint, loss_name))
+    shard = ranks.shard(batches)
     params = list(model.parameters())
-    device = params[0].device if params else torch.device("cpu")
+    device = input_device(model)
     L, C = len(named), len(cands)
 
-    saved_grad = [p.requires_grad for p in params]
+    # by name: accelerate gives an offloaded module a new parameter object each time it loads or unloads it
+    saved_grad = {n: p.requires_grad for n, p in model.named_parameters()}
     saved_modes = [(m, m.training) for m in model.modules()]
     handles = []
     run = _Run(L, C)
@@ -321,7 +341,7 @@ def calibrate(model: nn.Module, batches: Iterable, candidates=("fp8", "int8"),
         for p in params:
             p.requires_grad_(False)
         static = [c for c in cands if c.act_static]
-        scales = _static_scales(model, named, batches, static, device) if static else {}
+        scales = _static_scales(model, named, [b for _, b in shard], static, device, ranks) if static else {}
         act_scales = np.full((L, C), np.nan, np.float32)
         act_zps = np.full((L, C), np.nan, np.float32)
         applicable = np.ones((L, C), bool)
@@ -344,9 +364,9 @@ def calibrate(model: nn.Module, batches: Iterable, candidates=("fp8", "int8"),
             handles.append(mod.register_forward_hook(layer.post))
 
         deltas, deltas_w = [], []
-        bar = _Progress(len(batches), progress and sys.stderr.isatty())
-        with torch.enable_grad():
-            for bi, batch in enumerate(batches):
+        bar = _Progress(len(shard), progress and ranks.rank == 0 and sys.stderr.isatty())
+        with torch.enable_grad(), offloaded_weights_reloaded(model):  # keeps offloading's memory saving
+            for done, (bi, batch) in enumerate(shard):
                 batch = to_device(batch, device)
                 run.start(bi, batch_size(batch))
                 args, kwargs = model_inputs(batch)
@@ -360,9 +380,10 @@ def calibrate(model: nn.Module, batches: Iterable, candidates=("fp8", "int8"),
                 run.calls.clear()
                 deltas.append(run.delta)
                 deltas_w.append(run.delta_w)
-                bar.update(bi + 1)
-        delta = np.concatenate(deltas)
-        delta_w = np.concatenate(deltas_w)
+                bar.update(done + 1)
+        empty = [np.zeros((0, L, C))]  # a rank with no batch (fewer batches than ranks)
+        delta, delta_w = ranks.gather_samples((np.concatenate(deltas or empty), np.concatenate(deltas_w or empty)),
+                                              sizes)
         delta[:, ~applicable] = np.nan
         delta_w[:, ~applicable] = np.nan
     finally:
@@ -371,8 +392,8 @@ def calibrate(model: nn.Module, batches: Iterable, candidates=("fp8", "int8"),
         for call in run.calls:
             call.x = None
         run.calls.clear()
-        for p, g in zip(params, saved_grad):
-            p.requires_grad_(g)
+        for n, p in model.named_parameters():
+            p.requires_grad_(saved_grad.get(n, p.requires_grad))
         for m, mode in saved_modes:
             m.training = mode
     measured = np.nan_to_num(delta, nan=0.0)
@@ -381,15 +402,16 @@ def calibrate(model: nn.Module, batches: Iterable, candidates=("fp8", "int8"),
                          "sequences, every label -100, or a loss of something else); a table of zeros would let "
                          "select quantize everything at a predicted loss of 0")
     flat = [name for (name, _), zero in zip(named, ~measured.any(axis=(0, 2))) if zero]
-    info = dict(model=type(model).__name__, loss="causal_lm_loss" if loss_fn is causal_lm_loss else
-                getattr(loss_fn, "__name__", type(loss_fn).__name__), seconds=time.perf_counter() - t0,
+    info = dict(model=type(model).__name__, loss=loss_name, seconds=time.perf_counter() - t0,
                 layer_shapes=[list(m.weight.shape) for _, m in named])
+    if ranks.distributed:
+        info["ranks"] = ranks.size
     if flat:  # layers the loss does not see (unused, or their outputs cut off): say so, do not hide it
         warnings.warn(f"calibrate: every δ of layer(s) {flat[:5]}{' ...' if len(flat) > 5 else ''} is zero: the "
-                      "loss does not depend on them, so their predicted loss is 0", stacklevel=2)
+                      "loss does not depend on them, so their predicted loss is 0", stacklevel=3)
         info["zero_delta_layers"] = flat
     return SensitivityTable(tuple(n for n, _ in named), tuple(c.name for c in cands), delta, delta_w, act_scales,
-                            np.nan_to_num(act_zps, nan=0.0), fingerprint(batches), info)
+                            np.nan_to_num(act_zps, nan=0.0), data_fingerprint, info)
 
 
 def _static_quant(c: Candidate, sz):

@@ -1,5 +1,8 @@
 """``mpq calibrate MODEL``: per-layer sensitivity of a causal LM on text, saved as a SensitivityTable; ``--report``
-prints the per-layer table (also for a saved table: ``mpq calibrate --table T.npz --report``)."""
+prints the per-layer table (also for a saved table: ``mpq calibrate --table T.npz --report``).
+
+Under ``torchrun --nproc_per_node R -m mpq calibrate ...`` the R processes share the samples (torch.distributed,
+the default backend for the machine's devices) and rank 0 writes the table and the report."""
 from __future__ import annotations
 
 import argparse
@@ -24,6 +27,9 @@ def register(subparsers) -> None:
     p.add_argument("--top", type=int, default=None, help="report only the N most sensitive layers")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--timeout", type=float, default=1800, metavar="SECONDS",
+                   help="under torchrun: how long a rank waits for the others before every rank gives up "
+                        "(default 1800)")
     p.set_defaults(func=main)
 
 
@@ -45,11 +51,20 @@ def main(args) -> int:
 
     from .. import data
     from ..calibration import calibrate
+    from ..calibration.distributed import init_from_launcher
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, tok = load_model(args.model)
-    windows = data.token_windows(data.tokenize(tok, text), args.seq_len, args.samples, args.skip_tokens)
-    table = calibrate(model, data.lm_batches(windows, args.batch_size), candidates, progress=not args.quiet)
+    joined = init_from_launcher(args.timeout)
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    try:
+        model, tok = load_model(args.model)
+        windows = data.token_windows(data.tokenize(tok, text), args.seq_len, args.samples, args.skip_tokens)
+        table = calibrate(model, data.lm_batches(windows, args.batch_size), candidates, progress=not args.quiet)
+    finally:
+        if joined:
+            torch.distributed.destroy_process_group()
+    if rank != 0:
+        return 0  # every rank holds the same table: rank 0 alone writes it
     if args.output:
         table.save(args.output)
         print(f"saved {table!r} to {args.output}", file=sys.stderr)
