@@ -126,7 +126,7 @@ MckpResult solve_mckp(Span<const int64_t> offsets, Span<const double> gains, Spa
                       double budget, const MckpOptions& opts) {
   const auto start = Clock::now();
   check_inputs("solve_mckp", offsets, gains, costs, opts, "budget", budget);
-  const detail::Prepared pr = detail::prepare(offsets, gains, costs);
+  const detail::Prepared pr = detail::prepare(offsets, gains, costs, &budget);
   return detail::solve_verified(pr, budget, opts, {}, start);
 }
 
