@@ -96,7 +96,8 @@ struct Prepared {
 
 /// The largest power of two of which every value is an integer multiple (0 when all are 0). Gains that are all
 /// integers give at least 1: then any better solution gains at least `unit` more, an exact pruning step.
-double gain_unit(const Span<const double>& values);
+/// Returns 0 as soon as the unit is known to be <= floor (it could not prune beyond the tolerance).
+double gain_unit(const Span<const double>& values, double floor = 0);
 
 /// The bound a solution must exceed to beat the incumbent z: the requested gap, or, when the gains are multiples
 /// of `unit`, the next multiple (less the rounding tolerance, so no state that can reach it is cut).

@@ -14,7 +14,9 @@ namespace {
 }
 }  // namespace
 
-void validate(const char* fn, const Span<const int64_t>& offsets, const Span<const double>& gains, const Span<const double>& costs) {
+namespace {
+void validate_slow(const char* fn, const Span<const int64_t>& offsets, const Span<const double>& gains,
+                   const Span<const double>& costs) {
   if (gains.size != costs.size)
     bad(fn, "gains has " + std::to_string(gains.size) + " values but costs has " + std::to_string(costs.size));
   if (offsets.size < 1) bad(fn, "offsets must hold n_groups + 1 values (at least [0])");
@@ -45,6 +47,28 @@ void validate(const char* fn, const Span<const int64_t>& offsets, const Span<con
   for (std::size_t i = 0; i < gains.size; ++i) total += std::fabs(gains[i]) + costs[i];
   if (!std::isfinite(total))
     bad(fn, "values too large: the sum of all |gains| and costs overflows a double");
+}
+}  // namespace
+
+void validate(const char* fn, const Span<const int64_t>& offsets, const Span<const double>& gains,
+              const Span<const double>& costs) {
+  // One branch-free pass settles the common case: a finite sum of |gains| + costs means every value is finite
+  // (an inf or nan would make it so), and the smallest cost shows the sign. Anything else, and the group
+  // structure, goes through the checks that name the culprit.
+  bool fast = gains.size == costs.size && offsets.size >= 1 && offsets[0] == 0 &&
+              offsets[offsets.size - 1] == static_cast<int64_t>(gains.size) &&
+              offsets.size - 1 <= static_cast<std::size_t>(std::numeric_limits<int32_t>::max());
+  if (fast) {
+    double total = 0, minc = 0;
+    for (std::size_t i = 0; i < gains.size; ++i) {
+      total += std::fabs(gains[i]) + costs[i];
+      minc = std::min(minc, costs[i]);
+    }
+    fast = std::isfinite(total) && minc >= 0;
+    for (std::size_t g = 0; fast && g + 1 < offsets.size; ++g)
+      fast = offsets[g + 1] > offsets[g] && offsets[g + 1] - offsets[g] <= std::numeric_limits<int32_t>::max();
+  }
+  if (!fast) validate_slow(fn, offsets, gains, costs);
 }
 
 void check_options(const char* fn, const MckpOptions& o) {
@@ -93,10 +117,11 @@ void sort_by_efficiency(std::vector<Inc>& incs) {
   incs.swap(out);
 }
 
-double gain_unit(const Span<const double>& values) {
+double gain_unit(const Span<const double>& values, double floor) {
   // A finite double is M * 2^x with an integer M (x = E - 1075, or -1074 for subnormals); its trailing zero
   // bits raise x. The smallest such exponent over all values is the unit.
   int lowest = std::numeric_limits<int>::max();
+  const int stop = floor > 0 && std::isfinite(floor) ? std::ilogb(floor) : std::numeric_limits<int>::min();
   for (std::size_t i = 0; i < values.size; ++i) {
     uint64_t b;
     std::memcpy(&b, &values[i], sizeof b);
@@ -111,6 +136,7 @@ double gain_unit(const Span<const double>& values) {
     for (; (M & 1) == 0; M >>= 1) ++x;
 #endif
     lowest = std::min(lowest, x);
+    if (lowest <= stop) return 0.0;  // 2^lowest <= floor: real-valued gains, no unit worth pruning with
   }
   return lowest == std::numeric_limits<int>::max() ? 0.0 : std::ldexp(1.0, std::min(lowest, 1000));
 }
@@ -146,11 +172,14 @@ Prepared prepare(const Span<const int64_t>& offsets, const Span<const double>& g
     // cost ascending, gain descending, index ascending: the deterministic tie-break everywhere. Groups often come
     // in that order already (menus listed from the cheapest choice up): those skip the sort.
     bool in_order = true;
-    for (int64_t i = a + 1; i < b && in_order; ++i)
-      in_order = costs[i - 1] < costs[i] || (costs[i - 1] == costs[i] && gains[i - 1] >= gains[i]);
+    for (int64_t i = a + 1; i < b && in_order; ++i) in_order = costs[i - 1] <= costs[i];
     if (in_order) {
-      for (int64_t i = a; i < b; ++i)  // keep an item only if it gains strictly more than everything cheaper
-        if (np == p0 || gains[i] > P[np - 1].p) P[np++] = {costs[i], gains[i], static_cast<int32_t>(i - a)};
+      for (int64_t i = a; i < b; ++i) {  // keep an item only if it gains strictly more than everything cheaper
+        const Item it{costs[i], gains[i], static_cast<int32_t>(i - a)};
+        if (np == p0) P[np++] = it;
+        else if (it.w == P[np - 1].w) { if (it.p > P[np - 1].p) P[np - 1] = it; }  // equal cost: the best gain, first
+        else if (it.p > P[np - 1].p) P[np++] = it;
+      }
     } else {
       tmp.clear();
       for (int64_t i = a; i < b; ++i) tmp.push_back({costs[i], gains[i], static_cast<int32_t>(i - a)});
@@ -200,7 +229,7 @@ Prepared prepare(const Span<const int64_t>& offsets, const Span<const double>& g
   pr.hull.resize(nh);
   pr.incs.resize(ni);
   pr.scale = sum_abs > 0 ? sum_abs : 1.0;
-  pr.unit = gain_unit(gains);
+  pr.unit = gain_unit(gains, 1e-12 * pr.scale);
   // Within a group efficiencies do not increase, so this order keeps every group's hull order.
   if (budget) {
     order_for_budget(pr, *budget);
