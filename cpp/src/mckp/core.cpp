@@ -135,9 +135,11 @@ MckpResult solve_prepared(const Prepared& pr, double C, const MckpOptions& opts,
   std::vector<double> rmax(n);  // each group's best reduced profit at lambda
   double U_L = lambda * C;
   for (int64_t g = 0; g < n; ++g) {
+    // lambda > 0 (Pareto steps gain), so the best reduced profit sits on a hull vertex: fewer items to read;
+    // an item the hull dropped as collinear can differ only by rounding, which the tolerance covers
     double best = kNegInf;
-    for (int64_t i = pr.poff[g]; i < pr.poff[g + 1]; ++i)
-      best = std::max(best, pr.pareto[i].p - lambda * pr.pareto[i].w);
+    const Item* P = pr.pareto.data() + pr.poff[g];
+    for (int64_t h = pr.hoff[g]; h < pr.hoff[g + 1]; ++h) best = std::max(best, P[pr.hull[h]].p - lambda * P[pr.hull[h]].w);
     rmax[g] = best;
     U_L += best;
   }
