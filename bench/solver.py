@@ -50,11 +50,27 @@ import numpy as np
 from mpq import _core
 spec = importlib.util.spec_from_file_location("instances", instances_py)
 inst_mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(inst_mod)
-inst = next(inst_mod.integer_suite((name,)))
-n, m = inst.gains.shape
+kind, _, rest = name.partition(":")
+if kind in ("solve", "sweep"):  # the llm family: "solve:n:m" at frac 0.3, "sweep:n:m" over 100 budgets
+    n, m = map(int, rest.split(":"))
+    gains, costs = inst_mod.generate(n, m, 0)
+    budgets = [inst_mod.threshold(costs, 0.3)] if kind == "solve" else \
+        [inst_mod.threshold(costs, f) for f in np.linspace(0.0, 1.0, 100)]
+else:
+    inst = next(inst_mod.integer_suite((name,)))
+    gains, costs, budgets = inst.gains, inst.costs, [inst.budget]
+n, m = gains.shape
 off = np.arange(n + 1, dtype=np.int64) * m
-g, c = inst.gains.reshape(-1), inst.costs.reshape(-1)
-runs = [_core.mckp_solve(off, g, c, inst.budget, time_limit=limit) for _ in range(repeat)]
+g, c = gains.reshape(-1), costs.reshape(-1)
+if kind == "sweep":
+    import time
+    walls = []
+    for _ in range(repeat):
+        t0 = time.perf_counter(); out = _core.mckp_sweep(off, g, c, np.array(budgets))
+        walls.append(time.perf_counter() - t0)
+    print(json.dumps(dict(status=out[-1]["status"], objective=out[-1]["objective"], seconds=statistics.median(walls))))
+    sys.exit(0)
+runs = [_core.mckp_solve(off, g, c, budgets[0], time_limit=limit) for _ in range(repeat)]
 print(json.dumps(dict(status=runs[0]["status"], objective=runs[0]["objective"],
                       seconds=statistics.median(r["seconds"] for r in runs))))
 """
@@ -175,8 +191,9 @@ def suite_section(args):
 def scale_section(args):
     """10^6 x 8 through the flat entry point, its own overhead at several n, a 100-budget sweep at 10^5 groups."""
     print(f"\n### Scale (llm family, m = 8, frac 0.3, flat entry point solve_mckp_csr; load {os.getloadavg()[0]:.1f})\n")
-    print("| n | wall ms: median [max] | core ms | overhead (wall - core) / core | 2-D solve_mckp wall ms |")
-    print("|---|---|---|---|---|")
+    print("| n | wall ms: median [max] | core ms | overhead (wall - core) / core | 2-D solve_mckp wall ms | "
+          "old core ms | old/new core |")
+    print("|---|---|---|---|---|---|---|")
     for n in (224, 2000, 20000, 100000, args.scale_n):
         g, c = generate(n, 8, 0)
         b = threshold(c, 0.3)
@@ -194,8 +211,12 @@ def scale_section(args):
             t0 = time.perf_counter()
             solve_mckp(g, c, b)
             two_d.append(time.perf_counter() - t0)
+        old, ratio = "–", "–"
+        if args.reference_core:
+            _, _, t_old = reference_run(args.reference_core, f"solve:{n}:8", rep)
+            old, ratio = fmt_ms(t_old), f"{t_old / statistics.median(cores):.2f}x"
         print(f"| {n} | {fmt_ms(statistics.median(walls))} [{fmt_ms(max(walls))}] | {fmt_ms(statistics.median(cores))} "
-              f"| {statistics.median(over):.1%} | {fmt_ms(statistics.median(two_d))} |", flush=True)
+              f"| {statistics.median(over):.1%} | {fmt_ms(statistics.median(two_d))} | {old} | {ratio} |", flush=True)
     g, c = generate(100000, 8, 0)
     off = np.arange(100001, dtype=np.int64) * 8
     budgets = np.array([threshold(c, f) for f in np.linspace(0.0, 1.0, 100)])
@@ -205,8 +226,12 @@ def scale_section(args):
         sols = sweep_mckp_csr(off, g.reshape(-1), c.reshape(-1), budgets)
         times.append(time.perf_counter() - t0)
     assert all(s.status == "optimal" for s in sols)
-    print(f"\nsweep n=100,000 m=8, 100 budgets (fractions 0..1), sweep_mckp_csr: {fmt_ms(statistics.median(times))} ms "
-          f"median [{fmt_ms(min(times))}-{fmt_ms(max(times))}]")
+    line = (f"\nsweep n=100,000 m=8, 100 budgets (fractions 0..1), sweep_mckp_csr: {fmt_ms(statistics.median(times))} "
+            f"ms median [{fmt_ms(min(times))}-{fmt_ms(max(times))}]")
+    if args.reference_core:
+        _, _, t_old = reference_run(args.reference_core, "sweep:100000:8", 3)
+        line += f"; old core {fmt_ms(t_old)} ms, old/new {t_old / statistics.median(times):.2f}x"
+    print(line)
 
 
 def main(argv=None):
