@@ -16,6 +16,8 @@
 //     cannot beat the incumbent, then the survivors are merged with the next group keeping only the
 //     non-dominated (cost, gain) states. Past MckpOptions::max_states it keeps a beam of the best bounds per
 //     level, and the result is kLimit unless the states it cut provably could not win.
+// When every gain is a multiple of a power of two u (integer gains: u >= 1), a state must be able to reach the
+// incumbent + u to survive: exact, and much stronger than rel_gap on integer data.
 // The returned cost is checked with an exact (error-free) sum, so it never exceeds the budget.
 // Step by step, with the memory variant: docs/cpp-core.md.
 // All functions are deterministic, single-threaded and thread-safe (no shared state).

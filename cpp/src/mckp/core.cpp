@@ -19,19 +19,25 @@ void choose_hull(const Prepared& pr, const std::vector<int32_t>& pos, MckpResult
 // Hull positions of the LP rounding that takes the first k increments (an integral solution), and its choice.
 void take_prefix(const Prepared& pr, std::size_t k, std::vector<int32_t>& pos, MckpResult& r) {
   std::fill(pos.begin(), pos.end(), 0);
-  for (std::size_t t = 0; t < k; ++t) pos[pr.incs[t].g] = pr.incs[t].k;
+  // the first k may be in any order (order_for_budget), but they hold a prefix of every group's hull
+  for (std::size_t t = 0; t < k; ++t) pos[pr.incs[t].g] = std::max(pos[pr.incs[t].g], pr.incs[t].k);
   choose_hull(pr, pos, r);
 }
 
 // The number of whole increments the LP takes at budget C; r.choice is their rounding. The float prefix sums may
 // put the count one past the exact boundary, so it steps back until the rounding fits exactly (0 always does:
-// the caller checked the cheapest items).
+// the caller checked the cheapest items). Returns SIZE_MAX when the split leaves the sorted window.
 std::size_t lp_prefix(const Prepared& pr, double C, std::vector<int32_t>& pos, MckpResult& r) {
+  constexpr std::size_t kOutside = static_cast<std::size_t>(-1);
   const double cap = std::max(0.0, C - pr.W0);
   std::size_t k = static_cast<std::size_t>(
       std::upper_bound(pr.prefW.begin(), pr.prefW.end(), cap) - pr.prefW.begin() - 1);
+  if (!split_in_window(pr, k)) return kOutside;
   take_prefix(pr, k, pos, r);
-  while (k > 0 && compare_sum(pr.offsets, pr.costs, r.choice, C) > 0) take_prefix(pr, --k, pos, r);
+  while (k > 0 && compare_sum(pr.offsets, pr.costs, r.choice, C) > 0) {
+    if (!split_in_window(pr, k - 1)) return kOutside;
+    take_prefix(pr, --k, pos, r);
+  }
   return k;
 }
 
@@ -43,7 +49,8 @@ void greedy_incumbent(const Prepared& pr, double C, std::size_t k, std::vector<i
   std::vector<char> frozen(pr.n, 0);
   for (std::size_t t = k; t < pr.incs.size(); ++t) {
     const Inc& in = pr.incs[t];
-    if (frozen[in.g]) continue;
+    // past the sorted window a group's increments may come out of hull order: take only the next one
+    if (frozen[in.g] || pos[in.g] != in.k - 1) continue;
     if (used + in.dw <= C) { used += in.dw; pos[in.g] = in.k; }
     else frozen[in.g] = 1;
   }
@@ -110,6 +117,8 @@ MckpResult solve_prepared(const Prepared& pr, double C, const MckpOptions& opts,
   r.choice.resize(n);
   std::vector<int32_t> pos(n, 0);
   const std::size_t k = lp_prefix(pr, C, pos, r);
+  if (k == static_cast<std::size_t>(-1))  // the split is outside the window ordered for another budget: sort all
+    return solve_prepared(prepare(pr.offsets, pr.gains, pr.costs), C, opts, hint, start);
   if (k == pr.incs.size()) {  // everything fits: every group takes its best item, the LP is integral
     evaluate_choice(pr, r);
     r.status = MckpStatus::kOptimal;
@@ -122,13 +131,15 @@ MckpResult solve_prepared(const Prepared& pr, double C, const MckpOptions& opts,
 
   double z = r.objective;
   const double tol = 1e-12 * pr.scale;
-  auto threshold = [&] { return z + std::max(opts.rel_gap * std::fabs(z), tol); };
+  auto threshold = [&] { return improve_threshold(z, opts.rel_gap, tol, pr.unit); };
   std::vector<double> rmax(n);  // each group's best reduced profit at lambda
   double U_L = lambda * C;
   for (int64_t g = 0; g < n; ++g) {
+    // lambda > 0 (Pareto steps gain), so the best reduced profit sits on a hull vertex: fewer items to read;
+    // an item the hull dropped as collinear can differ only by rounding, which the tolerance covers
     double best = kNegInf;
-    for (int64_t i = pr.poff[g]; i < pr.poff[g + 1]; ++i)
-      best = std::max(best, pr.pareto[i].p - lambda * pr.pareto[i].w);
+    const Item* P = pr.pareto.data() + pr.poff[g];
+    for (int64_t h = pr.hoff[g]; h < pr.hoff[g + 1]; ++h) best = std::max(best, P[pr.hull[h]].p - lambda * P[pr.hull[h]].w);
     rmax[g] = best;
     U_L += best;
   }
@@ -137,6 +148,8 @@ MckpResult solve_prepared(const Prepared& pr, double C, const MckpOptions& opts,
   auto finish_optimal = [&] {
     r.status = MckpStatus::kOptimal;
     r.bound = std::max(r.objective, std::min(U_root, pruned_max));
+    // gains in multiples of `unit`: nothing reaches the next multiple, so the optimum is the incumbent itself
+    if (r.bound < improve_threshold(r.objective, 0.0, tol, pr.unit) && pr.unit > tol) r.bound = r.objective;
     r.seconds = seconds_since(start);
     return r;
   };

@@ -136,7 +136,7 @@ class ParetoDp {
   }
 
  private:
-  double threshold() const { return z_ + std::max(opts_.rel_gap * std::fabs(z_), tol_); }
+  double threshold() const { return improve_threshold(z_, opts_.rel_gap, tol_, pr_.unit); }
 
   // Bound and rounding value of every state over the levels not merged yet; a rounding that beats the
   // incumbent becomes it.

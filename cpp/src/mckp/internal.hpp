@@ -3,6 +3,7 @@
 #pragma once
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <numeric>
 #include <cstdint>
 #include <limits>
@@ -80,21 +81,44 @@ struct Prepared {
   std::vector<Item> pareto;      // per group: w strictly increasing, p strictly increasing
   std::vector<int64_t> hoff;     // CSR over hull
   std::vector<int32_t> hull;     // positions (within the group's Pareto list) of the concave hull vertices
-  std::vector<Inc> incs;         // all hull increments, efficiency descending, ties by (g, k)
+  std::vector<Inc> incs;         // all hull increments, efficiency descending, ties by (g, k); for a single
+                                 // budget only incs[sorted_lo, sorted_hi) are in that order, every one before
+                                 // them ranks higher and every one after lower (order_for_budget)
+  std::size_t sorted_lo = 0, sorted_hi = 0;
   std::vector<double> prefW, prefP;  // prefix sums over incs, size incs.size() + 1
   double W0 = 0, P0 = 0;         // cheapest item of every group: total cost and gain
   ExactSum W0exact;              // the same cost, exactly
   double Pmax = 0;               // sum of every group's largest gain
   double Wmax = 0;               // sum of every group's largest |cost| (a magnitude for rounding slack)
   double scale = 1;              // sum of |largest gain| + |smallest gain|: the unit of the pruning tolerance
+  double unit = 0;               // every gain is an integer multiple of it (a power of two; 0 if all gains are 0)
 };
+
+/// The largest power of two of which every value is an integer multiple (0 when all are 0). Gains that are all
+/// integers give at least 1: then any better solution gains at least `unit` more, an exact pruning step.
+/// Returns 0 as soon as the unit is known to be <= floor (it could not prune beyond the tolerance).
+double gain_unit(const Span<const double>& values, double floor = 0);
+
+/// The bound a solution must exceed to beat the incumbent z: the requested gap, or, when the gains are multiples
+/// of `unit`, the next multiple (less the rounding tolerance, so no state that can reach it is cut).
+inline double improve_threshold(double z, double rel_gap, double tol, double unit) {
+  return std::max(z + std::max(rel_gap * std::fabs(z), tol), z + unit - tol);
+}
 
 /// Throws std::invalid_argument (prefixed by `fn`) naming the group on bad input.
 void validate(const char* fn, const Span<const int64_t>& offsets, const Span<const double>& gains, const Span<const double>& costs);
 void check_options(const char* fn, const MckpOptions& opts);
 /// Stable sort by efficiency, descending (callers build incs in (group, k) order, so ties stay in that order).
 void sort_by_efficiency(std::vector<Inc>& incs);
-Prepared prepare(const Span<const int64_t>& offsets, const Span<const double>& gains, const Span<const double>& costs);
+/// The budget-independent preprocessing. With `budget` (a single solve), the increments are only ordered around
+/// that budget's LP split (order_for_budget) instead of sorted; sweeps, bounds and the memory variant sort them all.
+Prepared prepare(const Span<const int64_t>& offsets, const Span<const double>& gains, const Span<const double>& costs,
+                 const double* budget = nullptr);
+/// Places the increments the LP at `budget` takes first (any order), then sorts `window` increments on each side
+/// of its split; sets sorted_lo/sorted_hi. Expected O(M) instead of the full sort's O(M log M).
+void order_for_budget(Prepared& pr, double budget, std::size_t window = 2048);
+/// Whether the LP split at `budget` falls inside the sorted window (always true once fully sorted).
+bool split_in_window(const Prepared& pr, std::size_t k);
 
 using Clock = std::chrono::steady_clock;
 

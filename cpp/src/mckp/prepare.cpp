@@ -14,7 +14,9 @@ namespace {
 }
 }  // namespace
 
-void validate(const char* fn, const Span<const int64_t>& offsets, const Span<const double>& gains, const Span<const double>& costs) {
+namespace {
+void validate_slow(const char* fn, const Span<const int64_t>& offsets, const Span<const double>& gains,
+                   const Span<const double>& costs) {
   if (gains.size != costs.size)
     bad(fn, "gains has " + std::to_string(gains.size) + " values but costs has " + std::to_string(costs.size));
   if (offsets.size < 1) bad(fn, "offsets must hold n_groups + 1 values (at least [0])");
@@ -45,6 +47,28 @@ void validate(const char* fn, const Span<const int64_t>& offsets, const Span<con
   for (std::size_t i = 0; i < gains.size; ++i) total += std::fabs(gains[i]) + costs[i];
   if (!std::isfinite(total))
     bad(fn, "values too large: the sum of all |gains| and costs overflows a double");
+}
+}  // namespace
+
+void validate(const char* fn, const Span<const int64_t>& offsets, const Span<const double>& gains,
+              const Span<const double>& costs) {
+  // One branch-free pass settles the common case: a finite sum of |gains| + costs means every value is finite
+  // (an inf or nan would make it so), and the smallest cost shows the sign. Anything else, and the group
+  // structure, goes through the checks that name the culprit.
+  bool fast = gains.size == costs.size && offsets.size >= 1 && offsets[0] == 0 &&
+              offsets[offsets.size - 1] == static_cast<int64_t>(gains.size) &&
+              offsets.size - 1 <= static_cast<std::size_t>(std::numeric_limits<int32_t>::max());
+  if (fast) {
+    double total = 0, minc = 0;
+    for (std::size_t i = 0; i < gains.size; ++i) {
+      total += std::fabs(gains[i]) + costs[i];
+      minc = std::min(minc, costs[i]);
+    }
+    fast = std::isfinite(total) && minc >= 0;
+    for (std::size_t g = 0; fast && g + 1 < offsets.size; ++g)
+      fast = offsets[g + 1] > offsets[g] && offsets[g + 1] - offsets[g] <= std::numeric_limits<int32_t>::max();
+  }
+  if (!fast) validate_slow(fn, offsets, gains, costs);
 }
 
 void check_options(const char* fn, const MckpOptions& o) {
@@ -93,7 +117,37 @@ void sort_by_efficiency(std::vector<Inc>& incs) {
   incs.swap(out);
 }
 
-Prepared prepare(const Span<const int64_t>& offsets, const Span<const double>& gains, const Span<const double>& costs) {
+double gain_unit(const Span<const double>& values, double floor) {
+  // A finite double is M * 2^x with an integer M (x = E - 1075, or -1074 for subnormals); its trailing zero
+  // bits raise x. The smallest such exponent over all values is the unit.
+  int lowest = std::numeric_limits<int>::max();
+  const int stop = floor > 0 && std::isfinite(floor) ? std::ilogb(floor) : std::numeric_limits<int>::min();
+  for (std::size_t i = 0; i < values.size; ++i) {
+    uint64_t b;
+    std::memcpy(&b, &values[i], sizeof b);
+    const int E = static_cast<int>((b >> 52) & 0x7FF);
+    uint64_t M = b & ((uint64_t{1} << 52) - 1);
+    if (E != 0) M |= uint64_t{1} << 52;
+    if (M == 0) continue;
+    int x = E == 0 ? -1074 : E - 1075;
+#if defined(__GNUC__) || defined(__clang__)
+    x += __builtin_ctzll(M);
+#else
+    for (; (M & 1) == 0; M >>= 1) ++x;
+#endif
+    lowest = std::min(lowest, x);
+    if (lowest <= stop) return 0.0;  // 2^lowest <= floor: real-valued gains, no unit worth pruning with
+  }
+  return lowest == std::numeric_limits<int>::max() ? 0.0 : std::ldexp(1.0, std::min(lowest, 1000));
+}
+
+bool split_in_window(const Prepared& pr, std::size_t k) {
+  // the split and the step-backs of lp_prefix read sorted positions; k == size means everything fits
+  return (k >= pr.sorted_lo || pr.sorted_lo == 0) && (k < pr.sorted_hi || k == pr.incs.size());
+}
+
+Prepared prepare(const Span<const int64_t>& offsets, const Span<const double>& gains, const Span<const double>& costs,
+                 const double* budget) {
   Prepared pr;
   pr.n = static_cast<int64_t>(offsets.size) - 1;
   pr.offsets = offsets;
@@ -101,60 +155,89 @@ Prepared prepare(const Span<const int64_t>& offsets, const Span<const double>& g
   pr.costs = costs;
   pr.poff.assign(pr.n + 1, 0);
   pr.hoff.assign(pr.n + 1, 0);
-  pr.pareto.reserve(gains.size);
-  pr.hull.reserve(gains.size);
-  pr.incs.reserve(gains.size);
+  // Written through raw pointers into arrays sized for the worst case, trimmed at the end: this loop touches
+  // every item, and vector growth checks were a large part of its cost.
+  pr.pareto.resize(gains.size);
+  pr.hull.resize(gains.size);
+  pr.incs.resize(gains.size);
+  Item* P = pr.pareto.data();
+  int32_t* H = pr.hull.data();
+  Inc* I = pr.incs.data();
+  std::size_t np = 0, nh = 0, ni = 0;
   std::vector<Item> tmp;
   double sum_abs = 0;
   for (int64_t g = 0; g < pr.n; ++g) {
     const int64_t a = offsets[g], b = offsets[g + 1];
-    tmp.clear();
-    for (int64_t i = a; i < b; ++i) tmp.push_back({costs[i], gains[i], static_cast<int32_t>(i - a)});
-    // cost ascending, gain descending, index ascending: the deterministic tie-break everywhere
-    std::sort(tmp.begin(), tmp.end(), [](const Item& x, const Item& y) {
-      if (x.w != y.w) return x.w < y.w;
-      if (x.p != y.p) return x.p > y.p;
-      return x.idx < y.idx;
-    });
-    const std::size_t p0 = pr.pareto.size();
-    for (const Item& it : tmp)  // keep an item only if it gains strictly more than everything cheaper
-      if (pr.pareto.size() == p0 || it.p > pr.pareto.back().p) pr.pareto.push_back(it);
-    pr.poff[g + 1] = static_cast<int64_t>(pr.pareto.size());
+    const std::size_t p0 = np;
+    // cost ascending, gain descending, index ascending: the deterministic tie-break everywhere. Groups often come
+    // in that order already (menus listed from the cheapest choice up): those skip the sort.
+    bool in_order = true;
+    for (int64_t i = a + 1; i < b && in_order; ++i) in_order = costs[i - 1] <= costs[i];
+    if (in_order) {
+      for (int64_t i = a; i < b; ++i) {  // keep an item only if it gains strictly more than everything cheaper
+        const Item it{costs[i], gains[i], static_cast<int32_t>(i - a)};
+        if (np == p0) P[np++] = it;
+        else if (it.w == P[np - 1].w) { if (it.p > P[np - 1].p) P[np - 1] = it; }  // equal cost: the best gain, first
+        else if (it.p > P[np - 1].p) P[np++] = it;
+      }
+    } else {
+      tmp.clear();
+      for (int64_t i = a; i < b; ++i) tmp.push_back({costs[i], gains[i], static_cast<int32_t>(i - a)});
+      std::sort(tmp.begin(), tmp.end(), [](const Item& x, const Item& y) {
+        if (x.w != y.w) return x.w < y.w;
+        if (x.p != y.p) return x.p > y.p;
+        return x.idx < y.idx;
+      });
+      for (const Item& it : tmp)
+        if (np == p0 || it.p > P[np - 1].p) P[np++] = it;
+    }
+    pr.poff[g + 1] = static_cast<int64_t>(np);
     // upper concave hull by monotone chain; cross products, no divided slopes
-    const std::size_t h0 = pr.hull.size();
-    for (std::size_t k = p0; k < pr.pareto.size(); ++k) {
-      const Item& c = pr.pareto[k];
-      while (pr.hull.size() >= h0 + 2) {
-        const Item& a2 = pr.pareto[p0 + pr.hull[pr.hull.size() - 2]];
-        const Item& b2 = pr.pareto[p0 + pr.hull.back()];
+    const std::size_t h0 = nh;
+    const Item* Pg = P + p0;
+    for (std::size_t k = 0; k < np - p0; ++k) {
+      const Item& c = Pg[k];
+      while (nh >= h0 + 2) {
+        const Item& a2 = Pg[H[nh - 2]];
+        const Item& b2 = Pg[H[nh - 1]];
         // pop b2 if slope(a2,b2) <= slope(b2,c)
-        if ((b2.p - a2.p) * (c.w - b2.w) <= (c.p - b2.p) * (b2.w - a2.w)) pr.hull.pop_back();
+        if ((b2.p - a2.p) * (c.w - b2.w) <= (c.p - b2.p) * (b2.w - a2.w)) --nh;
         else break;
       }
-      pr.hull.push_back(static_cast<int32_t>(k - p0));
+      H[nh++] = static_cast<int32_t>(k);
     }
-    pr.hoff[g + 1] = static_cast<int64_t>(pr.hull.size());
-    const Item& lo = pr.pareto[p0];
-    const Item& hi = pr.pareto.back();
+    pr.hoff[g + 1] = static_cast<int64_t>(nh);
+    const Item& lo = Pg[0];
+    const Item& hi = P[np - 1];
     pr.W0 += lo.w;
     pr.W0exact.add(lo.w);
     pr.P0 += lo.p;
     pr.Pmax += hi.p;
     pr.Wmax += std::max(std::fabs(hi.w), std::fabs(lo.w));
     sum_abs += std::fabs(hi.p) + std::fabs(lo.p);
-    for (int64_t k = pr.hoff[g] + 1; k < pr.hoff[g + 1]; ++k) {
-      const Item& u = pr.pareto[p0 + pr.hull[k - 1]];
-      const Item& v = pr.pareto[p0 + pr.hull[k]];
+    for (std::size_t k = h0 + 1; k < nh; ++k) {
+      const Item& u = Pg[H[k - 1]];
+      const Item& v = Pg[H[k]];
       const double dp = v.p - u.p, dw = v.w - u.w;
       double e = dp / dw;
       // rounding must not reorder a group's own increments: keep e non-increasing along the hull
-      if (k > pr.hoff[g] + 1 && e > pr.incs.back().e) e = pr.incs.back().e;
-      pr.incs.push_back({dp, dw, e, static_cast<int32_t>(g), static_cast<int32_t>(k - pr.hoff[g])});
+      if (k > h0 + 1 && e > I[ni - 1].e) e = I[ni - 1].e;
+      I[ni++] = {dp, dw, e, static_cast<int32_t>(g), static_cast<int32_t>(k - h0)};
     }
   }
+  pr.pareto.resize(np);
+  pr.hull.resize(nh);
+  pr.incs.resize(ni);
   pr.scale = sum_abs > 0 ? sum_abs : 1.0;
+  pr.unit = gain_unit(gains, 1e-12 * pr.scale);
   // Within a group efficiencies do not increase, so this order keeps every group's hull order.
-  sort_by_efficiency(pr.incs);
+  if (budget) {
+    order_for_budget(pr, *budget);
+  } else {
+    sort_by_efficiency(pr.incs);
+    pr.sorted_lo = 0;
+    pr.sorted_hi = pr.incs.size();
+  }
   pr.prefW.assign(pr.incs.size() + 1, 0);
   pr.prefP.assign(pr.incs.size() + 1, 0);
   for (std::size_t t = 0; t < pr.incs.size(); ++t) {

@@ -48,6 +48,10 @@ class MckpSolution:
 
 def to_csr(gains, costs, memory=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, Optional[np.ndarray]]:
     """Ragged groups -> (offsets int64, gains, costs[, memory]) float64. Raises ValueError naming the group."""
+    if (isinstance(gains, np.ndarray) and isinstance(costs, np.ndarray) and gains.ndim == 2
+            and gains.shape == costs.shape and gains.shape[1] > 0
+            and (memory is None or (isinstance(memory, np.ndarray) and memory.shape == gains.shape))):
+        return _csr_2d(gains, costs, memory)
     gl, cl = _groups(gains, "gains"), _groups(costs, "costs")
     if len(gl) != len(cl):
         raise ValueError(f"gains has {len(gl)} groups but costs has {len(cl)}")
@@ -86,9 +90,30 @@ def to_csr(gains, costs, memory=None) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return offsets, g, c, m
 
 
+def _csr_2d(gains, costs, memory):
+    """to_csr of (groups, items) arrays: row-major values and evenly spaced offsets, checked without a loop."""
+    n, m = gains.shape
+    offsets = np.arange(n + 1, dtype=np.int64) * m
+    g, c = (np.ascontiguousarray(a, dtype=np.float64).reshape(-1) for a in (gains, costs))
+    for name, v in (("gain", g), ("cost", c)):
+        bad = np.flatnonzero(~np.isfinite(v))
+        if bad.size:
+            raise ValueError(f"group {int(bad[0]) // m}: {name} {v[bad[0]]} is not finite")
+    bad = np.flatnonzero(c < 0)
+    if bad.size:
+        raise ValueError(f"group {int(bad[0]) // m}: cost {c[bad[0]]} is negative")
+    mem = None
+    if memory is not None:
+        mem = np.ascontiguousarray(memory, dtype=np.float64).reshape(-1)
+        bad = np.flatnonzero(~np.isfinite(mem) | (mem < 0))
+        if bad.size:
+            raise ValueError(f"group {int(bad[0]) // m}: memory values must be finite and >= 0")
+    return offsets, g, c, mem
+
+
 def _groups(x, name) -> list[np.ndarray]:
     if isinstance(x, np.ndarray) and x.ndim == 2:
-        return [np.asarray(row, dtype=np.float64) for row in x]
+        return list(np.asarray(x, dtype=np.float64))
     if isinstance(x, np.ndarray) and x.ndim != 2:
         raise ValueError(f"{name}: expected a sequence of 1-D arrays or a 2-D array, got ndim {x.ndim}")
     out = []
@@ -164,6 +189,69 @@ def solve_mckp(gains: Sequence, costs: Sequence, budget: Optional[float] = None,
     if min_gain is not None and memory is not None:
         raise ValueError("min_gain with a memory row is not supported")
     offsets, g, c, mem = to_csr(gains, costs, memory)
+    return _solve_csr(offsets, g, c, mem, budget, solver, time_limit, min_gain, max_memory, rel_gap, max_states)
+
+
+def solve_mckp_csr(offsets, gains, costs, budget: Optional[float] = None, *, solver: str = "exact",
+                   time_limit: Optional[float] = None, min_gain: Optional[float] = None, memory=None,
+                   max_memory: Optional[float] = None, rel_gap: float = 1e-9,
+                   max_states: Optional[int] = None) -> MckpSolution:
+    """``solve_mckp`` on flat arrays, for instances with many groups: group g owns items
+    ``offsets[g]:offsets[g + 1]`` of ``gains``, ``costs`` (and ``memory``); offsets[0] = 0, offsets[-1] = the number
+    of items. No per-group Python object is made: the arrays go to the C++ core as they are (int64 offsets, float64
+    values; other dtypes or strides are converted once), and the core checks them, naming the group at fault."""
+    solver = solver_name(solver)
+    if (budget is None) == (min_gain is None):
+        raise ValueError("give exactly one of budget and min_gain")
+    if (memory is None) != (max_memory is None):
+        raise ValueError("memory and max_memory go together")
+    if min_gain is not None and memory is not None:
+        raise ValueError("min_gain with a memory row is not supported")
+    offsets, g, c = _flat(offsets, "offsets", np.int64), _flat(gains, "gains"), _flat(costs, "costs")
+    mem = _flat(memory, "memory") if memory is not None else None
+    if solver != "exact":  # the external solvers get the checks the C++ core would make
+        _core_checks(offsets, g, c, mem)
+    return _solve_csr(offsets, g, c, mem, budget, solver, time_limit, min_gain, max_memory, rel_gap, max_states)
+
+
+def sweep_mckp_csr(offsets, gains, costs, budgets, *, time_limit: Optional[float] = None, rel_gap: float = 1e-9,
+                   max_states: Optional[int] = None) -> list[MckpSolution]:
+    """``sweep_mckp`` (exact solver) on flat arrays, as ``solve_mckp_csr`` takes them."""
+    b = _flat(budgets, "budgets")
+    if np.isnan(b).any():
+        raise ValueError(f"budgets[{int(np.flatnonzero(np.isnan(b))[0])}] is nan")
+    opts = _options(time_limit, rel_gap, max_states)
+    from ... import _core
+    out = _core.mckp_sweep(_flat(offsets, "offsets", np.int64), _flat(gains, "gains"), _flat(costs, "costs"), b,
+                           **opts)
+    return [_wrap(d, "exact", budget=float(x), min_gain=None, max_memory=None) for d, x in zip(out, b.tolist())]
+
+
+def _flat(x, name, dtype=np.float64) -> np.ndarray:
+    try:
+        a = np.ascontiguousarray(x, dtype=dtype)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{name}: not an array of numbers ({e})") from None
+    if a.ndim != 1:
+        raise ValueError(f"{name}: expected a 1-D array, got shape {a.shape}")
+    return a
+
+
+def _core_checks(offsets, g, c, mem) -> None:
+    """The C++ core's input checks, for the solvers that do not run it."""
+    from ... import _core
+    _core.mckp_lp_bound(offsets, g, c, math.inf)  # raises ValueError naming the group at fault
+    if mem is not None:
+        if mem.size != g.size:
+            raise ValueError(f"memory has {mem.size} values but gains has {g.size}")
+        bad = np.flatnonzero(~np.isfinite(mem) | (mem < 0))
+        if bad.size:
+            group = int(np.searchsorted(offsets, bad[0], side="right") - 1)
+            raise ValueError(f"group {group}: memory values must be finite and >= 0")
+
+
+def _solve_csr(offsets, g, c, mem, budget, solver, time_limit, min_gain, max_memory, rel_gap,
+               max_states) -> MckpSolution:
     target = _number(budget if budget is not None else min_gain, "budget" if budget is not None else "min_gain")
     mmax = _number(max_memory, "max_memory") if max_memory is not None else None
     opts = _options(time_limit, rel_gap, max_states)
