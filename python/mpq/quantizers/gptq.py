@@ -10,7 +10,8 @@ from typing import Optional
 
 import torch
 
-from .grid import codes_for, grid_scales
+from ..formats import format_info
+from .grid import grid_scales
 
 
 def gptq_quantize(w: torch.Tensor, h: torch.Tensor, fmt: str, group_size: Optional[int] = None,
@@ -31,11 +32,16 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, fmt: str, group_size: Option
     W[:, dead] = 0.0
     H += damp * torch.mean(torch.diag(H)) * torch.eye(in_f, dtype=H.dtype)
     U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    qmax = float(format_info(fmt)["qmax"])
     groups = 1 if group_size is None else in_f // group_size
     scales = torch.empty(out_f, groups, dtype=torch.float32)
     if group_size is None:
         scales[:] = grid_scales(W, fmt, None)
     Q = torch.zeros_like(W)
+    s = inv = None
+    if group_size is None:
+        s = scales[:, 0].double()
+        inv = 1.0 / s
     for i1 in range(0, in_f, block):
         i2 = min(i1 + block, in_f)
         W1 = W[:, i1:i2].clone()
@@ -45,11 +51,13 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, fmt: str, group_size: Option
             col = i1 + i
             if group_size is not None and col % group_size == 0:
                 scales[:, col // group_size] = grid_scales(W1[:, i:i + group_size], fmt, None)[:, 0]
-            s = scales[:, 0 if group_size is None else col // group_size].double().unsqueeze(1)
-            q = codes_for(W1[:, i:i + 1], s, fmt)
-            Q[:, col] = q[:, 0]
-            err = (W1[:, i] - q[:, 0] * s[:, 0]) / U1[i, i]
-            W1[:, i:] -= err.unsqueeze(1) * U1[i, i:].unsqueeze(0)
+                s = scales[:, col // group_size].double()
+                inv = 1.0 / s
+            w = W1[:, i]
+            q = torch.round(w * inv).clamp_(-qmax, qmax)
+            Q[:, col] = q
+            err = (w - q * s).div_(U1[i, i])
+            W1[:, i:].addr_(err, U1[i, i:], alpha=-1.0)
             E1[:, i] = err
         W[:, i2:] -= E1 @ U[i1:i2, i2:]
     return Q.to(torch.int8), scales

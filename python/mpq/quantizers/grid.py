@@ -43,8 +43,8 @@ def dequantize(codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
 
 def output_error(delta_w: torch.Tensor, h: torch.Tensor) -> float:
     """Σ_tokens ‖x ΔWᵀ‖² = tr(ΔW H ΔWᵀ) with H = Σ x xᵀ: the layer-output error the algorithms minimise."""
-    d = delta_w.double()
-    return float(((d @ h.double()) * d).sum())
+    d = delta_w.float()
+    return float(((d @ h.float()) * d).sum(dtype=torch.float64))
 
 
 def timing_stand_in(linear, cand):
