@@ -28,6 +28,8 @@ def register(sub) -> None:
     p.add_argument("--seq-len", type=int, default=128, help="tokens of the example input (default 128)")
     add_text(p, "whose first --seq-len tokens are the example input", random=True)
     p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--quantized-weights", help="the .qweights.npz mpq calibrate saved: the integers of calibrated "
+                   "candidates (GPTQ, AWQ, SmoothQuant) the plan uses")
     p.set_defaults(func=main)
 
 
@@ -64,7 +66,16 @@ def main(args) -> int:
     from ..profiling.timing import time_callable
     model, tok = load_model(args.model)
     ids = example_ids(tok, model, args.seq_len, text)
-    new = apply(model, plan, mode=args.mode)
+    from ..candidates import get_candidate
+    needs = sorted({c for c in plan.quantized.values() if get_candidate(c).calibrated_weight})
+    if needs and not args.quantized_weights:
+        raise ValueError(f"candidates {needs} run integers chosen in calibration: pass --quantized-weights (the "
+                         ".qweights.npz that mpq calibrate saved)")
+    qw = None
+    if args.quantized_weights:
+        from ..artifacts.quantized_weights import QuantizedWeights
+        qw = QuantizedWeights.load(args.quantized_weights)
+    new = apply(model, plan, mode=args.mode, quantized_weights=qw)
     torch.set_num_threads(1)
     with torch.no_grad():
         t = time_callable([lambda: model(ids, use_cache=False), lambda: new(ids, use_cache=False)],
