@@ -346,8 +346,9 @@ def calibrate(model: nn.Module, batches: Iterable, candidates=("fp8", "int8"),
             p.requires_grad_(False)
         static = [c for c in cands if c.act_static and not c.calibrated_weight]
         scales = _static_scales(model, named, batches, static, device) if static else {}
-        qweights, unavailable, sq_static = calibrated_weights(model, named, batches, cands, device,
-                                                              fingerprint(batches))
+        qweights, unavailable, sq_static = calibrated_weights(
+            model, named, batches, cands, device,
+            fingerprint(batches) if any(c.calibrated_weight for c in cands) else "")
         act_scales = np.full((L, C), np.nan, np.float32)
         act_zps = np.full((L, C), np.nan, np.float32)
         applicable = np.ones((L, C), bool)
