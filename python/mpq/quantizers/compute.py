@@ -28,7 +28,7 @@ def calibrated_weights(model, layers, batches, cands, device, data_fingerprint: 
               if any(c.algorithm in ("gptq", "awq") and c.applies_to(m.weight) for _, c in picked)}
     stats = collect_input_stats(model, layers, batches, device, need_h)
     for i, (name, mod) in enumerate(layers):
-        st = stats[i]
+        st = stats[i].to("cpu")  # the solves run on the CPU, in float64 where it matters
         w = mod.weight.detach().to("cpu", torch.float32)
         sha = None
         for j, c in picked:

@@ -39,6 +39,8 @@ class InputStats:
         x = x.detach().reshape(-1, self.in_features).float()
         if not x.shape[0]:
             return
+        if self.abs_sum.device != x.device:  # accumulate where the model runs (a GPU's inputs stay there)
+            self.to(x.device)
         if not bool(torch.isfinite(x).all()):
             self.non_finite = True
             return
@@ -50,6 +52,13 @@ class InputStats:
         torch.maximum(self.ch_max, x.amax(0), out=self.ch_max)
         if self.hessian is not None:
             self.hessian.addmm_(x.t(), x)
+
+    def to(self, device) -> "InputStats":
+        for name in ("hessian", "abs_sum", "abs_max", "ch_min", "ch_max"):
+            t = getattr(self, name)
+            if t is not None:
+                setattr(self, name, t.to(device))
+        return self
 
     def problem(self) -> str:
         """Why the calibrated algorithms cannot use these statistics ("" when they can)."""
