@@ -235,6 +235,10 @@ def test_int4_native_kernel_runs_the_stored_groups(calibrated):
 
 def test_store_round_trip_and_refusals(calibrated, tmp_path):
     model, batches, table = calibrated
+    table.save(tmp_path / "s.npz")  # the reasons travel with the table; its weights in their own file
+    again = mpq.SensitivityTable.load(tmp_path / "s.npz")
+    assert again.info["unavailable"] == table.info["unavailable"] and again.quantized_weights is None
+    assert np.array_equal(again.applicable, table.applicable)
     path = tmp_path / "qw.npz"
     table.quantized_weights.save(path)
     loaded = QuantizedWeights.load(path)

@@ -144,6 +144,7 @@ for _base, _what in (("w8a16", "INT8 weight-only per channel"), ("w4a16_g128", "
                               description=f"{_what}, GPTQ error-compensating rounding", algorithm="gptq"))
     _BUILTIN.append(Candidate(f"{_base}_awq", _b.weight_format, _b.weight_granularity, _b.group_size,
                               description=f"{_what}, AWQ activation-aware input-channel scaling", algorithm="awq"))
+del _base, _what, _b
 _BUILTIN += [
     Candidate("int8_sq", "int8", "channel", act_format="int8", act_granularity="token", algorithm="smoothquant",
               description="INT8 W8A8 dynamic per token, SmoothQuant (alpha 0.5) per-input-channel migration"),
