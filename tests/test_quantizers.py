@@ -262,3 +262,11 @@ def test_store_round_trip_and_refusals(calibrated, tmp_path):
         mpq.apply(model, {"unused": "w8a16_gptq"}, quantized_weights=loaded)
     with pytest.raises(ValueError, match="config cannot carry"):
         mpq.export(plan, "compressed-tensors", tmp_path / "ct.json")
+
+
+def test_select_verifies_plans_with_the_tables_integers(calibrated):
+    """select(verify=...) measures each plan on held-out batches by applying it: with the table's integers."""
+    model, batches, table = calibrated
+    gains = mpq.profile(model, {"input_ids": batches[0]["input_ids"][:1]}, table.candidates, backend="memory")
+    plan = mpq.select(table, gains, max_loss_mse=1.0, verify=(model, batches[1:]))
+    assert plan.verification and any(mpq.CANDIDATES[c].calibrated_weight for c in plan.quantized.values())
