@@ -3,8 +3,11 @@ with weight gradients on the same batches, measured in the same run; (2) peak me
 child process, RSS sampled every 2 ms above the RSS after loading); (3) the fused kernel's throughput against the
 memory copy bandwidth. One thread. Goals: calibration <= 2x the plain pass; peak memory within 10% of the plain
 pass; kernel >= 50% of the copy bandwidth.
+--algorithms instead compares calibration with RTN candidates only against the same plus GPTQ / AWQ /
+SmoothQuant candidates (time, peak memory, the QuantizedWeights' size), and times a re-solve from the saved table.
 
     python bench/calibrate.py [--model smollm2|tiny] [--batches 2] [--batch-size 4] [--seq-len 128] [--repeat 3]
+                              [--algorithms]
 """
 from __future__ import annotations
 
@@ -21,6 +24,8 @@ import torch
 from _util import machine_line, print_table, timeit
 
 CANDIDATES = ("fp8", "int8", "int8_static", "w4a16")
+RTN_SET = ("w8a16", "w4a16_g64", "int8_static")
+ALGO_SET = RTN_SET + ("w8a16_gptq", "w4a16_g64_gptq", "w4a16_g64_awq", "int8_static_sq")
 KERNEL_QUANTS = ("fp8", "int8", "int8_static", "fp8_gaudi2")  # four activation quantizers (per token, static)
 
 
@@ -50,9 +55,9 @@ def plain_pass(model, batches):
     model.zero_grad(set_to_none=True)
 
 
-def calib_pass(model, batches):
+def calib_pass(model, batches, candidates=CANDIDATES):
     import mpq.calibration
-    return mpq.calibration.calibrate(model, batches, CANDIDATES, progress=False)
+    return mpq.calibration.calibrate(model, batches, candidates, progress=False)
 
 
 def rss() -> int:
@@ -77,7 +82,10 @@ def child(args):
 
     th = threading.Thread(target=sample)
     th.start()
-    (plain_pass if args.child == "plain" else calib_pass)(model, batches)
+    if args.child == "plain":
+        plain_pass(model, batches)
+    else:
+        calib_pass(model, batches, {"calib": CANDIDATES, "rtn": RTN_SET, "algo": ALGO_SET}[args.child])
     stop.set()
     th.join()
     peak[0] = max(peak[0], rss())
@@ -111,7 +119,8 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--child", choices=("plain", "calib"), help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=("plain", "calib", "rtn", "algo"), help=argparse.SUPPRESS)
+    p.add_argument("--algorithms", action="store_true")
     p.add_argument("--skip-memory", action="store_true")
     args = p.parse_args(argv)
     if args.child:
@@ -119,6 +128,8 @@ def main(argv=None):
     torch.set_num_threads(1)
     print(machine_line())
     model, batches = load(args)
+    if args.algorithms:
+        return algorithms(args, model, batches)
     ntok = sum(b["input_ids"].numel() for b in batches)
     print(f"# model={args.model} batches={len(batches)}x{args.batch_size}x{args.seq_len} ({ntok} tokens) "
           f"candidates={','.join(CANDIDATES)}")
@@ -141,6 +152,56 @@ def main(argv=None):
     krows, t_copy, _ = kernel_bench(max(args.repeat, 5))
     print("\n## kernel: T and G [16384, 1024] fp32, read once (8 bytes/value); copy: dst.copy_(T) (8 bytes/value)")
     print_table(["kernel", "GB/s", "copy GB/s", "x copy"], krows, ["", ".2f", ".2f", ".2f"])
+
+
+def child_peak(kind, args) -> float:
+    cmd = [sys.executable, __file__, "--child", kind, "--model", args.model, "--batches", str(args.batches),
+           "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])["peak_mib"]
+
+
+def algorithms(args, model, batches):
+    """RTN-only calibration against calibration with the calibrated-weight candidates; then a re-solve."""
+    import tempfile
+
+    import mpq
+    ntok = sum(b["input_ids"].numel() for b in batches)
+    print(f"# model={args.model} batches={len(batches)}x{args.batch_size}x{args.seq_len} ({ntok} tokens)\n"
+          f"# rtn: {','.join(RTN_SET)}\n# with algorithms: {','.join(ALGO_SET)}")
+    tables = {}
+
+    def run(kind, cands):
+        tables[kind] = calib_pass(model, batches, cands)
+    t_rtn, iqr_rtn = timeit(lambda: run("rtn", RTN_SET), args.repeat, warmup=0)
+    t_alg, iqr_alg = timeit(lambda: run("algo", ALGO_SET), args.repeat, warmup=0)
+    qw = tables["algo"].quantized_weights
+    rows = [("rtn only", t_rtn, iqr_rtn, 1.0), ("with algorithms", t_alg, iqr_alg, t_alg / t_rtn)]
+    print(f"\n## calibration time (s, median of {args.repeat})")
+    print_table(["calibrate", "median s", "IQR s", "x rtn"], rows, ["", ".2f", ".2f", ".2f"])
+    if not args.skip_memory:
+        m_rtn, m_alg = child_peak("rtn", args), child_peak("algo", args)
+        print("\n## peak memory above the loaded model (MiB, RSS, fresh process each)")
+        print_table(["calibrate", "peak MiB", "x rtn"], [("rtn only", m_rtn, 1.0),
+                                                         ("with algorithms", m_alg, m_alg / m_rtn)],
+                    ["", ".1f", ".2f"])
+    with tempfile.TemporaryDirectory() as d:
+        tables["algo"].save(f"{d}/t.npz")
+        qw.save(f"{d}/qw.npz")
+        sizes = (os.path.getsize(f"{d}/t.npz"), os.path.getsize(f"{d}/qw.npz"))
+        example = {"input_ids": batches[0]["input_ids"][:1]}
+        gains = mpq.profile(model, example, ALGO_SET, backend="memory")
+        need = 0.5 * float(sum(sg.gain.max() for sg in gains.subgraphs))
+
+        def resolve():
+            t = mpq.SensitivityTable.load(f"{d}/t.npz")
+            return mpq.select(t, gains, min_gain=need)
+        t_solve, iqr_solve = timeit(resolve, max(args.repeat, 5))
+        chosen = sorted(set(resolve().quantized.values()))
+    print(f"\n## saved: table {sizes[0] / 2**10:.0f} KiB, QuantizedWeights {sizes[1] / 2**20:.1f} MiB "
+          f"({len(qw)} (layer, candidate) entries)")
+    print(f"## re-solve from the saved table (load + select at half the memory gain): {1e3 * t_solve:.1f} ms "
+          f"(IQR {1e3 * iqr_solve:.1f}); calibration with algorithms {t_alg:.1f} s; plan uses {chosen}")
 
 
 if __name__ == "__main__":

@@ -216,6 +216,9 @@ def test_unexpressible_candidates_refused_naming_layers_nothing_written(tmp_path
         mpq.save_quantized(model, {L0 + "self_attn.o_proj": "fp8_static"}, tmp_path / "ct", "compressed-tensors")
     with pytest.raises(ValueError, match="not a module of the model"):
         mpq.save_quantized(model, {"model.layers.7.mlp": "int8"}, tmp_path / "ct", "compressed-tensors")
+    for fmt in ("compressed-tensors", "torchao"):  # GPTQ's integers would become round-to-nearest ones: refused
+        with pytest.raises(ValueError, match=r"w8a16_gptq: its integers were chosen in calibration"):
+            mpq.save_quantized(model, {L0 + "mlp.down_proj": "w8a16_gptq"}, tmp_path / "q", fmt)
     assert os.listdir(tmp_path) == []  # no folder, no hidden temporary
 
 

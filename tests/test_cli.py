@@ -419,3 +419,22 @@ def test_run_on_a_saved_model_measures_and_writes_its_report(lm, tmp_path):
     code, _, err = cli("run", "--model", lm, "--verify-windows", 0, "--no-verify", "--candidates", "int9",
                        "--out", tmp_path / "bad")
     assert code == 2 and "int9" in err and err.count("\n") == 1 and not (tmp_path / "bad").exists()
+
+
+def test_calibrated_candidates_through_the_command_line(lm, text, tmp_path):
+    """mpq calibrate saves the GPTQ integers beside the table; mpq apply runs them with --quantized-weights and
+    refuses, in one line, a plan that needs them without it."""
+    code, _, err = cli("calibrate", lm, "--text", text, *SMALL, "--samples", 2, "--batch-size", 2, "--quiet",
+                       "--candidates", "w8a16,w8a16_gptq", "-o", tmp_path / "s.npz")
+    assert code == 0, err
+    qw = tmp_path / "s.qweights.npz"
+    from mpq.artifacts import QuantizedWeights
+    assert len(QuantizedWeights.load(qw)) == len(SensitivityTable.load(tmp_path / "s.npz").layers)
+    plan = tmp_path / "p.json"
+    plan.write_text('{"model.layers.0.mlp.down_proj": "w8a16_gptq"}')
+    code, out, err = cli("apply", lm, plan, "--mode", "fake", "--random", *SMALL, "--repeats", 1,
+                         "--quantized-weights", qw)
+    assert code == 0, err
+    assert "layers changed: 1" in out
+    one_error(cli("apply", lm, plan, "--mode", "fake", "--random", *SMALL, "--repeats", 1), 2, "apply",
+              "w8a16_gptq", "--quantized-weights")

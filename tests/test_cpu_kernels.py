@@ -31,14 +31,25 @@ def test_every_admitted_implementation_computes_its_candidate(impl, cand):
     lin = nn.Linear(256, 96)
     x = torch.randn(5, 3, 256) * torch.logspace(-2, 1, 256)  # outlier channels, as LLM activations have
     scale = 0.05 if c.act_static else None
-    native = K.native_linear(lin, cand, scale, impl)
+    stored = stored_weight(lin, c) if c.calibrated_weight else None  # GPTQ/AWQ/SmoothQuant: integers given
+    native = K.native_linear(lin, cand, scale, impl, quantized=stored)
     assert native.implementation == impl
     with torch.no_grad():
-        y, ref = native(x), FakeQuantLinear(lin, c, scale)(x)
+        y, ref = native(x), FakeQuantLinear(lin, c, scale, stored)(x)
     tol = K.BY_NAME[impl].tolerance
     err = float((y - ref).abs().max() / ref.abs().max())
     # int8 paths: the same integers and exact sums, so only float32 rounding of the dequantization differs
     assert err <= max(tol, 1e-6), f"{impl} on {cand}: relative error {err:.3g}"
+
+
+def stored_weight(lin, c):
+    """A calibrated candidate's stored weight as calibration makes them: codes of W·diag(s) on the candidate's grid
+    with a non-trivial per-input-channel s (AWQ, SmoothQuant; none for GPTQ)."""
+    from mpq.artifacts import QuantizedWeight
+    from mpq.quantizers.grid import rtn
+    s = None if c.algorithm == "gptq" else torch.linspace(0.5, 2.0, lin.in_features)
+    w = lin.weight.detach() * (1 if s is None else s)
+    return QuantizedWeight(*rtn(w, c.weight_format, c.group_size), s)
 
 
 def saturating_int16_pairs(linear, cand, scale):

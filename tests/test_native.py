@@ -125,14 +125,26 @@ def test_native_matches_fake(cand):
     torch.manual_seed(0)
     lin = nn.Linear(128, 48)
     x = torch.randn(2, 5, 128)
-    scale = 0.03 if mpq.candidates.get_candidate(cand).act_static else None
-    mod = native_linear(lin, cand, scale)
+    c = mpq.candidates.get_candidate(cand)
+    scale = 0.03 if c.act_static else None
+    stored = None
+    if c.calibrated_weight:  # GPTQ/AWQ/SmoothQuant run given integers: codes of W·diag(s), input divided by s
+        from mpq.artifacts import QuantizedWeight
+        from mpq.quantizers.grid import rtn
+        s = None if c.algorithm == "gptq" else torch.linspace(0.5, 2.0, 128)
+        stored = QuantizedWeight(*rtn(lin.weight.detach() * (1 if s is None else s), c.weight_format,
+                                      c.group_size), s)
+    mod = native_linear(lin, cand, scale, quantized=stored)
     with torch.no_grad():
         got = mod(x)
-        want = reference_fake(lin, cand, x, scale)
+        if stored is None:
+            want = reference_fake(lin, cand, x, scale)
+        else:
+            want = nn.functional.linear(c.quantize_act(stored.transform_input(x), scale), stored.dequantized(),
+                                        lin.bias)
         mag = (x.abs() @ lin.weight.abs().t()).max()
     assert got.shape == want.shape == (2, 5, 48) and got.dtype == torch.float32
-    exact = cand in ("int8", "int8_static", "fp8", "fp8_static", "fp8_e5m2")
+    exact = cand in ("int8", "int8_static", "fp8", "fp8_static", "fp8_e5m2", "int8_sq", "int8_static_sq")
     tol = 1e-5 * mag if exact else 2 ** -7 * mag
     assert (got - want).abs().max() <= tol, (cand, (got - want).abs().max().item(), tol.item())
 
@@ -148,3 +160,5 @@ def test_native_refusals():
     with pytest.raises(ValueError, match="float32 CPU"):
         native_linear(nn.Linear(64, 8).to(torch.bfloat16), "int8")
     assert native_linear(lin, "base") is lin
+    with pytest.raises(ValueError, match="pass quantized"):
+        native_linear(lin, "w8a16_gptq")

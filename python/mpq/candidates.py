@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # torch loads only when a tensor is quantized: `mpq select` o
 FORMATS = tuple(_core.format_names())
 
 BASE = "base"
+ALGORITHMS = ("rtn", "gptq", "awq", "smoothquant")
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,11 @@ class Candidate:
     act_granularity: "tensor" (one scale for the whole activation) or "token" (one scale per row).
     act_static: True when the activation scale is calibrated once on the calibration data (then per tensor);
     False when computed on the fly per call (dynamic).
+    algorithm: how the weight's integers are chosen. "rtn": round to nearest, a function of W alone
+    (``quantize_weight``). "gptq" (error-compensating rounding), "awq" (activation-aware per-input-channel
+    scaling), "smoothquant" (activation outliers migrated into the weights, W8A8 only): computed once in
+    calibration from the layer's inputs (``mpq.quantizers``) and held in a ``QuantizedWeights`` store, which
+    calibration's δ, ``mpq.apply`` (fake and native) and checkpoints all read, so every step runs the same integers.
     """
 
     name: str
@@ -41,6 +47,7 @@ class Candidate:
     act_granularity: str = "token"
     act_static: bool = False
     description: str = ""
+    algorithm: str = "rtn"
 
     def __post_init__(self):
         for fmt in (self.weight_format, self.act_format):
@@ -54,7 +61,20 @@ class Candidate:
             raise ValueError(f"candidate {self.name!r}: act_granularity must be tensor or token")
         if self.act_static and self.act_granularity != "tensor":
             raise ValueError(f"candidate {self.name!r}: static activation scales are per tensor")
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"candidate {self.name!r}: algorithm must be one of {', '.join(ALGORITHMS)}")
+        if self.algorithm != "rtn":
+            if self.weight_format not in ("int8", "int4") or self.weight_granularity == "tensor":
+                raise ValueError(f"candidate {self.name!r}: {self.algorithm} quantizes int8/int4 weights per "
+                                 "channel or group")
+            if (self.algorithm == "smoothquant") != (self.act_format is not None):
+                raise ValueError(f"candidate {self.name!r}: smoothquant is for W8A8 candidates (activations "
+                                 "quantized); gptq and awq for weight-only ones")
 
+    @property
+    def calibrated_weight(self) -> bool:
+        """Whether the quantized weight depends on calibration data (not RTN): it lives in a QuantizedWeights store."""
+        return self.algorithm != "rtn"
     @property
     def weight_only(self) -> bool:
         return self.act_format is None
@@ -68,7 +88,8 @@ class Candidate:
         return self.group_size is None or weight.shape[-1] % self.group_size == 0
 
     def quantize_weight(self, w: torch.Tensor) -> torch.Tensor:
-        """Q(W) for a Linear weight [out, in]."""
+        """Q(W) for a Linear weight [out, in] by round-to-nearest (for a calibrated-weight candidate, the RTN
+        grid its algorithm starts from; its deployed weight is in the QuantizedWeights store)."""
         from .formats import fake_quantize
         if self.weight_granularity == "tensor":
             return fake_quantize(w, self.weight_format)
@@ -113,6 +134,23 @@ _BUILTIN = [
     Candidate("w4a16", "int4", "group", group_size=32, description="INT4 weight-only, symmetric, groups of 32"),
     Candidate("w4a16_g128", "int4", "group", group_size=128,
               description="INT4 weight-only, symmetric, groups of 128"),
+    Candidate("w4a16_g64", "int4", "group", group_size=64, description="INT4 weight-only, symmetric, groups of 64"),
+]
+# calibrated-weight variants (mpq.quantizers): same formats and kernels, integers chosen from calibration inputs
+for _base, _what in (("w8a16", "INT8 weight-only per channel"), ("w4a16_g128", "INT4 weight-only, groups of 128"),
+                     ("w4a16_g64", "INT4 weight-only, groups of 64")):
+    _b = next(c for c in _BUILTIN if c.name == _base)
+    _BUILTIN.append(Candidate(f"{_base}_gptq", _b.weight_format, _b.weight_granularity, _b.group_size,
+                              description=f"{_what}, GPTQ error-compensating rounding", algorithm="gptq"))
+    _BUILTIN.append(Candidate(f"{_base}_awq", _b.weight_format, _b.weight_granularity, _b.group_size,
+                              description=f"{_what}, AWQ activation-aware input-channel scaling", algorithm="awq"))
+del _base, _what, _b
+_BUILTIN += [
+    Candidate("int8_sq", "int8", "channel", act_format="int8", act_granularity="token", algorithm="smoothquant",
+              description="INT8 W8A8 dynamic per token, SmoothQuant (alpha 0.5) per-input-channel migration"),
+    Candidate("int8_static_sq", "int8", "channel", act_format="int8", act_granularity="tensor", act_static=True,
+              algorithm="smoothquant",
+              description="INT8 W8A8 static per-tensor activations, SmoothQuant (alpha 0.5) migration"),
 ]
 
 CANDIDATES: dict[str, Candidate] = {c.name: c for c in _BUILTIN}

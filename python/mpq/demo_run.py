@@ -117,13 +117,15 @@ def predicted(table, gains, mapping) -> tuple[float, float]:
 
 
 def measure(name, model, plan_mapping, plan, eval_windows, base_losses, example, settings, act_scales,
-            prediction=(float("nan"), float("nan"))) -> Measured:
+            prediction=(float("nan"), float("nan")), quantized_weights=None) -> Measured:
     from .application.swap import apply
     target = plan if plan is not None else plan_mapping  # a Plan brings its scales and timed implementations
-    fake = apply(model, target, mode="fake", act_scales=act_scales) if plan_mapping else model
+    fake = apply(model, target, mode="fake", act_scales=act_scales,
+                 quantized_weights=quantized_weights) if plan_mapping else model
     losses = per_sample_losses(fake, eval_windows, settings.batch_size)
     del fake
-    native = apply(model, target, mode="native", act_scales=act_scales) if plan_mapping else model
+    native = apply(model, target, mode="native", act_scales=act_scales,
+                   quantized_weights=quantized_weights) if plan_mapping else model
     seconds, iqr, speedup = time_phase(native, example, settings.phase, settings.timing_repeats,
                                        base=model if plan_mapping else None)
     del native
@@ -207,15 +209,16 @@ def run(settings: RunSettings) -> dict:
 
     results = [measure("base", model, {}, None, evalw, base_losses, example, settings, {})]
     uniform = {layer: candidates[0] for layer in table.layers}
+    qw = table.quantized_weights  # the calibrated candidates' integers (GPTQ, AWQ, SmoothQuant), if any
     results.append(measure(f"all {candidates[0]}", model, uniform, None, evalw, base_losses, example,
-                           settings, scales_for(uniform), predicted(table, gains, uniform)))
+                           settings, scales_for(uniform), predicted(table, gains, uniform), quantized_weights=qw))
     results.append(measure("chosen plan", model, plan.quantized, plan, evalw, base_losses, example, settings,
-                           plan.act_scales))
+                           plan.act_scales, quantized_weights=qw))
     picks = sorted({int(i) for i in np.linspace(0, len(front) - 1, settings.measured_points)}) if front else []
     for i in picks:
         p = front[i]
         results.append(measure(f"front {i}", model, p.quantized, p, evalw, base_losses, example, settings,
-                               p.act_scales))
+                               p.act_scales, quantized_weights=qw))
 
     say("[6/6] writing the report")
     summary = write_report(out, table, gains, plan, front, results, settings, time.perf_counter() - t_start)

@@ -30,7 +30,7 @@ class Implementation:
     name: str
     candidates: tuple[str, ...]
     numerics: str                       # what it computes, and where that differs from the candidate's quantizer
-    build: Callable[[nn.Linear, Candidate, Optional[float]], nn.Module]
+    build: Callable[..., nn.Module]     # (linear, candidate, static scale, stored QuantizedWeight or None)
     needs: tuple[str, ...] = ()         # /proc/cpuinfo flags it cannot run without
     tolerance: float = 0.0              # the probe's bound on |y − exact| / max|exact| (0: bit-exact integers)
     shapes: Callable[[int, int, Candidate], str] = lambda k, n, cand: ""  # why (K, N) is refused; "" = accepted
@@ -53,12 +53,12 @@ def _int4pack_shapes(k, n, cand):
     return ""
 
 
-def _int8(linear, cand, scale):
-    return N.Int8Linear(linear, scale if cand.act_static else None)
+def _int8(linear, cand, scale, quantized=None):
+    return N.Int8Linear(linear, scale if cand.act_static else None, quantized, cand.name)
 
 
-def _int8_int_mm(linear, cand, scale):
-    return N.Int8IntMmLinear(linear, scale if cand.act_static else None)
+def _int8_int_mm(linear, cand, scale, quantized=None):
+    return N.Int8IntMmLinear(linear, scale if cand.act_static else None, quantized, cand.name)
 
 
 _INT8_NUMERICS = ("int8 weights per channel (amax/127, round half to even), activations per token or static "
@@ -67,17 +67,18 @@ _INT8_NUMERICS = ("int8 weights per channel (amax/127, round half to even), acti
 _BF16_TOL = 2.0 ** -7
 
 IMPLEMENTATIONS = (
-    Implementation("mpq_int8", ("int8", "int8_static"), _INT8_NUMERICS + "; mpq's C++ GEMM (AVX2 vpmaddubsw with "
+    Implementation("mpq_int8", ("int8", "int8_static", "int8_sq", "int8_static_sq"), _INT8_NUMERICS + "; mpq's C++ GEMM (AVX2 vpmaddubsw with "
                    "|x|·sign(w, x), never a saturating pair; scalar without AVX2)", _int8),
-    Implementation("torch_int_mm", ("int8", "int8_static"), _INT8_NUMERICS + "; torch._int_mm for the GEMM "
+    Implementation("torch_int_mm", ("int8", "int8_static", "int8_sq", "int8_static_sq"), _INT8_NUMERICS + "; torch._int_mm for the GEMM "
                    "(oneDNN AMX/VNNI kernels, a reference loop on CPUs without them)", _int8_int_mm),
-    Implementation("torch_int8pack", ("w8a16",), "torch._weight_int8pack_mm: int8 weights per channel, the scales "
+    Implementation("torch_int8pack", ("w8a16", "w8a16_gptq", "w8a16_awq"), "torch._weight_int8pack_mm: int8 weights per channel, the scales "
                    "and activations rounded to bf16, bf16 output (differs from the candidate by up to 2^-7 "
-                   "relative)", lambda linear, cand, scale: N.W8A16Linear(linear), tolerance=_BF16_TOL,
+                   "relative)", lambda linear, cand, scale, q=None: N.W8A16Linear(linear, q, cand.name), tolerance=_BF16_TOL,
                    shapes=_int8pack_shapes),
-    Implementation("torch_int4pack", ("w4a16", "w4a16_g128"), "torch._weight_int4pack_mm_for_cpu: int4 groups, "
+    Implementation("torch_int4pack", ("w4a16", "w4a16_g128", "w4a16_g64", "w4a16_g128_gptq", "w4a16_g128_awq",
+                                      "w4a16_g64_gptq", "w4a16_g64_awq"), "torch._weight_int4pack_mm_for_cpu: int4 groups, "
                    "bf16 group scales and activations, bf16 output (up to 2^-7 relative from the candidate)",
-                   lambda linear, cand, scale: N.W4A16Linear(linear, cand.group_size, cand.name),
+                   lambda linear, cand, scale, q=None: N.W4A16Linear(linear, cand.group_size, cand.name, q),
                    tolerance=_BF16_TOL, shapes=_int4pack_shapes),
     Implementation("torch_bf16", ("bf16",), "F.linear in bfloat16 (AMX or AVX512-BF16 where the CPU has them, "
                    "emulated elsewhere), bf16 output", lambda linear, cand, scale: N.HalfLinear(
@@ -192,9 +193,10 @@ def cand_act_max(cand: Candidate) -> float:
 
 
 def native_linear(linear: nn.Linear, candidate: str, act_scale: Optional[float] = None,
-                  implementation: Optional[str] = None) -> nn.Module:
+                  implementation: Optional[str] = None, *, quantized=None) -> nn.Module:
     """The CPU module of ``implementation`` (default: the first admitted one, in registry order) for ``linear``.
-    Static-activation candidates need ``act_scale``.
+    Static-activation candidates need ``act_scale``; calibrated-weight candidates (GPTQ, AWQ, SmoothQuant) the
+    stored ``quantized`` weight (a ``QuantizedWeight``), whose codes the module runs.
     @raises ValueError naming the candidate and why no implementation runs it here (or why the one asked for
     does not), for a missing or bad static scale, a group size that does not divide the layer, or a Linear that
     is not float32 on the CPU."""
@@ -214,6 +216,11 @@ def native_linear(linear: nn.Linear, candidate: str, act_scale: Optional[float] 
                          f"{linear.in_features} (group size {cand.group_size})")
     if cand.act_static and act_scale is None:
         raise ValueError(f"candidate {cand.name!r} has static activation scales: pass act_scale")
+    if cand.calibrated_weight and quantized is None:
+        raise ValueError(f"candidate {cand.name!r} runs integers chosen in calibration: pass quantized= (its "
+                         "QuantizedWeight)")
+    if quantized is not None and tuple(quantized.shape) != tuple(linear.weight.shape):
+        raise ValueError(f"the stored weight has shape {quantized.shape}, the Linear {tuple(linear.weight.shape)}")
     if cand.act_static and not (math.isfinite(act_scale) and act_scale > 0):
         raise ValueError(f"candidate {cand.name!r}: the static activation scale must be positive and finite, "
                          f"got {act_scale}")
@@ -233,6 +240,7 @@ def native_linear(linear: nn.Linear, candidate: str, act_scale: Optional[float] 
         impl = BY_NAME[implementation]
         if impl.refuses(linear, cand):
             raise ValueError(f"candidate {cand.name!r}: {impl.refuses(linear, cand)}")
-    module = impl.build(linear, cand, act_scale)
+    module = impl.build(linear, cand, act_scale, quantized) if quantized is not None else \
+        impl.build(linear, cand, act_scale)
     module.implementation = impl.name
     return module

@@ -88,7 +88,18 @@ def _ct_scheme(c: Candidate) -> dict:
     return scheme
 
 
+def refuse_calibrated(plan: Plan, target: str) -> None:
+    """A config names a scheme, and the runtime would quantize by round-to-nearest: a calibrated-weight candidate
+    (GPTQ, AWQ, SmoothQuant) would then run other integers than the ones the plan was selected with."""
+    calibrated = sorted({c for c in plan.mapping.values() if c != BASE and get_candidate(c).calibrated_weight})
+    if calibrated:
+        raise ValueError(f"{target} export writes a config, not weights: candidates {calibrated} run integers "
+                         "chosen in calibration, which a config cannot carry (write a checkpoint with the "
+                         "QuantizedWeights instead)")
+
+
 def compressed_tensors_config(plan: Plan) -> dict:
+    refuse_calibrated(plan, "compressed-tensors")
     groups, by_candidate = {}, {}
     for name, c in plan.mapping.items():
         if c != BASE:

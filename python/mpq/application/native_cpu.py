@@ -8,7 +8,9 @@ CPU, and with what numerics, is the registry's business (``cpu_kernels``); here 
   activations and scales).
 - ``HalfLinear``: ``F.linear`` in bf16 / fp16. ``Fp8Linear``: ``torch._scaled_mm`` on float8 operands.
 
-The weights are quantized with exactly the rule of ``Candidate.quantize_weight`` (scale = amax / qmax,
+Calibrated-weight candidates (GPTQ, AWQ, SmoothQuant) pass ``quantized``: the module packs those stored codes and
+scales instead of quantizing W, and divides its input by their per-input-channel factor first (``input_scale``).
+Otherwise the weights are quantized with exactly the rule of ``Candidate.quantize_weight`` (scale = amax / qmax,
 round-to-nearest-even); scales held in bf16 (weight-only kernels) round the scale itself, an error below 2^-8
 relative. Activations of weight-only kernels are rounded to bf16 as the kernels require. Inputs are float32 (the
 model's precision on the CPU); outputs are float32.
@@ -39,10 +41,12 @@ class NativeLinear(nn.Module):
 
     candidate: str = ""
 
-    def __init__(self, in_features: int, out_features: int, bias: Optional[torch.Tensor]):
+    def __init__(self, in_features: int, out_features: int, bias: Optional[torch.Tensor], quantized=None):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous().clone())
+        xs = None if quantized is None else quantized.input_scale
+        self.register_buffer("input_scale", None if xs is None else xs.float().contiguous().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
@@ -51,6 +55,8 @@ class NativeLinear(nn.Module):
         x2 = x.detach().reshape(-1, self.in_features)
         if x2.dtype != torch.float32 or not x2.is_contiguous():
             x2 = x2.float().contiguous()
+        if self.input_scale is not None:  # AWQ / SmoothQuant: the stored codes meet x / s
+            x2 = x2 / self.input_scale
         return self._forward2d(x2).reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:
@@ -58,6 +64,13 @@ class NativeLinear(nn.Module):
 
     def weight_bytes(self) -> int:
         return sum(b.numel() * b.element_size() for n, b in self.named_buffers() if n != "bias")
+
+
+def _stored_rows(quantized):
+    """(int8 codes [N, K], scales [N]) of a per-channel stored weight."""
+    if quantized.scales.shape[1] != 1:
+        raise ValueError(f"expected a per-channel stored weight, got {quantized.scales.shape[1]} groups per row")
+    return quantized.codes.contiguous(), quantized.scales[:, 0].contiguous()
 
 
 def _quantize_rows(w: torch.Tensor):
@@ -72,10 +85,11 @@ class Int8Linear(NativeLinear):
 
     implementation = "mpq_int8"
 
-    def __init__(self, linear: nn.Linear, static_scale: Optional[float] = None):
-        super().__init__(linear.in_features, linear.out_features, linear.bias)
-        self.candidate = "int8" if static_scale is None else "int8_static"
-        q, s = _quantize_rows(linear.weight)
+    def __init__(self, linear: nn.Linear, static_scale: Optional[float] = None, quantized=None,
+                 name: Optional[str] = None):
+        super().__init__(linear.in_features, linear.out_features, linear.bias, quantized)
+        self.candidate = name or ("int8" if static_scale is None else "int8_static")
+        q, s = _quantize_rows(linear.weight) if quantized is None else _stored_rows(quantized)
         self.register_buffer("qweight", q)          # [N, K] int8; _int_mm takes its transposed view
         self.register_buffer("wscale", s)           # [N] float32
         self.static_scale = None if static_scale is None else float(static_scale)
@@ -111,9 +125,10 @@ class Int8IntMmLinear(Int8Linear):
 class W8A16Linear(NativeLinear):
     candidate = "w8a16"
 
-    def __init__(self, linear: nn.Linear):
-        super().__init__(linear.in_features, linear.out_features, linear.bias)
-        q, s = _quantize_rows(linear.weight)
+    def __init__(self, linear: nn.Linear, quantized=None, name: Optional[str] = None):
+        super().__init__(linear.in_features, linear.out_features, linear.bias, quantized)
+        self.candidate = name or "w8a16"
+        q, s = _quantize_rows(linear.weight) if quantized is None else _stored_rows(quantized)
         self.register_buffer("qweight", q)
         self.register_buffer("wscale", s.to(torch.bfloat16))
 
@@ -123,16 +138,21 @@ class W8A16Linear(NativeLinear):
 
 
 class W4A16Linear(NativeLinear):
-    def __init__(self, linear: nn.Linear, group_size: int, name: str):
-        super().__init__(linear.in_features, linear.out_features, linear.bias)
+    def __init__(self, linear: nn.Linear, group_size: int, name: str, quantized=None):
+        super().__init__(linear.in_features, linear.out_features, linear.bias, quantized)
         self.candidate = name
         n, k = linear.weight.shape
         if k % group_size:
             raise ValueError(f"{name}: group size {group_size} does not divide in_features {k}")
-        w = linear.weight.detach().float().contiguous()
-        s, _ = compute_scales(w, "int4", group_size=group_size)           # [N * K/g], row-major
-        s = s.reshape(n, k // group_size)
-        q = (w.reshape(n, k // group_size, group_size) * (1.0 / s).unsqueeze(-1)).round().clamp(-7, 7)
+        if quantized is not None:
+            if quantized.group_size != group_size:
+                raise ValueError(f"{name}: the stored weight has groups of {quantized.group_size}, not {group_size}")
+            s, q = quantized.scales, quantized.codes.float()
+        else:
+            w = linear.weight.detach().float().contiguous()
+            s, _ = compute_scales(w, "int4", group_size=group_size)           # [N * K/g], row-major
+            s = s.reshape(n, k // group_size)
+            q = (w.reshape(n, k // group_size, group_size) * (1.0 / s).unsqueeze(-1)).round().clamp(-7, 7)
         q = (q.reshape(n, k) + 8).to(torch.int32)
         self.register_buffer("packed", torch._convert_weight_to_int4pack_for_cpu(q, 1))
         sz = torch.zeros(k // group_size, n, 2)

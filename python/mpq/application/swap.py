@@ -30,15 +30,24 @@ __all__ = ["FakeQuantLinear", "apply", "plan_mapping"]
 
 
 class FakeQuantLinear(nn.Module):
-    def __init__(self, linear: nn.Linear, cand: Candidate, act_scale: Optional[float] = None):
+    """y = linear(Q_act(x / s), Q(W), b): Q(W) the candidate's RTN weight, or for a calibrated-weight candidate the
+    stored integers times their scales (``quantized``), with s its per-input-channel factor (AWQ, SmoothQuant)."""
+
+    def __init__(self, linear: nn.Linear, cand: Candidate, act_scale: Optional[float] = None, quantized=None):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.candidate = cand
-        self.register_buffer("weight", cand.quantize_weight(linear.weight.detach()))
+        w = linear.weight.detach()
+        self.register_buffer("weight", cand.quantize_weight(w) if quantized is None else
+                             quantized.dequantized().to(w.device, w.dtype))
+        self.register_buffer("input_scale", None if quantized is None or quantized.input_scale is None else
+                             quantized.input_scale.to(w.device, w.dtype))
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
         self.act_scale = act_scale
 
     def forward(self, x):
+        if self.input_scale is not None:
+            x = x / self.input_scale
         xd = x.detach()
         q = self.candidate.quantize_act(xd, self.act_scale)
         if x.requires_grad:  # straight-through: the values of Q(x), the gradient of x
@@ -65,11 +74,13 @@ def plan_mapping(plan_or_mapping) -> dict[str, str]:
 
 
 def apply(model: nn.Module, plan_or_mapping, mode: str = "fake", *,
-          act_scales: Optional[Mapping[str, float]] = None) -> nn.Module:
+          act_scales: Optional[Mapping[str, float]] = None, quantized_weights=None) -> nn.Module:
     """A copy of ``model`` with each mapped Linear replaced (see module doc). Layers mapped to "base" or absent
-    stay as they are. @raises ValueError for unknown layers, non-Linear layers, unknown candidates, a candidate
-    without a native kernel on the layer's device (CPU or CUDA), or a static candidate without its entry in
-    ``act_scales``."""
+    stay as they are. Calibrated-weight candidates (GPTQ, AWQ, SmoothQuant) run the integers calibration chose:
+    pass ``quantized_weights`` (``table.quantized_weights`` or ``QuantizedWeights.load``).
+    @raises ValueError for unknown layers, non-Linear layers, unknown candidates, a candidate without a native
+    kernel on the layer's device (CPU or CUDA), a static candidate without its entry in ``act_scales``, or a
+    calibrated-weight candidate whose integers ``quantized_weights`` lacks or computed from another weight."""
     if mode not in ("fake", "native"):
         raise ValueError(f"mode must be 'fake' or 'native', got {mode!r}")
     mapping = plan_mapping(plan_or_mapping)
@@ -108,6 +119,13 @@ def apply(model: nn.Module, plan_or_mapping, mode: str = "fake", *,
             raise ValueError(f"layer {layer!r}: candidate {cname!r} does not apply (group size "
                              f"{cand.group_size} vs in_features {modules[layer].in_features})")
         checked[layer] = cand
+    stored = {}
+    for layer, cand in checked.items():
+        if cand.calibrated_weight:
+            if quantized_weights is None:
+                raise ValueError(f"layer {layer!r}: candidate {cand.name!r} runs integers chosen in calibration: "
+                                 "pass quantized_weights= (the calibration's table.quantized_weights)")
+            stored[layer] = quantized_weights.get_for(layer, cand.name, modules[layer].weight)
     if mode == "native":
         for layer, cand in checked.items():
             problem = _native_problem(modules[layer].weight.device.type, cand.name, implementations.get(layer))
@@ -122,10 +140,10 @@ def apply(model: nn.Module, plan_or_mapping, mode: str = "fake", *,
         lin = new_modules[layer]
         scale = act_scales.get(layer) if cand.act_static else None
         if mode == "fake":
-            repl = FakeQuantLinear(lin, cand, scale)
+            repl = FakeQuantLinear(lin, cand, scale, stored.get(layer))
         elif lin.weight.device.type == "cpu":
             from .cpu_kernels import native_linear
-            repl = native_linear(lin, cand.name, scale, implementations.get(layer))
+            repl = native_linear(lin, cand.name, scale, implementations.get(layer), quantized=stored.get(layer))
         else:
             from .native_cuda import make_module
             repl = make_module(lin, cand.name, scale)

@@ -43,6 +43,9 @@ class SensitivityTable:
     act_zero_points: np.ndarray
     data_fingerprint: str = ""
     info: Mapping = field(default_factory=dict)
+    # the calibrated (GPTQ/AWQ/SmoothQuant) integers behind some candidates' δ: not in the table's file (it is
+    # large), saved with ``quantized_weights.save`` and passed to ``mpq.apply``
+    quantized_weights: Optional[object] = None
 
     def __post_init__(self):
         object.__setattr__(self, "layers", tuple(str(x) for x in self.layers))
@@ -71,7 +74,7 @@ class SensitivityTable:
 
     @property
     def applicable(self) -> np.ndarray:
-        """[L, C] bool: whether the candidate can quantize the layer."""
+        """[L, C] bool: whether the candidate can quantize the layer (why not: ``info["unavailable"]``)."""
         return ~np.isnan(self.delta).any(axis=0) if self.n_samples else np.ones(self.delta.shape[1:], bool)
 
     @property
@@ -155,6 +158,10 @@ class SensitivityTable:
             rel = rel[np.isfinite(rel)]
             lines.append(f"{self.layers[i]:<{width}} " + " ".join(cells) +
                          (f"   {rel.max():6.1f}" if rel.size else ""))
+        shown = {self.layers[i] for i in order}
+        for layer, why in dict(self.info.get("unavailable") or {}).items():
+            if layer in shown:
+                lines.append(f"# n/a {layer}: " + "; ".join(f"{c}: {r}" for c, r in dict(why).items()))
         return "\n".join(lines)
 
     # --- files -------------------------------------------------------------------------------------------------

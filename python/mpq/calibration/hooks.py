@@ -18,6 +18,9 @@ non-padded tokens). How:
   * The model runs in eval mode (dropout off; samples independent, so the gradient of Σ_n ℓ_n gives every
     ∂ℓ_n/∂Y_n). All flags and hooks are restored afterwards, also after an error; weights are never written.
   * Everything is computed in float32 (bf16/fp16 layers are upcast for the sums; Q still rounds on their grid).
+Calibrated-weight candidates (GPTQ, AWQ, SmoothQuant: ``mpq.quantizers``) are solved first, once per (layer,
+candidate), from one pass of the unquantized model; their δ use the stored integers' real ΔW (and Q of x / s),
+and the table carries them (``table.quantized_weights``, saved on its own) for ``apply``.
 Not covered: attention's two activation matmuls (Q·Kᵀ, P·V): transformers computes them in functions, not
 modules, so there is nothing to hook; only ``nn.Linear`` layers are calibrated.
 """
@@ -39,6 +42,7 @@ from ..artifacts.sensitivity_table import SensitivityTable
 from ..candidates import Candidate, get_candidates
 from ..formats import compute_scales
 from ..models import batch_size, model_inputs, to_device
+from ..quantizers import calibrated_weights
 from .devices import input_device, offloaded_weights_reloaded, weight_on
 from .distributed import Ranks, describe
 from .kernel import act_quant, delta_sums, weight_quant
@@ -148,9 +152,12 @@ class _Progress:
 class _Layer:
     """Hooks of one Linear: what to quantize and where its δ go."""
 
-    def __init__(self, run, index, name, module, w_idx, w_quants, a_idx, a_quants):
+    def __init__(self, run, index, name, module, w_idx, w_quants, a_idx, a_quants, calibrated=()):
         self.run, self.index, self.name, self.module = run, index, name, module
         self.w_idx, self.w_quants, self.a_idx, self.a_quants = w_idx, w_quants, a_idx, a_quants
+        # calibrated-weight candidates: (column j, QuantizedWeight, activation quantizer or None); their δ use the
+        # stored integers' real ΔW and, for SmoothQuant, Q applied to x / s
+        self.calibrated = list(calibrated)
         self.stack = []
 
     def pre(self, module, args):
@@ -191,11 +198,19 @@ class _Call:
 
     def on_grad_y(self, gy: torch.Tensor):
         L = self.layer
-        if not L.w_quants or self.x is None:
+        if not (L.w_quants or L.calibrated) or self.x is None:
             return None
         g = self._samples(gy.detach(), "output gradient").float()
         x = self._samples(self.x, "input").to(g.device).float()  # accelerate moves inputs inside forward
         w = weight_on(L.module, g.device, L.name).float()  # an offloaded weight is loaded again
+        if L.calibrated:  # ⟨G_nᵀ X_n, ΔW⟩ = Σ_t g_t · (ΔW x_t): one matmul per candidate, no per-sample gradient formed
+            # ΔW formed per call, not kept: one float32 copy per (layer, candidate) would outweigh the model
+            res = torch.stack([(torch.matmul(x, (q.effective_weight().to(w.device) - w).t()) * g)
+                               .sum((1, 2), dtype=torch.float64) for _, q, _ in L.calibrated], 1).cpu()
+            self._check(res, "weight sensitivity")
+            L.run.add(L.index, [j for j, _, _ in L.calibrated], res, weight=True)
+        if not L.w_quants:
+            return None
         B, out_f, in_f = x.shape[0], w.shape[0], w.shape[1]
         chunk = max(1, GRAD_CHUNK_VALUES // max(1, out_f * in_f))
         res = torch.empty(B, len(L.w_quants), dtype=torch.float64)
@@ -210,12 +225,21 @@ class _Call:
     def on_grad_x(self, gx: torch.Tensor):
         L = self.layer
         x, self.x = self.x, None  # the last use of the input
-        if not L.a_quants or x is None:
+        act_pre = [(j, q, aq) for j, q, aq in L.calibrated if aq is not None]
+        if not (L.a_quants or act_pre) or x is None:
             return None
         B = L.run.batch_samples
         x2 = self._samples(x, "input").float()
         g2 = self._samples(gx.detach(), "input gradient").float()
         rows = x2.shape[1]
+        for j, q, aq in act_pre:  # G ⊙ (Q(x/s)·s − x) = (G·s) ⊙ (Q(x/s) − x/s)
+            s = q.input_scale.to(x2.device)
+            res = delta_sums((x2 / s).reshape(-1, x2.shape[-1]), (g2 * s).reshape(-1, g2.shape[-1]), [aq], rows)
+            res = res.reshape(B, 1).cpu()
+            self._check(res, "activation sensitivity")
+            L.run.add(L.index, [j], res, weight=False)
+        if not L.a_quants:
+            return None
         res = delta_sums(x2.reshape(-1, x2.shape[-1]), g2.reshape(-1, g2.shape[-1]), L.a_quants, rows)
         res = res.reshape(B, len(L.a_quants)).cpu()
         self._check(res, "activation sensitivity")
@@ -340,16 +364,29 @@ def _calibrate(model, batches, candidates, loss_fn, progress, layers, ranks: Ran
         model.eval()
         for p in params:
             p.requires_grad_(False)
-        static = [c for c in cands if c.act_static]
+        static = [c for c in cands if c.act_static and not c.calibrated_weight]
         scales = _static_scales(model, named, [b for _, b in shard], static, device, ranks) if static else {}
+        # every rank solves the calibrated candidates on all batches: the same integers everywhere, no exchange
+        qweights, unavailable, sq_static = calibrated_weights(
+            model, named, batches, cands, device,
+            data_fingerprint if any(c.calibrated_weight for c in cands) else "")
         act_scales = np.full((L, C), np.nan, np.float32)
         act_zps = np.full((L, C), np.nan, np.float32)
         applicable = np.ones((L, C), bool)
         for i, (name, mod) in enumerate(named):
-            w_idx, w_q, a_idx, a_q = [], [], [], []
+            w_idx, w_q, a_idx, a_q, pre = [], [], [], [], []
             for j, c in enumerate(cands):
-                if not c.applies_to(mod.weight):
+                if not c.applies_to(mod.weight) and not c.calibrated_weight:
+                    unavailable[i, j] = f"group size {c.group_size} does not divide in_features {mod.in_features}"
+                if (i, j) in unavailable:
                     applicable[i, j] = False
+                    continue
+                if c.calibrated_weight:
+                    sz = sq_static.get((i, j))
+                    if sz:
+                        act_scales[i, j], act_zps[i, j] = sz
+                    aq = None if c.act_format is None else _static_quant(c, sz) if c.act_static else act_quant(c)
+                    pre.append((j, qweights[name, c.name], aq))
                     continue
                 w_idx.append(j)
                 w_q.append(weight_quant(c))
@@ -359,7 +396,7 @@ def _calibrate(model, batches, candidates, loss_fn, progress, layers, ranks: Ran
                         act_scales[i, j], act_zps[i, j] = sz
                     a_idx.append(j)
                     a_q.append(_static_quant(c, sz) if c.act_static else act_quant(c))
-            layer = _Layer(run, i, name, mod, w_idx, w_q, a_idx, a_q)
+            layer = _Layer(run, i, name, mod, w_idx, w_q, a_idx, a_q, pre)
             handles.append(mod.register_forward_pre_hook(layer.pre))
             handles.append(mod.register_forward_hook(layer.post))
 
@@ -406,12 +443,19 @@ def _calibrate(model, batches, candidates, loss_fn, progress, layers, ranks: Ran
                 layer_shapes=[list(m.weight.shape) for _, m in named])
     if ranks.distributed:
         info["ranks"] = ranks.size
+    if unavailable:  # said in the table: which candidate cannot run which layer, and why
+        info["unavailable"] = {}
+        for (i, j), why in sorted(unavailable.items()):
+            info["unavailable"].setdefault(named[i][0], {})[cands[j].name] = why
+    if len(qweights):
+        info["quantized_weights"] = {"entries": len(qweights), "bytes": qweights.nbytes()}
     if flat:  # layers the loss does not see (unused, or their outputs cut off): say so, do not hide it
         warnings.warn(f"calibrate: every δ of layer(s) {flat[:5]}{' ...' if len(flat) > 5 else ''} is zero: the "
                       "loss does not depend on them, so their predicted loss is 0", stacklevel=3)
         info["zero_delta_layers"] = flat
     return SensitivityTable(tuple(n for n, _ in named), tuple(c.name for c in cands), delta, delta_w, act_scales,
-                            np.nan_to_num(act_zps, nan=0.0), data_fingerprint, info)
+                            np.nan_to_num(act_zps, nan=0.0), data_fingerprint, info,
+                            quantized_weights=qweights if len(qweights) else None)
 
 
 def _static_quant(c: Candidate, sz):

@@ -40,6 +40,8 @@ def register(sub) -> None:
     p.add_argument("--format", choices=FORMATS, help="the checkpoint format of --save")
     p.add_argument("--samples", type=int, default=16,
                    help="--format inc: calibration windows of --seq-len tokens to measure (default 16)")
+    p.add_argument("--quantized-weights", help="the .qweights.npz mpq calibrate saved: the integers of calibrated "
+                   "candidates (GPTQ, AWQ, SmoothQuant) the plan uses")
     p.set_defaults(func=main)
 
 
@@ -80,7 +82,16 @@ def main(args) -> int:
     from ..profiling.timing import time_callable
     model, tok = load_model(args.model)
     ids = example_ids(tok, model, args.seq_len, text)
-    new = apply(model, plan, mode=args.mode)
+    from ..candidates import get_candidate
+    needs = sorted({c for c in plan.quantized.values() if get_candidate(c).calibrated_weight})
+    if needs and not args.quantized_weights:
+        raise ValueError(f"candidates {needs} run integers chosen in calibration: pass --quantized-weights (the "
+                         ".qweights.npz that mpq calibrate saved)")
+    qw = None
+    if args.quantized_weights:
+        from ..artifacts.quantized_weights import QuantizedWeights
+        qw = QuantizedWeights.load(args.quantized_weights)
+    new = apply(model, plan, mode=args.mode, quantized_weights=qw)
     torch.set_num_threads(1)
     with torch.no_grad():
         t = time_callable([lambda: model(ids, use_cache=False), lambda: new(ids, use_cache=False)],

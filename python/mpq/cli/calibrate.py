@@ -22,6 +22,8 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=4, help="samples per batch (default 4)")
     p.add_argument("--skip-tokens", type=int, default=0, help="tokens to skip at the start of the text")
     p.add_argument("-o", "--output", help="where to save the table (.npz)")
+    p.add_argument("--quantized-weights", help="where to save the integers of calibrated candidates (GPTQ, AWQ, "
+                   "SmoothQuant; default: OUTPUT with .qweights.npz) for mpq apply --quantized-weights")
     p.add_argument("--table", help="a saved table to report instead of calibrating")
     p.add_argument("--report", action="store_true", help="print the per-layer report")
     p.add_argument("--top", type=int, default=None, help="report only the N most sensitive layers")
@@ -68,6 +70,11 @@ def main(args) -> int:
     if args.output:
         table.save(args.output)
         print(f"saved {table!r} to {args.output}", file=sys.stderr)
+        if table.quantized_weights is not None:
+            path = args.quantized_weights or (args.output[:-4] if args.output.endswith(".npz") else
+                                              args.output) + ".qweights.npz"
+            table.quantized_weights.save(path)
+            print(f"saved {table.quantized_weights!r} to {path}", file=sys.stderr)
     if args.report:
         print(table.report(args.top))
     return 0

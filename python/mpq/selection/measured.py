@@ -4,6 +4,7 @@ budget, the additive budget the solver sees is tightened and the problem solved 
 milliseconds, a measurement one forward pass over the verification set)."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
@@ -24,14 +25,17 @@ class Verifier:
     model: torch.nn.Module
     batches: Sequence
     loss_fn: Optional[Callable] = None
+    quantized_weights: Optional[object] = None  # the calibrated candidates' integers (the table's), for apply
 
     @classmethod
-    def of(cls, verify) -> "Verifier":
+    def of(cls, verify, quantized_weights=None) -> "Verifier":
         if isinstance(verify, Verifier):
+            if quantized_weights is not None and verify.quantized_weights is None:
+                return dataclasses.replace(verify, quantized_weights=quantized_weights)
             return verify
         if not isinstance(verify, (tuple, list)) or len(verify) not in (2, 3):
             raise ValueError("verify must be (model, batches) or (model, batches, loss_fn)")
-        v = cls(*verify)
+        v = cls(*verify, quantized_weights=quantized_weights)
         if not isinstance(v.model, torch.nn.Module):
             raise ValueError(f"verify: the model must be an nn.Module, got {type(v.model).__name__}")
         if isinstance(v.batches, (str, bytes)) or not len(v.batches):
@@ -86,7 +90,8 @@ def measure(verifier: Verifier, base_losses: torch.Tensor, plan) -> Measurement:
     from ..application.swap import apply
     if not plan.quantized:
         return Measurement(0.0, 0.0, 0.0, float(base_losses.numel()))
-    return Measurement.of((verifier.losses(apply(verifier.model, plan, mode="fake")) - base_losses) ** 2)
+    qmodel = apply(verifier.model, plan, mode="fake", quantized_weights=verifier.quantized_weights)
+    return Measurement.of((verifier.losses(qmodel) - base_losses) ** 2)
 
 
 def verified_select(solve: Callable[[float], object], budget: float, verifier: Verifier, *, bound: str = "estimate",

@@ -64,7 +64,7 @@ def select(table: SensitivityTable, gains: GainTable, *, max_loss_mse: Optional[
         if verify is None:
             return solve(budget)
         from .measured import Verifier, verified_select
-        return verified_select(solve, budget, Verifier.of(verify), bound=verify_bound, max_rounds=verify_rounds,
+        return verified_select(solve, budget, Verifier.of(verify, table.quantized_weights), bound=verify_bound, max_rounds=verify_rounds,
                                calibration_fingerprint=table.data_fingerprint)
     if verify is not None:
         raise ValueError("verify checks a loss budget: use it with max_loss_mse or max_loss_rmse")
@@ -102,7 +102,7 @@ def pareto(table: SensitivityTable, gains: GainTable, budgets: Optional[Sequence
                                         **({"max_memory": max_memory} if max_memory is not None else {})}))
     if verify is not None:
         from .measured import Verifier, measured_front
-        plans = measured_front(plans, Verifier.of(verify), table.data_fingerprint)
+        plans = measured_front(plans, Verifier.of(verify, table.quantized_weights), table.data_fingerprint)
     return plans
 
 

@@ -66,6 +66,9 @@ def _layer_problem(module: Optional[nn.Module], layer: str, cname: str,
         cand = get_candidate(cname)
     except ValueError as e:
         return str(e)
+    if cand.calibrated_weight:  # the writers compute round-to-nearest scales: they would not store these integers
+        return (f"{cname}: its integers were chosen in calibration (GPTQ, AWQ, SmoothQuant) and checkpoint writers "
+                "store round-to-nearest weights only")
     if not cand.applies_to(module.weight):
         return f"{cname}: group size {cand.group_size} does not divide in_features {module.in_features}"
     if cand.act_static and act_scales is not None and layer not in act_scales:

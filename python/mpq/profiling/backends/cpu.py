@@ -45,7 +45,13 @@ class CpuBackend(TimedBackend):
         return tuple(impl.name for impl in impls)
 
     def make_module(self, linear, candidate: str, act_scale=None, implementation=None):
-        return native_linear(linear, candidate, act_scale, implementation)
+        from ...candidates import get_candidate
+        from ...quantizers.grid import timing_stand_in
+        cand = get_candidate(candidate)
+        # a calibrated-weight candidate runs the same kernel (plus its input divide) whatever its integers: it is
+        # timed with RTN codes and a unit input scale of the same shapes
+        quantized = timing_stand_in(linear, cand) if cand.calibrated_weight else None
+        return native_linear(linear, candidate, act_scale, implementation, quantized=quantized)
 
     def extra_meta(self) -> dict:
         return {"cpu": cpu_features.describe()}
