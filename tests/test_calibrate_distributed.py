@@ -20,7 +20,7 @@ from _cli_model import save_tiny_causal_lm
 from _tiny_models import tiny_llama
 
 HERE = Path(__file__).resolve().parent
-PYTHON_DIR = HERE.parent / "python"
+PYTHON_DIR = Path(mpq.__file__).resolve().parents[1]  # the mpq under test: installed (CI) or the source tree
 LAUNCH_TIMEOUT_S = 240  # the workers' own process-group timeout is 60 s: only a hang gets near this
 
 

@@ -103,7 +103,7 @@ def saved(tmp_path_factory):
     torch.save(probes, tmp / "probes.pt")
     r = subprocess.run([sys.executable, "-c", LOADER, json.dumps(folders), str(tmp / "probes.pt"),
                         str(tmp / "loaded.pt")], capture_output=True, text=True, timeout=300,
-                       env=dict(os.environ, PYTHONPATH=str(ROOT / "python")))
+                       env=dict(os.environ, PYTHONPATH=str(Path(mpq.__file__).resolve().parents[1])))
     assert r.returncode == 0, r.stderr[-3000:]
     return model, plans, folders, probes, torch.load(tmp / "loaded.pt")
 
