@@ -20,7 +20,7 @@ def test_every_backend_is_one_instance_of_the_base_class():
         assert b is get_backend(name) is importlib.import_module(f"mpq.profiling.backends.{name}").BACKEND
         assert b.timed == isinstance(b, TimedBackend) != isinstance(b, TheoreticalBackend)
         assert b.timed == (name in ("cpu", "cuda", "hpu"))
-        assert b.unit == ("bytes" if name == "memory" else "seconds")
+        assert b.unit == {"memory": "bytes", "ebops": "bit operations"}.get(name, "seconds")
         ok, reason = b.available()
         assert isinstance(ok, bool) and isinstance(reason, str) and ok == (reason == "")
     assert get_backend("cpu").base_format == "fp32"
@@ -53,6 +53,38 @@ def test_theoretical_costs_through_the_interface():
     assert macs.meta(None) == {"device": "cpu-avx2", "base_format": "fp32"}
     with pytest.raises(ValueError, match="unknown macs device"):
         macs.layer_cost([1, 1, 1], "int8", device="abacus")
+
+
+def test_ebops_count_weight_bits_times_activation_bits_per_multiply_accumulate():
+    eb = get_backend("ebops")
+    macs = 4 * 64 * 32
+    assert eb.layer_cost([4, 64, 32], "base") == macs * 32 * 32            # fp32 weights and activations
+    assert eb.layer_cost([4, 64, 32], "base", element_size=2) == macs * 16 * 16
+    assert eb.layer_cost([4, 64, 32], "int8") == macs * 8 * 8
+    assert eb.layer_cost([4, 64, 32], "fp8") == macs * 8 * 8
+    assert eb.layer_cost([4, 64, 32], "w4a16", element_size=2) == macs * 4 * 16  # weight-only: the model's activations
+    assert eb.layer_cost([4, 64, 32], "w8a16") == macs * 8 * 32
+
+
+def test_an_ebops_profile_is_the_sum_of_its_layers_and_select_meets_a_bit_operation_target():
+    import mpq
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8)).eval()
+    x = torch.randn(5, 16)
+    gains = mpq.profile(model, x, ("int8", "w4a16"), backend="ebops")
+    eb = get_backend("ebops")
+    shapes = {"0": [5, 16, 32], "2": [5, 32, 8]}
+    for sg in gains.subgraphs:
+        for row, gain in zip(sg.configs, sg.gain):
+            want = sum(eb.layer_cost(shapes[l], "base") - eb.layer_cost(shapes[l], gains.candidates[int(k)])
+                       for l, k in zip(sg.layers, row) if k)
+            assert gain == pytest.approx(want, rel=1e-12)
+    batches = [(torch.randn(4, 16), torch.randint(0, 8, (4,))) for _ in range(2)]
+    ce = lambda out, b: nn.functional.cross_entropy(out, b[1], reduction="none")
+    table = mpq.calibrate(model, batches, ("int8", "w4a16"), loss_fn=ce, progress=False)
+    need = 0.5 * (eb.layer_cost(shapes["0"], "base") - eb.layer_cost(shapes["0"], "int8"))
+    plan = mpq.select(table, gains, min_gain=need)
+    assert plan.predicted_gain >= need and plan.quantized and plan.gain_unit == "bit operations"
 
 
 def _bounded_table(monkeypatch, module, maxima):

@@ -10,7 +10,7 @@ import argparse
 from ._common import MODEL_HELP, add_candidates, add_text, check_positive, example_ids, load_model, \
     parse_candidates, read_text
 
-BACKENDS = ("cpu", "cuda", "hpu", "macs", "memory")  # mpq.profiling.backends.BACKENDS, without importing torch
+BACKENDS = ("cpu", "cuda", "hpu", "macs", "memory", "ebops")  # mpq.profiling.backends.BACKENDS, without importing torch
 
 
 def register(sub) -> None:

@@ -6,6 +6,7 @@
 - ``hpu``: Gaudi through ``habana_frameworks.torch`` (detected at run time), bf16 baseline, FP8 matmul.
 - ``macs``: theoretical seconds from MACs and a per-format peak-rate table per device.
 - ``memory``: bytes of weights saved.
+- ``ebops``: effective bit operations saved (weight bits × activation bits per multiply-accumulate, as HGQ counts).
 
 ``get_backend(name)`` gives the instance (the module ``mpq.profiling.backends.<name>`` holds it as ``BACKEND``).
 """
@@ -18,7 +19,7 @@ from .base import Backend, TheoreticalBackend, TimedBackend
 __all__ = ["BACKENDS", "Backend", "BackendUnavailable", "TheoreticalBackend", "TimedBackend", "check_available",
            "get_backend"]
 
-BACKENDS = ("cpu", "cuda", "hpu", "macs", "memory")
+BACKENDS = ("cpu", "cuda", "hpu", "macs", "memory", "ebops")
 
 
 class BackendUnavailable(RuntimeError):
