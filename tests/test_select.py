@@ -228,3 +228,34 @@ def test_info_keys_added_after_construction_are_refused_at_save(tmp_path):
     with pytest.raises(ValueError, match=r"info keys \['format'\] are reserved"):
         table.save(tmp_path / "s.npz")
     assert not (tmp_path / "s.npz").exists()
+
+
+def test_an_average_bits_limit_is_the_byte_limit_it_stands_for():
+    import torch
+    from torch import nn
+
+    import mpq
+    from mpq.selection import avg_bits
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 8)).eval()
+    batches = [(torch.randn(4, 64), torch.randint(0, 8, (4,))) for _ in range(2)]
+    ce = lambda out, b: nn.functional.cross_entropy(out, b[1], reduction="none")  # noqa: E731
+    cands = ("int8", "w4a16")
+    table = mpq.calibrate(model, batches, cands, loss_fn=ce, progress=False)
+    gains = mpq.profile(model, batches[0][0], cands, backend="memory")
+    weights = 64 * 128 + 128 * 64 + 64 * 8
+    assert avg_bits(gains, {}) == 32.0  # fp32 base
+    every4 = {l: "w4a16" for l in ("0", "2", "4")}  # groups of 32 with one fp32 scale each: 4 + 32/32 bits
+    assert avg_bits(gains, every4) == pytest.approx(5.0)
+    budget = float(np.nansum(table.mse))  # every layer quantized fits: the bits bind
+    for bits in (6.0, 12.0, 20.0):
+        plan = select(table, gains, max_loss_mse=budget, max_avg_bits=bits)
+        same = select(table, gains, max_loss_mse=budget, max_memory=bits * weights / 8)
+        assert plan.mapping == same.mapping and avg_bits(gains, plan.mapping) <= bits + 1e-9
+        assert plan.objective["max_avg_bits"] == bits
+        front = pareto(table, gains, points=4, max_avg_bits=bits)
+        assert all(avg_bits(gains, p.mapping) <= bits + 1e-9 for p in front)
+    with pytest.raises(ValueError, match="not both"):
+        select(table, gains, max_loss_mse=budget, max_avg_bits=8.0, max_memory=1e6)
+    with pytest.raises(ValueError, match="positive number of bits"):
+        select(table, gains, max_loss_mse=budget, max_avg_bits=float("nan"))

@@ -24,11 +24,12 @@ def select(table: SensitivityTable, gains: GainTable, *, max_loss_mse: Optional[
            target_speedup: Optional[float] = None, max_memory: Optional[float] = None, solver: str = "exact",
            pin: Optional[Mapping[str, str]] = None, keep: Optional[Iterable[str]] = None,
            time_limit: Optional[float] = None, verify=None, verify_bound: str = "estimate",
-           verify_rounds: int = 8) -> Plan:
+           verify_rounds: int = 8, max_avg_bits: Optional[float] = None) -> Plan:
     """The best plan for one objective; give exactly one of ``max_loss_mse``, ``max_loss_rmse`` (the loss
     budget), ``min_gain`` or ``target_speedup`` (the least loss MSE reaching that gain / speedup).
 
     max_memory: bytes of the timed layers' weights (from a GainTable with ``layer_bytes``, e.g. backend "memory").
+    max_avg_bits: the same limit as the average bits per weight of the timed layers (``avg_bits``).
     pin: {layer name or regex: candidate} forces those layers; keep: names or regexes of layers that stay in the
     model's own precision. A pattern that matches no layer is an error.
     verify: ``(model, batches)`` or ``(model, batches, loss_fn)`` with held-out batches (default loss: a causal
@@ -40,6 +41,7 @@ def select(table: SensitivityTable, gains: GainTable, *, max_loss_mse: Optional[
     gives the smallest feasible budget), or, with verify, a budget no quantized plan measured within.
     """
     kind, value = _objective(max_loss_mse, max_loss_rmse, min_gain, target_speedup)
+    max_memory = _memory_of_bits(gains, max_memory, max_avg_bits)
     problem = Problem.build(table, gains, pin=pin, keep=keep, with_memory=max_memory is not None)
     if kind == "target_speedup":
         t0 = gains.baseline_seconds
@@ -52,7 +54,8 @@ def select(table: SensitivityTable, gains: GainTable, *, max_loss_mse: Optional[
     kwargs = dict(solver=solver, time_limit=time_limit)
     if max_memory is not None:
         kwargs.update(memory=problem.memory, max_memory=max_memory)
-    objective = {"kind": kind, "value": value, **({"max_memory": max_memory} if max_memory else {})}
+    objective = {"kind": kind, "value": value, **({"max_memory": max_memory} if max_memory else {}),
+                 **({"max_avg_bits": max_avg_bits} if max_avg_bits is not None else {})}
     if kind in ("max_loss_mse", "max_loss_rmse"):
         budget = value if kind == "max_loss_mse" else value ** 2
 
@@ -64,8 +67,8 @@ def select(table: SensitivityTable, gains: GainTable, *, max_loss_mse: Optional[
         if verify is None:
             return solve(budget)
         from .measured import Verifier, verified_select
-        return verified_select(solve, budget, Verifier.of(verify, table.quantized_weights), bound=verify_bound, max_rounds=verify_rounds,
-                               calibration_fingerprint=table.data_fingerprint)
+        return verified_select(solve, budget, Verifier.of(verify, table.quantized_weights), bound=verify_bound,
+                               max_rounds=verify_rounds, calibration_fingerprint=table.data_fingerprint)
     if verify is not None:
         raise ValueError("verify checks a loss budget: use it with max_loss_mse or max_loss_rmse")
     need = value if kind == "min_gain" else need
@@ -76,13 +79,16 @@ def select(table: SensitivityTable, gains: GainTable, *, max_loss_mse: Optional[
 
 def pareto(table: SensitivityTable, gains: GainTable, budgets: Optional[Sequence[float]] = None, *,
            solver: str = "exact", pin: Optional[Mapping[str, str]] = None, keep: Optional[Iterable[str]] = None,
-           points: int = 30, verify=None, max_memory: Optional[float] = None) -> list[Plan]:
+           points: int = 30, verify=None, max_memory: Optional[float] = None,
+           max_avg_bits: Optional[float] = None) -> list[Plan]:
     """The loss-MSE / gain front: one plan per loss budget (default: ``points`` budgets spaced geometrically from
     the cheapest non-zero cost to the cost of the fastest plan), solved with one shared preprocessing. With
     ``verify`` (as in ``select``) every plan is also measured once, its ``verification`` saying whether it held.
-    ``max_memory`` holds for every plan of the front (solved budget by budget: the sweep has no memory row)."""
+    ``max_memory`` (or ``max_avg_bits``) holds for every plan of the front (solved budget by budget: the sweep has
+    no memory row)."""
     if not isinstance(points, int) or isinstance(points, bool) or points < 1:
         raise ValueError(f"points must be a whole number >= 1, got {points!r}")
+    max_memory = _memory_of_bits(gains, max_memory, max_avg_bits)
     problem = Problem.build(table, gains, pin=pin, keep=keep, with_memory=max_memory is not None)
     if budgets is None:
         budgets = problem.default_budgets(points)
@@ -104,6 +110,40 @@ def pareto(table: SensitivityTable, gains: GainTable, budgets: Optional[Sequence
         from .measured import Verifier, measured_front
         plans = measured_front(plans, Verifier.of(verify, table.quantized_weights), table.data_fingerprint)
     return plans
+
+
+def avg_bits(gains: GainTable, mapping: Mapping[str, str]) -> float:
+    """Average bits per weight of the GainTable's layers under ``mapping`` (absent layers: base): 8 Σ bytes / Σ
+    weights, the bytes as the memory backend counts them, scales included (int4 in groups of 128 with fp32
+    scales is 4.25 bits, where ModelOpt's effective bits and AutoRound's avg_bits count 4), so that a limit on it
+    is a limit on what the weights occupy. @raises ValueError without ``layer_bytes`` and layer shapes."""
+    layers, weights = _timed_weights(gains)
+    col = {c: j for j, c in enumerate(gains.candidates)}
+    idx = {l: i for i, l in enumerate(gains.layers)}
+    total = sum(float(gains.layer_bytes[idx[l], col[mapping.get(l, BASE)]]) for l in layers)
+    return 8 * total / weights
+
+
+def _timed_weights(gains: GainTable) -> tuple[list, int]:
+    shapes = (gains.shapes or {}).get("layers") or {}
+    layers = [l for sg in gains.subgraphs for l in sg.layers]
+    missing = [l for l in layers if l not in shapes]
+    if gains.layer_bytes is None or missing:
+        raise ValueError("average bits need per-layer bytes and shapes in the GainTable (a table from mpq.profile; "
+                         f"missing shapes: {missing[:3]})")
+    return layers, sum(int(shapes[l][1]) * int(shapes[l][2]) for l in layers)
+
+
+def _memory_of_bits(gains: GainTable, max_memory: Optional[float], max_avg_bits: Optional[float]):
+    """``max_avg_bits`` as the bytes it allows the timed layers' weights (``avg_bits``)."""
+    if max_avg_bits is None:
+        return max_memory
+    if max_memory is not None:
+        raise ValueError("give max_memory or max_avg_bits, not both (they limit the same bytes)")
+    if isinstance(max_avg_bits, bool) or not isinstance(max_avg_bits, (int, float)) or \
+            not math.isfinite(max_avg_bits) or max_avg_bits <= 0:
+        raise ValueError(f"max_avg_bits must be a positive number of bits per weight, got {max_avg_bits!r}")
+    return max_avg_bits * _timed_weights(gains)[1] / 8
 
 
 @dataclass
