@@ -12,6 +12,8 @@ Methods, all at the same required predicted gain (min_gain = a fraction of the f
 Every plan is measured: perplexity and loss MSE against the base model on the held-out windows (``apply(mode=
 "fake")``), end-to-end prefill time of one window on one thread (``apply(mode="native")``, ``time_phase``).
 
+Against the peer: ``--peer modelopt [--bits 7 7.5 8 9]`` (bench/_modelopt_peer.py).
+
 Usage:  python bench/selection_quality.py [--reuse] [--candidates int8,w8a16] [--calib-windows 16]
         [--eval-windows 8] [--random-plans 10] [--fractions 0.25,0.5,0.75]
 Artifacts (SensitivityTable, GainTable, Fisher scores, results JSON/Markdown, plot) go to
@@ -66,6 +68,10 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=HERE / "out" / "selection_quality")
     p.add_argument("--reuse", action="store_true", help="load the tables / Fisher scores cached under --out")
+    p.add_argument("--peer", choices=("modelopt",), help="instead: mpq against the peer's own selection at equal "
+                   "average bits (bench/_modelopt_peer.py; use --seq-len 128 --calib-windows 32 --eval-windows 48)")
+    p.add_argument("--bits", type=float, nargs="+", default=[7.0, 7.5, 8.0, 9.0],
+                   help="--peer: average bits (SmolLM2 with lm_head at 16 bits reaches no fewer than 6.53)")
     return p.parse_args(argv)
 
 
@@ -87,6 +93,11 @@ def main(argv=None) -> int:
     fractions = [float(f) for f in args.fractions.split(",")]
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
+    if args.peer == "modelopt":
+        import _modelopt_peer
+        print(machine_line())
+        _modelopt_peer.main(args)
+        return 0
     t_start = time.perf_counter()
     machine = machine_line()
 
