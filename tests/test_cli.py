@@ -146,6 +146,39 @@ def test_select_reads_what_calibrate_and_profile_wrote_with_their_defaults(chain
     assert Plan.load(d / "qplan.json").quantized  # a loose budget on memory gains quantizes layers
 
 
+def test_bit_budgets_on_the_command_line(chain, lm, tmp_path):
+    """mpq profile --backend ebops and mpq select --max-avg-bits on the saved model's tables, end to end."""
+    from mpq.selection import avg_bits
+    d, _ = chain
+    code, out, err = cli("profile", lm, "--random", *SMALL, "--backend", "ebops", "-o", tmp_path / "e.npz")
+    assert code == 0, err
+    ebops = GainTable.load(tmp_path / "e.npz")
+    assert ebops.backend == "ebops" and ebops.unit == "bit operations"
+    code, out, err = cli("select", d / "s.npz", tmp_path / "e.npz", "--max-loss-rmse", 1, "-o", tmp_path / "e.json")
+    assert code == 0, err
+    assert "bit operations" in out and Plan.load(tmp_path / "e.json").predicted_gain > 0
+    memory = GainTable.load(d / "m.npz")
+    loose = Plan.load(d / "qplan.json")  # the same budget without a bit limit
+    limit = (avg_bits(memory, loose.mapping) + 32.0) / 2 if loose.quantized else 20.0
+    code, out, err = cli("select", d / "s.npz", d / "m.npz", "--max-loss-rmse", 1, "--max-avg-bits", limit,
+                         "-o", tmp_path / "b.json")
+    assert code == 0, err
+    plan = Plan.load(tmp_path / "b.json")
+    assert avg_bits(memory, plan.mapping) <= limit + 1e-9 and plan.objective["max_avg_bits"] == limit
+    weights = sum(memory.shapes["layers"][l][1] * memory.shapes["layers"][l][2]
+                  for sg in memory.subgraphs for l in sg.layers)
+    api = mpq.select(SensitivityTable.load(d / "s.npz"), memory, max_loss_rmse=1, max_memory=limit * weights / 8)
+    assert plan.mapping == api.mapping  # the flag is the library's byte limit, passed through
+    code, out, err = cli("select", d / "s.npz", d / "m.npz", "--pareto", 3, "--max-avg-bits", limit,
+                         "-o", tmp_path / "f.json")
+    assert code == 0, err
+    front = json.loads((tmp_path / "f.json").read_text())
+    assert front and all(avg_bits(memory, p["mapping"]) <= limit + 1e-9 for p in front)
+    one_error(cli("select", d / "s.npz", d / "m.npz", "--max-loss-rmse", 1, "--max-avg-bits", 0,
+                  "-o", tmp_path / "x.json"), 2, "select", "max_avg_bits")
+    assert not (tmp_path / "x.json").exists()
+
+
 @pytest.mark.parametrize("mode", ["native", "fake"])
 def test_apply_runs_a_selected_plan(chain, lm, mode):
     d, _ = chain
