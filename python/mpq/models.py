@@ -50,6 +50,20 @@ def to_device(batch, device, float_dtype=None):
     return batch
 
 
+def padding_mask(batch):
+    """The batch's attention mask when it marks padded tokens, else None (every token counts)."""
+    mask = batch.get("attention_mask") if isinstance(batch, Mapping) else None
+    return None if mask is None or bool(mask.all()) else mask
+
+
+def unpadded(x: torch.Tensor, mask) -> torch.Tensor:
+    """A layer input [B, S, ...] at its non-padded tokens ([n, ...]); ``x`` itself without a mask or when its
+    leading dimensions are not the mask's (a layer that does not see tokens)."""
+    if mask is not None and x.dim() >= 3 and tuple(x.shape[:2]) == tuple(mask.shape):
+        return x[mask.bool()]
+    return x
+
+
 def split_example(example_input) -> tuple[tuple, dict]:
     """An example input as (args, kwargs): a tensor, a tuple/list of positional args, or a dict of keyword args."""
     if isinstance(example_input, torch.Tensor):

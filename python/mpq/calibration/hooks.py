@@ -41,7 +41,7 @@ from torch import nn
 from ..artifacts.sensitivity_table import SensitivityTable
 from ..candidates import Candidate, get_candidates
 from ..formats import compute_scales
-from ..models import batch_size, model_inputs, to_device
+from ..models import batch_size, model_inputs, padding_mask, to_device, unpadded
 from ..quantizers import calibrated_weights
 from .devices import input_device, offloaded_weights_reloaded, weight_on
 from .distributed import Ranks, describe
@@ -277,9 +277,7 @@ def _static_scales(model, layers, batches, cands, device, ranks: Ranks):
     def make_hook(i):
         def hook(module, args):
             x = args[0].detach()
-            m = state["mask"]
-            if m is not None and x.dim() >= 3 and tuple(x.shape[:2]) == tuple(m.shape):
-                x = x[m.bool()]
+            x = unpadded(x, state["mask"])
             if not x.numel():
                 return
             a, b = (float(v) for v in torch.aminmax(x))
@@ -296,8 +294,7 @@ def _static_scales(model, layers, batches, cands, device, ranks: Ranks):
         with torch.no_grad():
             for b in batches:
                 b = to_device(b, device)
-                mask = b.get("attention_mask") if isinstance(b, Mapping) else None
-                state["mask"] = None if mask is None or bool(mask.all()) else mask
+                state["mask"] = padding_mask(b)
                 args, kwargs = model_inputs(b)
                 model(*args, **kwargs)
     finally:

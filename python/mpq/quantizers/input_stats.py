@@ -6,11 +6,11 @@ then unavailable."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, Optional
+from typing import Optional
 
 import torch
 
-from ..models import model_inputs, to_device
+from ..models import model_inputs, padding_mask, to_device, unpadded
 
 
 @dataclass
@@ -82,9 +82,7 @@ def collect_input_stats(model, layers, batches, device, hessian_for: set) -> dic
     def make_hook(i):
         def hook(module, args):
             x = args[0]
-            m = state["mask"]
-            if m is not None and x.dim() >= 3 and tuple(x.shape[:2]) == tuple(m.shape):
-                x = x[m.bool()]
+            x = unpadded(x, state["mask"])
             stats[i].add(x)
         return hook
 
@@ -93,8 +91,8 @@ def collect_input_stats(model, layers, batches, device, hessian_for: set) -> dic
         with torch.no_grad():
             for b in batches:
                 b = to_device(b, device)
-                mask = b.get("attention_mask") if isinstance(b, Mapping) else None
-                state["mask"] = None if mask is None or bool(mask.all()) else mask.to("cpu")
+                mask = padding_mask(b)
+                state["mask"] = None if mask is None else mask.to("cpu")
                 args, kwargs = model_inputs(b)
                 model(*args, **kwargs)
     finally:

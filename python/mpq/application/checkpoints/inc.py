@@ -28,7 +28,7 @@ from torch import nn
 
 from ...artifacts.plan import Plan
 from ...candidates import BASE, Candidate
-from ...models import batch_size, model_inputs, to_device
+from ...models import batch_size, model_inputs, padding_mask, to_device, unpadded
 from ..exporters import INC_CANDIDATES, inc_config
 
 FORMAT = "inc"
@@ -87,9 +87,7 @@ def input_maxabs(model: nn.Module, layers: Mapping[str, Candidate], batches) -> 
     def hook_for(name):
         def hook(module, args):
             x = args[0].detach()
-            m = state["mask"]
-            if m is not None and x.dim() >= 3 and tuple(x.shape[:2]) == tuple(m.shape):
-                x = x[m.bool()]
+            x = unpadded(x, state["mask"])
             x = x[torch.isfinite(x)]
             if x.numel():
                 amax[name] = max(amax[name], float(x.abs().max()))
@@ -103,8 +101,7 @@ def input_maxabs(model: nn.Module, layers: Mapping[str, Candidate], batches) -> 
         with torch.no_grad():
             for b in batches:
                 b = to_device(b, device)
-                mask = b.get("attention_mask") if isinstance(b, Mapping) else None
-                state["mask"] = None if mask is None or bool(mask.all()) else mask
+                state["mask"] = padding_mask(b)
                 args, kwargs = model_inputs(b)
                 model(*args, **kwargs)
                 samples += batch_size(b)
