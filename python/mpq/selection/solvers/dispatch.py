@@ -70,13 +70,7 @@ def to_csr(gains, costs, memory=None) -> tuple[np.ndarray, np.ndarray, np.ndarra
     cat = lambda xs: np.ascontiguousarray(np.concatenate(xs) if xs else np.zeros(0), dtype=np.float64)
     g, c = cat(gl), cat(cl)
     group_of = lambda i: int(np.searchsorted(offsets, i, side="right") - 1)
-    for name, v in (("gain", g), ("cost", c)):
-        bad = np.flatnonzero(~np.isfinite(v))
-        if bad.size:
-            raise ValueError(f"group {group_of(bad[0])}: {name} {v[bad[0]]} is not finite")
-    bad = np.flatnonzero(c < 0)
-    if bad.size:
-        raise ValueError(f"group {group_of(bad[0])}: cost {c[bad[0]]} is negative")
+    _check_gains_costs(g, c, group_of)
     m = None
     if ml is not None:
         ms = np.array([x.size for x in ml], dtype=np.int64)
@@ -84,10 +78,25 @@ def to_csr(gains, costs, memory=None) -> tuple[np.ndarray, np.ndarray, np.ndarra
             k = int(np.argmax(ms != gs))
             raise ValueError(f"group {k}: memory has {ms[k]} values but gains has {gs[k]}")
         m = cat(ml)
-        bad = np.flatnonzero(~np.isfinite(m) | (m < 0))
-        if bad.size:
-            raise ValueError(f"group {group_of(bad[0])}: memory values must be finite and >= 0")
+        _check_memory(m, group_of)
     return offsets, g, c, m
+
+
+def _check_gains_costs(g: np.ndarray, c: np.ndarray, group_of) -> None:
+    """Finite gains and costs, no cost below 0; ``group_of(i)`` names the group of flat item i."""
+    for name, v in (("gain", g), ("cost", c)):
+        bad = np.flatnonzero(~np.isfinite(v))
+        if bad.size:
+            raise ValueError(f"group {group_of(bad[0])}: {name} {v[bad[0]]} is not finite")
+    bad = np.flatnonzero(c < 0)
+    if bad.size:
+        raise ValueError(f"group {group_of(bad[0])}: cost {c[bad[0]]} is negative")
+
+
+def _check_memory(m: np.ndarray, group_of) -> None:
+    bad = np.flatnonzero(~np.isfinite(m) | (m < 0))
+    if bad.size:
+        raise ValueError(f"group {group_of(bad[0])}: memory values must be finite and >= 0")
 
 
 def _csr_2d(gains, costs, memory):
@@ -95,19 +104,12 @@ def _csr_2d(gains, costs, memory):
     n, m = gains.shape
     offsets = np.arange(n + 1, dtype=np.int64) * m
     g, c = (np.ascontiguousarray(a, dtype=np.float64).reshape(-1) for a in (gains, costs))
-    for name, v in (("gain", g), ("cost", c)):
-        bad = np.flatnonzero(~np.isfinite(v))
-        if bad.size:
-            raise ValueError(f"group {int(bad[0]) // m}: {name} {v[bad[0]]} is not finite")
-    bad = np.flatnonzero(c < 0)
-    if bad.size:
-        raise ValueError(f"group {int(bad[0]) // m}: cost {c[bad[0]]} is negative")
+    group_of = lambda i: int(i) // m
+    _check_gains_costs(g, c, group_of)
     mem = None
     if memory is not None:
         mem = np.ascontiguousarray(memory, dtype=np.float64).reshape(-1)
-        bad = np.flatnonzero(~np.isfinite(mem) | (mem < 0))
-        if bad.size:
-            raise ValueError(f"group {int(bad[0]) // m}: memory values must be finite and >= 0")
+        _check_memory(mem, group_of)
     return offsets, g, c, mem
 
 
