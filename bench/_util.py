@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import platform
+import random
 import statistics
 import time
 from typing import Callable, Sequence
@@ -36,3 +37,13 @@ def print_table(header: Sequence[str], rows: Sequence[Sequence], fmt: Sequence[s
     print(" ".join(h.rjust(w) for h, w in zip(header, widths)))
     for row in rows:
         print(" ".join(format(v, f).rjust(w) for v, f, w in zip(row, fmt, widths)))
+
+
+def random_plans(layers, candidates, n: int, seed: int = 0) -> list[dict]:
+    """``n`` random plans: each puts 5–50% of ``layers``, chosen at random, each on a random candidate."""
+    rng = random.Random(seed)
+    plans = []
+    for _ in range(n):
+        k = rng.randint(max(1, len(layers) // 20), len(layers) // 2)
+        plans.append({l: rng.choice(candidates) for l in rng.sample(list(layers), k)})
+    return plans

@@ -13,7 +13,6 @@ calibration text.
 from __future__ import annotations
 
 import argparse
-import random
 import time
 
 import numpy as np
@@ -24,7 +23,7 @@ from mpq.calibration import calibrate
 from mpq.data import lm_batches, spread_windows, token_windows, tokenize
 from mpq.demo_run import RunSettings, demo_text, load_model, per_sample_losses
 
-from _util import machine_line
+from _util import machine_line, random_plans
 from fidelity import spearman
 
 
@@ -57,11 +56,7 @@ def main(argv=None):
         tables[name] = calibrate(model, lm_batches(w, args.batch_size), cands, progress=False)
         print(f"# calibration on the {name} {args.cal} windows: {time.perf_counter() - t0:.0f} s", flush=True)
     layers = tables["first"].layers
-    rng = random.Random(args.seed)
-    plans = []
-    for _ in range(args.plans):  # 5-50% of the layers, each on a random candidate
-        k = rng.randint(max(1, len(layers) // 20), len(layers) // 2)
-        plans.append({l: rng.choice(cands) for l in rng.sample(layers, k)})
+    plans = random_plans(layers, cands, args.plans, args.seed)
     base = {"held": per_sample_losses(model, held, args.batch_size)}
     base.update({n: per_sample_losses(model, w, args.batch_size) for n, w in cal.items()})
     rows = []

@@ -14,7 +14,6 @@ measured/predicted ratio, and the calibration's seconds (measured once at N_max,
 from __future__ import annotations
 
 import argparse
-import random
 import time
 
 import numpy as np
@@ -26,7 +25,7 @@ from mpq.calibration import calibrate
 from mpq.data import lm_batches, token_windows, tokenize
 from mpq.demo_run import RunSettings, demo_text, load_model, per_sample_losses
 
-from _util import machine_line
+from _util import machine_line, random_plans
 from fidelity import spearman
 
 
@@ -56,11 +55,7 @@ def main(argv=None):
     t0 = time.perf_counter()
     table = calibrate(model, lm_batches(cal, args.batch_size), cands, progress=False)
     cal_s = time.perf_counter() - t0
-    rng = random.Random(args.seed)
-    plans = []
-    for _ in range(args.plans):  # 5-50% of the layers, each on a random candidate
-        k = rng.randint(max(1, len(table.layers) // 20), len(table.layers) // 2)
-        plans.append({l: rng.choice(cands) for l in rng.sample(table.layers, k)})
+    plans = random_plans(table.layers, cands, args.plans, args.seed)
     base = [per_sample_losses(model, h, args.batch_size) for h in held]
     measured = [[], []]
     for plan in plans:
