@@ -107,7 +107,7 @@ def verified_select(solve: Callable[[float], object], budget: float, verifier: V
         raise ValueError(f"verify_rounds must be >= 1, got {max_rounds}")
     warnings = _overlap_warnings(verifier, calibration_fingerprint)
     base = verifier.losses(verifier.model)
-    tried = []  # (additive budget, plan, measured, stderr, holds, Measurement)
+    tried = []  # (additive budget, plan, Measurement, holds)
     held, failed = None, None
     b = budget
     for _ in range(max_rounds):
@@ -116,10 +116,9 @@ def verified_select(solve: Callable[[float], object], budget: float, verifier: V
         except ValueError:  # tightened below what the pinned layers alone cost: no plan there
             break
         m = measure(verifier, base, plan)
-        mse, se = m.mse, m.stderr
-        value = mse + 2 * se if bound == "upper" and math.isfinite(se) else mse
+        value = m.mse + 2 * m.stderr if bound == "upper" and math.isfinite(m.stderr) else m.mse
         holds = value <= budget
-        tried.append((b, plan, mse, se, holds, m))
+        tried.append((b, plan, m, holds))
         if holds:
             held = b if held is None else max(held, b)
         else:
@@ -133,21 +132,21 @@ def verified_select(solve: Callable[[float], object], budget: float, verifier: V
             b = math.sqrt(held * failed) if held > 0 else failed / 4
         if failed is not None and held is not None and failed / max(held, 1e-300) < 1.02:
             break
-    ok = [t for t in tried if t[4] and t[1].quantized] or [t for t in tried[:1] if not t[1].quantized]
+    ok = [t for t in tried if t[3] and t[1].quantized] or [t for t in tried[:1] if not t[1].quantized]
     if not ok:  # the solve quantized layers, and every tightening that still did broke the budget
         quantized = [t for t in tried if t[1].quantized]
-        least = (f"the least loss MSE a quantized plan measured was {min(t[2] for t in quantized):.4g}: raise the "
-                 f"budget to at least that" if quantized else "the tightened budgets left no layer quantized")
+        least = (f"the least loss MSE a quantized plan measured was {min(t[2].mse for t in quantized):.4g}: raise "
+                 f"the budget to at least that" if quantized else "the tightened budgets left no layer quantized")
         raise ValueError(f"no quantized plan measured within the loss budget {budget:.4g} in {len(tried)} rounds "
                          f"(bound {bound!r}); {least}, or select without verify")
-    best = max(ok, key=lambda t: (t[1].predicted_gain, -t[2]))
-    b, plan, _, _, _, m = best
-    if m.warning():
-        warnings = warnings + [m.warning()]
+    b, plan, m, _ = max(ok, key=lambda t: (t[1].predicted_gain, -t[2].mse))
+    concentrated = m.warning()
+    if concentrated:
+        warnings = warnings + [concentrated]
     verification = {**m.fields(), "samples": int(base.numel()),
                     "rounds": len(tried), "additive_budget": b, "budget": budget, "bound": bound,
-                    "tried": [{"additive_budget": t[0], "measured_loss_mse": t[2], "stderr": t[3], "holds": t[4],
-                               "layers_quantized": len(t[1].quantized)} for t in tried]}
+                    "tried": [{"additive_budget": t[0], "measured_loss_mse": t[2].mse, "stderr": t[2].stderr,
+                               "holds": t[3], "layers_quantized": len(t[1].quantized)} for t in tried]}
     if warnings:
         verification["warnings"] = warnings
     return _with_verification(plan, verification)
@@ -162,7 +161,8 @@ def measured_front(plans, verifier: Verifier, calibration_fingerprint: str = "")
         m = measure(verifier, base, plan)
         v = {**m.fields(), "samples": int(base.numel()), "rounds": 1,
              "budget": plan.objective.get("value"), "holds": m.mse <= plan.objective.get("value", math.inf)}
-        point_warnings = warnings + ([m.warning()] if m.warning() else [])
+        concentrated = m.warning()
+        point_warnings = warnings + ([concentrated] if concentrated else [])
         if point_warnings:
             v["warnings"] = point_warnings
         out.append(_with_verification(plan, v))
