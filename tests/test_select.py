@@ -259,7 +259,8 @@ def test_an_average_bits_limit_is_the_byte_limit_it_stands_for():
         assert plan.mapping == same.mapping != free.mapping and avg_bits(ebops, plan.mapping) <= bits + 1e-9
         assert plan.objective["max_avg_bits"] == bits
         front = pareto(table, ebops, [budget / 2, budget], max_avg_bits=bits)
-        assert front and all(avg_bits(ebops, p.mapping) <= bits + 1e-9 for p in front)
+        assert front and all(avg_bits(ebops, p.mapping) <= bits + 1e-9 and p.objective["max_avg_bits"] == bits
+                             for p in front)
     with pytest.raises(ValueError, match="not both"):
         select(table, gains, max_loss_mse=budget, max_avg_bits=8.0, max_memory=1e6)
     with pytest.raises(ValueError, match="positive number of bits"):

@@ -105,7 +105,8 @@ def pareto(table: SensitivityTable, gains: GainTable, budgets: Optional[Sequence
         if sol.status == "infeasible":
             continue
         plans.append(problem.plan(sol, {"kind": "max_loss_mse", "value": b,
-                                        **({"max_memory": max_memory} if max_memory is not None else {})}))
+                                        **({"max_memory": max_memory} if max_memory is not None else {}),
+                                        **({"max_avg_bits": max_avg_bits} if max_avg_bits is not None else {})}))
     if verify is not None:
         from .measured import Verifier, measured_front
         plans = measured_front(plans, Verifier.of(verify, table.quantized_weights), table.data_fingerprint)
