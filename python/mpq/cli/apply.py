@@ -45,9 +45,10 @@ def register(sub) -> None:
     p.set_defaults(func=main)
 
 
-def load_plan(path: str, index: Optional[int] = None):
+def load_plan(path: str, index: Optional[int] = None, need_scales: bool = True):
     """A Plan from a plan file, plan ``index`` of a Pareto front file, or a bare {layer: candidate} mapping, its
-    candidates checked (before the model is loaded). @raises ValueError naming what is wrong."""
+    candidates checked (before the model is loaded); ``need_scales``: static candidates must carry their calibrated
+    scale (not for INC, which takes them from its measurements). @raises ValueError naming what is wrong."""
     from ..artifacts.io import read_json
     from ..artifacts.plan import Plan
     from ..candidates import get_candidate
@@ -60,7 +61,7 @@ def load_plan(path: str, index: Optional[int] = None):
     else:
         raise ValueError(f"{path}: neither a plan file (mpq select) nor a JSON object {{layer: candidate}}")
     for layer, cname in plan.quantized.items():
-        if get_candidate(cname).act_static and layer not in plan.act_scales:
+        if need_scales and get_candidate(cname).act_static and layer not in plan.act_scales:
             raise ValueError(f"{path}: layer {layer!r}: candidate {cname!r} needs a calibrated activation scale "
                              "and the plan has none (plans from mpq select carry them; a bare mapping cannot)")
     return plan
@@ -70,7 +71,7 @@ def main(args) -> int:
     check_positive(args, "seq_len", "repeats", "samples")
     if (args.save is None) != (args.format is None):
         raise ValueError("--save FOLDER and --format F go together")
-    plan = load_plan(args.plan, args.index) if args.format != "inc" else _load_inc_plan(args.plan, args.index)
+    plan = load_plan(args.plan, args.index, need_scales=args.format != "inc")
     if args.save:
         return save(args, plan)
     text = None if args.random else read_text(args)
@@ -102,17 +103,6 @@ def main(args) -> int:
     print(f"base {base * 1e3:.2f} ms  plan {cand * 1e3:.2f} ms  gain {(base - cand) * 1e3:+.2f} ms  "
           f"max |logit diff| {diff:.4g}")
     return 0
-
-
-def _load_inc_plan(path: str, index: Optional[int]):
-    """A plan for INC, whose static candidates take their scales from the measurements, not from the plan."""
-    from ..artifacts.io import read_json
-    from ..artifacts.plan import Plan
-    d = read_json(path, "plan")
-    if isinstance(d, dict) and "format" not in d and index is None and all(
-            isinstance(k, str) and isinstance(v, str) for k, v in d.items()):
-        return Plan(d, float("nan"), float("nan"))
-    return Plan.from_json(d, source=path, index=index)
 
 
 def save(args, plan) -> int:
