@@ -271,6 +271,23 @@ def test_unknown_candidates_fail_before_the_model_is_loaded(argv):
     one_error(cli(*argv, "--candidates", "int8,int7"), 2, argv[0], "'int7'")
 
 
+@pytest.mark.parametrize("device,names", [("gpu7", ["'gpu7'", "not a device"]), ("meta", ["'meta'", "meta"])]
+                         + ([] if __import__("torch").cuda.is_available() else [("cuda", ["'cuda'", "no cuda"])]))
+def test_calibrate_names_a_device_it_cannot_run_on_before_loading_the_model(device, names, tmp_path):
+    one_error(cli("calibrate", "no-such-model", "-o", tmp_path / "s.npz", "--device", device), 2, "calibrate",
+              *names)
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
+def test_calibrate_on_cuda_writes_the_table_of_the_cpu(lm, text, tmp_path):
+    runs = {d: cli("calibrate", lm, "--text", text, *SMALL, "--samples", 2, "--quiet", "--device", d,
+                   "-o", tmp_path / f"{d}.npz") for d in ("cpu", "cuda")}
+    assert all(code == 0 for code, _, _ in runs.values()), runs
+    cpu, gpu = (SensitivityTable.load(tmp_path / f"{d}.npz") for d in ("cpu", "cuda"))
+    assert cpu.data_fingerprint == gpu.data_fingerprint
+    assert abs(gpu.mse - cpu.mse).max() <= 1e-3 * abs(cpu.mse).max()
+
+
 def test_a_missing_model_is_named(tmp_path):
     one_error(cli("profile", tmp_path / "nothing", "-o", tmp_path / "g.npz"), 2, "profile", "nothing")
 

@@ -67,6 +67,38 @@ def read_text(args) -> str:
     return demo_text(DEMO_TEXT)
 
 
+def add_device(p) -> None:
+    p.add_argument("--device", default="cpu", metavar="DEVICE",
+                   help="where the model runs: cpu (default), cuda, cuda:N, hpu; under torchrun a bare cuda or "
+                        "hpu means each rank's own card (LOCAL_RANK)")
+
+
+def resolve_device(spec: str):
+    """The torch.device of ``--device``, checked before any model is loaded: a bare ``cuda``/``hpu`` under a
+    launcher (LOCAL_RANK set) is that rank's card. @raises ValueError naming a device this machine does not have."""
+    import torch
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"--device {spec!r} is not a device (cpu, cuda, cuda:N or hpu)") from None
+    if device.type == "cpu":
+        return device
+    if device.type not in ("cuda", "hpu"):
+        raise ValueError(f"--device {spec!r}: mpq calibrates on cpu, cuda or hpu, not {device.type}")
+    backend = getattr(torch, device.type, None)
+    count = backend.device_count() if backend is not None and backend.is_available() else 0
+    if not count:
+        raise ValueError(f"--device {spec!r}: this machine has no {device.type} device"
+                         + (" (this torch has no CUDA)" if device.type == "cuda" and torch.version.cuda is None
+                            else ""))
+    index = device.index
+    if index is None and "LOCAL_RANK" in os.environ:
+        index = int(os.environ["LOCAL_RANK"])
+    if index is not None and index >= count:
+        raise ValueError(f"--device {spec!r}: {device.type}:{index} does not exist ({count} device(s))")
+    return torch.device(device.type, index if index is not None else 0)
+
+
 def check_positive(args, *names: str) -> None:
     for name in names:
         if getattr(args, name) <= 0:

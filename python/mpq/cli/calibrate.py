@@ -2,13 +2,15 @@
 prints the per-layer table (also for a saved table: ``mpq calibrate --table T.npz --report``).
 
 Under ``torchrun --nproc_per_node R -m mpq calibrate ...`` the R processes share the samples (torch.distributed,
-the default backend for the machine's devices) and rank 0 writes the table and the report."""
+the default backend for the machine's devices) and rank 0 writes the table and the report; with ``--device cuda``
+each rank runs on its own card (LOCAL_RANK) and the ranks exchange δ over NCCL."""
 from __future__ import annotations
 
 import argparse
 import sys
 
-from ._common import MODEL_HELP, add_candidates, add_text, check_positive, load_model, parse_candidates, read_text
+from ._common import (MODEL_HELP, add_candidates, add_device, add_text, check_positive, load_model, parse_candidates,
+                      read_text, resolve_device)
 
 
 def register(subparsers) -> None:
@@ -28,6 +30,7 @@ def register(subparsers) -> None:
     p.add_argument("--report", action="store_true", help="print the per-layer report")
     p.add_argument("--top", type=int, default=None, help="report only the N most sensitive layers")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    add_device(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--timeout", type=float, default=1800, metavar="SECONDS",
                    help="under torchrun: how long a rank waits for the others before every rank gives up "
@@ -49,6 +52,7 @@ def main(args) -> int:
     check_positive(args, "seq_len", "samples", "batch_size")
     candidates = parse_candidates(args.candidates)
     text = read_text(args)
+    device = resolve_device(args.device)
     import torch
 
     from .. import data
@@ -56,10 +60,13 @@ def main(args) -> int:
     from ..calibration.distributed import init_from_launcher
     if args.threads:
         torch.set_num_threads(args.threads)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL binds each rank to its current card
     joined = init_from_launcher(args.timeout)
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
     try:
         model, tok = load_model(args.model)
+        model.to(device)
         windows = data.token_windows(data.tokenize(tok, text), args.seq_len, args.samples, args.skip_tokens)
         table = calibrate(model, data.lm_batches(windows, args.batch_size), candidates, progress=not args.quiet)
     finally:
