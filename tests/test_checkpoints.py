@@ -93,7 +93,14 @@ def saved(tmp_path_factory):
     model = tiny_llama(2)
     plans = {"fp8": _plan(model, PLAN_FP8), "int8": _plan(model, PLAN_INT8), "ao": Plan(PLAN_AO, 0.0, 0.0)}
     formats = {"fp8": "compressed-tensors", "int8": "compressed-tensors", "ao": "torchao"}
+    before = {n: (p, p.detach().clone()) for n, p in model.named_parameters()}
+    kinds = {n: type(m) for n, m in model.named_modules()}
     folders = {k: mpq.save_quantized(model, plans[k], tmp / k, formats[k]) for k in plans}
+    # the writers quantize a copy that shares the model's tensors (no second copy of the weights): the model
+    # itself keeps its parameter objects, their values and its module types
+    assert {n: type(m) for n, m in model.named_modules()} == kinds
+    for n, p in model.named_parameters():
+        assert p is before[n][0] and type(p) is torch.nn.Parameter and torch.equal(p, before[n][1]), n
     g = torch.Generator().manual_seed(5)
     layers = {k: [n for n, c in plans[k].mapping.items() if c != "base"] for k in plans}
     modules = dict(model.named_modules())
@@ -106,6 +113,25 @@ def saved(tmp_path_factory):
                        env=dict(os.environ, PYTHONPATH=str(Path(mpq.__file__).resolve().parents[1])))
     assert r.returncode == 0, r.stderr[-3000:]
     return model, plans, folders, probes, torch.load(tmp / "loaded.pt")
+
+
+def test_writers_quantize_a_copy_that_shares_the_unplanned_weights(tmp_path, monkeypatch):
+    """No second copy of the model in memory: the model the library quantizes and saves holds the very storage of
+    every weight the plan leaves alone."""
+    pytest.importorskip("compressed_tensors")
+    transformers = pytest.importorskip("transformers")
+    model = tiny_llama(2)
+    seen = []
+    real = transformers.PreTrainedModel.save_pretrained
+    monkeypatch.setattr(transformers.PreTrainedModel, "save_pretrained",
+                        lambda self, *a, **k: (seen.append(self), real(self, *a, **k))[1])
+    mpq.save_quantized(model, _plan(model, PLAN_INT8), tmp_path / "ct", "compressed-tensors")
+    (saved_model,) = seen
+    assert saved_model is not model
+    copies = dict(saved_model.named_parameters())
+    for n, p in model.named_parameters():
+        if n.rsplit(".", 1)[0] not in PLAN_INT8:
+            assert copies[n].data_ptr() == p.data_ptr(), n
 
 
 def _fake(model, plan):

@@ -20,12 +20,11 @@ Fused layers (q/k/v, gate/up, the experts of an MoE block) must share one candid
 """
 from __future__ import annotations
 
-import copy
-
 import torch
 
 from ...candidates import Candidate
 from ...formats import compute_scales
+from ...models import copy_sharing_tensors
 from ..exporters import compressed_tensors_config
 
 FORMAT = "compressed-tensors"
@@ -56,7 +55,7 @@ def write(model, plan, layers: dict[str, Candidate], folder: str) -> None:
 
     config = compressed_tensors_config(plan)
     config["quantization_status"] = QuantizationStatus.FROZEN.value  # scales set below, weights not yet compressed
-    qmodel = copy.deepcopy(model)
+    qmodel = copy_sharing_tensors(model)  # the library swaps in new tensors: no second copy of the weights
     apply_quantization_config(qmodel, QuantizationConfig.model_validate(config), show_progress=False)
     modules = dict(qmodel.named_modules())
     claimed = {n for n, m in modules.items() if getattr(m, "quantization_scheme", None) is not None}

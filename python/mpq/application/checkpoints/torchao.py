@@ -7,12 +7,11 @@ machine (its FP8 needs a CUDA GPU of compute capability >= 8.9; its int4 needs t
 and so is a layer ``quantize_`` leaves untouched: nothing is written."""
 from __future__ import annotations
 
-import copy
-
 from torch import nn
 
 from ...artifacts.plan import Plan
 from ...candidates import Candidate
+from ...models import copy_sharing_tensors
 from ..exporters import TORCHAO_CONFIGS, torchao_config
 
 FORMAT = "torchao"
@@ -33,7 +32,7 @@ def write(model: nn.Module, plan: Plan, layers: dict[str, Candidate], folder: st
     by_cand: dict[str, list[str]] = {}
     for n, c in layers.items():
         by_cand.setdefault(c.name, []).append(n)
-    qmodel = copy.deepcopy(model)
+    qmodel = copy_sharing_tensors(model)  # the library swaps in new tensors: no second copy of the weights
     for cname, names in by_cand.items():  # one candidate at a time, so that a failure names its candidate
         try:
             quantize_(qmodel, _config({n: cname for n in names}), filter_fn=None)
@@ -49,9 +48,6 @@ def write(model: nn.Module, plan: Plan, layers: dict[str, Candidate], folder: st
     qmodel.config.quantization_config = quant
     qmodel.hf_quantizer = TorchAoHfQuantizer(quant)  # what from_pretrained sets: save_pretrained serializes by it
     qmodel.save_pretrained(folder)
-
-
-
 
 
 def _config(mapping: dict[str, str]):
