@@ -127,6 +127,21 @@ def test_calibrate_writes_a_table_of_the_default_candidates(chain):
     assert "model.layers.1.mlp.down_proj" in table.layers
 
 
+def test_calibrate_samples_windows_spread_over_the_text_unless_told_first(lm, text, tmp_path):
+    """The table's data fingerprint says which windows it saw: spread ones by default, the first ones on request."""
+    import torch
+    from mpq.calibration import fingerprint
+    tok = data.load_causal_lm(lm)[1]
+    ids = data.tokenize(tok, text.read_text(encoding="utf-8"))
+    for how, windows in (("spread", data.spread_windows(ids[5:], 16, 4)), ("first", data.token_windows(ids, 16, 4, 5))):
+        code, _, err = cli("calibrate", lm, "--text", text, *SMALL, "--samples", 4, "--batch-size", 2, "--quiet",
+                           "--skip-tokens", 5, "--windows", how, "-o", tmp_path / f"{how}.npz")
+        assert code == 0, err
+        expected = fingerprint(data.lm_batches(windows, 2))
+        assert SensitivityTable.load(tmp_path / f"{how}.npz").data_fingerprint == expected, how
+    assert not torch.equal(data.spread_windows(ids[5:], 16, 4), data.token_windows(ids, 16, 4, 5))
+
+
 def test_profile_times_the_default_candidates_on_the_cpu(chain):
     d, steps = chain
     code, out, err = steps["profile"]

@@ -114,7 +114,7 @@ def save(args, plan) -> int:
         from .. import data
         if text is None:
             raise ValueError("--format inc measures the calibration text: give --text or --shakespeare, not --random")
-        windows = data.token_windows(data.tokenize(tok, text), args.seq_len, args.samples)
+        windows = data.spread_windows(data.tokenize(tok, text), args.seq_len, args.samples)  # as mpq calibrate
         batches = data.lm_batches(windows, 4)
     folder = save_quantized(model, plan, args.save, args.format, batches=batches, tokenizer=tok)
     print(f"{args.format}: {folder} ({len(plan.quantized)} layers quantized)")

@@ -23,6 +23,9 @@ def register(subparsers) -> None:
     p.add_argument("--samples", type=int, default=16, help="number of samples (default 16)")
     p.add_argument("--batch-size", type=int, default=4, help="samples per batch (default 4)")
     p.add_argument("--skip-tokens", type=int, default=0, help="tokens to skip at the start of the text")
+    p.add_argument("--windows", choices=("spread", "first"), default="spread",
+                   help="spread: the samples spread evenly over the whole text (default; a text's first pages, a "
+                        "play's cast list, say little of the rest); first: consecutive samples from the start")
     p.add_argument("-o", "--output", help="where to save the table (.npz)")
     p.add_argument("--quantized-weights", help="where to save the integers of calibrated candidates (GPTQ, AWQ, "
                    "SmoothQuant; default: OUTPUT with .qweights.npz) for mpq apply --quantized-weights")
@@ -67,7 +70,9 @@ def main(args) -> int:
     try:
         model, tok = load_model(args.model)
         model.to(device)
-        windows = data.token_windows(data.tokenize(tok, text), args.seq_len, args.samples, args.skip_tokens)
+        ids = data.tokenize(tok, text)
+        windows = (data.spread_windows(ids[args.skip_tokens:], args.seq_len, args.samples) if args.windows == "spread"
+                   else data.token_windows(ids, args.seq_len, args.samples, args.skip_tokens))
         table = calibrate(model, data.lm_batches(windows, args.batch_size), candidates, progress=not args.quiet)
     finally:
         if joined:
