@@ -90,6 +90,15 @@ def test_tied_llama_counts_the_shared_tensor_once_as_covered():
     assert "Embedding" not in groups(cov)
 
 
+def test_two_parameter_objects_over_the_same_memory_are_one_tensor():
+    model = nn.Sequential(nn.Embedding(8, 4), nn.Linear(4, 8, bias=False))
+    model[1].weight = nn.Parameter(model[0].weight.detach())  # another object, the same bytes (as loaders tie)
+    assert model[1].weight is not model[0].weight
+    cov = mpq.model_coverage(model)
+    check_totals(cov, model)
+    assert (cov.covered_tensors, cov.total_tensors, cov.not_covered) == (1, 1, ())
+
+
 def test_mixed_dtypes_count_each_tensor_in_its_own_dtype():
     model = tiny_llama(layers=2)
     model.model.layers[0].to(torch.bfloat16)
@@ -205,6 +214,8 @@ def test_summary_line():
     assert cov.summary() == ("covered 97.1% of weight bytes (971 B of 1 kB; 211 of 274 tensors); not covered: "
                              "Embedding 28.3 MB (1), LlamaRMSNorm 1.23 kB (2); left out by layers=: Linear 512 B (1)")
     assert Coverage(1, 1, 9996, 2, 2, 10000).summary().startswith("covered >99.9% ")
+    assert Coverage(1, 1, 4, 2, 2, 10000).summary().startswith("covered <0.1% ")
+    assert Coverage(0, 0, 0, 2, 2, 10000).summary().startswith("covered 0.0% ")
     assert Coverage(1, 1, 10, 1, 1, 10).summary() == "covered 100.0% of weight bytes (10 B of 10 B; 1 of 1 tensors)"
     assert [format_bytes(n) for n in (0, 999, 1000, 999_499, 999_500, 28_349_999, 10 ** 13)] == [
         "0 B", "999 B", "1 kB", "999 kB", "1 MB", "28.3 MB", "10 TB"]

@@ -45,6 +45,7 @@ class Group:
 
 @dataclass(frozen=True)
 class Coverage:
+    """Covered and all parameters of a model (tensors, elements, bytes), and the groups holding the rest."""
     covered_tensors: int
     covered_params: int
     covered_bytes: int
@@ -64,8 +65,9 @@ class Coverage:
     def summary(self) -> str:
         """One line: "covered 97.1% of weight bytes (211 of 274 tensors); not covered: Embedding 28.3 MB (1), ..."."""
         pct = 100 * self.byte_share
-        # never round a gap away: 99.96% of the bytes is not "100.0%"
-        pct_txt = ">99.9" if pct < 100 and f"{pct:.1f}" == "100.0" else f"{pct:.1f}"
+        # never round a gap away: 99.96% of the bytes is not "100.0%", 0.04% is not "0.0%"
+        pct_txt = (">99.9" if pct < 100 and f"{pct:.1f}" == "100.0" else
+                   "<0.1" if pct > 0 and f"{pct:.1f}" == "0.0" else f"{pct:.1f}")
         parts = [f"covered {pct_txt}% of weight bytes ({format_bytes(self.covered_bytes)} of "
                  f"{format_bytes(self.total_bytes)}; {self.covered_tensors} of {self.total_tensors} tensors)"]
         for title, groups in (("not covered", self.not_covered), (f"left out {self.left_out_why}", self.left_out)):
@@ -177,28 +179,29 @@ def measure(model: nn.Module, layers: Iterable[str], quantizable: Iterable[str],
             k = _key(p)
             if k not in seen or RANK[standing] < RANK[seen[k][0]]:
                 seen[k] = (standing, gtype, mname, pname, p)
-    totals = {"covered": [0, 0, 0]}
-    groups: dict[tuple, dict] = {}
+    covered, total = [0, 0, 0], [0, 0, 0]   # tensors, elements, bytes
+    groups: dict[tuple, dict] = {}           # (standing, type) -> {"modules": {name: None}, "sums": [t, n, b]}
     unknown: dict[str, dict] = {}
-    all_t = [0, 0, 0]
     for standing, gtype, mname, pname, p in seen.values():
-        n, b = p.numel(), p.numel() * p.element_size()
-        for acc in (all_t, totals["covered"]) if standing == "covered" else (all_t,):
-            acc[0], acc[1], acc[2] = acc[0] + 1, acc[1] + n, acc[2] + b
+        add = (1, p.numel(), p.numel() * p.element_size())
+        sums = [total]
         if standing == "covered":
-            continue
-        g = groups.setdefault((standing, gtype), {"modules": {}, "t": 0, "n": 0, "b": 0})
-        g["modules"][mname] = None
-        g["t"], g["n"], g["b"] = g["t"] + 1, g["n"] + n, g["b"] + b
+            sums.append(covered)
+        else:
+            g = groups.setdefault((standing, gtype), {"modules": {}, "sums": [0, 0, 0]})
+            g["modules"][mname] = None
+            sums.append(g["sums"])
+        for acc in sums:
+            acc[:] = [a + x for a, x in zip(acc, add)]
         if (standing == "not_covered" and not gtype.endswith(" bias") and p.is_floating_point() and p.dim() >= 2
                 and not isinstance(modules[mname], known)):
             unknown.setdefault(mname, {})[pname] = tuple(p.shape)
 
     def made(standing):
-        gs = [Group(t, tuple(g["modules"]), g["t"], g["n"], g["b"]) for (s, t), g in groups.items() if s == standing]
+        gs = [Group(t, tuple(g["modules"]), *g["sums"]) for (s, t), g in groups.items() if s == standing]
         return tuple(sorted(gs, key=lambda g: (-g.bytes, g.type)))
 
-    cov = Coverage(*totals["covered"], *all_t, not_covered=made("not_covered"), left_out=made("left_out"),
+    cov = Coverage(*covered, *total, not_covered=made("not_covered"), left_out=made("left_out"),
                    unknown=unknown, left_out_why=left_out_why)
     if warn and unknown:
         named = [f"{m or '(model)'} ({type(modules[m]).__name__}: " +
