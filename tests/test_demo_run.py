@@ -33,6 +33,11 @@ def test_run_writes_its_artifacts_and_measures_the_phase(lm, tmp_path, phase, ca
     assert set(plan.implementations) == set(plan.quantized)
     assert [r["name"] for r in summary["results"]][:3] == ["base", "all int8", "chosen plan"]
     assert all(r["seconds"] > 0 for r in summary["results"])
+    # the report says which share of the weights the layers cover: printed, on the page, in summary.json
+    coverage = mpq.Coverage.from_dict(mpq.SensitivityTable.load(tmp_path / "out" / "sensitivity.npz").info["coverage"])
+    assert summary["coverage"] == coverage.to_dict() and coverage.summary().startswith("covered ")
+    assert coverage.summary() in capsys.readouterr().out
+    assert coverage.summary() in (tmp_path / "out" / "report.html").read_text()
 
 
 def test_auto_candidates_are_measured_and_printed(lm, tmp_path, capsys):

@@ -20,6 +20,7 @@ _LAZY = {
     "FORMATS": "formats", "fake_quantize": "formats",
     "CANDIDATES": "candidates", "Candidate": "candidates",
     "calibrate": "calibration", "causal_lm_loss": "calibration", "SensitivityTable": "artifacts",
+    "model_coverage": "calibration", "Coverage": "coverage",
     "partition": "partitioning", "Subgraph": "partitioning", "profile": "profiling", "GainTable": "artifacts",
     "apply": "application", "export": "application", "save_quantized": "application", "Plan": "artifacts",
     "select": "selection", "pareto": "selection",

@@ -11,6 +11,7 @@ from typing import Sequence
 import numpy as np
 
 from .artifacts.io import atomic_file, write_json
+from .coverage import Coverage
 
 
 def plot_front(front, results, baseline_seconds: float, path: Path, phase: str = "prefill") -> bool:
@@ -100,7 +101,11 @@ def write_report(out: Path, table, gains, plan, front, results, settings, second
     have_png = plot_front(front, results, gains.baseline_seconds, png, gains.phase)
     base = next(r for r in results if r.name == "base")
     text = format_results(results)
+    coverage = Coverage.from_dict(table.info["coverage"], "the sensitivity table's 'coverage'") \
+        if "coverage" in table.info else None
     print(plan.summary())
+    if coverage is not None:
+        print(coverage.summary())
     print("Pareto front (predicted):")
     print(f"{'#':>3} {'loss MSE':>10} {'gain s':>9} {'speedup':>8} {'layers q':>8}")
     for i, p in enumerate(front):
@@ -128,12 +133,14 @@ def write_report(out: Path, table, gains, plan, front, results, settings, second
         img = f'<img alt="Pareto front" src="data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()}">'
     else:
         img = "<p><i>matplotlib is not installed: no plot (pip install matplotlib).</i></p>"
+    coverage_html = f'<p class="note">{html.escape(coverage.summary())}</p>' if coverage is not None else ""
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>mpq run</title><style>
 body{{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}} table{{border-collapse:collapse;margin:1em 0}}
 td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:right}} th{{background:#f3f3f3}}
 td:first-child{{text-align:left}} img{{max-width:100%}} .note{{color:#555;font-size:13px}}</style></head><body>
 <h1>mpq: mixed-precision plan</h1>
 <p>{html.escape(plan.summary())}</p>
+{coverage_html}
 <p class="note">Candidates {', '.join(table.candidates)}; calibration {table.n_samples} sequences;
 timing backend {gains.backend} ({gains.phase}), baseline {1e3 * gains.baseline_seconds:.1f} ms predicted,
 {1e3 * base.seconds:.1f} ms measured end to end; loss budget RMSE {settings.max_loss_rmse} nats.
@@ -155,7 +162,7 @@ The whole run took {seconds:.0f} s.</p>
          "speedup": _finite(r.speedup),
          "loss_mse_stderr": _finite(r.loss_mse_stderr), "predicted_mse": _finite(r.predicted_mse),
          "predicted_gain": _finite(r.predicted_gain)} for r in results],
-        "seconds": seconds}
+        "seconds": seconds, "coverage": coverage.to_dict() if coverage is not None else None}
     write_json(out / "summary.json", summary)
     print(f"report: {out / 'report.html'}" + (f", plot: {png}" if have_png else ""))
     return summary

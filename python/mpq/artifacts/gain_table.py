@@ -18,7 +18,8 @@ fields and, per sub-graph, name/layers/ties/subset/note/baseline_seconds; arrays
 ``gain_<i>``, ``spread_<i>`` (float64 [K]), ``noisy_<i>`` (bool [K]), optional ``layer_bytes`` (float64
 [n_layers, n_candidates], bytes of each layer's weight in each candidate; NaN where not applicable) and
 ``layer_gain`` / ``layer_spread`` (float64 [n_layers, n_candidates]: each Linear timed alone, for the per-layer
-additive prediction) over ``layer_names``.
+additive prediction) over ``layer_names``. ``meta["coverage"]``: which parameters of the model the profiled layers
+cover (``mpq.coverage.Coverage.to_dict``).
 """
 from __future__ import annotations
 

@@ -4,7 +4,8 @@ and the per-sample first-order loss changes δ[n, l, c] behind it (design.md, "T
 File format ``mpq.SensitivityTable`` version 1 (an .npz written by ``mpq.artifacts.io``; no pickle):
   meta (JSON)     format, version, mpq (writer's version), layers [L names], candidates [C names], n_samples,
                   data_fingerprint (sha256 of the calibration batches), loss (description), model (class name),
-                  seconds, plus any extra ``info`` keys
+                  seconds, coverage (which parameters the layers cover: ``mpq.coverage.Coverage.to_dict``), plus
+                  any extra ``info`` keys
   mse             [L, C] float64  s[l, c]; +inf where the candidate cannot quantize the layer (group size)
   delta           [N, L, C] float64  δ[n, l, c] = weight part + activation part; NaN where not applicable
   delta_weight    [N, L, C] float64  the weight part ⟨∂ℓ_n/∂W, Q(W) − W⟩ alone

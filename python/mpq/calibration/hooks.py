@@ -40,6 +40,7 @@ from torch import nn
 
 from ..artifacts.sensitivity_table import SensitivityTable
 from ..candidates import Candidate, get_candidates
+from ..coverage import Coverage, measure
 from ..formats import compute_scales
 from ..models import batch_size, model_inputs, padding_mask, to_device, unpadded
 from ..quantizers import calibrated_weights
@@ -126,6 +127,16 @@ def quantizable_layers(model: nn.Module, layers: Optional[Iterable[str]] = None)
     if not found:
         raise ValueError(f"{type(model).__name__} has no quantizable layer (nn.Linear)")
     return found
+
+
+def model_coverage(model: nn.Module, layers: Optional[Iterable[str]] = None, *, warn: bool = True,
+                   left_out_why: str = "by layers=", stacklevel: int = 1) -> Coverage:
+    """Which parameters of ``model`` calibrating (or profiling) ``layers`` (default: every quantizable layer)
+    covers, by tensors and bytes, and which modules hold the rest (``mpq.coverage``); warns about unknown layouts
+    (attributed ``stacklevel`` frames up: 1 = the caller)."""
+    chosen = [n for n, _ in quantizable_layers(model, layers)]
+    return measure(model, chosen, [n for n, _ in quantizable_layers(model)], warn=warn, left_out_why=left_out_why,
+                   stacklevel=stacklevel + 1)
 
 
 class _Progress:
@@ -326,6 +337,7 @@ def calibrate(model: nn.Module, batches: Iterable, candidates=("fp8", "int8"),
     same arguments everywhere: each rank calibrates its share of the batches and every rank returns the table of
     all of them; a rank that differs, fails or dies makes every rank raise (naming it).
     A model dispatched by accelerate (``device_map``, CPU or disk offload) calibrates as the same model in one piece.
+    ``table.info["coverage"]``: which parameters of the model the table covers (``model_coverage``).
     @raises ValueError on an unknown candidate, an empty batch iterator, a model without ``nn.Linear``, a loss_fn
     that does not return [B] losses, or a NaN/Inf loss or gradient (naming the layer and the batch).
     """
@@ -347,6 +359,7 @@ def _calibrate(model, batches, candidates, loss_fn, progress, layers, ranks: Ran
     data_fingerprint = fingerprint(batches)
     ranks.check_same(lambda: describe(model, named, cands, sizes, data_fingerprint, loss_name))
     shard = ranks.shard(batches)
+    coverage = model_coverage(model, [n for n, _ in named], stacklevel=3)  # before any work: its warning first
     params = list(model.parameters())
     device = input_device(model)
     L, C = len(named), len(cands)
@@ -437,7 +450,7 @@ def _calibrate(model, batches, candidates, loss_fn, progress, layers, ranks: Ran
                          "select quantize everything at a predicted loss of 0")
     flat = [name for (name, _), zero in zip(named, ~measured.any(axis=(0, 2))) if zero]
     info = dict(model=type(model).__name__, loss=loss_name, seconds=time.perf_counter() - t0,
-                layer_shapes=[list(m.weight.shape) for _, m in named])
+                layer_shapes=[list(m.weight.shape) for _, m in named], coverage=coverage.to_dict())
     if ranks.distributed:
         info["ranks"] = ranks.size
     if unavailable:  # said in the table: which candidate cannot run which layer, and why

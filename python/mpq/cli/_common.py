@@ -151,3 +151,11 @@ def add_solver(p) -> None:
     p.add_argument("--solver", default=SOLVERS[0], choices=SOLVERS + tuple(SOLVER_ALIASES),
                    help=f"{', '.join(SOLVERS)} (default {SOLVERS[0]}; "
                    + ", ".join(f"{a} = {s}" for a, s in SOLVER_ALIASES.items()) + ")")
+
+
+def coverage_line(info, where: str):
+    """The one-line summary of the parameters an artifact covers (``info["coverage"]``, written by calibrate and
+    profile); None for a file written before mpq recorded it. @raises ValueError naming ``where`` if malformed."""
+    from ..coverage import Coverage
+    record = info.get("coverage")
+    return None if record is None else Coverage.from_dict(record, f"{where}: 'coverage'").summary()

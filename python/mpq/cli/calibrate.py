@@ -1,16 +1,17 @@
 """``mpq calibrate MODEL``: per-layer sensitivity of a causal LM on text, saved as a SensitivityTable; ``--report``
-prints the per-layer table (also for a saved table: ``mpq calibrate --table T.npz --report``).
+prints the per-layer table (also for a saved table: ``mpq calibrate --table T.npz --report``). The share of the
+model's weights the table covers (and the modules holding the rest) is printed on stderr.
 
 Under ``torchrun --nproc_per_node R -m mpq calibrate ...`` the R processes share the samples (torch.distributed,
 the default backend for the machine's devices) and rank 0 writes the table and the report; with ``--device cuda``
-each rank runs on its own card (LOCAL_RANK) and the ranks exchange δ over NCCL."""
+each rank runs on its own card (LOCAL_RANK) and the ranks exchange δ over the group's CUDA backend (NCCL)."""
 from __future__ import annotations
 
 import argparse
 import sys
 
-from ._common import (MODEL_HELP, add_candidates, add_device, add_text, check_positive, load_model, parse_candidates,
-                      read_text, resolve_device)
+from ._common import (MODEL_HELP, add_candidates, add_device, add_text, check_positive, coverage_line, load_model,
+                      parse_candidates, read_text, resolve_device)
 
 
 def register(subparsers) -> None:
@@ -46,7 +47,11 @@ def main(args) -> int:
     if args.table:
         if args.model:
             raise ValueError("give either a model to calibrate or --table to report, not both")
-        print(SensitivityTable.load(args.table).report(args.top))
+        table = SensitivityTable.load(args.table)
+        line = coverage_line(table.info, args.table)
+        if line:
+            print(line, file=sys.stderr)
+        print(table.report(args.top))
         return 0
     if not args.model:
         raise ValueError("a model is needed (or --table to report a saved table)")
@@ -79,6 +84,7 @@ def main(args) -> int:
             torch.distributed.destroy_process_group()
     if rank != 0:
         return 0  # every rank holds the same table: rank 0 alone writes it
+    print(coverage_line(table.info, "the table"), file=sys.stderr)
     if args.output:
         table.save(args.output)
         print(f"saved {table!r} to {args.output}", file=sys.stderr)

@@ -1,4 +1,5 @@
-"""``mpq profile MODEL -o GAINS.npz``: partition a causal LM and write its GainTable (.npz), printing its summary.
+"""``mpq profile MODEL -o GAINS.npz``: partition a causal LM and write its GainTable (.npz), printing its summary
+and the share of the model's weights its layers cover.
 
 The example input is the first ``--seq-len`` tokens of the text (``--text FILE...``, ``--shakespeare NAME...``,
 by default the Shakespeare text shipped with mpq), or random token ids with ``--random``. Exit code 0; 2 with a
@@ -7,8 +8,8 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import MODEL_HELP, add_candidates, add_text, check_positive, example_ids, load_model, \
-    parse_candidates, read_text
+from ._common import MODEL_HELP, add_candidates, add_text, check_positive, coverage_line, example_ids, \
+    load_model, parse_candidates, read_text
 
 BACKENDS = ("cpu", "cuda", "hpu", "macs", "memory", "ebops")  # mpq.profiling.backends.BACKENDS, without importing torch
 
@@ -42,5 +43,6 @@ def main(args) -> int:
                     max_configs=args.max_configs, per_layer=not args.no_per_layer, device=args.device)
     table.save(args.output)
     print(table.summary())
+    print(coverage_line(table.meta, "the gain table"))
     print(f"wrote {args.output}")
     return 0

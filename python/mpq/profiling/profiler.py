@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..artifacts.gain_table import GainTable, SubgraphGains
+from ..calibration.hooks import model_coverage
 from ..candidates import BASE, get_candidate, get_candidates
 from ..formats import compute_scales
 from ..models import hf_kwargs, is_hf, run_example, split_example
@@ -214,6 +215,8 @@ def profile(model: nn.Module, example_input, candidates: Sequence[str] = ("int8"
             if not isinstance(named.get(l), nn.Linear):
                 raise ValueError(f"sub-graph {sg.name!r}: layer {l!r} is not an nn.Linear of the model")
     layers = tuple(l for sg in subgraphs for l in sg.layers)
+    # of the model in its own dtypes, not of a backend's copy
+    coverage = model_coverage(model, dict.fromkeys(layers), left_out_why="of the sub-graphs", stacklevel=2)
     table_cands = (BASE,) + cand_names
 
     def applies(l, c):  # the candidate's grouping fits, and a kernel of the backend runs the layer's shape
@@ -252,7 +255,8 @@ def profile(model: nn.Module, example_input, candidates: Sequence[str] = ("int8"
                     processor=platform.processor(), repeats=repeats, warmup=warmup,
                     loadavg=list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
                     kernels={c: be.kernel(c) for c in cand_names},
-                    partition=sorted({sg.method for sg in subgraphs}), max_configs=max_configs, seed=seed)
+                    partition=sorted({sg.method for sg in subgraphs}), max_configs=max_configs, seed=seed,
+                    coverage=coverage.to_dict())
         lgain = lspread = None
         if be.timed:
             sgs, baseline, lgain, lspread, checks = _timed(be, work, run, subgraphs, configs, table_cands, inputs,
