@@ -21,6 +21,10 @@ non-padded tokens). How:
 Calibrated-weight candidates (GPTQ, AWQ, SmoothQuant: ``mpq.quantizers``) are solved first, once per (layer,
 candidate), from one pass of the unquantized model; their δ use the stored integers' real ΔW (and Q of x / s),
 and the table carries them (``table.quantized_weights``, saved on its own) for ``apply``.
+MoE experts: a stacked-experts module of a known layout runs, while calibrating, as one Linear pair per expert
+(``mpq.experts``; entries ``<experts>.<e>.gate_up_proj`` / ``.down_proj``) whose rows are the tokens routed to
+it; each row counts for its own sample (``calibration.experts``). Experts no calibration token reached, and
+expert modules of unknown layout (not calibrated), are warned about and listed in the table's info.
 Not covered: attention's two activation matmuls (Q·Kᵀ, P·V): transformers computes them in functions, not
 modules, so there is nothing to hook; only ``nn.Linear`` layers are calibrated.
 """
@@ -42,7 +46,9 @@ from ..artifacts.sensitivity_table import SensitivityTable
 from ..candidates import Candidate, get_candidates
 from ..formats import compute_scales
 from ..models import batch_size, model_inputs, padding_mask, to_device, unpadded
+from ..experts import routed_experts, routed_modules
 from ..quantizers import calibrated_weights
+from . import experts as routed
 from .devices import input_device, offloaded_weights_reloaded, weight_on
 from .distributed import Ranks, describe
 from .kernel import act_quant, delta_sums, weight_quant
@@ -159,6 +165,7 @@ class _Layer:
         # stored integers' real ΔW and, for SmoothQuant, Q applied to x / s
         self.calibrated = list(calibrated)
         self.stack = []
+        self.routing_owner = None  # the RoutedExperts of an expert GEMM: its rows are routed tokens
 
     def pre(self, module, args):
         if not args or not isinstance(args[0], torch.Tensor) or not args[0].is_floating_point():
@@ -182,9 +189,13 @@ class _Call:
 
     def __init__(self, layer: _Layer, x: torch.Tensor):
         self.layer, self.x = layer, x
+        owner = layer.routing_owner
+        self.row_samples = None if owner is None else routed.row_samples(owner, layer)
 
     def _samples(self, t: torch.Tensor, what: str):
         B = self.layer.run.batch_samples
+        if self.row_samples is not None:
+            return routed.by_sample(t, self.row_samples, B)
         if t.dim() < 2 or t.shape[0] != B:
             raise ValueError(f"layer {self.layer.name}: {what} of shape {tuple(t.shape)} does not start with the "
                              f"batch's {B} samples (batch-first layouts only)")
@@ -240,8 +251,11 @@ class _Call:
             L.run.add(L.index, [j], res, weight=False)
         if not L.a_quants:
             return None
-        res = delta_sums(x2.reshape(-1, x2.shape[-1]), g2.reshape(-1, g2.shape[-1]), L.a_quants, rows)
-        res = res.reshape(B, len(L.a_quants)).cpu()
+        if self.row_samples is not None:  # Q over the expert's real rows, each row's sum to its sample
+            res = routed.act_delta(x.float(), gx.detach().float(), L.a_quants, self.row_samples, B).cpu()
+        else:
+            res = delta_sums(x2.reshape(-1, x2.shape[-1]), g2.reshape(-1, g2.shape[-1]), L.a_quants, rows)
+            res = res.reshape(B, len(L.a_quants)).cpu()
         self._check(res, "activation sensitivity")
         L.run.add(L.index, L.a_idx, res, weight=False)
         return None
@@ -254,6 +268,8 @@ class _Run:
         self.batch_index = -1
         self.batch_samples = 0
         self.delta = self.delta_w = None
+        self.mask = None  # the batch's padding mask (expert rows count unpadded tokens)
+        self.routed_tokens = {}  # expert GEMM index -> calibration tokens it received
 
     def start(self, index, samples):
         self.batch_index, self.batch_samples = index, samples
@@ -267,7 +283,7 @@ class _Run:
             self.delta_w[:, layer, idx] += v
 
 
-def _static_scales(model, layers, batches, cands, device, ranks: Ranks):
+def _static_scales(model, layers, batches, cands, device, ranks: Ranks, owners=None):
     """Per layer and static candidate: the per-tensor activation (scale, zero_point) from the range of the finite
     values the layer sees over all calibration batches (padded tokens excluded; every rank's batches)."""
     lo = [math.inf] * len(layers)
@@ -275,9 +291,11 @@ def _static_scales(model, layers, batches, cands, device, ranks: Ranks):
     state = {"mask": None}
 
     def make_hook(i):
+        owner = (owners or {}).get(i)
+
         def hook(module, args):
             x = args[0].detach()
-            x = unpadded(x, state["mask"])
+            x = unpadded(x, state["mask"]) if owner is None else routed.unpadded_rows(x, owner, state["mask"])
             if not x.numel():
                 return
             a, b = (float(v) for v in torch.aminmax(x))
@@ -330,13 +348,19 @@ def calibrate(model: nn.Module, batches: Iterable, candidates=("fp8", "int8"),
     that does not return [B] losses, or a NaN/Inf loss or gradient (naming the layer and the batch).
     """
     ranks = Ranks.current(input_device(model))
-    with ranks.failures_shared():
-        return _calibrate(model, batches, candidates, loss_fn, progress, layers, ranks)
+    with ranks.failures_shared(), routed_experts(model, warn=False) as unknown_experts:
+        return _calibrate(model, batches, candidates, loss_fn, progress, layers, ranks, unknown_experts)
 
 
-def _calibrate(model, batches, candidates, loss_fn, progress, layers, ranks: Ranks) -> SensitivityTable:
+def _calibrate(model, batches, candidates, loss_fn, progress, layers, ranks: Ranks,
+               unknown_experts) -> SensitivityTable:
     cands: tuple[Candidate, ...] = get_candidates(candidates)
     named = quantizable_layers(model, layers)
+    experts_modules = routed_modules(model)
+    owner_of = {n: (p, m) for p, m in experts_modules.items() for n in m.entries(p)}
+    # expert GEMMs (layer index) -> their RoutedExperts, and the name of that experts module
+    owners = {i: owner_of[n][1] for i, (n, _) in enumerate(named) if n in owner_of}
+    owner_names = {i: owner_of[n][0] for i, (n, _) in enumerate(named) if n in owner_of}
     batches = list(batches)
     if not batches:
         raise ValueError("calibrate: the batch iterator is empty")
@@ -362,7 +386,8 @@ def _calibrate(model, batches, candidates, loss_fn, progress, layers, ranks: Ran
         for p in params:
             p.requires_grad_(False)
         static = [c for c in cands if c.act_static and not c.calibrated_weight]
-        scales = _static_scales(model, named, [b for _, b in shard], static, device, ranks) if static else {}
+        scales = (_static_scales(model, named, [b for _, b in shard], static, device, ranks, owners)
+                  if static else {})
         # every rank solves the calibrated candidates on all batches: the same integers everywhere, no exchange
         qweights, unavailable, sq_static = calibrated_weights(
             model, named, batches, cands, device,
@@ -394,6 +419,7 @@ def _calibrate(model, batches, candidates, loss_fn, progress, layers, ranks: Ran
                     a_idx.append(j)
                     a_q.append(_static_quant(c, sz) if c.act_static else act_quant(c))
             layer = _Layer(run, i, name, mod, w_idx, w_q, a_idx, a_q, pre)
+            layer.routing_owner = owners.get(i)
             handles.append(mod.register_forward_pre_hook(layer.pre))
             handles.append(mod.register_forward_hook(layer.post))
 
@@ -403,6 +429,7 @@ def _calibrate(model, batches, candidates, loss_fn, progress, layers, ranks: Ran
             for done, (bi, batch) in enumerate(shard):
                 batch = to_device(batch, device)
                 run.start(bi, batch_size(batch))
+                run.mask = padding_mask(batch)
                 args, kwargs = model_inputs(batch)
                 outputs = model(*args, **kwargs)
                 losses = loss_fn(outputs, batch)
@@ -435,9 +462,14 @@ def _calibrate(model, batches, candidates, loss_fn, progress, layers, ranks: Ran
         raise ValueError("every first-order loss change δ is zero: the losses do not depend on the layers (one-token "
                          "sequences, every label -100, or a loss of something else); a table of zeros would let "
                          "select quantize everything at a predicted loss of 0")
-    flat = [name for (name, _), zero in zip(named, ~measured.any(axis=(0, 2))) if zero]
+    expert_info, unrouted, expert_warning = routed.expert_info(named, owner_names, run.routed_tokens,
+                                                               unknown_experts)
+    if expert_warning:
+        warnings.warn(f"calibrate: {expert_warning}", stacklevel=3)
+    flat = [name for (name, _), zero in zip(named, ~measured.any(axis=(0, 2))) if zero and name not in unrouted]
     info = dict(model=type(model).__name__, loss=loss_name, seconds=time.perf_counter() - t0,
                 layer_shapes=[list(m.weight.shape) for _, m in named])
+    info.update(expert_info)
     if ranks.distributed:
         info["ranks"] = ranks.size
     if unavailable:  # said in the table: which candidate cannot run which layer, and why
