@@ -80,8 +80,17 @@ class RoutedExperts(nn.Module):
         # tokens routed to each expert in the forward passes since the last reset_counts()
         self.register_buffer("tokens_seen", torch.zeros(layout.num_experts, dtype=torch.int64), persistent=False)
 
+    def _expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
+        gemms, f = self.expert(e), self.functions
+        h = gemms.up()(x)
+        h = f._apply_gate(h) if self.layout.has_gate else f.act_fn(h)
+        h = gemms.down_proj(h)
+        return f.post_expert_norm(h) if self.layout.post_norm else h
+
     def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor):
-        E, f = self.layout.num_experts, self.functions
+        E = self.layout.num_experts
+        if torch.compiler.is_exporting():
+            return self._dense(hidden_states, top_k_index, top_k_weights)
         out = torch.zeros_like(hidden_states)
         with torch.no_grad():
             mask = nn.functional.one_hot(top_k_index, num_classes=E + 1).permute(2, 1, 0)  # [E+1, k, T]
@@ -93,16 +102,19 @@ class RoutedExperts(nn.Module):
                 slot, tok = torch.where(mask[e])
                 self.tokens_seen[e] += tok.numel()
                 self.routing = (tok, hidden_states.shape[0])
-                gemms = self.expert(e)
-                h = gemms.up()(hidden_states[tok])
-                h = f._apply_gate(h) if self.layout.has_gate else f.act_fn(h)
-                h = gemms.down_proj(h)
-                if self.layout.post_norm:
-                    h = f.post_expert_norm(h)
-                h = h * top_k_weights[tok, slot, None]
+                h = self._expert(e, hidden_states[tok]) * top_k_weights[tok, slot, None]
                 out.index_add_(0, tok, h.to(out.dtype))
         finally:
             self.routing = None
+        return out
+
+    def _dense(self, hidden_states, top_k_index, top_k_weights):
+        """Every expert on every token, weighted by its routing weight (0 where not routed): the same value
+        without data-dependent shapes, for torch.export (``mpq.partition`` reads the dataflow, not the cost)."""
+        out = torch.zeros_like(hidden_states)
+        for e in range(self.layout.num_experts):
+            w = (top_k_weights * (top_k_index == e)).sum(-1, keepdim=True)
+            out = out + (self._expert(e, hidden_states) * w).to(out.dtype)
         return out
 
     def expert(self, e: int) -> ExpertGemms:
