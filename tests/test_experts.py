@@ -183,3 +183,83 @@ def test_unknown_expert_layout_is_listed_not_guessed():
         not_covered["model.layers.0.mlp.input_linear"]
     assert not any(l.startswith(tuple(not_covered)) for l in table.layers)
     assert "experts" not in table.info  # nothing of it was taken as an expert entry
+
+
+def test_apply_fake_quantizes_the_experts_slice_and_leaves_the_rest():
+    model = tiny_qwen3_moe()
+    ids = padded_batch()["input_ids"]
+    mapping = {f"{EXPERTS}.2.gate_up_proj": "w8a16", f"{EXPERTS}.1.down_proj": "w8a16"}
+    q = mpq.apply(model, mapping)
+    ref = copy.deepcopy(model)  # the model's own experts with the two slices replaced by Q(W[e])
+    with torch.no_grad():
+        for entry in mapping:
+            e, gemm = int(entry.split(".")[-2]), entry.rsplit(".", 1)[1]
+            p = dict(ref.named_parameters())[f"{EXPERTS}.{gemm}"]
+            p[e] = CANDIDATES["w8a16"].quantize_weight(p[e])
+        got, want, orig = q(ids).logits, ref(ids).logits, model(ids).logits
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert (got - orig).abs().max() > 1e-4  # the quantization shows
+    assert not isinstance(model.get_submodule(EXPERTS), RoutedExperts)  # the input model is untouched
+    with torch.no_grad():  # nothing quantized: the model's own logits
+        base = mpq.apply(model, {f"{EXPERTS}.0.gate_up_proj": "base"})(ids).logits
+    torch.testing.assert_close(base, orig, rtol=1e-5, atol=1e-6)
+
+
+def test_apply_native_runs_the_expert_gemm_with_the_cpu_int8_kernel():
+    from mpq.application.cpu_kernels import implementations
+    if not implementations("int8"):
+        pytest.skip("no native CPU int8 kernel here")
+    model = tiny_qwen3_moe()
+    ids = padded_batch()["input_ids"]
+    mapping = {f"{EXPERTS}.{e}.{g}": "int8" for e in range(4) for g in ("gate_up_proj", "down_proj")}
+    native, fake = mpq.apply(model, mapping, mode="native"), mpq.apply(model, mapping, mode="fake")
+    assert type(native.get_submodule(f"{EXPERTS}.3.down_proj")).__name__ != "FakeQuantLinear"
+    with torch.no_grad():
+        torch.testing.assert_close(native(ids).logits, fake(ids).logits, rtol=1e-4, atol=1e-5)
+
+
+def test_partition_ties_the_experts_of_a_module_by_default():
+    model = tiny_qwen3_moe(layers=2)
+    ids = padded_batch()["input_ids"]
+    entries = [f"model.layers.1.mlp.experts.{e}.{g}" for e in range(4) for g in ("gate_up_proj", "down_proj")]
+    tied = {sg.name: sg for sg in mpq.partition(model, ids)}
+    sg = next(s for s in tied.values() if entries[0] in s.layers)
+    assert sg.method == "export" and set(sg.layers) == set(entries) and sg.ties == (tuple(entries),)
+    free = next(s for s in mpq.partition(model, ids, experts="per_expert") if entries[0] in s.layers)
+    assert free.ties == () and len(free.groups) == 8
+    with pytest.raises(ValueError, match="experts must be one of"):
+        mpq.partition(model, ids, experts="per_layer")
+
+
+def test_memory_counts_every_expert_macs_only_the_routed_tokens():
+    from mpq.profiling.backends import get_backend
+    model = tiny_qwen3_moe(experts=8, top_k=2)
+    ids = padded_batch()["input_ids"]
+    mem = mpq.profile(model, ids, candidates=("int8",), backend="memory")
+    macs = mpq.profile(model, ids, candidates=("int8",), backend="macs")
+    entries = [f"{EXPERTS}.{e}.{g}" for e in range(8) for g in ("gate_up_proj", "down_proj")]
+    shapes = mem.shapes["layers"]
+    # every token goes to 2 of the 8 experts: the up GEMMs together see 2·B·S rows (measured on the example)
+    assert sum(shapes[f"{EXPERTS}.{e}.gate_up_proj"][0] for e in range(8)) == 2 * ids.numel()
+    sg = next(s for s in mem.subgraphs if entries[0] in s.layers)
+    memory = get_backend("memory")
+    want = sum(memory.layer_cost(shapes[l], "base") - memory.layer_cost(shapes[l], "int8") for l in entries)
+    assert sg.gain[1] == pytest.approx(want) and want > 0  # all-int8 saves the bytes of all 8 experts
+    sg = next(s for s in macs.subgraphs if entries[0] in s.layers)
+    rates = {"base": 40e9, "int8": 80e9}  # cpu-avx2 table
+    want = sum(shapes[l][0] * shapes[l][1] * shapes[l][2] * (1 / rates["base"] - 1 / rates["int8"]) for l in entries)
+    assert sg.gain[1] == pytest.approx(want)
+    one = mpq.profile(model, ids, candidates=("int8",), backend="macs", phase="decode")  # one token per sample
+    assert sum(one.shapes["layers"][f"{EXPERTS}.{e}.gate_up_proj"][0] for e in range(8)) == 2 * ids.shape[0]
+
+
+def test_calibrate_profile_select_apply_with_experts():
+    model = tiny_qwen3_moe()
+    batch = padded_batch()
+    table = mpq.calibrate(model, [batch], ("int8",), progress=False)
+    gains = mpq.profile(model, batch["input_ids"], candidates=("int8",), backend="memory")
+    plan = mpq.select(table, gains, max_loss_mse=float(table.mse.sum()) * 10)
+    experts = {l: c for l, c in plan.mapping.items() if ".experts." in l}
+    assert len(experts) == 8 and len(set(experts.values())) == 1  # tied: one choice for the module
+    with torch.no_grad():
+        assert torch.isfinite(mpq.apply(model, plan)(batch["input_ids"]).logits).all()
