@@ -42,3 +42,15 @@ def tiny_jetmoe(layers=1):
     cfg = transformers.JetMoeConfig(vocab_size=64, hidden_size=32, num_hidden_layers=layers, num_key_value_heads=2,
                                     kv_channels=8, intermediate_size=16, num_local_experts=4, num_experts_per_tok=2)
     return _seeded(lambda: transformers.JetMoeForCausalLM(cfg))
+
+
+def tiny_switch(experts=4):
+    """A random SwitchTransformersForConditionalGeneration (vocab 64, d_model 32): its experts are a ModuleDict of
+    per-expert Linear pairs, called on the rows of the tokens routed to them (top-1 with capacity per sequence)."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.SwitchTransformersConfig(vocab_size=64, d_model=32, d_kv=8, d_ff=32, num_layers=2,
+                                                num_decoder_layers=1, num_heads=4, num_experts=experts,
+                                                expert_capacity=64, num_sparse_encoder_layers=1,
+                                                num_sparse_decoder_layers=1, decoder_start_token_id=0, pad_token_id=0)
+    torch.manual_seed(0)
+    return transformers.SwitchTransformersForConditionalGeneration(cfg).eval()

@@ -263,3 +263,58 @@ def test_calibrate_profile_select_apply_with_experts():
     assert len(experts) == 8 and len(set(experts.values())) == 1  # tied: one choice for the module
     with torch.no_grad():
         assert torch.isfinite(mpq.apply(model, plan)(batch["input_ids"]).logits).all()
+
+
+def seq2seq_loss(out, batch):
+    logits, labels = out.logits, batch["labels"]
+    ce = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                     reduction="none").view(labels.shape)
+    return ce.mean(1)
+
+
+def test_per_expert_linear_lists_get_each_samples_rows():
+    from _tiny_moe import tiny_switch
+    model = tiny_switch()
+    g = torch.Generator().manual_seed(3)
+    batch = {"input_ids": torch.randint(1, 64, (3, 8), generator=g),
+             "decoder_input_ids": torch.randint(1, 64, (3, 5), generator=g),
+             "labels": torch.randint(1, 64, (3, 5), generator=g)}
+    cands = ("fp8", "int8", "w8a16")
+    table = calib.calibrate(model, [batch], cands, seq2seq_loss, progress=False)
+    assert "per_sample_passes" in table.info
+    m64 = copy.deepcopy(model).double()
+    for r in m64.modules():  # the router and T5's layer norm compute in float32 otherwise
+        if type(r).__name__.endswith("Top1Router"):
+            r.dtype = torch.float64
+        if type(r).__name__.endswith("LayerNorm") and hasattr(r, "variance_epsilon"):
+            r.forward = (lambda n: lambda h: n.weight * h * torch.rsqrt(
+                h.pow(2).mean(-1, keepdim=True) + n.variance_epsilon))(r)
+    singles = [{k: v[n:n + 1] for k, v in batch.items()} for n in range(3)]
+    hit = [l for l in table.layers if ".experts." in l and np.abs(table.delta[:, table.index(l)]).max() > 0]
+    assert len(hit) >= 4
+    for entry in hit[:2] + hit[-2:]:
+        lin = dict(m64.named_modules())[entry]
+        w32 = dict(model.named_modules())[entry].weight.detach()
+        w0 = lin.weight.detach().clone()
+        for ci, cand in enumerate(cands):
+            c = CANDIDATES[cand]
+            dw = (weight_quant(c).apply(w32) - w32).double()
+            state = {"eps": 0.0}
+
+            def pre(module, args):
+                if c.act_format is None:
+                    return None
+                x32 = args[0].float().reshape(-1, args[0].shape[-1])
+                dx = (act_quant(c).apply(x32) - x32).double().reshape(args[0].shape)
+                return (args[0] + state["eps"] * dx,)
+            h = lin.register_forward_pre_hook(pre)
+
+            def loss(e, b):
+                state["eps"] = e
+                lin.weight.data.copy_(w0 + e * dw)
+                args, kwargs = model_inputs(b)
+                return seq2seq_loss(m64(*args, **kwargs), b).double()
+            want = np.concatenate([central(lambda e: loss(e, b), 1e-4) for b in singles])
+            h.remove()
+            lin.weight.data.copy_(w0)
+            close(table.delta[:, table.index(entry), ci], want, f"{entry}/{cand}")

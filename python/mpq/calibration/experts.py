@@ -91,3 +91,16 @@ def expert_info(named, owners, routed_tokens, unknown) -> tuple[dict, list, str]
         msgs.append(f"expert module(s) of unknown layout, not calibrated (info['experts_not_covered']): "
                     f"{list(unknown)[:4]}{' ...' if len(unknown) > 4 else ''}")
     return info, unrouted, "; ".join(msgs)
+
+
+def single_samples(batch, B: int) -> list:
+    """``batch`` as B batches of one sample: every tensor whose first dimension is the B samples is sliced."""
+    def cut(x, n):
+        if isinstance(x, torch.Tensor) and x.dim() and x.shape[0] == B:
+            return x[n:n + 1]
+        if isinstance(x, dict):
+            return {k: cut(v, n) for k, v in x.items()}
+        if isinstance(x, (tuple, list)):
+            return type(x)(cut(v, n) for v in x)
+        return x
+    return [cut(batch, n) for n in range(B)]

@@ -23,7 +23,8 @@ candidate), from one pass of the unquantized model; their δ use the stored inte
 and the table carries them (``table.quantized_weights``, saved on its own) for ``apply``.
 MoE experts: a stacked-experts module of a known layout runs, while calibrating, as one Linear pair per expert
 (``mpq.experts``; entries ``<experts>.<e>.gate_up_proj`` / ``.down_proj``) whose rows are the tokens routed to
-it; each row counts for its own sample (``calibration.experts``). Experts no calibration token reached, and
+it; each row counts for its own sample (``calibration.experts``). A model with per-expert Linear lists (whose
+rows only its own code routes) is calibrated one sample per forward pass, so that every row is that sample's. Experts no calibration token reached, and
 expert modules of unknown layout (not calibrated), are warned about and listed in the table's info.
 Not covered: attention's two activation matmuls (Q·Kᵀ, P·V): transformers computes them in functions, not
 modules, so there is nothing to hook; only ``nn.Linear`` layers are calibrated.
@@ -47,6 +48,7 @@ from ..candidates import Candidate, get_candidates
 from ..formats import compute_scales
 from ..models import batch_size, model_inputs, padding_mask, to_device, unpadded
 from ..experts import routed_experts, routed_modules
+from ..experts.layouts import linear_expert_lists
 from ..quantizers import calibrated_weights
 from . import experts as routed
 from .devices import input_device, offloaded_weights_reloaded, weight_on
@@ -166,6 +168,7 @@ class _Layer:
         self.calibrated = list(calibrated)
         self.stack = []
         self.routing_owner = None  # the RoutedExperts of an expert GEMM: its rows are routed tokens
+        self.one_sample_rows = False  # a Linear of a per-expert list: any rows, all of the pass's one sample
 
     def pre(self, module, args):
         if not args or not isinstance(args[0], torch.Tensor) or not args[0].is_floating_point():
@@ -196,6 +199,10 @@ class _Call:
         B = self.layer.run.batch_samples
         if self.row_samples is not None:
             return routed.by_sample(t, self.row_samples, B)
+        if self.layer.one_sample_rows:
+            if B != 1:
+                raise ValueError(f"layer {self.layer.name}: a per-expert Linear in a batch of {B} samples")
+            return t.reshape(1, -1, t.shape[-1])
         if t.dim() < 2 or t.shape[0] != B:
             raise ValueError(f"layer {self.layer.name}: {what} of shape {tuple(t.shape)} does not start with the "
                              f"batch's {B} samples (batch-first layouts only)")
@@ -361,6 +368,7 @@ def _calibrate(model, batches, candidates, loss_fn, progress, layers, ranks: Ran
     # expert GEMMs (layer index) -> their RoutedExperts, and the name of that experts module
     owners = {i: owner_of[n][1] for i, (n, _) in enumerate(named) if n in owner_of}
     owner_names = {i: owner_of[n][0] for i, (n, _) in enumerate(named) if n in owner_of}
+    listed = set(linear_expert_lists(model))
     batches = list(batches)
     if not batches:
         raise ValueError("calibrate: the batch iterator is empty")
@@ -420,27 +428,31 @@ def _calibrate(model, batches, candidates, loss_fn, progress, layers, ranks: Ran
                     a_q.append(_static_quant(c, sz) if c.act_static else act_quant(c))
             layer = _Layer(run, i, name, mod, w_idx, w_q, a_idx, a_q, pre)
             layer.routing_owner = owners.get(i)
+            layer.one_sample_rows = name in listed
             handles.append(mod.register_forward_pre_hook(layer.pre))
             handles.append(mod.register_forward_hook(layer.post))
 
         deltas, deltas_w = [], []
         bar = _Progress(len(shard), progress and ranks.rank == 0 and sys.stderr.isatty())
         with torch.enable_grad(), offloaded_weights_reloaded(model):  # keeps offloading's memory saving
-            for done, (bi, batch) in enumerate(shard):
-                batch = to_device(batch, device)
-                run.start(bi, batch_size(batch))
-                run.mask = padding_mask(batch)
-                args, kwargs = model_inputs(batch)
-                outputs = model(*args, **kwargs)
-                losses = loss_fn(outputs, batch)
-                _check_losses(losses, run.batch_samples, bi)
-                if not losses.requires_grad:
-                    raise ValueError(f"the losses of batch {bi} carry no gradient (computed under torch.no_grad, "
-                                     "detached, or constant): calibration needs ∂ℓ/∂Y of every layer")
-                losses.sum().backward()
-                run.calls.clear()
-                deltas.append(run.delta)
-                deltas_w.append(run.delta_w)
+            for done, (bi, whole) in enumerate(shard):
+                whole = to_device(whole, device)
+                # per-expert Linear lists: one pass per sample, so that every row a Linear gets is that sample's
+                for batch in routed.single_samples(whole, batch_size(whole)) if listed else [whole]:
+                    run.start(bi, batch_size(batch))
+                    run.mask = padding_mask(batch)
+                    args, kwargs = model_inputs(batch)
+                    outputs = model(*args, **kwargs)
+                    losses = loss_fn(outputs, batch)
+                    _check_losses(losses, run.batch_samples, bi)
+                    if not losses.requires_grad:
+                        raise ValueError(f"the losses of batch {bi} carry no gradient (computed under "
+                                         "torch.no_grad, detached, or constant): calibration needs ∂ℓ/∂Y of every "
+                                         "layer")
+                    losses.sum().backward()
+                    run.calls.clear()
+                    deltas.append(run.delta)
+                    deltas_w.append(run.delta_w)
                 bar.update(done + 1)
         empty = [np.zeros((0, L, C))]  # a rank with no batch (fewer batches than ranks)
         delta, delta_w = ranks.gather_samples((np.concatenate(deltas or empty), np.concatenate(deltas_w or empty)),
@@ -472,6 +484,8 @@ def _calibrate(model, batches, candidates, loss_fn, progress, layers, ranks: Ran
     info.update(expert_info)
     if ranks.distributed:
         info["ranks"] = ranks.size
+    if listed:
+        info["per_sample_passes"] = "per-expert Linear lists: one forward and backward pass per sample"
     if unavailable:  # said in the table: which candidate cannot run which layer, and why
         info["unavailable"] = {}
         for (i, j), why in sorted(unavailable.items()):

@@ -83,3 +83,14 @@ def expert_like(name: str, module: nn.Module) -> bool:
     """A module that says it holds experts and stores ≥ 3-D parameters itself (not a Linear list)."""
     said = "expert" in name.rpartition(".")[2].lower() or "expert" in type(module).__name__.lower()
     return said and any(p.dim() >= 3 for p in module.parameters(recurse=False))
+
+
+def linear_expert_lists(model) -> list[str]:
+    """Names of the ``nn.Linear`` modules inside per-expert lists: under an ``nn.ModuleList`` / ``nn.ModuleDict``
+    whose name or class says "expert" (SwitchTransformers' and NLLB-MoE's ``…Experts``, remote-code models'
+    ``experts = ModuleList([MLP, ...])``). Such a Linear is called on the rows of the tokens routed to it, in an
+    order only the model's code knows, so calibrate gives each sample its own forward pass (rows of one sample)."""
+    lists = [n for n, m in model.named_modules() if isinstance(m, (nn.ModuleList, nn.ModuleDict))
+             and ("expert" in n.rpartition(".")[2].lower() or "expert" in type(m).__name__.lower())]
+    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear)
+            and any(n.startswith(p + ".") for p in lists)]
