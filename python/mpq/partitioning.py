@@ -135,10 +135,16 @@ def partition(model: nn.Module, example_input, *, method: str = "auto", experts:
     @raises ValueError when the example does not run through the model or the model has no nn.Linear layer.
     """
     from .experts import routed_experts, routed_modules
-    from .experts.ties import tie_experts
+    from .experts.ties import EXPERT_CHOICES, expert_ties
+    if experts not in EXPERT_CHOICES:
+        raise ValueError(f"experts must be one of {EXPERT_CHOICES}, got {experts!r}")
     with routed_experts(model, warn=False):
         entries = {n: m.entries(n) for n, m in routed_modules(model).items()}
-        return tie_experts(_partition(model, example_input, method), entries, experts)
+        subgraphs = _partition(model, example_input, method)
+    if not entries:
+        return subgraphs
+    return [Subgraph(sg.name, sg.layers, _joined(expert_ties(sg.layers, sg.ties, entries, experts), sg.layers),
+                     sg.start, sg.method) for sg in subgraphs]
 
 
 def _partition(model: nn.Module, example_input, method: str) -> list[Subgraph]:

@@ -24,8 +24,9 @@ and the table carries them (``table.quantized_weights``, saved on its own) for `
 MoE experts: a stacked-experts module of a known layout runs, while calibrating, as one Linear pair per expert
 (``mpq.experts``; entries ``<experts>.<e>.gate_up_proj`` / ``.down_proj``) whose rows are the tokens routed to
 it; each row counts for its own sample (``calibration.experts``). A model with per-expert Linear lists (whose
-rows only its own code routes) is calibrated one sample per forward pass, so that every row is that sample's. Experts no calibration token reached, and
-expert modules of unknown layout (not calibrated), are warned about and listed in the table's info.
+rows only its own code routes) is calibrated one sample per forward pass, so that every row is that sample's.
+Experts no calibration token reached, and expert modules of unknown layout (not calibrated), are warned about and
+listed in the table's info.
 Not covered: attention's two activation matmuls (Q·Kᵀ, P·V): transformers computes them in functions, not
 modules, so there is nothing to hook; only ``nn.Linear`` layers are calibrated.
 """
@@ -346,7 +347,7 @@ def calibrate(model: nn.Module, batches: Iterable, candidates=("fp8", "int8"),
     model's input), or tuples (the first item is the input, the rest is for ``loss_fn``). The first dimension of
     every input is the sample.
     loss_fn(outputs, batch) → per-sample losses [B]; default: ``causal_lm_loss`` for Hugging Face causal LMs.
-    layers: names of the ``nn.Linear`` modules to calibrate (default: all).
+    layers: names of the ``nn.Linear`` modules to calibrate (default: all), expert GEMMs named as in the module doc.
     On every rank of an initialised torch.distributed process group (``mpq.calibration.distributed``), with the
     same arguments everywhere: each rank calibrates its share of the batches and every rank returns the table of
     all of them; a rank that differs, fails or dies makes every rank raise (naming it).
@@ -454,6 +455,7 @@ def _calibrate(model, batches, candidates, loss_fn, progress, layers, ranks: Ran
                     deltas.append(run.delta)
                     deltas_w.append(run.delta_w)
                 bar.update(done + 1)
+        routed_tokens = routed.tokens_over_ranks(ranks, run.routed_tokens, sorted(owners))
         empty = [np.zeros((0, L, C))]  # a rank with no batch (fewer batches than ranks)
         delta, delta_w = ranks.gather_samples((np.concatenate(deltas or empty), np.concatenate(deltas_w or empty)),
                                               sizes)
@@ -474,8 +476,7 @@ def _calibrate(model, batches, candidates, loss_fn, progress, layers, ranks: Ran
         raise ValueError("every first-order loss change δ is zero: the losses do not depend on the layers (one-token "
                          "sequences, every label -100, or a loss of something else); a table of zeros would let "
                          "select quantize everything at a predicted loss of 0")
-    expert_info, unrouted, expert_warning = routed.expert_info(named, owner_names, run.routed_tokens,
-                                                               unknown_experts)
+    expert_info, unrouted, expert_warning = routed.expert_info(named, owner_names, routed_tokens, unknown_experts)
     if expert_warning:
         warnings.warn(f"calibrate: {expert_warning}", stacklevel=3)
     flat = [name for (name, _), zero in zip(named, ~measured.any(axis=(0, 2))) if zero and name not in unrouted]

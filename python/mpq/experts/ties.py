@@ -9,28 +9,24 @@ traced densely) are dropped for expert entries, since each expert really reads o
 """
 from __future__ import annotations
 
-from ..partitioning import Subgraph, _joined
-
 EXPERT_CHOICES = ("tied", "per_expert")
 
 
-def tie_experts(subgraphs: list[Subgraph], entries_of: dict[str, list[str]], experts: str) -> list[Subgraph]:
-    """``subgraphs`` with the expert ties of ``experts`` ("tied" | "per_expert"); entries_of: {experts module:
-    its entry names}. The entries of one module must lie in one sub-graph (a routed module is one segment)."""
+def expert_ties(layers, ties, entries_of: dict[str, list[str]], experts: str) -> list[list[str]]:
+    """The tie groups of one sub-graph (``layers``, ``ties``) with the expert ties of ``experts`` ("tied" |
+    "per_expert"); entries_of: {experts module: its entry names}. The entries of one module must lie in one
+    sub-graph (a routed module is one segment). Groups that share a layer are joined by the caller."""
     if experts not in EXPERT_CHOICES:
         raise ValueError(f"experts must be one of {EXPERT_CHOICES}, got {experts!r}")
     owner = {n: m for m, names in entries_of.items() for n in names}
-    out = []
-    for sg in subgraphs:
-        groups = [[l for l in g if l not in owner] for g in sg.ties]  # expert entries leave same-input ties
-        groups = [g for g in groups if len(g) > 1]
-        if experts == "tied":
-            for m, names in entries_of.items():
-                inside = [n for n in names if n in sg.layers]
-                if inside and len(inside) != len(names):
-                    raise ValueError(f"partition: the experts of {m} lie in several sub-graphs; they cannot be "
-                                     f"tied (pass experts='per_expert')")
-                if len(inside) > 1:
-                    groups.append(inside)
-        out.append(Subgraph(sg.name, sg.layers, _joined(groups, sg.layers), sg.start, sg.method))
-    return out
+    groups = [[l for l in g if l not in owner] for g in ties]  # expert entries leave same-input ties
+    groups = [g for g in groups if len(g) > 1]
+    if experts == "tied":
+        for m, names in entries_of.items():
+            inside = [n for n in names if n in layers]
+            if inside and len(inside) != len(names):
+                raise ValueError(f"partition: the experts of {m} lie in several sub-graphs; they cannot be tied "
+                                 f"(pass experts='per_expert')")
+            if len(inside) > 1:
+                groups.append(inside)
+    return groups
