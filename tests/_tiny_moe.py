@@ -54,3 +54,15 @@ def tiny_switch(experts=4):
                                                 num_sparse_decoder_layers=1, decoder_start_token_id=0, pad_token_id=0)
     torch.manual_seed(0)
     return transformers.SwitchTransformersForConditionalGeneration(cfg).eval()
+
+
+def tiny_gpt_oss(layers=1):
+    """A random GptOssForCausalLM: transposed expert weights [E, in, out] with biases and an interleaved, clamped
+    gate (its own ``_apply_gate``)."""
+    transformers = pytest.importorskip("transformers")
+    if not hasattr(transformers, "GptOssForCausalLM"):
+        pytest.skip(f"transformers {transformers.__version__} has no GPT-OSS")
+    cfg = transformers.GptOssConfig(vocab_size=64, hidden_size=32, intermediate_size=16, num_hidden_layers=layers,
+                                    num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_local_experts=4,
+                                    num_experts_per_tok=2)
+    return _seeded(lambda: transformers.GptOssForCausalLM(cfg))

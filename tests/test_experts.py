@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _tiny_moe import tiny_jetmoe, tiny_mixtral, tiny_qwen3_moe  # noqa: E402
+from _tiny_moe import tiny_gpt_oss, tiny_jetmoe, tiny_mixtral, tiny_qwen3_moe  # noqa: E402
 
 import mpq  # noqa: E402
 import mpq.calibration as calib  # noqa: E402
@@ -52,6 +52,12 @@ def float64_reference(model):
     return m64
 
 
+def expert_weight(model, expert, gemm):
+    """Expert e's weight of one GEMM as [out, in], read from the model's own stacked parameter."""
+    w = dict(model.named_parameters())[f"{EXPERTS}.{gemm}"].detach()[expert]
+    return w.t() if model.get_submodule(EXPERTS).is_transposed else w
+
+
 def central(fn, eps):
     with torch.no_grad():
         return ((fn(eps) - fn(-eps)) / (2 * eps)).numpy()
@@ -61,8 +67,9 @@ def fd_stacked_weight(model, batch, expert, gemm, cand, eps=1e-4):
     """d/dε ℓ_n with the model's own stacked weight slice W[e] moved by ε·(Q(W[e]) − W[e]) (no mpq module)."""
     m64 = float64_reference(model)
     param = dict(m64.named_parameters())[f"{EXPERTS}.{gemm}"]
-    w = dict(model.named_parameters())[f"{EXPERTS}.{gemm}"].detach()[expert]
+    w = expert_weight(model, expert, gemm)
     dw = (weight_quant(CANDIDATES[cand]).apply(w) - w).double()
+    dw = dw.t() if model.get_submodule(EXPERTS).is_transposed else dw  # back to the stacked layout
     w0 = param.detach().clone()
 
     def loss(e):
@@ -80,7 +87,7 @@ def fd_routed(model, batch, entry, cand, static_scale=None, eps=1e-4):
     m64 = float64_reference(model)
     with routed_experts(m64):
         lin = dict(m64.named_modules())[entry]
-        w32 = dict(model.named_parameters())[f"{EXPERTS}.{entry.rsplit('.', 1)[1]}"].detach()[int(entry.split('.')[-2])]
+        w32 = expert_weight(model, int(entry.split('.')[-2]), entry.rsplit('.', 1)[1])
         dw = (weight_quant(c).apply(w32) - w32).double()
         w0 = lin.weight.detach().clone()
         state = {"eps": 0.0}
@@ -108,7 +115,7 @@ def close(got, want, what):
     np.testing.assert_allclose(got, want, rtol=3e-3, atol=1e-3 * np.abs(want).max() + 1e-12, err_msg=what)
 
 
-@pytest.mark.parametrize("build", [tiny_qwen3_moe, tiny_mixtral], ids=["qwen3_moe", "mixtral"])
+@pytest.mark.parametrize("build", [tiny_qwen3_moe, tiny_mixtral, tiny_gpt_oss], ids=["qwen3_moe", "mixtral", "gpt_oss"])
 def test_routed_forward_is_the_models_own_and_is_put_back(build):
     model = build(layers=2)
     ids = padded_batch()["input_ids"]
@@ -124,7 +131,7 @@ def test_routed_forward_is_the_models_own_and_is_put_back(build):
     assert all(original[n] is m for n, m in model.named_modules())
 
 
-@pytest.mark.parametrize("build", [tiny_qwen3_moe, tiny_mixtral], ids=["qwen3_moe", "mixtral"])
+@pytest.mark.parametrize("build", [tiny_qwen3_moe, tiny_mixtral, tiny_gpt_oss], ids=["qwen3_moe", "mixtral", "gpt_oss"])
 def test_expert_delta_matches_finite_differences(build):
     model = build(layers=1)
     batch = padded_batch()
