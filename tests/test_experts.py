@@ -23,6 +23,8 @@ from mpq.experts import RoutedExperts, routed_experts  # noqa: E402
 from mpq.models import model_inputs  # noqa: E402
 
 EXPERTS = "model.layers.0.mlp.experts"
+MODELS = pytest.mark.parametrize("build", [tiny_qwen3_moe, tiny_mixtral, tiny_gpt_oss],
+                                 ids=["qwen3_moe", "mixtral", "gpt_oss"])
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -35,7 +37,8 @@ def one_thread():
 
 def padded_batch(seed=1, B=3, S=9):
     g = torch.Generator().manual_seed(seed)
-    batch = {"input_ids": torch.randint(3, 64, (B, S), generator=g), "attention_mask": torch.ones(B, S, dtype=torch.long)}
+    batch = {"input_ids": torch.randint(3, 64, (B, S), generator=g),
+             "attention_mask": torch.ones(B, S, dtype=torch.long)}
     batch["attention_mask"][1, 6:] = 0  # right padding of sample 1
     batch["input_ids"][1, 6:] = 2
     return batch
@@ -81,8 +84,8 @@ def fd_stacked_weight(model, batch, expert, gemm, cand, eps=1e-4):
 
 
 def fd_routed(model, batch, entry, cand, static_scale=None, eps=1e-4):
-    """d/dε ℓ_n through the routed forward in float64: the expert GEMM's weight and its input moved by ε·(Q − id),
-    Q of the input over the rows the expert receives in the call."""
+    """d/dε ℓ_n through the routed forward in float64: the expert GEMM's weight and its input moved by
+    ε·(Q − id), Q of the input over the rows the expert receives in the call."""
     c = CANDIDATES[cand]
     m64 = float64_reference(model)
     with routed_experts(m64):
@@ -115,7 +118,7 @@ def close(got, want, what):
     np.testing.assert_allclose(got, want, rtol=3e-3, atol=1e-3 * np.abs(want).max() + 1e-12, err_msg=what)
 
 
-@pytest.mark.parametrize("build", [tiny_qwen3_moe, tiny_mixtral, tiny_gpt_oss], ids=["qwen3_moe", "mixtral", "gpt_oss"])
+@MODELS
 def test_routed_forward_is_the_models_own_and_is_put_back(build):
     model = build(layers=2)
     ids = padded_batch()["input_ids"]
@@ -131,7 +134,7 @@ def test_routed_forward_is_the_models_own_and_is_put_back(build):
     assert all(original[n] is m for n, m in model.named_modules())
 
 
-@pytest.mark.parametrize("build", [tiny_qwen3_moe, tiny_mixtral, tiny_gpt_oss], ids=["qwen3_moe", "mixtral", "gpt_oss"])
+@MODELS
 def test_expert_delta_matches_finite_differences(build):
     model = build(layers=1)
     batch = padded_batch()

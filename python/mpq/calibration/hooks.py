@@ -448,8 +448,8 @@ def _calibrate(model, batches, candidates, loss_fn, progress, layers, ranks: Ran
                     _check_losses(losses, run.batch_samples, bi)
                     if not losses.requires_grad:
                         raise ValueError(f"the losses of batch {bi} carry no gradient (computed under "
-                                         "torch.no_grad, detached, or constant): calibration needs ∂ℓ/∂Y of every "
-                                         "layer")
+                                         "torch.no_grad, detached, or constant): calibration needs ∂ℓ/∂Y of "
+                                         "every layer")
                     losses.sum().backward()
                     run.calls.clear()
                     deltas.append(run.delta)

@@ -3,10 +3,10 @@ fake-quantize and replace like any other Linear.
 
 ``RoutedExperts`` replaces a known stacked-experts module (``layouts.stacked_layout``) while mpq works on the model
 (``routed_experts``, a context manager that puts the original back afterwards, also after an error). Expert e is
-``RoutedExperts.expert(e)`` (submodule ``e``), an ``ExpertGemms`` with ``gate_up_proj`` (or ``up_proj``) and ``down_proj``: Linears whose
-weights are views of slice e of the stacked parameters (no copy; transposed layouts give transposed views). So
-the table names expert e's GEMMs ``<experts module>.<e>.gate_up_proj`` and ``<experts module>.<e>.down_proj``,
-e.g. ``model.layers.0.mlp.experts.3.gate_up_proj``.
+``RoutedExperts.expert(e)`` (submodule ``e``), an ``ExpertGemms`` with ``gate_up_proj`` (or ``up_proj``) and
+``down_proj``: Linears whose weights are views of slice e of the stacked parameters (no copy; transposed layouts
+give transposed views). So the table names expert e's GEMMs ``<experts module>.<e>.gate_up_proj`` and
+``<experts module>.<e>.down_proj``, e.g. ``model.layers.0.mlp.experts.3.gate_up_proj``.
 
 The forward is the experts' own eager loop (the one transformers' ``…Experts.forward`` runs): for every expert that
 receives tokens, its rows of ``hidden_states``, the up GEMM, the module's own ``_apply_gate`` (or ``act_fn``), the
@@ -29,12 +29,12 @@ from ..models import set_module
 from .layouts import StackedLayout, expert_like, stacked_layout
 
 
-def _linear(weight: torch.Tensor, bias: Optional[torch.Tensor]) -> nn.Linear:
+def _linear(weight: torch.Tensor, bias: Optional[torch.Tensor], requires_grad: bool) -> nn.Linear:
     """An nn.Linear whose weight (and bias) are the given views: no allocation, no copy."""
     lin = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
-    lin.weight = nn.Parameter(weight, requires_grad=weight.requires_grad)
+    lin.weight = nn.Parameter(weight, requires_grad=requires_grad)
     if bias is not None:
-        lin.bias = nn.Parameter(bias, requires_grad=bias.requires_grad)
+        lin.bias = nn.Parameter(bias, requires_grad=requires_grad)
     return lin
 
 
@@ -65,10 +65,8 @@ class RoutedExperts(nn.Module):
             gemms = []
             for g in layout.gemms:
                 w = p[g].detach()[e]
-                w = w.t() if layout.transposed else w
-                w.requires_grad_(p[g].requires_grad)
                 b = p[f"{g}_bias"].detach()[e] if layout.has_bias else None
-                gemms.append(_linear(w, b))
+                gemms.append(_linear(w.t() if layout.transposed else w, b, p[g].requires_grad))
             self.add_module(str(e), ExpertGemms(layout.up_name, *gemms))
         functions = copy.copy(original)  # shares act_fn, post_expert_norm, constants; not the weights
         functions.__dict__["_parameters"] = OrderedDict()
@@ -77,8 +75,6 @@ class RoutedExperts(nn.Module):
         functions.__dict__["_forward_pre_hooks"] = OrderedDict()
         self.functions = functions  # a submodule: .to() and deepcopy move act_fn and post_expert_norm too
         self.routing: Optional[tuple[torch.Tensor, int]] = None
-        # tokens routed to each expert in the forward passes since the last reset_counts()
-        self.register_buffer("tokens_seen", torch.zeros(layout.num_experts, dtype=torch.int64), persistent=False)
 
     def _expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
         gemms, f = self.expert(e), self.functions
@@ -100,7 +96,6 @@ class RoutedExperts(nn.Module):
                 if e >= E:  # the expert-parallel sentinel: no expert here
                     continue
                 slot, tok = torch.where(mask[e])
-                self.tokens_seen[e] += tok.numel()
                 self.routing = (tok, hidden_states.shape[0])
                 h = self._expert(e, hidden_states[tok]) * top_k_weights[tok, slot, None]
                 out.index_add_(0, tok, h.to(out.dtype))
