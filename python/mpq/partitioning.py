@@ -16,6 +16,10 @@ Both methods: Linear layers that hold one weight tensor (a Parameter shared by t
 storage) are tied too, since a weight stored once can be stored in only one format; the sub-graphs from the first
 to the last of them merge into one, as for a Linear called in several segments.
 
+MoE experts: a stacked-experts module of known layout is partitioned as its routed form (``mpq.experts``), one
+Linear pair per expert (traced densely, every expert on every token, for export); its 2·E entries are tied to one
+choice by default (``experts="tied"``) or left free (``experts="per_expert"``): ``mpq.experts.ties``.
+
 Fallback (``method="fallback"``): when the model cannot be captured, a warning says why and the partition is one
 sub-graph per block of the first ``nn.ModuleList`` holding Linear layers (decoder layers), plus one per Linear
 outside it; ties come from Linear layers that received the very same input tensor in one forward pass.
@@ -123,12 +127,27 @@ def _common_prefix(names: tuple[str, ...]) -> str:
     return ".".join(common) or "root"
 
 
-def partition(model: nn.Module, example_input, *, method: str = "auto") -> list[Subgraph]:
+def partition(model: nn.Module, example_input, *, method: str = "auto", experts: str = "tied") -> list[Subgraph]:
     """Sequential sub-graphs of ``model`` for ``example_input`` (tensor, tuple of args or dict of kwargs).
 
     method: "auto" (export, else fallback with a warning), "export" (errors if capture fails) or "fallback".
+    experts: "tied" (one choice per experts module) or "per_expert" (module doc).
     @raises ValueError when the example does not run through the model or the model has no nn.Linear layer.
     """
+    from .experts import routed_experts, routed_modules
+    from .experts.ties import EXPERT_CHOICES, expert_ties
+    if experts not in EXPERT_CHOICES:
+        raise ValueError(f"experts must be one of {EXPERT_CHOICES}, got {experts!r}")
+    with routed_experts(model, warn=False):
+        entries = {n: m.entries(n) for n, m in routed_modules(model).items()}
+        subgraphs = _partition(model, example_input, method)
+    if not entries:
+        return subgraphs
+    return [Subgraph(sg.name, sg.layers, _joined(expert_ties(sg.layers, sg.ties, entries, experts), sg.layers),
+                     sg.start, sg.method) for sg in subgraphs]
+
+
+def _partition(model: nn.Module, example_input, method: str) -> list[Subgraph]:
     if method not in ("auto", "export", "fallback"):
         raise ValueError(f"method must be auto, export or fallback, got {method!r}")
     if not isinstance(model, nn.Module):
@@ -145,7 +164,7 @@ def partition(model: nn.Module, example_input, *, method: str = "auto") -> list[
                 raise RuntimeError(f"torch.export could not capture the model: {type(e).__name__}: {e}") from e
             warnings.warn(f"mpq.partition: torch.export could not capture the model ({type(e).__name__}: "
                           f"{str(e).splitlines()[0] if str(e) else ''}); falling back to one sub-graph per block "
-                          f"or per layer", RuntimeWarning, stacklevel=2)
+                          f"or per layer", RuntimeWarning, stacklevel=3)
     return _tie_shared_weights(_partition_fallback(model, example_input, linears), linears)
 
 

@@ -8,6 +8,10 @@ backend: torch._scaled_mm, torch._int_mm).
 Static-activation candidates need calibrated scales: a Plan carries them (``Plan.act_scales``, from the
 SensitivityTable it was selected from); a bare mapping takes ``act_scales={layer: float}``.
 
+MoE experts: a mapping that names expert GEMMs (``<experts>.<e>.gate_up_proj`` / ``.down_proj``, as calibrate
+names them) gets a model whose stacked-experts modules of known layout are ``mpq.experts.RoutedExperts`` (one Linear
+pair per expert, the same forward), so each expert's slice runs as its own fake-quantized or native Linear.
+
 A fake model is a deep copy: it may be trained (straight-through gradients), which must not touch the input. A
 native model is for inference: its untouched layers share their weights' memory with the input model
 (``copy_sharing_tensors``), so that applying a plan to an 8B model costs the quantized layers, not a second
@@ -16,6 +20,7 @@ model, and the unquantized layers run from the very memory the input model runs 
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from typing import Mapping, Optional
@@ -24,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..candidates import BASE, Candidate, get_candidate
+from ..experts import find_experts, routed_experts
 from ..models import copy_sharing_tensors, set_module
 
 __all__ = ["FakeQuantLinear", "apply", "plan_mapping"]
@@ -84,6 +90,14 @@ def apply(model: nn.Module, plan_or_mapping, mode: str = "fake", *,
     if mode not in ("fake", "native"):
         raise ValueError(f"mode must be 'fake' or 'native', got {mode!r}")
     mapping = plan_mapping(plan_or_mapping)
+    experts = tuple(f"{n}." for n in find_experts(model)[0])
+    # expert GEMMs exist as modules in the routed form only: the copy keeps it, the input model gets its own back
+    with routed_experts(model, warn=False) if any(k.startswith(experts) for k in mapping) else \
+            contextlib.nullcontext():
+        return _apply(model, plan_or_mapping, mapping, mode, act_scales, quantized_weights)
+
+
+def _apply(model, plan_or_mapping, mapping, mode, act_scales, quantized_weights):
     # every name of every module: one module held under two attributes (``self.b = self.a``) has both names
     modules = dict(model.named_modules(remove_duplicate=False))
     names_of: dict[int, list[str]] = {}  # one pass: a module's every name, by identity

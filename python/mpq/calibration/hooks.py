@@ -21,6 +21,12 @@ non-padded tokens). How:
 Calibrated-weight candidates (GPTQ, AWQ, SmoothQuant: ``mpq.quantizers``) are solved first, once per (layer,
 candidate), from one pass of the unquantized model; their δ use the stored integers' real ΔW (and Q of x / s),
 and the table carries them (``table.quantized_weights``, saved on its own) for ``apply``.
+MoE experts: a stacked-experts module of a known layout runs, while calibrating, as one Linear pair per expert
+(``mpq.experts``; entries ``<experts>.<e>.gate_up_proj`` / ``.down_proj``) whose rows are the tokens routed to
+it; each row counts for its own sample (``calibration.experts``). A model with per-expert Linear lists (whose
+rows only its own code routes) is calibrated one sample per forward pass, so that every row is that sample's.
+Experts no calibration token reached, and expert modules of unknown layout (not calibrated), are warned about and
+listed in the table's info.
 Not covered: attention's two activation matmuls (Q·Kᵀ, P·V): transformers computes them in functions, not
 modules, so there is nothing to hook; only ``nn.Linear`` layers are calibrated.
 """
@@ -43,7 +49,10 @@ from ..candidates import Candidate, get_candidates
 from ..coverage import Coverage, measure
 from ..formats import compute_scales
 from ..models import batch_size, model_inputs, padding_mask, to_device, unpadded
+from ..experts import routed_experts, routed_modules
+from ..experts.layouts import linear_expert_lists
 from ..quantizers import calibrated_weights
+from . import experts as routed
 from .devices import input_device, offloaded_weights_reloaded, weight_on
 from .distributed import Ranks, describe
 from .kernel import act_quant, delta_sums, weight_quant
@@ -170,6 +179,8 @@ class _Layer:
         # stored integers' real ΔW and, for SmoothQuant, Q applied to x / s
         self.calibrated = list(calibrated)
         self.stack = []
+        self.routing_owner = None  # the RoutedExperts of an expert GEMM: its rows are routed tokens
+        self.one_sample_rows = False  # a Linear of a per-expert list: any rows, all of the pass's one sample
 
     def pre(self, module, args):
         if not args or not isinstance(args[0], torch.Tensor) or not args[0].is_floating_point():
@@ -193,9 +204,17 @@ class _Call:
 
     def __init__(self, layer: _Layer, x: torch.Tensor):
         self.layer, self.x = layer, x
+        owner = layer.routing_owner
+        self.row_samples = None if owner is None else routed.row_samples(owner, layer)
 
     def _samples(self, t: torch.Tensor, what: str):
         B = self.layer.run.batch_samples
+        if self.row_samples is not None:
+            return routed.by_sample(t, self.row_samples, B)
+        if self.layer.one_sample_rows:
+            if B != 1:
+                raise ValueError(f"layer {self.layer.name}: a per-expert Linear in a batch of {B} samples")
+            return t.reshape(1, -1, t.shape[-1])
         if t.dim() < 2 or t.shape[0] != B:
             raise ValueError(f"layer {self.layer.name}: {what} of shape {tuple(t.shape)} does not start with the "
                              f"batch's {B} samples (batch-first layouts only)")
@@ -251,8 +270,11 @@ class _Call:
             L.run.add(L.index, [j], res, weight=False)
         if not L.a_quants:
             return None
-        res = delta_sums(x2.reshape(-1, x2.shape[-1]), g2.reshape(-1, g2.shape[-1]), L.a_quants, rows)
-        res = res.reshape(B, len(L.a_quants)).cpu()
+        if self.row_samples is not None:  # Q over the expert's real rows, each row's sum to its sample
+            res = routed.act_delta(x.float(), gx.detach().float(), L.a_quants, self.row_samples, B).cpu()
+        else:
+            res = delta_sums(x2.reshape(-1, x2.shape[-1]), g2.reshape(-1, g2.shape[-1]), L.a_quants, rows)
+            res = res.reshape(B, len(L.a_quants)).cpu()
         self._check(res, "activation sensitivity")
         L.run.add(L.index, L.a_idx, res, weight=False)
         return None
@@ -265,6 +287,8 @@ class _Run:
         self.batch_index = -1
         self.batch_samples = 0
         self.delta = self.delta_w = None
+        self.mask = None  # the batch's padding mask (expert rows count unpadded tokens)
+        self.routed_tokens = {}  # expert GEMM index -> calibration tokens it received
 
     def start(self, index, samples):
         self.batch_index, self.batch_samples = index, samples
@@ -278,7 +302,7 @@ class _Run:
             self.delta_w[:, layer, idx] += v
 
 
-def _static_scales(model, layers, batches, cands, device, ranks: Ranks):
+def _static_scales(model, layers, batches, cands, device, ranks: Ranks, owners=None):
     """Per layer and static candidate: the per-tensor activation (scale, zero_point) from the range of the finite
     values the layer sees over all calibration batches (padded tokens excluded; every rank's batches)."""
     lo = [math.inf] * len(layers)
@@ -286,9 +310,11 @@ def _static_scales(model, layers, batches, cands, device, ranks: Ranks):
     state = {"mask": None}
 
     def make_hook(i):
+        owner = (owners or {}).get(i)
+
         def hook(module, args):
             x = args[0].detach()
-            x = unpadded(x, state["mask"])
+            x = unpadded(x, state["mask"]) if owner is None else routed.unpadded_rows(x, owner, state["mask"])
             if not x.numel():
                 return
             a, b = (float(v) for v in torch.aminmax(x))
@@ -332,7 +358,7 @@ def calibrate(model: nn.Module, batches: Iterable, candidates=("fp8", "int8"),
     model's input), or tuples (the first item is the input, the rest is for ``loss_fn``). The first dimension of
     every input is the sample.
     loss_fn(outputs, batch) → per-sample losses [B]; default: ``causal_lm_loss`` for Hugging Face causal LMs.
-    layers: names of the ``nn.Linear`` modules to calibrate (default: all).
+    layers: names of the ``nn.Linear`` modules to calibrate (default: all), expert GEMMs named as in the module doc.
     On every rank of an initialised torch.distributed process group (``mpq.calibration.distributed``), with the
     same arguments everywhere: each rank calibrates its share of the batches and every rank returns the table of
     all of them; a rank that differs, fails or dies makes every rank raise (naming it).
@@ -342,13 +368,20 @@ def calibrate(model: nn.Module, batches: Iterable, candidates=("fp8", "int8"),
     that does not return [B] losses, or a NaN/Inf loss or gradient (naming the layer and the batch).
     """
     ranks = Ranks.current(input_device(model))
-    with ranks.failures_shared():
-        return _calibrate(model, batches, candidates, loss_fn, progress, layers, ranks)
+    with ranks.failures_shared(), routed_experts(model, warn=False) as unknown_experts:
+        return _calibrate(model, batches, candidates, loss_fn, progress, layers, ranks, unknown_experts)
 
 
-def _calibrate(model, batches, candidates, loss_fn, progress, layers, ranks: Ranks) -> SensitivityTable:
+def _calibrate(model, batches, candidates, loss_fn, progress, layers, ranks: Ranks,
+               unknown_experts) -> SensitivityTable:
     cands: tuple[Candidate, ...] = get_candidates(candidates)
     named = quantizable_layers(model, layers)
+    experts_modules = routed_modules(model)
+    owner_of = {n: (p, m) for p, m in experts_modules.items() for n in m.entries(p)}
+    # expert GEMMs (layer index) -> their RoutedExperts, and the name of that experts module
+    owners = {i: owner_of[n][1] for i, (n, _) in enumerate(named) if n in owner_of}
+    owner_names = {i: owner_of[n][0] for i, (n, _) in enumerate(named) if n in owner_of}
+    listed = set(linear_expert_lists(model))
     batches = list(batches)
     if not batches:
         raise ValueError("calibrate: the batch iterator is empty")
@@ -375,7 +408,8 @@ def _calibrate(model, batches, candidates, loss_fn, progress, layers, ranks: Ran
         for p in params:
             p.requires_grad_(False)
         static = [c for c in cands if c.act_static and not c.calibrated_weight]
-        scales = _static_scales(model, named, [b for _, b in shard], static, device, ranks) if static else {}
+        scales = (_static_scales(model, named, [b for _, b in shard], static, device, ranks, owners)
+                  if static else {})
         # every rank solves the calibrated candidates on all batches: the same integers everywhere, no exchange
         qweights, unavailable, sq_static = calibrated_weights(
             model, named, batches, cands, device,
@@ -407,27 +441,34 @@ def _calibrate(model, batches, candidates, loss_fn, progress, layers, ranks: Ran
                     a_idx.append(j)
                     a_q.append(_static_quant(c, sz) if c.act_static else act_quant(c))
             layer = _Layer(run, i, name, mod, w_idx, w_q, a_idx, a_q, pre)
+            layer.routing_owner = owners.get(i)
+            layer.one_sample_rows = name in listed
             handles.append(mod.register_forward_pre_hook(layer.pre))
             handles.append(mod.register_forward_hook(layer.post))
 
         deltas, deltas_w = [], []
         bar = _Progress(len(shard), progress and ranks.rank == 0 and sys.stderr.isatty())
         with torch.enable_grad(), offloaded_weights_reloaded(model):  # keeps offloading's memory saving
-            for done, (bi, batch) in enumerate(shard):
-                batch = to_device(batch, device)
-                run.start(bi, batch_size(batch))
-                args, kwargs = model_inputs(batch)
-                outputs = model(*args, **kwargs)
-                losses = loss_fn(outputs, batch)
-                _check_losses(losses, run.batch_samples, bi)
-                if not losses.requires_grad:
-                    raise ValueError(f"the losses of batch {bi} carry no gradient (computed under torch.no_grad, "
-                                     "detached, or constant): calibration needs ∂ℓ/∂Y of every layer")
-                losses.sum().backward()
-                run.calls.clear()
-                deltas.append(run.delta)
-                deltas_w.append(run.delta_w)
+            for done, (bi, whole) in enumerate(shard):
+                whole = to_device(whole, device)
+                # per-expert Linear lists: one pass per sample, so that every row a Linear gets is that sample's
+                for batch in routed.single_samples(whole, batch_size(whole)) if listed else [whole]:
+                    run.start(bi, batch_size(batch))
+                    run.mask = padding_mask(batch)
+                    args, kwargs = model_inputs(batch)
+                    outputs = model(*args, **kwargs)
+                    losses = loss_fn(outputs, batch)
+                    _check_losses(losses, run.batch_samples, bi)
+                    if not losses.requires_grad:
+                        raise ValueError(f"the losses of batch {bi} carry no gradient (computed under "
+                                         "torch.no_grad, detached, or constant): calibration needs ∂ℓ/∂Y of "
+                                         "every layer")
+                    losses.sum().backward()
+                    run.calls.clear()
+                    deltas.append(run.delta)
+                    deltas_w.append(run.delta_w)
                 bar.update(done + 1)
+        routed_tokens = routed.tokens_over_ranks(ranks, run.routed_tokens, sorted(owners))
         empty = [np.zeros((0, L, C))]  # a rank with no batch (fewer batches than ranks)
         delta, delta_w = ranks.gather_samples((np.concatenate(deltas or empty), np.concatenate(deltas_w or empty)),
                                               sizes)
@@ -448,11 +489,17 @@ def _calibrate(model, batches, candidates, loss_fn, progress, layers, ranks: Ran
         raise ValueError("every first-order loss change δ is zero: the losses do not depend on the layers (one-token "
                          "sequences, every label -100, or a loss of something else); a table of zeros would let "
                          "select quantize everything at a predicted loss of 0")
-    flat = [name for (name, _), zero in zip(named, ~measured.any(axis=(0, 2))) if zero]
+    expert_info, unrouted, expert_warning = routed.expert_info(named, owner_names, routed_tokens, unknown_experts)
+    if expert_warning:
+        warnings.warn(f"calibrate: {expert_warning}", stacklevel=3)
+    flat = [name for (name, _), zero in zip(named, ~measured.any(axis=(0, 2))) if zero and name not in unrouted]
     info = dict(model=type(model).__name__, loss=loss_name, seconds=time.perf_counter() - t0,
                 layer_shapes=[list(m.weight.shape) for _, m in named], coverage=coverage.to_dict())
+    info.update(expert_info)
     if ranks.distributed:
         info["ranks"] = ranks.size
+    if listed:
+        info["per_sample_passes"] = "per-expert Linear lists: one forward and backward pass per sample"
     if unavailable:  # said in the table: which candidate cannot run which layer, and why
         info["unavailable"] = {}
         for (i, j), why in sorted(unavailable.items()):

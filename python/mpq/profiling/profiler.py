@@ -7,6 +7,11 @@ each step); for other models the first sample of the batch (and, for integer tok
 Configurations: every combination of the sub-graph's choice groups (tied layers share one choice; a candidate
 joins a group only when it applies to all of its layers). When there are more than ``max_configs``, a documented
 subset is measured (see ``GainTable``) and the sub-graph is flagged ``subset``.
+
+MoE experts run in their routed form (``mpq.experts``: one Linear pair per expert), so an expert GEMM's recorded
+input holds the tokens the router sent it in the example: the ``macs`` backend (and a timed one) counts only the
+active experts, as routed on the example input (top-k of E per token, measured, not assumed uniform); ``memory``
+counts every expert's bytes, routed or not. An expert the example routes no token to gets a 0-row input.
 """
 from __future__ import annotations
 
@@ -149,14 +154,18 @@ def make_runner(model: nn.Module, example_input, phase: str):
     return run, {"input": [list(one.shape)]}
 
 
-def record_inputs(model, layers, run):
-    """{layer: a copy of the input it receives in ``run()``} (the first call of each layer)."""
+def record_inputs(model, layers, run, may_idle=()):
+    """{layer: a copy of the input it receives in ``run()``} (the first call of each layer, or for an expert GEMM
+    the rows of all its calls); a layer of ``may_idle`` (expert GEMMs) that ``run()`` does not call gets 0 rows."""
     named = dict(model.named_modules())
     seen: dict[str, torch.Tensor] = {}
     hooks = []
     for l in layers:
         def pre(m, a, l=l):
-            if l not in seen:
+            if l in may_idle:  # an expert is called once per layer call: all its rows of the pass together
+                x = a[0].detach().reshape(-1, a[0].shape[-1])
+                seen[l] = torch.cat([seen[l], x]) if l in seen else x.clone()
+            elif l not in seen:
                 seen[l] = a[0].detach().clone()
         hooks.append(named[l].register_forward_pre_hook(pre))
     try:
@@ -164,6 +173,10 @@ def record_inputs(model, layers, run):
     finally:
         for h in hooks:
             h.remove()
+    for l in may_idle:
+        if l in layers and l not in seen:
+            w = named[l].weight
+            seen[l] = w.new_zeros(0, w.shape[1])
     missing = [l for l in layers if l not in seen]
     if missing:
         raise ValueError(f"layers not called in this phase: {missing[:5]}")
@@ -192,6 +205,15 @@ def profile(model: nn.Module, example_input, candidates: Sequence[str] = ("int8"
             no static candidate of the profile or are ambiguous or not positive;
             mpq.profiling.BackendUnavailable when the backend's hardware is absent.
     """
+    from ..experts import routed_experts, routed_modules
+    with routed_experts(model, warn=False):
+        idle = frozenset(n for p, m in routed_modules(model).items() for n in m.entries(p))
+        return _profile(model, example_input, candidates, backend, phase, subgraphs, repeats, warmup, max_configs,
+                        per_layer, act_scales, seed, threads, device, idle)
+
+
+def _profile(model, example_input, candidates, backend, phase, subgraphs, repeats, warmup, max_configs, per_layer,
+             act_scales, seed, threads, device, may_idle) -> GainTable:
     from . import backends as B
     if phase not in PHASES:
         raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
@@ -230,7 +252,7 @@ def profile(model: nn.Module, example_input, candidates: Sequence[str] = ("int8"
     try:
         work, ex = be.prepare(model, example_input) if be.timed else (model, example_input)
         run, shape_info = make_runner(work, ex, phase)
-        inputs = record_inputs(work, layers, run)
+        inputs = record_inputs(work, layers, run, may_idle)
         layer_shapes = {l: [int(np.prod(inputs[l].shape[:-1])), int(inputs[l].shape[-1]),
                             int(named[l].out_features)] for l in layers}
         shapes = dict(shape_info, layers=layer_shapes)
