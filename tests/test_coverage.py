@@ -291,3 +291,18 @@ def test_the_command_line_prints_the_line(tmp_path):
     out, _ = cli("profile", lm, "--random", "--seq-len", 16, "--backend", "memory", "-o", tmp_path / "g.npz")
     line = Coverage.from_dict(mpq.GainTable.load(tmp_path / "g.npz").meta["coverage"]).summary()
     assert line.startswith(want) and line in out
+
+
+def test_moe_experts_are_covered_and_routers_are_known():
+    """A Qwen3-MoE block: its stacked experts count as covered (they are layers in the routed form), the router is
+    kept on purpose (no unknown-layout warning); bytes agree with the model's own parameters."""
+    from _tiny_moe import tiny_qwen3_moe
+    model = tiny_qwen3_moe()
+    cov = no_warning(mpq.model_coverage, model)
+    every = unique_params(model.parameters())
+    experts = bytes_of(model, "Experts")
+    linears = sum(nbytes(m.weight) for m in model.modules() if isinstance(m, nn.Linear))
+    assert experts > 0 and cov.total_bytes == sum(map(nbytes, every))
+    assert cov.covered_bytes == experts + linears
+    assert not cov.unknown and groups(cov)["Qwen3MoeTopKRouter"].bytes == bytes_of(model, "Router")
+    assert cov.covered_bytes + sum(g.bytes for g in cov.not_covered) == cov.total_bytes

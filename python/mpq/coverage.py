@@ -10,7 +10,9 @@ modules). Counts are of tensors, elements and bytes in the model's own dtypes (n
 once: an embedding tied to ``lm_head`` counts as covered when ``lm_head`` is. Buffers are not counted.
 
 A module holding a floating-point parameter of two or more dimensions that is neither covered, left out, nor of a
-kind mpq knows it keeps (``nn.Embedding``, ``nn.EmbeddingBag``) has an *unknown layout* (a stacked-experts tensor,
+kind mpq knows it keeps (``nn.Embedding``, ``nn.EmbeddingBag``, and MoE routers: modules whose class name ends in
+``Router``, as transformers names them, which serving engines keep in high precision because a rounded router
+sends tokens to other experts) has an *unknown layout* (a stacked-experts tensor,
 a transformers ``Conv1D``, a custom layer): ``measure`` warns, naming it, and lists it in ``Coverage.unknown``.
 """
 from __future__ import annotations
@@ -23,6 +25,11 @@ if TYPE_CHECKING:
     from torch import nn
 
 __all__ = ["Coverage", "Group", "measure", "format_bytes"]
+
+
+def _is_router(module) -> bool:
+    """An MoE router (transformers' ``…TopKRouter``, ``…Router``): kept in its dtype on purpose, not unknown."""
+    return type(module).__name__.endswith("Router")
 
 
 def known_not_quantized():
@@ -194,7 +201,7 @@ def measure(model: nn.Module, layers: Iterable[str], quantizable: Iterable[str],
         for acc in sums:
             acc[:] = [a + x for a, x in zip(acc, add)]
         if (standing == "not_covered" and not gtype.endswith(" bias") and p.is_floating_point() and p.dim() >= 2
-                and not isinstance(modules[mname], known)):
+                and not isinstance(modules[mname], known) and not _is_router(modules[mname])):
             unknown.setdefault(mname, {})[pname] = tuple(p.shape)
 
     def made(standing):

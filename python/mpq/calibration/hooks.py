@@ -143,9 +143,10 @@ def model_coverage(model: nn.Module, layers: Optional[Iterable[str]] = None, *, 
     """Which parameters of ``model`` calibrating (or profiling) ``layers`` (default: every quantizable layer)
     covers, by tensors and bytes, and which modules hold the rest (``mpq.coverage``); warns about unknown layouts
     (attributed ``stacklevel`` frames up: 1 = the caller)."""
-    chosen = [n for n, _ in quantizable_layers(model, layers)]
-    return measure(model, chosen, [n for n, _ in quantizable_layers(model)], warn=warn, left_out_why=left_out_why,
-                   stacklevel=stacklevel + 1)
+    with routed_experts(model, warn=False):  # expert GEMMs are layers in the routed form (already routed: no-op)
+        chosen = [n for n, _ in quantizable_layers(model, layers)]
+        return measure(model, chosen, [n for n, _ in quantizable_layers(model)], warn=warn,
+                       left_out_why=left_out_why, stacklevel=stacklevel + 1)
 
 
 class _Progress:

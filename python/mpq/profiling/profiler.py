@@ -238,7 +238,7 @@ def _profile(model, example_input, candidates, backend, phase, subgraphs, repeat
                 raise ValueError(f"sub-graph {sg.name!r}: layer {l!r} is not an nn.Linear of the model")
     layers = tuple(l for sg in subgraphs for l in sg.layers)
     # of the model in its own dtypes, not of a backend's copy
-    coverage = model_coverage(model, dict.fromkeys(layers), left_out_why="of the sub-graphs", stacklevel=2)
+    coverage = model_coverage(model, dict.fromkeys(layers), left_out_why="of the sub-graphs", stacklevel=3)
     table_cands = (BASE,) + cand_names
 
     def applies(l, c):  # the candidate's grouping fits, and a kernel of the backend runs the layer's shape
