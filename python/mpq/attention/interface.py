@@ -2,7 +2,7 @@
 
 It computes what the models' own ``eager_attention_forward`` computes — scores Q·Kᵀ·scaling, Gemma-2's logit
 soft-capping, the additive mask transformers built (causal, sliding window, padding), gpt-oss's attention sinks,
-softmax in float32, dropout in training only, P·V — but every step that a quantized model changes runs through
+softmax in float32 (float64 for a float64 model), dropout in training only, P·V — but every step that a quantized model changes runs through
 the named modules attached to the attention module (``mpq.attention.modules``): ``k_cache`` and ``v_cache`` on K
 and V as they come from the cache update (before GQA repeats them), ``matmul_qk`` on (Q, Kᵀ) and ``matmul_av`` on
 (P, V). The mask function registered under the same name is transformers' ``eager_mask`` (a float mask, as eager
@@ -51,14 +51,23 @@ def routed_attention_forward(module, query, key, value, attention_mask, dropout:
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
     if attention_mask is not None:
-        scores = scores + attention_mask[:, :, :, : key.shape[-2]]
+        mask = attention_mask[:, :, :, : key.shape[-2]]
+        scores = scores + mask
+        if scores.requires_grad and mask.is_floating_point():
+            # a query that may see no key (a left-padded position): s + finfo.min rounds to finfo.min for every
+            # key, so the row is uniform whatever s is, and its true derivative is 0; autograd's softmax backward
+            # would pass a gradient that the float computation does not have. Same values, no gradient.
+            dead = (mask <= torch.finfo(mask.dtype).min / 2).all(-1, keepdim=True)
+            if bool(dead.any()):
+                scores = torch.where(dead, scores.detach(), scores)
     if s_aux is not None:  # attention sinks: one extra logit per head, in the softmax, dropped after it
         sinks = s_aux.reshape(1, -1, 1, 1).expand(query.shape[0], -1, query.shape[-2], -1)
         combined = torch.cat([scores, sinks], dim=-1)
         combined = combined - combined.max(dim=-1, keepdim=True).values
         probs = F.softmax(combined, dim=-1, dtype=combined.dtype)[..., :-1].to(value.dtype)
     else:
-        probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+        # float32 as eager attention (float64 in a float64 model, where eager's float32 would lose precision)
+        probs = F.softmax(scores, dim=-1, dtype=torch.promote_types(query.dtype, torch.float32)).to(query.dtype)
     probs = F.dropout(probs, p=dropout, training=module.training)
     out = matmul_av(probs, value)
     return out.transpose(1, 2).contiguous(), probs

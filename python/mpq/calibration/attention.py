@@ -57,11 +57,11 @@ def calibration_attention(model, cands):
 
 
 def _tokens(x: torch.Tensor, axis: int, mask):
-    """x with its token axis second, at non-padded tokens ([n, ...]) when the mask fits, else [B, S, ...]."""
+    """x's values by token, [n, ...] (batch and token axes merged): the non-padded tokens when the mask fits."""
     x = x.detach().movedim(axis, 1)
     if mask is not None and tuple(x.shape[:2]) == tuple(mask.shape):
         return x[mask.bool()]
-    return x
+    return x.reshape(-1, *x.shape[2:])
 
 
 class AttentionRanges:

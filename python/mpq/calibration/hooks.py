@@ -361,6 +361,13 @@ def calibrate(model: nn.Module, batches: Iterable, candidates=("fp8", "int8"),
 
 def _calibrate(model, batches, cands, loss_fn, progress, layers, ranks: Ranks, attention) -> SensitivityTable:
     named = quantizable_layers(model, layers)
+    if layers is None:  # only the kinds of layer some candidate applies to (Linear-only candidates: Linears only)
+        kinds = {k for c in cands for k in c.kinds}
+        named = [(n, m) for n, m in named if layer_kind(m) in kinds]
+        if not named:
+            raise ValueError(f"none of the candidates {[c.name for c in cands]} applies to a layer of "
+                             f"{type(model).__name__}" + (f" ({attention.info['reason']})" if attention.wanted and
+                                                          attention.routed is None else ""))
     batches = list(batches)
     if not batches:
         raise ValueError("calibrate: the batch iterator is empty")
