@@ -406,3 +406,37 @@ def test_custom_attention_falls_back_to_linear_only(with_config, reason):
     with pytest.warns(UserWarning, match="attention candidates left out"):
         with pytest.raises(ValueError, match="none of the candidates.*" + reason):
             calib.calibrate(model, [batch], ("mm_fp8",), progress=False)
+
+
+@pytest.mark.parametrize("name", ATTENTION_CANDIDATES)
+def test_kernel_layouts_equal_the_candidate_quantizer(name):
+    """The fused kernel's δ for each attention layout (per-sample matmul scale, per-token rows, static tensor,
+    per-head scales by rescaling) equals Σ G ⊙ (Q(X) − X) with Q = quantize_attention_input, per sample."""
+    from types import SimpleNamespace
+    from mpq.calibration.attention import AttentionLayer
+    c = get_candidate(name)
+    g = torch.Generator().manual_seed(3)
+    B, H, S, D = 3, 2, 9, 16
+    if c.kinds == ("matmul",):
+        mod, xs = MatMul(), [torch.randn(B, H, S, D, generator=g), torch.randn(B, H, D, S, generator=g) * 3]
+    else:
+        mod, xs = KVCache(), [torch.randn(B, H, S, D, generator=g) * torch.tensor([1.0, 7.0]).view(1, H, 1, 1)]
+    grads = [torch.randn(x.shape, generator=g) for x in xs]
+    if not c.act_static:
+        sc = None
+    elif c.act_granularity == "head":
+        sc = [0.011, 0.07]
+    else:
+        sc = [0.013, 0.031][:len(xs)]
+    got = np.zeros((B, 1))
+    run = SimpleNamespace(batch_samples=B, batch_index=0, calls=[],
+                          add=lambda i, idx, v, weight: got.__iadd__(v.numpy()))
+    layer = AttentionLayer(run, 0, "x", mod, [c], {(0, name): [(s, 0.0) for s in sc]} if sc else {}, {})
+    aliases = layer.pre(mod, tuple(xs))
+    sum((a * gr).sum() for a, gr in zip(aliases, grads)).backward()
+    want = np.zeros(B)
+    for k, (x, gr) in enumerate(zip(xs, grads)):
+        s_k = None if sc is None else sc if c.act_granularity == "head" else sc[k:k + 1]
+        want += (gr.double() * (quantize_attention_input(c, x, s_k) - x).double()).flatten(1).sum(1).numpy()
+    assert np.abs(want).max() > 0
+    np.testing.assert_allclose(got[:, 0], want, rtol=1e-4, atol=1e-6 * np.abs(want).max())
