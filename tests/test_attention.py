@@ -323,6 +323,16 @@ def test_attention_calibration_keeps_linear_results():
     assert mm.layers == tuple(n for n in table.layers if "matmul" in n)
 
 
+def test_attention_table_saves_and_loads(llama_table, tmp_path):
+    from mpq.artifacts import SensitivityTable
+    _, _, table = llama_table
+    table.save(tmp_path / "t.npz")
+    back = SensitivityTable.load(tmp_path / "t.npz")
+    assert back.layers == table.layers and back.info["attention"] == table.info["attention"]
+    assert back.info["attention_scales"] == table.info["attention_scales"]
+    np.testing.assert_array_equal(back.delta, table.delta)
+
+
 def test_attention_static_scales_are_amax_of_unpadded_tokens(llama_table):
     """A static KV scale is the max-abs of K over non-padded tokens: recomputed here from the model's K."""
     model, batch, table = llama_table
@@ -440,3 +450,10 @@ def test_kernel_layouts_equal_the_candidate_quantizer(name):
         want += (gr.double() * (quantize_attention_input(c, x, s_k) - x).double()).flatten(1).sum(1).numpy()
     assert np.abs(want).max() > 0
     np.testing.assert_allclose(got[:, 0], want, rtol=1e-4, atol=1e-6 * np.abs(want).max())
+
+
+def test_profile_refuses_attention_candidates():
+    import mpq
+    model = tiny_llama(1)
+    with pytest.raises(ValueError, match="profile measures Linear layers only.*mm_fp8"):
+        mpq.profile(model, _batch(1, 6, pad=False)["input_ids"], candidates=("fp8", "mm_fp8"), backend="macs")

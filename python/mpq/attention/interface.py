@@ -57,9 +57,9 @@ def routed_attention_forward(module, query, key, value, attention_mask, dropout:
             # a query that may see no key (a left-padded position): s + finfo.min rounds to finfo.min for every
             # key, so the row is uniform whatever s is, and its true derivative is 0; autograd's softmax backward
             # would pass a gradient that the float computation does not have. Same values, no gradient.
+            # (no data-dependent branch on it: torch.export captures this function too)
             dead = (mask <= torch.finfo(mask.dtype).min / 2).all(-1, keepdim=True)
-            if bool(dead.any()):
-                scores = torch.where(dead, scores.detach(), scores)
+            scores = torch.where(dead, scores.detach(), scores)
     if s_aux is not None:  # attention sinks: one extra logit per head, in the softmax, dropped after it
         sinks = s_aux.reshape(1, -1, 1, 1).expand(query.shape[0], -1, query.shape[-2], -1)
         combined = torch.cat([scores, sinks], dim=-1)

@@ -198,6 +198,10 @@ def profile(model: nn.Module, example_input, candidates: Sequence[str] = ("int8"
         raise ValueError("repeats must be >= 3 (median and spread)")
     be = B.get_backend(backend)
     cand_names = tuple(c.name for c in get_candidates(candidates))
+    not_linear = [c for c in cand_names if "linear" not in get_candidate(c).kinds]
+    if not_linear:  # attention's matmuls and KV cache (mpq.attention) have no gain model yet: said, not guessed
+        raise ValueError(f"profile measures Linear layers only; {not_linear} are attention candidates (matmul / "
+                         "KV cache layers): profile the Linear candidates, and select keeps attention at base")
     bad = {c: be.unsupported_reason(c) for c in cand_names if not be.supported(c)}
     if bad:
         raise ValueError(f"backend {backend!r} cannot run " + "; ".join(f"{c!r} ({why})" for c, why in bad.items()))
