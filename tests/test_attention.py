@@ -452,8 +452,64 @@ def test_kernel_layouts_equal_the_candidate_quantizer(name):
     np.testing.assert_allclose(got[:, 0], want, rtol=1e-4, atol=1e-6 * np.abs(want).max())
 
 
-def test_profile_refuses_attention_candidates():
+# --- partition and profile ----------------------------------------------------------------------------------------
+def test_partition_puts_attention_modules_in_their_attention_subgraph():
+    import mpq
+    model = tiny_llama(2)
+    ids = _batch(2, 10, pad=False)["input_ids"]
+    plain = mpq.partition(model, ids)
+    with routed_attention(model):
+        routed = mpq.partition(model, ids, method="export")
+    assert [s.name for s in routed] == [s.name for s in plain]
+    att = "model.layers.1.self_attn"
+    sg = next(s for s in routed if s.name == att)
+    assert sg.layers == tuple(f"{att}.{n}" for n in ("q_proj", "k_proj", "v_proj", "matmul_qk", "matmul_av",
+                                                      "k_cache", "v_cache", "o_proj"))
+    assert (f"{att}.k_cache", f"{att}.v_cache") in sg.ties
+    assert len(sg.groups) == 5  # q/k/v, matmul_qk, matmul_av, the cache, o_proj
+    for a, b in zip(plain, routed):  # the MLP and head sub-graphs are the same
+        if "self_attn" not in a.name:
+            assert a == b
+
+
+def test_profile_macs_and_memory_count_attention():
+    import mpq
+    from mpq.profiling.backends.macs import DEVICES
+    model = tiny_llama(2)
+    B, S = 2, 10
+    H, H_kv, D = 4, 2, 8
+    ids = _batch(B, S, pad=False)["input_ids"]
+    cands = ("fp8", "mm_fp8", "kv_fp8_token", "kv_int8_head")
+    macs = mpq.profile(model, ids, candidates=cands, backend="macs", device="gaudi2")
+    mem = mpq.profile(model, ids, candidates=cands, backend="memory")
+    assert model.config._attn_implementation == "sdpa" and not any(isinstance(m, MatMul) for m in model.modules())
+    qk, av, kc = (f"model.layers.0.self_attn.{n}" for n in ("matmul_qk", "matmul_av", "k_cache"))
+    j = {c: macs.candidates.index(c) for c in macs.candidates}
+    _, rates = DEVICES["gaudi2"]
+    for name in (qk, av):  # MACs = B·H·S·S·D at bf16 (base) vs fp8 rates
+        i = macs.layers.index(name)
+        assert macs.layer_gain[i, j["mm_fp8"]] == pytest.approx(B * H * S * S * D * (1 / rates["bf16"] - 1 / rates["fp8"]))
+        assert np.isnan(macs.layer_gain[i, [j["fp8"], j["kv_fp8_token"]]]).all()
+    i = mem.layers.index(kc)  # K cache bytes: B·H_kv·S·D elements, fp32 model, scales 4 bytes each
+    elems = B * H_kv * S * D
+    assert mem.layer_gain[i, j["kv_fp8_token"]] == elems * 4 - (elems + 4 * B * H_kv * S)
+    assert mem.layer_gain[i, j["kv_int8_head"]] == elems * 4 - (elems + 4 * H_kv)
+    assert mem.layer_gain[mem.layers.index(qk), j["mm_fp8"]] == 0  # a matmul stores nothing
+    assert macs.layer_gain[i, j["kv_fp8_token"]] == 0  # a cache computes nothing
+    # calibrate + profile + select: the cache is chosen jointly with the projections of its sub-graph
+    table = calib.calibrate(model, [ids], cands, progress=False)
+    plan = mpq.select(table, mem, max_loss_mse=float(table.mse[np.isfinite(table.mse)].sum()))
+    assert plan.mapping[kc] in ("kv_fp8_token", "kv_int8_head")
+    assert plan.mapping[kc] == plan.mapping[kc.replace("k_cache", "v_cache")]
+
+
+def test_profile_attention_bad_backend_and_custom_model():
     import mpq
     model = tiny_llama(1)
-    with pytest.raises(ValueError, match="profile measures Linear layers only.*mm_fp8"):
-        mpq.profile(model, _batch(1, 6, pad=False)["input_ids"], candidates=("fp8", "mm_fp8"), backend="macs")
+    ids = _batch(1, 6, pad=False)["input_ids"]
+    with pytest.raises(ValueError, match="backend 'ebops' does not measure attention.*mm_fp8"):
+        mpq.profile(model, ids, candidates=("fp8", "mm_fp8"), backend="ebops")
+    custom = _CustomAttentionLM()
+    with pytest.warns(UserWarning, match="attention candidates left out.*no transformers config"):
+        gains = mpq.profile(custom, ids, candidates=("fp8", "mm_fp8"), backend="macs")
+    assert gains.candidates == ("base", "fp8") and gains.layers == ("qkv", "out", "head")
