@@ -513,3 +513,15 @@ def test_profile_attention_bad_backend_and_custom_model():
     with pytest.warns(UserWarning, match="attention candidates left out.*no transformers config"):
         gains = mpq.profile(custom, ids, candidates=("fp8", "mm_fp8"), backend="macs")
     assert gains.candidates == ("base", "fp8") and gains.layers == ("qkv", "out", "head")
+
+
+def test_apply_says_attention_is_not_applied_yet():
+    import mpq
+    model = tiny_llama(1)
+    with pytest.raises(ValueError, match="does not quantize attention's matmuls and KV cache yet"):
+        mpq.apply(model, {"model.layers.0.self_attn.k_cache": "kv_fp8_token"})
+    with pytest.raises(ValueError, match="is for attention's kv_cache layers, not an nn.Linear"):
+        mpq.apply(model, {"model.layers.0.self_attn.q_proj": "kv_fp8_token"})
+    # a plan that keeps attention at base applies (select's plans list every table layer)
+    qm = mpq.apply(model, {"model.layers.0.self_attn.k_cache": "base", "model.layers.0.self_attn.q_proj": "fp8"})
+    assert type(qm.model.layers[0].self_attn.q_proj).__name__ != "Linear"
