@@ -238,8 +238,12 @@ def test_candidate_kinds():
 
 # --- calibration ------------------------------------------------------------------------------------------------
 def _rmsnorm64(m64):
-    for norm in m64.modules():  # LlamaRMSNorm computes in float32 even in a float64 model: keep it in float64
-        if type(norm).__name__.endswith("RMSNorm"):
+    for norm in m64.modules():  # the RMSNorms compute in float32 even in a float64 model: keep them in float64
+        name = type(norm).__name__
+        if name.startswith("Gemma") and name.endswith("RMSNorm"):  # (1 + w) · x / rms(x)
+            norm.forward = (lambda n: lambda h: (1 + n.weight) * h * torch.rsqrt(
+                h.pow(2).mean(-1, keepdim=True) + n.eps))(norm)
+        elif name.endswith("RMSNorm"):
             norm.forward = (lambda n: lambda h: n.weight * h * torch.rsqrt(
                 h.pow(2).mean(-1, keepdim=True) + n.variance_epsilon))(norm)
 
@@ -302,6 +306,26 @@ def test_attention_delta_matches_finite_differences(llama_table):
             np.testing.assert_allclose(table.delta[:, li, ci], want, rtol=3e-3,
                                        atol=1e-3 * np.abs(want).max() + 1e-12, err_msg=f"{layer}/{cand}")
             assert not table.delta_weight[:, li, ci].any()  # no weight: all of δ is the activations'
+
+
+@pytest.mark.parametrize("name", ["qwen3", "gemma3_sliding_full"])
+def test_attention_delta_finite_differences_qwen3_gemma3(name):
+    """Q/K norms (both), Gemma3's sliding layer 0 (window 4 of 12 tokens) and full layer 1, with padding."""
+    model = MODELS[name]()
+    batch = _batch(3, 12)
+    cands = ("mm_fp8_static", "mm_int8", "kv_int8_head", "kv_fp8_token")
+    table = calib.calibrate(model, [batch], cands, progress=False)
+    for layer in ("model.layers.0.self_attn.matmul_av", "model.layers.0.self_attn.k_cache",
+                  "model.layers.1.self_attn.matmul_qk", "model.layers.1.self_attn.v_cache"):
+        li = table.index(layer)
+        for ci, cand in enumerate(cands):
+            c = CANDIDATES[cand]
+            if ("matmul" in layer) != (c.kinds == ("matmul",)):
+                continue
+            scales = table.info["attention_scales"][layer][cand] if c.act_static else None
+            want = fd_attention_delta(model, layer, cand, batch, scales)
+            np.testing.assert_allclose(table.delta[:, li, ci], want, rtol=3e-3,
+                                       atol=1e-3 * np.abs(want).max() + 1e-12, err_msg=f"{name}/{layer}/{cand}")
 
 
 def test_attention_calibration_keeps_linear_results():
