@@ -525,6 +525,12 @@ def test_profile_macs_and_memory_count_attention():
     plan = mpq.select(table, mem, max_loss_mse=float(table.mse[np.isfinite(table.mse)].sum()))
     assert plan.mapping[kc] in ("kv_fp8_token", "kv_int8_head")
     assert plan.mapping[kc] == plan.mapping[kc.replace("k_cache", "v_cache")]
+    # average bits per weight count the Linear weights only, as without attention
+    lin_only = mpq.profile(model, ids, candidates=("fp8",), backend="memory")
+    mapping = {l: "fp8" for l in lin_only.layers}
+    from mpq.selection import avg_bits
+    assert avg_bits(mem, mapping) == avg_bits(lin_only, mapping)
+    assert 8 < avg_bits(mem, mapping) < 10  # 8-bit values plus one fp32 scale per row of 32 inputs
 
 
 def test_profile_attention_bad_backend_and_custom_model():

@@ -251,6 +251,8 @@ def profile(model: nn.Module, example_input, candidates: Sequence[str] = ("int8"
                             int(named[l].out_features)] for l in linear}
         layer_shapes.update(attention_shapes(work, [l for l in layers if kinds[l] != "linear"], run))
         shapes = dict(shape_info, layers=layer_shapes)
+        if len(linear) < len(layers):  # routed attention's layers: their shapes are not weights' (avg_bits)
+            shapes["attention_layers"] = {l: kinds[l] for l in layers if kinds[l] != "linear"}
         elem = next(iter(named[linear[0]].parameters())).element_size()
         memory = B.get_backend("memory")
         shared = shared_weights(model, linear)
