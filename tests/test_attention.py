@@ -345,6 +345,11 @@ def test_attention_calibration_keeps_linear_results():
     # only the kinds the candidates apply to: matmul candidates alone leave the caches out
     mm = calib.calibrate(model, [batch], ("mm_fp8",), progress=False)
     assert mm.layers == tuple(n for n in table.layers if "matmul" in n)
+    # layers= names routed modules too
+    qk = "model.layers.1.self_attn.matmul_qk"
+    one = calib.calibrate(model, [batch], ("mm_fp8",), progress=False, layers=[qk])
+    assert one.layers == (qk,)
+    np.testing.assert_allclose(one.delta[:, 0, 0], mm.delta[:, mm.index(qk), 0], rtol=1e-6)
 
 
 def test_attention_table_saves_and_loads(llama_table, tmp_path):
