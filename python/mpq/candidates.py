@@ -18,12 +18,14 @@ if TYPE_CHECKING:  # torch loads only when a tensor is quantized: `mpq select` o
 FORMATS = tuple(_core.format_names())
 
 BASE = "base"
+# the layer kinds a candidate can apply to (``Candidate.kinds``; ``mpq.attention`` makes the last two hookable)
+KINDS = ("linear", "matmul", "kv_cache")
 ALGORITHMS = ("rtn", "gptq", "awq", "smoothquant")
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """How a Linear layer y = x Wᵀ runs.
+    """How a layer runs: a Linear y = x Wᵀ, or (``kinds``) attention's activation matmuls and its KV cache.
 
     weight_format / act_format: element formats (``mpq.FORMATS``); ``act_format=None`` is weight-only
     (activations stay in the model's precision).
@@ -37,10 +39,19 @@ class Candidate:
     scaling), "smoothquant" (activation outliers migrated into the weights, W8A8 only): computed once in
     calibration from the layer's inputs (``mpq.quantizers``) and held in a ``QuantizedWeights`` store, which
     calibration's δ, ``mpq.apply`` (fake and native) and checkpoints all read, so every step runs the same integers.
+    kinds: the layer kinds it applies to (``KINDS``): "linear" (``nn.Linear``), "matmul" (attention's
+    Q·Kᵀ and P·V, ``…matmul_qk`` / ``…matmul_av``: both inputs are activations, quantized with ``act_format``; no
+    weight, ``weight_format=None``) or "kv_cache" (K and V as they enter the cache, ``…k_cache`` / ``…v_cache``).
+    Attention candidates are their own names (``mm_*``, ``kv_*``), not the Linear ones applied to new layers: the
+    same name would mean different scales (a Linear's ``fp8`` quantizes activations per token, which a matmul's
+    contraction cannot use), and a plan or an export must say exactly what runs. For a matmul, dynamic per-tensor
+    scales are per sample (a batch-1 request's). For a KV cache, "token" is one dynamic scale per (token, head)
+    vector of head_dim values and "head" one static scale per K/V head: both, like per-tensor static, quantize a
+    token once as it enters the cache and give the same values when the cache is quantized again.
     """
 
     name: str
-    weight_format: str
+    weight_format: Optional[str]
     weight_granularity: str = "channel"
     group_size: Optional[int] = None
     act_format: Optional[str] = None
@@ -48,8 +59,16 @@ class Candidate:
     act_static: bool = False
     description: str = ""
     algorithm: str = "rtn"
+    kinds: tuple = ("linear",)
 
     def __post_init__(self):
+        object.__setattr__(self, "kinds", (self.kinds,) if isinstance(self.kinds, str) else tuple(self.kinds))
+        if not self.kinds or any(k not in KINDS for k in self.kinds):
+            raise ValueError(f"candidate {self.name!r}: kinds must be some of {', '.join(KINDS)}, got {self.kinds}")
+        if ("linear" in self.kinds) == (self.weight_format is None):
+            raise ValueError(f"candidate {self.name!r}: a weight_format goes with (and only with) Linear layers")
+        if "linear" not in self.kinds:
+            self._check_attention()
         for fmt in (self.weight_format, self.act_format):
             if fmt is not None and fmt not in FORMATS:
                 raise ValueError(f"candidate {self.name!r}: unknown format {fmt!r}; known: {', '.join(FORMATS)}")
@@ -57,10 +76,12 @@ class Candidate:
             raise ValueError(f"candidate {self.name!r}: weight_granularity must be tensor, channel or group")
         if (self.weight_granularity == "group") != (self.group_size is not None):
             raise ValueError(f"candidate {self.name!r}: group_size goes with weight_granularity='group' only")
-        if self.act_granularity not in ("tensor", "token"):
-            raise ValueError(f"candidate {self.name!r}: act_granularity must be tensor or token")
-        if self.act_static and self.act_granularity != "tensor":
-            raise ValueError(f"candidate {self.name!r}: static activation scales are per tensor")
+        if self.act_granularity not in ("tensor", "token", "head"):
+            raise ValueError(f"candidate {self.name!r}: act_granularity must be tensor, token or head")
+        if self.act_granularity == "head" and not (self.kinds == ("kv_cache",) and self.act_static):
+            raise ValueError(f"candidate {self.name!r}: per-head scales are static KV cache scales")
+        if self.act_static and self.act_granularity == "token":
+            raise ValueError(f"candidate {self.name!r}: static activation scales are per tensor (or per head)")
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"candidate {self.name!r}: algorithm must be one of {', '.join(ALGORITHMS)}")
         if self.algorithm != "rtn":
@@ -70,6 +91,21 @@ class Candidate:
             if (self.algorithm == "smoothquant") != (self.act_format is not None):
                 raise ValueError(f"candidate {self.name!r}: smoothquant is for W8A8 candidates (activations "
                                  "quantized); gptq and awq for weight-only ones")
+
+    def _check_attention(self):
+        what = f"candidate {self.name!r}"
+        if len(self.kinds) != 1:
+            raise ValueError(f"{what}: an attention candidate is for matmul or for kv_cache layers, not both")
+        if self.act_format is None or self.algorithm != "rtn":
+            raise ValueError(f"{what}: attention candidates quantize their activations by round-to-nearest")
+        if self.kinds == ("matmul",) and self.act_granularity != "tensor":
+            raise ValueError(f"{what}: a matmul's inputs are quantized per tensor (static or dynamic)")
+        if self.kinds == ("kv_cache",) and self.act_granularity == "tensor" and not self.act_static:
+            raise ValueError(f"{what}: a dynamic per-tensor KV cache scale would change with every token")
+
+    def applies_to_kind(self, kind: str) -> bool:
+        """Whether this candidate can quantize a layer of this kind (``mpq.attention.layer_kind``)."""
+        return kind in self.kinds
 
     @property
     def calibrated_weight(self) -> bool:
@@ -81,6 +117,8 @@ class Candidate:
 
     @property
     def weight_bits(self) -> int:
+        if self.weight_format is None:
+            raise ValueError(f"candidate {self.name!r} is for {self.kinds[0]} layers, which have no weight")
         return _core.format_info(self.weight_format)["bits"]
 
     def applies_to(self, weight: torch.Tensor) -> bool:
@@ -152,6 +190,31 @@ _BUILTIN += [
               algorithm="smoothquant",
               description="INT8 W8A8 static per-tensor activations, SmoothQuant (alpha 0.5) migration"),
 ]
+
+# attention (mpq.attention): the matmuls Q·Kᵀ and P·V (both inputs per tensor) and the KV cache
+_BUILTIN += [
+    Candidate("mm_fp8", None, act_format="fp8_e4m3", act_granularity="tensor", kinds=("matmul",),
+              description="attention matmul, FP8 E4M3 (OCP) inputs, dynamic per-tensor (per sample) scales"),
+    Candidate("mm_fp8_static", None, act_format="fp8_e4m3", act_granularity="tensor", act_static=True,
+              kinds=("matmul",), description="attention matmul, FP8 E4M3 (OCP) inputs, static per-tensor scales"),
+    Candidate("mm_fp8_gaudi2", None, act_format="fp8_e4m3_gaudi2", act_granularity="tensor", act_static=True,
+              kinds=("matmul",), description="attention matmul, FP8 E4M3 Gaudi-2 (max 240), static hardware scales"),
+    Candidate("mm_int8", None, act_format="int8", act_granularity="tensor", kinds=("matmul",),
+              description="attention matmul, INT8 symmetric inputs, dynamic per-tensor (per sample) scales"),
+    Candidate("mm_int8_static", None, act_format="int8", act_granularity="tensor", act_static=True,
+              kinds=("matmul",), description="attention matmul, INT8 symmetric inputs, static per-tensor scales"),
+    Candidate("kv_fp8", None, act_format="fp8_e4m3", act_granularity="tensor", act_static=True,
+              kinds=("kv_cache",), description="KV cache FP8 E4M3 (OCP), one static scale per tensor"),
+    Candidate("kv_fp8_head", None, act_format="fp8_e4m3", act_granularity="head", act_static=True,
+              kinds=("kv_cache",), description="KV cache FP8 E4M3 (OCP), one static scale per K/V head"),
+    Candidate("kv_fp8_token", None, act_format="fp8_e4m3", act_granularity="token", kinds=("kv_cache",),
+              description="KV cache FP8 E4M3 (OCP), dynamic scale per token and head"),
+    Candidate("kv_int8_head", None, act_format="int8", act_granularity="head", act_static=True,
+              kinds=("kv_cache",), description="KV cache INT8 symmetric, one static scale per K/V head"),
+    Candidate("kv_int8_token", None, act_format="int8", act_granularity="token", kinds=("kv_cache",),
+              description="KV cache INT8 symmetric, dynamic scale per token and head"),
+]
+ATTENTION_CANDIDATES = tuple(c.name for c in _BUILTIN if "linear" not in c.kinds)
 
 CANDIDATES: dict[str, Candidate] = {c.name: c for c in _BUILTIN}
 

@@ -43,7 +43,9 @@ class Subgraph:
     """One sequential segment of the model.
 
     name: a readable label (the common module prefix of its layers, made unique).
-    layers: the ``nn.Linear`` module names (as in ``model.named_modules()``) in execution order.
+    layers: the ``nn.Linear`` module names (as in ``model.named_modules()``) in execution order; while attention
+    is routed (``mpq.attention.routed_attention``), each attention module's matmul and cache modules too, in its
+    attention sub-graph (``mpq.attention.subgraphs``).
     ties: groups of layers (each of size ≥ 2) that must take the same candidate.
     start: the module whose forward pre-hook marks the start of the segment when timing it inside the model.
     method: "export" or "fallback".
@@ -156,16 +158,19 @@ def _partition(model: nn.Module, example_input, method: str) -> list[Subgraph]:
     if not linears:
         raise ValueError("the model has no nn.Linear layer: nothing to partition")
     run_example(model, example_input)  # a bad example is a clear error before any capture attempt
+    from .attention.subgraphs import with_attention_layers  # routed attention's modules, when attached
     if method in ("auto", "export"):
         try:
-            return _tie_shared_weights(_partition_export(model, example_input, linears), linears)
+            return with_attention_layers(
+                _tie_shared_weights(_partition_export(model, example_input, linears), linears), model)
         except Exception as e:  # noqa: BLE001
             if method == "export":
                 raise RuntimeError(f"torch.export could not capture the model: {type(e).__name__}: {e}") from e
             warnings.warn(f"mpq.partition: torch.export could not capture the model ({type(e).__name__}: "
                           f"{str(e).splitlines()[0] if str(e) else ''}); falling back to one sub-graph per block "
                           f"or per layer", RuntimeWarning, stacklevel=3)
-    return _tie_shared_weights(_partition_fallback(model, example_input, linears), linears)
+    return with_attention_layers(_tie_shared_weights(_partition_fallback(model, example_input, linears), linears),
+                                 model)
 
 
 def _weight_key(w: torch.Tensor):

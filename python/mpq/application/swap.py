@@ -116,6 +116,11 @@ def _apply(model, plan_or_mapping, mapping, mode, act_scales, quantized_weights)
     implementations = dict(getattr(plan_or_mapping, "implementations", None) or {})
     checked = {}
     for layer, cname in mapping.items():
+        if layer not in modules and layer.endswith(("matmul_qk", "matmul_av", "k_cache", "v_cache")):
+            if cname == BASE:  # routed attention's modules (mpq.attention) exist only while routed
+                continue
+            raise ValueError(f"layer {layer!r}: apply does not quantize attention's matmuls and KV cache yet "
+                             "(mpq.attention); map it to 'base'")
         if layer not in modules:
             raise ValueError(f"layer {layer!r} is not a module of the model")
         if not isinstance(modules[layer], nn.Linear):
@@ -123,6 +128,9 @@ def _apply(model, plan_or_mapping, mapping, mode, act_scales, quantized_weights)
         if cname == BASE:
             continue
         cand = get_candidate(cname)
+        if "linear" not in cand.kinds:
+            raise ValueError(f"layer {layer!r}: candidate {cname!r} is for attention's {cand.kinds[0]} layers, "
+                             "not an nn.Linear")
         if cand.act_static and layer not in act_scales:
             raise ValueError(f"layer {layer!r}: candidate {cname!r} has static activation scales; "
                              f"pass act_scales={{{layer!r}: scale}}")

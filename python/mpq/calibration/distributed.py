@@ -185,7 +185,8 @@ def describe(model, named, cands, batch_sizes, data_fingerprint: str, loss: str)
         params.append([name, list(p.shape) if p is not None else None, str(p.dtype) if p is not None else None,
                        _checksums(p)])
     return dict(model=type(model).__name__, candidates=[c.name for c in cands],
-                layers=[[n, list(m.weight.shape)] for n, m in named], parameters=params,
+                layers=[[n, list(m.weight.shape) if hasattr(m, "weight") else type(m).__name__]
+                                          for n, m in named], parameters=params,
                 batches=list(batch_sizes), data_fingerprint=data_fingerprint, loss=loss)
 
 

@@ -27,8 +27,10 @@ it; each row counts for its own sample (``calibration.experts``). A model with p
 rows only its own code routes) is calibrated one sample per forward pass, so that every row is that sample's.
 Experts no calibration token reached, and expert modules of unknown layout (not calibrated), are warned about and
 listed in the table's info.
-Not covered: attention's two activation matmuls (Q·Kᵀ, P·V): transformers computes them in functions, not
-modules, so there is nothing to hook; only ``nn.Linear`` layers are calibrated.
+Attention's two activation matmuls (Q·Kᵀ, P·V) and its KV cache are calibrated when a candidate applies to
+them (``Candidate.kinds``: the ``mm_*`` and ``kv_*`` candidates): attention then runs through named modules for the
+whole calibration (``mpq.attention``, ``calibration.attention``); a model whose attention cannot be routed is
+calibrated Linear-only, with a warning and the reason in ``info["attention"]``.
 """
 from __future__ import annotations
 
@@ -53,6 +55,8 @@ from ..experts import routed_experts, routed_modules
 from ..experts.layouts import linear_expert_lists
 from ..quantizers import calibrated_weights
 from . import experts as routed
+from ..attention import KVCache, MatMul, layer_kind
+from .attention import AttentionLayer, AttentionRanges, calibration_attention
 from .devices import input_device, offloaded_weights_reloaded, weight_on
 from .distributed import Ranks, describe
 from .kernel import act_quant, delta_sums, weight_quant
@@ -119,8 +123,9 @@ def fingerprint(batches: Sequence) -> str:
 
 
 def quantizable_layers(model: nn.Module, layers: Optional[Iterable[str]] = None) -> list:
-    """(name, module) of every ``nn.Linear`` (or of the named ones), in module order."""
-    found = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    """(name, module) of every ``nn.Linear`` (or of the named ones), in module order; while attention is routed
+    (``mpq.attention.routed_attention``), its ``MatMul`` and ``KVCache`` modules too."""
+    found = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, MatMul, KVCache))]
     if layers is not None:
         if isinstance(layers, (str, bytes)):
             raise ValueError(f"layers must be a list of layer names, not the string {layers!r} (write [{layers!r}])")
@@ -131,7 +136,8 @@ def quantizable_layers(model: nn.Module, layers: Optional[Iterable[str]] = None)
         by_name = dict(found)
         missing = [n for n in wanted if n not in by_name]
         if missing:
-            raise ValueError(f"not nn.Linear layers of the model: {missing}")
+            raise ValueError(f"not nn.Linear layers of the model (nor routed attention's matmul/cache modules): "
+                             f"{missing}")
         found = [(n, by_name[n]) for n in wanted]
     if not found:
         raise ValueError(f"{type(model).__name__} has no quantizable layer (nn.Linear)")
@@ -305,7 +311,8 @@ class _Run:
 
 def _static_scales(model, layers, batches, cands, device, ranks: Ranks, owners=None):
     """Per layer and static candidate: the per-tensor activation (scale, zero_point) from the range of the finite
-    values the layer sees over all calibration batches (padded tokens excluded; every rank's batches)."""
+    values the layer sees over all calibration batches (padded tokens excluded; every rank's batches); for
+    attention's layers a list of them (``AttentionRanges.scales``), from the same pass."""
     lo = [math.inf] * len(layers)
     hi = [-math.inf] * len(layers)
     state = {"mask": None}
@@ -327,7 +334,10 @@ def _static_scales(model, layers, batches, cands, device, ranks: Ranks, owners=N
             lo[i], hi[i] = min(lo[i], a), max(hi[i], b)
         return hook
 
-    handles = [m.register_forward_pre_hook(make_hook(i)) for i, (_, m) in enumerate(layers)]
+    handles = [m.register_forward_pre_hook(make_hook(i)) for i, (_, m) in enumerate(layers)
+               if layer_kind(m) == "linear"]
+    attention = AttentionRanges(layers, cands)
+    handles += attention.register(state)
     try:
         with torch.no_grad():
             for b in batches:
@@ -339,10 +349,14 @@ def _static_scales(model, layers, batches, cands, device, ranks: Ranks, owners=N
         for h in handles:
             h.remove()
     lo, hi = ranks.reduce_range(lo, hi)
-    scales = {}
+    scales = attention.scales(layers, cands, ranks)
     for i in range(len(layers)):
+        if layer_kind(layers[i][1]) != "linear":
+            continue
         rng = torch.tensor([lo[i] if math.isfinite(lo[i]) else 0.0, hi[i] if math.isfinite(hi[i]) else 0.0])
         for c in cands:
+            if "linear" not in c.kinds:
+                continue
             s, z = compute_scales(rng, c.act_format)
             scales[i, c.name] = (float(s[0]), float(z[0]))
     return scales
@@ -359,7 +373,17 @@ def calibrate(model: nn.Module, batches: Iterable, candidates=("fp8", "int8"),
     model's input), or tuples (the first item is the input, the rest is for ``loss_fn``). The first dimension of
     every input is the sample.
     loss_fn(outputs, batch) → per-sample losses [B]; default: ``causal_lm_loss`` for Hugging Face causal LMs.
-    layers: names of the ``nn.Linear`` modules to calibrate (default: all), expert GEMMs named as in the module doc.
+    candidates: names (or ``Candidate`` objects); each says which kinds of layer it applies to. The Linear ones
+    (the default ``("fp8", "int8")``) calibrate every ``nn.Linear``; add attention candidates
+    (``mpq.candidates.ATTENTION_CANDIDATES``: ``mm_fp8``, ``mm_fp8_static``, ``mm_fp8_gaudi2``, ``mm_int8``,
+    ``mm_int8_static`` for ``…self_attn.matmul_qk`` / ``…matmul_av``; ``kv_fp8``, ``kv_fp8_head``,
+    ``kv_fp8_token``, ``kv_int8_head``, ``kv_int8_token`` for ``…k_cache`` / ``…v_cache``) to calibrate attention
+    too: a transformers model's attention is routed through those modules for the calibration and restored after
+    (``mpq.attention.routed_attention``). A candidate is NaN (``info["unavailable"]`` says why) on the layers of
+    another kind. Custom attention that cannot be routed: a warning, Linear layers only, and the reason in
+    ``info["attention"]``; static attention scales are in ``info["attention_scales"]``.
+    layers: names of the ``nn.Linear`` modules to calibrate (default: all; the routed attention modules too; expert
+    GEMMs named as in the module doc).
     On every rank of an initialised torch.distributed process group (``mpq.calibration.distributed``), with the
     same arguments everywhere: each rank calibrates its share of the batches and every rank returns the table of
     all of them; a rank that differs, fails or dies makes every rank raise (naming it).
@@ -370,13 +394,21 @@ def calibrate(model: nn.Module, batches: Iterable, candidates=("fp8", "int8"),
     """
     ranks = Ranks.current(input_device(model))
     with ranks.failures_shared(), routed_experts(model, warn=False) as unknown_experts:
-        return _calibrate(model, batches, candidates, loss_fn, progress, layers, ranks, unknown_experts)
+        cands = get_candidates(candidates)
+        with calibration_attention(model, cands) as attention:
+            return _calibrate(model, batches, cands, loss_fn, progress, layers, ranks, attention, unknown_experts)
 
 
-def _calibrate(model, batches, candidates, loss_fn, progress, layers, ranks: Ranks,
+def _calibrate(model, batches, cands, loss_fn, progress, layers, ranks: Ranks, attention,
                unknown_experts) -> SensitivityTable:
-    cands: tuple[Candidate, ...] = get_candidates(candidates)
     named = quantizable_layers(model, layers)
+    if layers is None:  # only the kinds of layer some candidate applies to (Linear-only candidates: Linears only)
+        kinds = {k for c in cands for k in c.kinds}
+        named = [(n, m) for n, m in named if layer_kind(m) in kinds]
+        if not named:
+            raise ValueError(f"none of the candidates {[c.name for c in cands]} applies to a layer of "
+                             f"{type(model).__name__}" + (f" ({attention.info['reason']})" if attention.wanted and
+                                                          attention.routed is None else ""))
     experts_modules = routed_modules(model)
     owner_of = {n: (p, m) for p, m in experts_modules.items() for n in m.entries(p)}
     # expert GEMMs (layer index) -> their RoutedExperts, and the name of that experts module
@@ -412,16 +444,31 @@ def _calibrate(model, batches, candidates, loss_fn, progress, layers, ranks: Ran
         scales = (_static_scales(model, named, [b for _, b in shard], static, device, ranks, owners)
                   if static else {})
         # every rank solves the calibrated candidates on all batches: the same integers everywhere, no exchange
+        linear = [i for i, (_, m) in enumerate(named) if layer_kind(m) == "linear"]
         qweights, unavailable, sq_static = calibrated_weights(
-            model, named, batches, cands, device,
+            model, [named[i] for i in linear], batches, cands, device,
             data_fingerprint if any(c.calibrated_weight for c in cands) else "")
+        unavailable = {(linear[i], j): why for (i, j), why in unavailable.items()}  # back to indices of named
+        sq_static = {(linear[i], j): sz for (i, j), sz in sq_static.items()}
         act_scales = np.full((L, C), np.nan, np.float32)
         act_zps = np.full((L, C), np.nan, np.float32)
         applicable = np.ones((L, C), bool)
+        attention_scales = {}
         for i, (name, mod) in enumerate(named):
+            if layer_kind(mod) != "linear":
+                alayer = AttentionLayer(run, i, name, mod, cands, scales, unavailable)
+                handles += alayer.register()
+                for j, c in enumerate(cands):
+                    if c.act_static and (i, c.name) in scales and (i, j) not in unavailable:
+                        attention_scales.setdefault(name, {})[c.name] = [s for s, _ in scales[i, c.name]]
+                    if (i, j) in unavailable:
+                        applicable[i, j] = False
+                continue
             w_idx, w_q, a_idx, a_q, pre = [], [], [], [], []
             for j, c in enumerate(cands):
-                if not c.applies_to(mod.weight) and not c.calibrated_weight:
+                if not c.applies_to_kind("linear"):
+                    unavailable[i, j] = f"a candidate for {'/'.join(c.kinds)} layers, not Linear"
+                elif not c.applies_to(mod.weight) and not c.calibrated_weight:
                     unavailable[i, j] = f"group size {c.group_size} does not divide in_features {mod.in_features}"
                 if (i, j) in unavailable:
                     applicable[i, j] = False
@@ -495,8 +542,17 @@ def _calibrate(model, batches, candidates, loss_fn, progress, layers, ranks: Ran
         warnings.warn(f"calibrate: {expert_warning}", stacklevel=3)
     flat = [name for (name, _), zero in zip(named, ~measured.any(axis=(0, 2))) if zero and name not in unrouted]
     info = dict(model=type(model).__name__, loss=loss_name, seconds=time.perf_counter() - t0,
-                layer_shapes=[list(m.weight.shape) for _, m in named], coverage=coverage.to_dict())
+                layer_shapes=[list(m.weight.shape) if layer_kind(m) == "linear" else [] for _, m in named],
+                coverage=coverage.to_dict())
     info.update(expert_info)
+    if attention.info is not None:
+        info["attention"] = dict(attention.info)
+        if attention.routed is not None:
+            not_called = attention.routed.not_called()
+            if not_called:
+                info["attention"]["not_called"] = not_called
+        if attention_scales:
+            info["attention_scales"] = attention_scales
     if ranks.distributed:
         info["ranks"] = ranks.size
     if listed:

@@ -65,13 +65,17 @@ class TensorQuant:
 
 def weight_quant(c: Candidate) -> TensorQuant:
     """How candidate ``c`` quantizes a Linear weight [out, in] (``Candidate.quantize_weight``)."""
+    if "linear" not in c.kinds:
+        raise ValueError(f"candidate {c.name!r} is for {'/'.join(c.kinds)} layers, not Linear weights")
     gran = {"tensor": "tensor", "channel": "row", "group": "group"}[c.weight_granularity]
     return TensorQuant(c.weight_format, gran, c.group_size)
 
 
 def act_quant(c: Candidate, static_scale: Optional[float] = None) -> Optional[TensorQuant]:
     """How candidate ``c`` quantizes a Linear input flattened to [tokens, in] (``Candidate.quantize_act``);
-    None for weight-only candidates."""
+    None for weight-only candidates. (Attention's layouts: ``calibration.attention``.)"""
+    if "linear" not in c.kinds:
+        raise ValueError(f"candidate {c.name!r} is for {'/'.join(c.kinds)} layers, not Linear inputs")
     if c.act_format is None:
         return None
     if c.act_static:

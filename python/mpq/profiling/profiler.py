@@ -30,10 +30,12 @@ from torch import nn
 
 from ..artifacts.gain_table import GainTable, SubgraphGains
 from ..calibration.hooks import model_coverage
+from ..attention import KVCache, MatMul, layer_kind
 from ..candidates import BASE, get_candidate, get_candidates
 from ..formats import compute_scales
 from ..models import hf_kwargs, is_hf, run_example, split_example
 from ..partitioning import Subgraph, partition
+from .attention import attention_shapes, is_routed, profile_attention
 
 __all__ = ["enumerate_configs", "make_runner", "profile"]
 
@@ -221,6 +223,16 @@ def _profile(model, example_input, candidates, backend, phase, subgraphs, repeat
         raise ValueError("repeats must be >= 3 (median and spread)")
     be = B.get_backend(backend)
     cand_names = tuple(c.name for c in get_candidates(candidates))
+    not_linear = [c for c in cand_names if "linear" not in get_candidate(c).kinds]
+    if not_linear:  # attention's matmuls and KV cache (mpq.attention): counted by macs and memory, not timed yet
+        if be.name not in ("macs", "memory"):
+            raise ValueError(f"backend {backend!r} does not measure attention's matmuls and KV cache "
+                             f"({not_linear}); backend='macs' or 'memory' counts them")
+        if not is_routed(model):
+            with profile_attention(model, cand_names) as kept:
+                return profile(model, example_input, kept, backend, phase, subgraphs=subgraphs, repeats=repeats,
+                               warmup=warmup, max_configs=max_configs, per_layer=per_layer, act_scales=act_scales,
+                               seed=seed, threads=threads, device=device)
     bad = {c: be.unsupported_reason(c) for c in cand_names if not be.supported(c)}
     if bad:
         raise ValueError(f"backend {backend!r} cannot run " + "; ".join(f"{c!r} ({why})" for c, why in bad.items()))
@@ -234,15 +246,22 @@ def _profile(model, example_input, candidates, backend, phase, subgraphs, repeat
     named = dict(model.named_modules())
     for sg in subgraphs:
         for l in sg.layers:
-            if not isinstance(named.get(l), nn.Linear):
-                raise ValueError(f"sub-graph {sg.name!r}: layer {l!r} is not an nn.Linear of the model")
+            if not isinstance(named.get(l), (nn.Linear, MatMul, KVCache)):
+                raise ValueError(f"sub-graph {sg.name!r}: layer {l!r} is not an nn.Linear of the model (nor a "
+                                 "routed attention module)")
     layers = tuple(l for sg in subgraphs for l in sg.layers)
+    kinds = {l: layer_kind(named[l]) for l in layers}
+    linear = tuple(l for l in layers if kinds[l] == "linear")
     # of the model in its own dtypes, not of a backend's copy
     coverage = model_coverage(model, dict.fromkeys(layers), left_out_why="of the sub-graphs", stacklevel=3)
     table_cands = (BASE,) + cand_names
 
-    def applies(l, c):  # the candidate's grouping fits, and a kernel of the backend runs the layer's shape
-        return get_candidate(c).applies_to(named[l].weight) and (not be.timed or be.runs(named[l], c))
+    def applies(l, c):  # the candidate's kind and grouping fit, and a kernel of the backend runs the layer's shape
+        cand = get_candidate(c)
+        if kinds[l] != "linear":
+            return cand.applies_to_kind(kinds[l])
+        return ("linear" in cand.kinds and cand.applies_to(named[l].weight)
+                and (not be.timed or be.runs(named[l], c)))
 
     enum = [enumerate_configs(sg, cand_names, applies, max_configs, seed) for sg in subgraphs]
     configs = [e[0] for e in enum]
@@ -254,11 +273,14 @@ def _profile(model, example_input, candidates, backend, phase, subgraphs, repeat
         run, shape_info = make_runner(work, ex, phase)
         inputs = record_inputs(work, layers, run, may_idle)
         layer_shapes = {l: [int(np.prod(inputs[l].shape[:-1])), int(inputs[l].shape[-1]),
-                            int(named[l].out_features)] for l in layers}
+                            int(named[l].out_features)] for l in linear}
+        layer_shapes.update(attention_shapes(work, [l for l in layers if kinds[l] != "linear"], run))
         shapes = dict(shape_info, layers=layer_shapes)
-        elem = next(iter(named[layers[0]].parameters())).element_size()
+        if len(linear) < len(layers):  # routed attention's layers: their shapes are not weights' (avg_bits)
+            shapes["attention_layers"] = {l: kinds[l] for l in layers if kinds[l] != "linear"}
+        elem = next(iter(named[linear[0]].parameters())).element_size()
         memory = B.get_backend("memory")
-        shared = shared_weights(model, layers)
+        shared = shared_weights(model, linear)
         if shared and be.name == "memory":  # said where bytes are the gain; recorded in meta either way
             first = sorted(shared)[0]
             warnings.warn(f"profile: the weights of {sorted(shared)[:3]} share their memory with {shared[first]}: "
@@ -269,7 +291,7 @@ def _profile(model, example_input, candidates, backend, phase, subgraphs, repeat
             embedding tied to lm_head, or an earlier layer) costs nothing in base: quantizing adds a copy."""
             if c == BASE and shared.get(l):
                 return 0.0
-            return memory.layer_cost(layer_shapes[l], c, element_size=elem)
+            return memory.layer_cost(layer_shapes[l], c, element_size=elem, kind=kinds[l])
 
         lbytes = np.array([[layer_bytes(l, c) if c == BASE or applies(l, c) else np.nan for c in table_cands]
                            for l in layers])
@@ -288,7 +310,8 @@ def _profile(model, example_input, candidates, backend, phase, subgraphs, repeat
             sgs, baseline, lgain = _theoretical(
                 subgraphs, configs, table_cands, layers,
                 layer_bytes if be.name == "memory" else
-                lambda l, c: be.layer_cost(layer_shapes[l], c, device=device, element_size=elem))
+                lambda l, c: be.layer_cost(layer_shapes[l], c, device=device, element_size=elem, kind=kinds[l]),
+                applies)
         meta.update(be.meta(device))
         if shared:
             meta["shared_weights"] = shared
@@ -348,7 +371,7 @@ def shared_weights(model: nn.Module, layers) -> dict[str, list[str]]:
     return out
 
 
-def _theoretical(subgraphs, configs, table_cands, layers, cost):
+def _theoretical(subgraphs, configs, table_cands, layers, cost, applies=None):
     sgs = []
     total = 0.0
     for sg, cfg in zip(subgraphs, configs):
@@ -357,7 +380,8 @@ def _theoretical(subgraphs, configs, table_cands, layers, cost):
         gain = base - vals
         sgs.append((gain, np.zeros_like(gain), np.zeros(len(gain), dtype=bool), float(base)))
         total += base
-    lg = np.array([[cost(l, BASE) - cost(l, c) if c == BASE or not _nan(cost, l, c) else np.nan
+    lg = np.array([[cost(l, BASE) - cost(l, c)
+                    if c == BASE or ((applies is None or applies(l, c)) and not _nan(cost, l, c)) else np.nan
                     for c in table_cands] for l in layers])
     return sgs, float(total), lg
 

@@ -127,7 +127,8 @@ def avg_bits(gains: GainTable, mapping: Mapping[str, str]) -> float:
 
 def _timed_weights(gains: GainTable) -> tuple[list, int]:
     shapes = (gains.shapes or {}).get("layers") or {}
-    layers = [l for sg in gains.subgraphs for l in sg.layers]
+    attention = (gains.shapes or {}).get("attention_layers") or {}  # matmuls and KV cache hold no weight
+    layers = [l for sg in gains.subgraphs for l in sg.layers if l not in attention]
     missing = [l for l in layers if l not in shapes]
     if gains.layer_bytes is None or missing:
         raise ValueError("average bits need per-layer bytes and shapes in the GainTable (a table from mpq.profile; "

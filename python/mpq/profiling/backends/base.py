@@ -84,9 +84,11 @@ class TheoreticalBackend(Backend):
     kernels = {"*": "theoretical"}
 
     def layer_cost(self, shape: Sequence[int], candidate: str, *, device: Optional[str] = None,
-                   element_size: int = 4) -> float:
+                   element_size: int = 4, kind: str = "linear") -> float:
         """Cost of one Linear in ``candidate`` ("base": the model's own precision) in ``unit``. shape: [tokens,
         in_features, out_features] in the profiled phase; element_size: bytes of one element of the model's
-        weights; device: the device table of backends that have one. @raises ValueError where the cost is
-        undefined (an unknown device)."""
+        weights; device: the device table of backends that have one. kind (``mpq.attention.layer_kind``):
+        "matmul" has shape [rows, K, N] (A's rows over all batch dimensions, the contraction, B's columns),
+        "kv_cache" [B, H_kv, context, head_dim]. @raises ValueError where the cost is undefined (an unknown
+        device, a kind the backend does not count)."""
         raise NotImplementedError

@@ -19,7 +19,10 @@ class EbopsBackend(TheoreticalBackend):
     unit = "bit operations"
     kernels = {"*": "bit operations"}
 
-    def layer_cost(self, shape, candidate: str, *, device: Optional[str] = None, element_size: int = 4) -> float:
+    def layer_cost(self, shape, candidate: str, *, device: Optional[str] = None, element_size: int = 4,
+                   kind: str = "linear") -> float:
+        if kind != "linear":
+            raise ValueError(f"ebops counts Linear layers only, not {kind} layers")
         m, k, n = shape
         base_bits = 8 * element_size
         if candidate == BASE:

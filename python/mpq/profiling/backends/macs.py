@@ -3,6 +3,9 @@ gain = Σ over the configuration's layers of MACs · (1/peak[base] − 1/peak[ca
 figures, not measurements: they say what the hardware could do, not what a kernel achieves (on this project's
 AVX2 CPU, int8 W8A8 through torch._int_mm is 5–50x *slower* than fp32 while the table says 2x faster).
 
+Attention's matmuls (``mpq.attention``) count B·H·S_q·S_k·D MACs each, at the rate of their inputs' format;
+the KV cache counts none.
+
 Peak rates are MAC/s for one core (CPUs) or one device (accelerators). Weight-only candidates compute in the
 activation precision, so they get the base rate (their gain is in memory, see the ``memory`` backend).
 """
@@ -44,13 +47,16 @@ class MacsBackend(TheoreticalBackend):
         dev = device or DEFAULT_DEVICE
         return {"device": dev, "base_format": DEVICES[dev][0] if dev in DEVICES else None}
 
-    def layer_cost(self, shape, candidate: str, *, device: Optional[str] = None, element_size: int = 4) -> float:
+    def layer_cost(self, shape, candidate: str, *, device: Optional[str] = None, element_size: int = 4,
+                   kind: str = "linear") -> float:
         dev = device or DEFAULT_DEVICE
         if dev not in DEVICES:
             raise ValueError(f"unknown macs device {dev!r}; known: {', '.join(DEVICES)}")
+        if kind == "kv_cache":  # storage, no arithmetic: its format changes bytes (memory backend), not MACs
+            return 0.0
         base, rates = DEVICES[dev]
         fmt = BASE if candidate == BASE else compute_format(candidate)
-        m, k, n = shape
+        m, k, n = shape  # an attention matmul: m = B·H·S_q rows, k and n from Q·Kᵀ (D, S_k) or P·V (S_k, D)
         return m * k * n / rates[base if fmt == BASE else fmt]
 
 
