@@ -45,6 +45,7 @@ from ..models import batch_size, model_inputs, padding_mask, to_device, unpadded
 from ..quantizers import calibrated_weights
 from .devices import input_device, offloaded_weights_reloaded, weight_on
 from .distributed import Ranks, describe
+from .granularity import GroupSplit, parse_granularity
 from .kernel import act_quant, delta_sums, weight_quant
 
 # per-sample weight gradients are formed this many values at a time (at least one sample): bounds the temporary
@@ -206,7 +207,10 @@ class _Call:
         if L.calibrated:  # ⟨G_nᵀ X_n, ΔW⟩ = Σ_t g_t · (ΔW x_t): one matmul per candidate, no per-sample gradient formed
             # ΔW formed per call, not kept: one float32 copy per (layer, candidate) would outweigh the model
             res = torch.stack([(torch.matmul(x, (q.effective_weight().to(w.device) - w).t()) * g)
-                               .sum((1, 2), dtype=torch.float64) for _, q, _ in L.calibrated], 1).cpu()
+                               .sum(1, dtype=torch.float64) for _, q, _ in L.calibrated], 2).cpu()  # [B, out, J]
+            if L.run.groups:  # below the layer: the per-row sums by group (calibration.granularity)
+                L.run.groups.add(L.index, [j for j, _, _ in L.calibrated], 0, L.run.groups.per_row_sums(L.index, res))
+            res = res.sum(1)
             self._check(res, "weight sensitivity")
             L.run.add(L.index, [j for j, _, _ in L.calibrated], res, weight=True)
         if not L.w_quants:
@@ -214,9 +218,13 @@ class _Call:
         B, out_f, in_f = x.shape[0], w.shape[0], w.shape[1]
         chunk = max(1, GRAD_CHUNK_VALUES // max(1, out_f * in_f))
         res = torch.empty(B, len(L.w_quants), dtype=torch.float64)
+        rows = L.run.groups.rows(L.index) if L.run.groups else out_f  # rows summed into one δ (granularity)
         for s in range(0, B, chunk):
             gw = torch.bmm(g[s:s + chunk].transpose(1, 2), x[s:s + chunk])  # per-sample ∂ℓ_n/∂W [k, out, in]
-            res[s:s + chunk] = delta_sums(w, gw, L.w_quants, out_f).reshape(-1, len(L.w_quants)).cpu()
+            part = delta_sums(w, gw, L.w_quants, rows).reshape(gw.shape[0], -1, len(L.w_quants)).cpu()
+            res[s:s + chunk] = part.sum(1)
+            if L.run.groups:
+                L.run.groups.add(L.index, L.w_idx, s, part)
             del gw
         self._check(res, "weight sensitivity")
         L.run.add(L.index, L.w_idx, res, weight=True)
@@ -254,9 +262,12 @@ class _Run:
         self.batch_index = -1
         self.batch_samples = 0
         self.delta = self.delta_w = None
+        self.groups: Optional[GroupSplit] = None  # granularity below the layer
 
     def start(self, index, samples):
         self.batch_index, self.batch_samples = index, samples
+        if self.groups:
+            self.groups.start(samples)
         self.delta = np.zeros((samples, self.n_layers, self.n_cands))
         self.delta_w = np.zeros_like(self.delta)
 
@@ -312,7 +323,7 @@ def _static_scales(model, layers, batches, cands, device, ranks: Ranks):
 
 def calibrate(model: nn.Module, batches: Iterable, candidates=("fp8", "int8"),
               loss_fn: Optional[Callable] = None, progress: bool = True, *,
-              layers: Optional[Iterable[str]] = None) -> SensitivityTable:
+              layers: Optional[Iterable[str]] = None, granularity: str = "layer"):
     """Per-layer loss sensitivity s[l, c] = mean_n δ[n,l,c]² of ``model`` on ``batches`` (module docstring).
 
     batches: an iterable of batches (kept in a list: a candidate with static activation scales needs a first
@@ -322,6 +333,8 @@ def calibrate(model: nn.Module, batches: Iterable, candidates=("fp8", "int8"),
     every input is the sample.
     loss_fn(outputs, batch) → per-sample losses [B]; default: ``causal_lm_loss`` for Hugging Face causal LMs.
     layers: names of the ``nn.Linear`` modules to calibrate (default: all).
+    granularity: "layer" (a SensitivityTable), or "channel" / "group:G" (a ``ChannelTable``: the weight term of δ
+    also per output row or per G rows, from the same pass; ``calibration.granularity``).
     On every rank of an initialised torch.distributed process group (``mpq.calibration.distributed``), with the
     same arguments everywhere: each rank calibrates its share of the batches and every rank returns the table of
     all of them; a rank that differs, fails or dies makes every rank raise (naming it).
@@ -331,10 +344,11 @@ def calibrate(model: nn.Module, batches: Iterable, candidates=("fp8", "int8"),
     """
     ranks = Ranks.current(input_device(model))
     with ranks.failures_shared():
-        return _calibrate(model, batches, candidates, loss_fn, progress, layers, ranks)
+        return _calibrate(model, batches, candidates, loss_fn, progress, layers, ranks, granularity)
 
 
-def _calibrate(model, batches, candidates, loss_fn, progress, layers, ranks: Ranks) -> SensitivityTable:
+def _calibrate(model, batches, candidates, loss_fn, progress, layers, ranks: Ranks, granularity="layer"):
+    split_rows = parse_granularity(granularity)
     cands: tuple[Candidate, ...] = get_candidates(candidates)
     named = quantizable_layers(model, layers)
     batches = list(batches)
@@ -356,6 +370,8 @@ def _calibrate(model, batches, candidates, loss_fn, progress, layers, ranks: Ran
     saved_modes = [(m, m.training) for m in model.modules()]
     handles = []
     run = _Run(L, C)
+    if split_rows is not None:
+        run.groups = GroupSplit(granularity, [n for n, _ in named], [m.out_features for _, m in named], C)
     t0 = time.perf_counter()
     try:
         model.eval()
@@ -420,6 +436,7 @@ def _calibrate(model, batches, candidates, loss_fn, progress, layers, ranks: Ran
                                               sizes)
         delta[:, ~applicable] = np.nan
         delta_w[:, ~applicable] = np.nan
+        group_delta = run.groups.gathered(ranks, sizes, applicable) if run.groups else None
     finally:
         for h in handles:
             h.remove()
@@ -450,9 +467,13 @@ def _calibrate(model, batches, candidates, loss_fn, progress, layers, ranks: Ran
         warnings.warn(f"calibrate: every δ of layer(s) {flat[:5]}{' ...' if len(flat) > 5 else ''} is zero: the "
                       "loss does not depend on them, so their predicted loss is 0", stacklevel=3)
         info["zero_delta_layers"] = flat
-    return SensitivityTable(tuple(n for n, _ in named), tuple(c.name for c in cands), delta, delta_w, act_scales,
-                            np.nan_to_num(act_zps, nan=0.0), data_fingerprint, info,
-                            quantized_weights=qweights if len(qweights) else None)
+    table = SensitivityTable(tuple(n for n, _ in named), tuple(c.name for c in cands), delta, delta_w, act_scales,
+                             np.nan_to_num(act_zps, nan=0.0), data_fingerprint, info,
+                             quantized_weights=qweights if len(qweights) else None)
+    if run.groups is None:
+        return table
+    from ..artifacts.channel_table import ChannelTable
+    return ChannelTable(table, run.groups.rows_per_group, group_delta, granularity, run.groups.kept_whole)
 
 
 def _static_quant(c: Candidate, sz):
