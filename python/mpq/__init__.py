@@ -19,7 +19,7 @@ _install_moved(__name__)
 _LAZY = {
     "FORMATS": "formats", "fake_quantize": "formats",
     "CANDIDATES": "candidates", "Candidate": "candidates",
-    "calibrate": "calibration", "causal_lm_loss": "calibration", "SensitivityTable": "artifacts",
+    "calibrate": "calibration", "causal_lm_loss": "calibration", "SensitivityTable": "artifacts", "ChannelTable": "artifacts", "ChannelPlan": "artifacts",
     "partition": "partitioning", "Subgraph": "partitioning", "profile": "profiling", "GainTable": "artifacts",
     "apply": "application", "export": "application", "save_quantized": "application", "Plan": "artifacts",
     "select": "selection", "pareto": "selection",
