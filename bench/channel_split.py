@@ -6,9 +6,10 @@ rest in class A (default int8 and w4a16_g64; rows dealt at random in 16-row bloc
 fractions f ∈ {0, 0.25, 0.5, 0.75, 1}; the time gain T_base − T_split(f) is predicted at held-out fractions
 {0.125, 0.375, 0.625, 0.875} by piecewise-linear interpolation between them, and by the two-point line
 (1 − f)·gain_A + f·gain_B of the pure layers; both predictions against the measured time. Outputs are checked
-against the fake split before timing. One thread; medians of --repeat runs, interleaved round by round.
+against the fake split before timing. One thread; the median (or --stat min: the fastest) of --repeat rounds, each
+round timing every configuration once.
 
-    python bench/channel_split.py [--repeat 15] [--classes int8,w4a16_g64] [--tokens 1,64]
+    python bench/channel_split.py [--repeat 15] [--classes int8,w4a16_g64] [--tokens 1,64] [--stat median|min]
 """
 from __future__ import annotations
 
@@ -49,12 +50,16 @@ def main(argv=None):
     p.add_argument("--repeat", type=int, default=15)
     p.add_argument("--classes", default="int8,w4a16_g64")
     p.add_argument("--tokens", default="1,64")
+    p.add_argument("--stat", choices=("median", "min"), default="median",
+                   help="per configuration: the median of the rounds, or the fastest (robust to preemption on a "
+                        "loaded machine)")
     args = p.parse_args(argv)
     a, b = args.classes.split(",")
     torch.set_num_threads(1)
     from mpq.application.channel_split import ChannelSplitLinear
     print(machine_line())
-    print(f"# classes A={a} B={b}; f = share of rows in B; gain = T_base - T_split, in ms")
+    print(f"# classes A={a} B={b}; f = share of rows in B; gain = T_base - T_split, in ms ({args.stat} of "
+          f"{args.repeat} rounds)")
     rows, errs_interp, errs_line = [], [], []
     for (k, n) in SHAPES:
         for m in (int(t) for t in args.tokens.split(",")):
@@ -74,7 +79,8 @@ def main(argv=None):
                 for _ in range(3):
                     timed_round(fns)
                 samples = [timed_round(fns) for _ in range(args.repeat)]
-            med = [1e3 * statistics.median(s[i] for s in samples) for i in range(len(fns))]
+            stat = statistics.median if args.stat == "median" else min
+            med = [1e3 * stat(s[i] for s in samples) for i in range(len(fns))]
             base, split = med[0], dict(zip(fracs, med[1:]))
             gain = {f: base - t for f, t in split.items()}
             fit_g = [gain[f] for f in FIT]

@@ -191,3 +191,26 @@ def test_channel_select_refuses_timed_gains_and_layer_only_options(mlp_and_data,
         mpq.select(channel, timed, max_loss_mse=1.0)
     with pytest.raises(ValueError, match="pin: not supported with a ChannelTable"):
         mpq.select(channel, gains, max_loss_mse=1.0, pin={"0": "int8"})
+
+
+def test_calibrated_weight_candidates_split_by_row(mlp_and_data):
+    """GPTQ's δ (the stored integers' real ΔW, one matmul per candidate) splits by row the same way."""
+    m, batches = mlp_and_data
+    layer = mpq.calibrate(m, batches, ("w8a16_gptq",), ce_loss, progress=False)
+    split = mpq.calibrate(m, batches, ("w8a16_gptq",), ce_loss, progress=False, granularity="group:8")
+    np.testing.assert_allclose(split.layer_weight_delta(), layer.delta_weight, rtol=1e-9, atol=1e-300)
+    name = "2"
+    q = split.table.quantized_weights.get_for(name, "w8a16_gptq", dict(m.named_modules())[name].weight)
+    w = dict(m.named_modules())[name].weight.detach()
+    m64 = copy.deepcopy(m).double()
+    lin = dict(m64.named_modules())[name]
+    dw = (q.effective_weight() - w).double()
+    want = []
+    for xb, yb in batches:
+        for n in range(xb.shape[0]):
+            (g,) = torch.autograd.grad(ce_loss(m64(xb[n:n + 1].double()), (None, yb[n:n + 1]))[0], lin.weight)
+            want.append((g * dw).sum(1).reshape(-1, 8).sum(1))
+    want = torch.stack(want).numpy()
+    o = split.offsets
+    got = split.group_delta_weight[:, o[1]:o[2], 0]
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-5 * np.abs(want).max())
