@@ -21,6 +21,31 @@ from calibrate import load
 CANDIDATES = ("fp8", "int8", "w8a16", "w4a16_g64")
 
 
+def select_at_scale(model, batches, layer, splits):
+    """The least predicted loss MSE at 5 and 6 average weight bits (mpq.select(min_gain=the bytes to save), memory
+    backend): groups, wall time of mpq.select, predicted loss MSE, for the layer table and each split table."""
+    import mpq
+    gains = mpq.profile(model, {k: v[:1] for k, v in batches[0].items()}, candidates=CANDIDATES[2:],
+                        backend="memory")
+    weights = sum(int(sh[1]) * int(sh[2]) for sh in gains.shapes["layers"].values())
+    rows = []
+    for bits in (5.0, 6.0):
+        need = gains.baseline_seconds - bits * weights / 8   # bytes to save (the memory backend's baseline: bytes)
+        for kind, table in (("layer", layer), *splits.items()):
+            groups = len(table.layers) if kind == "layer" else int(table.offsets[-1])
+            t0 = time.perf_counter()
+            try:
+                plan = mpq.select(table, gains, min_gain=need)
+            except ValueError as e:  # below the least bits these candidates reach
+                rows.append((kind, bits, groups, time.perf_counter() - t0, float("nan"), str(e)[:40]))
+                continue
+            rows.append((kind, bits, groups, time.perf_counter() - t0, plan.predicted_loss_mse,
+                         plan.solver["status"]))
+    print("# least predicted loss MSE at b average weight bits (w8a16 / w4a16_g64 / base): mpq.select(min_gain=...)")
+    print_table(("granularity", "avg bits", "groups", "select s", "loss MSE", "status"), rows,
+                ("", ".1f", "d", ".3f", ".4g", ""))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", choices=("smollm2", "tiny"), default="smollm2")
@@ -29,6 +54,8 @@ def main(argv=None):
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--group", type=int, default=16)
+    p.add_argument("--select", action="store_true", help="also solve each table at a few average-bit limits "
+                   "(memory backend) and print the solver's time and the plans' predicted loss MSE")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     import mpq
@@ -41,10 +68,13 @@ def main(argv=None):
         return mpq.calibrate(model, batches, CANDIDATES, progress=False, granularity=kind)
 
     layer = run("layer")
+    splits = {}
     for kind in kinds[1:]:
-        split = run(kind)
+        splits[kind] = split = run(kind)
         np.testing.assert_allclose(split.layer_weight_delta(), layer.delta_weight, rtol=1e-9, atol=1e-30)
         print(f"# {kind}: {split}, group δ sums = layer δw (rtol 1e-9)")
+    if args.select:
+        select_at_scale(model, batches, layer, splits)
     times = {k: [] for k in kinds}
     for _ in range(args.repeat):
         for kind in kinds:
