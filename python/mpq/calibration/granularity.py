@@ -94,3 +94,8 @@ class GroupSplit:
         layer_of = np.repeat(np.arange(len(self.out_features)), np.diff(self.offsets))
         every[:, ~applicable[layer_of]] = np.nan
         return every
+
+    def channel_table(self, table, group_delta: np.ndarray):
+        """The ChannelTable of this pass: the layer table and the gathered group δ."""
+        from ..artifacts.channel_table import ChannelTable
+        return ChannelTable(table, self.rows_per_group, group_delta, self.granularity, self.kept_whole)

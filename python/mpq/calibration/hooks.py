@@ -348,7 +348,7 @@ def calibrate(model: nn.Module, batches: Iterable, candidates=("fp8", "int8"),
 
 
 def _calibrate(model, batches, candidates, loss_fn, progress, layers, ranks: Ranks, granularity="layer"):
-    split_rows = parse_granularity(granularity)
+    parse_granularity(granularity)  # ValueError before any work
     cands: tuple[Candidate, ...] = get_candidates(candidates)
     named = quantizable_layers(model, layers)
     batches = list(batches)
@@ -370,7 +370,7 @@ def _calibrate(model, batches, candidates, loss_fn, progress, layers, ranks: Ran
     saved_modes = [(m, m.training) for m in model.modules()]
     handles = []
     run = _Run(L, C)
-    if split_rows is not None:
+    if parse_granularity(granularity) is not None:
         run.groups = GroupSplit(granularity, [n for n, _ in named], [m.out_features for _, m in named], C)
     t0 = time.perf_counter()
     try:
@@ -470,10 +470,7 @@ def _calibrate(model, batches, candidates, loss_fn, progress, layers, ranks: Ran
     table = SensitivityTable(tuple(n for n, _ in named), tuple(c.name for c in cands), delta, delta_w, act_scales,
                              np.nan_to_num(act_zps, nan=0.0), data_fingerprint, info,
                              quantized_weights=qweights if len(qweights) else None)
-    if run.groups is None:
-        return table
-    from ..artifacts.channel_table import ChannelTable
-    return ChannelTable(table, run.groups.rows_per_group, group_delta, granularity, run.groups.kept_whole)
+    return table if run.groups is None else run.groups.channel_table(table, group_delta)
 
 
 def _static_quant(c: Candidate, sz):
