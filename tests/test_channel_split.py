@@ -136,3 +136,11 @@ def test_channel_plan_refusals():
     if cpu_kernels.admitted("w4a16_g64"):  # int4 kernels take 16-row tiles: a 20-row class is refused, said why
         with pytest.raises(ValueError, match="divisible by 16"):
             ChannelSplitLinear(nn.Linear(64, 48), {"w4a16_g64": np.arange(20), "int8": np.arange(20, 48)}, "native")
+
+
+def test_channel_plan_has_no_export_or_checkpoint(tmp_path):
+    plan = make_plan(None, {"0": ["int8"] * 48})
+    with pytest.raises(ValueError, match="ChannelPlan .* has no export or checkpoint format"):
+        mpq.export(plan, "compressed-tensors", tmp_path / "c.json")
+    with pytest.raises(ValueError, match="ChannelPlan .* has no export or checkpoint format"):
+        mpq.save_quantized(nn.Sequential(nn.Linear(32, 48)), plan, tmp_path / "ckpt", "compressed-tensors")

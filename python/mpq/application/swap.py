@@ -29,6 +29,10 @@ from ..models import copy_sharing_tensors, set_module
 
 __all__ = ["FakeQuantLinear", "apply", "plan_mapping"]
 
+CHANNEL_PLAN_ONLY_APPLIES = ("a ChannelPlan (a candidate per output-row group) has no export or checkpoint format "
+                             "here (their schemes give one format per layer): mpq.apply runs it, one kernel per "
+                             "precision class")
+
 
 class FakeQuantLinear(nn.Module):
     """y = linear(Q_act(x / s), Q(W), b): Q(W) the candidate's RTN weight, or for a calibrated-weight candidate the
@@ -61,6 +65,8 @@ class FakeQuantLinear(nn.Module):
 
 def plan_mapping(plan_or_mapping) -> dict[str, str]:
     """A {layer: candidate name} dict from a mapping or any object with a ``.mapping`` dict."""
+    if isinstance(plan_or_mapping, ChannelPlan):
+        raise ValueError(CHANNEL_PLAN_ONLY_APPLIES)
     m = getattr(plan_or_mapping, "mapping", plan_or_mapping)
     if not isinstance(m, Mapping):
         raise ValueError(f"expected a {{layer: candidate}} mapping or a Plan with .mapping, "
