@@ -78,3 +78,95 @@ def test_multipoint_linear_refuses():
         MultipointLinear(nn.Linear(128, 16), layout="rows")
     with pytest.raises(ValueError, match="not 'fp8_e4m3'"):
         MultipointLinear(nn.Linear(128, 16), fmt="fp8_e4m3")
+
+
+# --- as candidates: calibration, gains, selection per channel, apply -------------------------------------------
+MP = ("w4a16_g64", "w4a16_g64_mp2", "w4a16_g64_mp3")
+
+
+def ce_loss(out, batch):
+    return nn.functional.cross_entropy(out, batch[1], reduction="none")
+
+
+@pytest.fixture(scope="module")
+def mlp_and_data():
+    torch.manual_seed(5)
+    m = nn.Sequential(nn.Linear(64, 64), nn.GELU(), nn.Linear(64, 64), nn.GELU(), nn.Linear(64, 16)).eval()
+    X, y = torch.randn(16, 64), torch.randint(0, 16, (16,))
+    return m, [(X[i:i + 8], y[i:i + 8]) for i in (0, 8)]
+
+
+def test_calibrated_delta_of_multipoint_candidates_per_row(mlp_and_data):
+    """δ of a k-point candidate (the kernel on the residual) against per-sample autograd with ΔW = Σ a_p q_p − W."""
+    import copy
+
+    import numpy as np
+
+    import mpq
+    m, batches = mlp_and_data
+    table = mpq.calibrate(m, batches, MP, ce_loss, progress=False, granularity="channel")
+    m64 = copy.deepcopy(m).double()
+    for li, name in enumerate(("0", "2")):
+        lin = dict(m64.named_modules())[name]
+        w = dict(m.named_modules())[name].weight.detach()
+        for j, cname in enumerate(MP):
+            dw = (CANDIDATES[cname].quantize_weight(w) - w).double()
+            want, size = [], []
+            for xb, yb in batches:
+                for n in range(xb.shape[0]):
+                    (g,) = torch.autograd.grad(ce_loss(m64(xb[n:n + 1].double()), (None, yb[n:n + 1]))[0],
+                                               lin.weight)
+                    want.append((g * dw).sum(1))
+                    size.append((g * dw).abs().sum(1))
+            want, size = torch.stack(want).numpy(), torch.stack(size).numpy()
+            o = table.offsets
+            got = table.group_delta_weight[:, o[li]:o[li + 1], j]
+            # float32 gradients in the pass: the error scales with Σ|g·ΔW|, which cancellation leaves far above |δ|
+            bad = np.abs(got - want) > 1e-3 * size + 1e-15
+            assert not bad.any(), (cname, name, got[bad][:3], want[bad][:3], size[bad][:3])
+    s = table.table.mse
+    assert (s[:2, 0] > s[:2, 1]).all() and (s[:2, 1] > s[:2, 2]).all()  # more points, less loss MSE
+
+
+def test_points_cost_bytes_and_bit_operations():
+    from mpq.profiling.backends import get_backend
+    shape = (4, 256, 32)
+    for backend in ("memory", "ebops", "macs"):
+        be = get_backend(backend)
+        one = be.layer_cost(shape, "w4a16_g64")
+        assert be.layer_cost(shape, "w4a16_g64_mp2") == pytest.approx(2 * one)
+        assert be.layer_cost(shape, "w4a16_g64_mp3") == pytest.approx(3 * one)
+
+
+def test_the_channel_selection_chooses_k_per_row_group(mlp_and_data):
+    import numpy as np
+
+    import mpq
+    m, batches = mlp_and_data
+    table = mpq.calibrate(m, batches, MP, ce_loss, progress=False, granularity="group:16")
+    gains = mpq.profile(m, batches[0][0], candidates=MP, backend="memory")
+    weights = sum(int(sh[1]) * int(sh[2]) for sh in gains.shapes["layers"].values())
+    need = gains.baseline_seconds - 8.0 * weights / 8     # bytes to save to reach 8 bits a weight on average
+    plan = mpq.select(table, gains, min_gain=need)          # the least loss MSE there: a mix of 1, 2, 3 points
+    assert 8 * (gains.baseline_seconds - plan.predicted_gain) / weights <= 8.0 + 1e-9
+    used = {c for c, n in plan.row_counts().items() if n}
+    assert len(used & set(MP)) >= 2, used
+    x = batches[0][0]
+    with torch.no_grad():
+        fake = mpq.apply(m, plan, mode="fake")(x)
+        if all(cpu_kernels.admitted(c) for c in MP):
+            native = mpq.apply(m, plan, mode="native")(x)
+            assert float((native - fake).abs().max()) <= 2 ** -5 * float(fake.abs().max())
+    assert np.isfinite(fake.numpy()).all()
+
+
+def test_multipoint_is_refused_where_no_format_holds_it(tmp_path):
+    import mpq
+    with pytest.raises(ValueError, match="no multipoint scheme"):
+        mpq.export({"0": "w4a16_g64_mp2"}, "compressed-tensors", tmp_path / "c.json")
+    with pytest.raises(ValueError, match="torchao export runs"):
+        mpq.export({"0": "w4a16_g64_mp2"}, "torchao", tmp_path / "t.json")
+    with pytest.raises(ValueError, match="points must be 1, 2 or 3"):
+        mpq.Candidate("x", "int4", "group", 64, points=4)
+    with pytest.raises(ValueError, match="multipoint is for round-to-nearest weight-only"):
+        mpq.Candidate("x", "int8", "channel", act_format="int8", points=2)

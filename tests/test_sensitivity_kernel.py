@@ -67,6 +67,8 @@ def test_kernel_equals_candidate_quantizers():
     gen = torch.Generator().manual_seed(2)
     w, x = torch.randn(64, 128, generator=gen), torch.randn(2, 8, 128, generator=gen)
     for c in CANDIDATES.values():
+        if c.points > 1:  # multipoint: the kernel quantizes the residual, not W (test_multipoint checks that)
+            continue
         assert torch.equal(weight_quant(c).apply(w), c.quantize_weight(w))
         if c.act_format is not None:
             s = 0.05 if c.act_static else None

@@ -103,6 +103,10 @@ def refuse_calibrated(plan: Plan, target: str) -> None:
 
 def compressed_tensors_config(plan: Plan) -> dict:
     refuse_calibrated(plan, "compressed-tensors")
+    multipoint = sorted({c for c in plan.mapping.values() if c != BASE and get_candidate(c).points > 1})
+    if multipoint:
+        raise ValueError(f"compressed-tensors has no multipoint scheme (weights that are sums of points): "
+                         f"{multipoint}")
     groups, by_candidate = {}, {}
     for name, c in plan.mapping.items():
         if c != BASE:

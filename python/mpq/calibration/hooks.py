@@ -47,6 +47,7 @@ from .devices import input_device, offloaded_weights_reloaded, weight_on
 from .distributed import Ranks, describe
 from .granularity import GroupSplit, parse_granularity
 from .kernel import act_quant, delta_sums, weight_quant
+from .points import weight_delta_parts, weight_terms
 
 # per-sample weight gradients are formed this many values at a time (at least one sample): bounds the temporary
 GRAD_CHUNK_VALUES = 1 << 22
@@ -219,9 +220,10 @@ class _Call:
         chunk = max(1, GRAD_CHUNK_VALUES // max(1, out_f * in_f))
         res = torch.empty(B, len(L.w_quants), dtype=torch.float64)
         rows = L.run.groups.rows(L.index) if L.run.groups else out_f  # rows summed into one δ (granularity)
+        terms = weight_terms(w, L.w_cands)  # W, and the residuals multipoint candidates quantize (calibration.points)
         for s in range(0, B, chunk):
             gw = torch.bmm(g[s:s + chunk].transpose(1, 2), x[s:s + chunk])  # per-sample ∂ℓ_n/∂W [k, out, in]
-            part = delta_sums(w, gw, L.w_quants, rows).reshape(gw.shape[0], -1, len(L.w_quants)).cpu()
+            part = weight_delta_parts(terms, L.w_quants, gw, rows).cpu()
             res[s:s + chunk] = part.sum(1)
             if L.run.groups:
                 L.run.groups.add(L.index, L.w_idx, s, part)
@@ -410,6 +412,7 @@ def _calibrate(model, batches, candidates, loss_fn, progress, layers, ranks: Ran
                     a_idx.append(j)
                     a_q.append(_static_quant(c, sz) if c.act_static else act_quant(c))
             layer = _Layer(run, i, name, mod, w_idx, w_q, a_idx, a_q, pre)
+            layer.w_cands = [cands[j] for j in w_idx]
             handles.append(mod.register_forward_pre_hook(layer.pre))
             handles.append(mod.register_forward_hook(layer.post))
 

@@ -51,7 +51,8 @@ class MacsBackend(TheoreticalBackend):
         base, rates = DEVICES[dev]
         fmt = BASE if candidate == BASE else compute_format(candidate)
         m, k, n = shape
-        return m * k * n / rates[base if fmt == BASE else fmt]
+        points = 1 if candidate == BASE else get_candidate(candidate).points  # a multipoint weight: k matmuls
+        return points * m * k * n / rates[base if fmt == BASE else fmt]
 
 
 BACKEND = MacsBackend()

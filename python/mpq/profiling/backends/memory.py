@@ -28,7 +28,7 @@ class MemoryBackend(TheoreticalBackend):
             scales = n
         else:
             scales = n * (k // c.group_size)
-        return float(elems + 4 * scales)
+        return float(c.points * (elems + 4 * scales))  # a multipoint weight stores every point's codes and scales
 
 
 BACKEND = MemoryBackend()
