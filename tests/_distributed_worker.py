@@ -59,18 +59,19 @@ def main(out_dir, model_dir):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{os.environ['PORT2']}", rank=rank,
                             world_size=size, timeout=timedelta(seconds=TIMEOUT_S))
 
-    def attempt(name, model, cands, loss_fn):
+    def attempt(name, model, cands, loss_fn, granularity="layer", file="table"):
         try:
-            table = mpq.calibrate(model, batches(), cands, loss_fn=loss_fn, progress=False)
+            table = mpq.calibrate(model, batches(), cands, loss_fn=loss_fn, progress=False, granularity=granularity)
         except Exception as e:  # noqa: BLE001 - what each rank raised is the result
             results[name] = {"raised": type(e).__name__, "message": str(e)}
         else:
-            table.save(os.path.join(out_dir, f"table{rank}.npz"))
+            table.save(os.path.join(out_dir, f"{file}{rank}.npz"))
             results[name] = {"returned": repr(table)}
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
             json.dump(results, f)
 
     attempt("same", mlp(), CANDIDATES, ce_loss)
+    attempt("channel", mlp(), CANDIDATES, ce_loss, granularity="group:4", file="channel")
     attempt("other_candidates", mlp(), CANDIDATES if rank == 0 else ("int8", "w8a16"), ce_loss)
     attempt("other_weights", mlp(seed=rank), CANDIDATES, ce_loss)
     attempt("unknown_candidate", mlp(), CANDIDATES if rank == 0 else ("int7",), ce_loss)

@@ -93,6 +93,20 @@ def single_process_reference():
     return mpq.calibrate(w.mlp(), w.batches(), w.CANDIDATES, loss_fn=w.ce_loss, progress=False)
 
 
+def test_two_ranks_hold_the_single_process_channel_table(two_ranks):
+    """granularity="group:4": the per-group δ are gathered from both ranks in the batches' order too."""
+    import _distributed_worker as w
+    from mpq.artifacts.channel_table import ChannelTable
+    out, _, results, _, _ = two_ranks
+    assert all("returned" in r["channel"] for r in results), [r["channel"] for r in results]
+    one = mpq.calibrate(w.mlp(), w.batches(), w.CANDIDATES, loss_fn=w.ce_loss, progress=False, granularity="group:4")
+    for r in range(2):
+        two = ChannelTable.load(out / f"channel{r}.npz")
+        assert_same_table(two.table, one.table)
+        assert two.group_rows == one.group_rows == (4, 4)
+        np.testing.assert_allclose(two.group_delta_weight, one.group_delta_weight, rtol=1e-6, atol=0)
+
+
 def test_two_ranks_hold_the_single_process_table(two_ranks):
     out, _, results, _, _ = two_ranks
     assert all("returned" in r["same"] for r in results)

@@ -21,6 +21,7 @@ _LAZY = {
     "CANDIDATES": "candidates", "Candidate": "candidates",
     "calibrate": "calibration", "causal_lm_loss": "calibration", "SensitivityTable": "artifacts",
     "model_coverage": "calibration", "Coverage": "coverage",
+    "ChannelTable": "artifacts", "ChannelPlan": "artifacts",
     "partition": "partitioning", "Subgraph": "partitioning", "profile": "profiling", "GainTable": "artifacts",
     "apply": "application", "export": "application", "save_quantized": "application", "Plan": "artifacts",
     "select": "selection", "pareto": "selection",

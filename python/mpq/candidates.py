@@ -48,6 +48,8 @@ class Candidate:
     scales are per sample (a batch-1 request's). For a KV cache, "token" is one dynamic scale per (token, head)
     vector of head_dim values and "head" one static scale per K/V head: both, like per-tensor static, quantize a
     token once as it enters the cache and give the same values when the cache is quantized again.
+    points: multipoint quantization (``mpq.quantizers.multipoint``): the weight is the sum of ``points`` greedy
+    residual points on the candidate's grid (1: plain round-to-nearest); weight-only int4/int8, a function of W.
     """
 
     name: str
@@ -60,6 +62,7 @@ class Candidate:
     description: str = ""
     algorithm: str = "rtn"
     kinds: tuple = ("linear",)
+    points: int = 1
 
     def __post_init__(self):
         object.__setattr__(self, "kinds", (self.kinds,) if isinstance(self.kinds, str) else tuple(self.kinds))
@@ -84,6 +87,12 @@ class Candidate:
             raise ValueError(f"candidate {self.name!r}: static activation scales are per tensor (or per head)")
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"candidate {self.name!r}: algorithm must be one of {', '.join(ALGORITHMS)}")
+        if not isinstance(self.points, int) or isinstance(self.points, bool) or not 1 <= self.points <= 3:
+            raise ValueError(f"candidate {self.name!r}: points must be 1, 2 or 3")
+        if self.points > 1 and (self.algorithm != "rtn" or self.act_format is not None or
+                                self.weight_format not in ("int4", "int8") or self.weight_granularity == "tensor"):
+            raise ValueError(f"candidate {self.name!r}: multipoint is for round-to-nearest weight-only int4/int8 "
+                             "weights per channel or group")
         if self.algorithm != "rtn":
             if self.weight_format not in ("int8", "int4") or self.weight_granularity == "tensor":
                 raise ValueError(f"candidate {self.name!r}: {self.algorithm} quantizes int8/int4 weights per "
@@ -129,6 +138,9 @@ class Candidate:
         """Q(W) for a Linear weight [out, in] by round-to-nearest (for a calibrated-weight candidate, the RTN
         grid its algorithm starts from; its deployed weight is in the QuantizedWeights store)."""
         from .formats import fake_quantize
+        if self.points > 1:
+            from .quantizers.multipoint import multipoint_weight
+            return multipoint_weight(w, self.weight_format, self.group_size, self.points)
         if self.weight_granularity == "tensor":
             return fake_quantize(w, self.weight_format)
         if self.weight_granularity == "channel":
@@ -215,6 +227,14 @@ _BUILTIN += [
               description="KV cache INT8 symmetric, dynamic scale per token and head"),
 ]
 ATTENTION_CANDIDATES = tuple(c.name for c in _BUILTIN if "linear" not in c.kinds)
+# multipoint variants: k greedy residual points of the same grid (k = 1 is the candidate itself)
+for _base in ("w8a16", "w4a16_g128", "w4a16_g64"):
+    _b = next(c for c in _BUILTIN if c.name == _base)
+    for _k in (2, 3):
+        _BUILTIN.append(Candidate(f"{_base}_mp{_k}", _b.weight_format, _b.weight_granularity, _b.group_size,
+                                  description=f"{_b.description}, {_k} greedy residual points (multipoint)",
+                                  points=_k))
+del _base, _b, _k
 
 CANDIDATES: dict[str, Candidate] = {c.name: c for c in _BUILTIN}
 

@@ -91,6 +91,27 @@ IMPLEMENTATIONS = (
                    lambda linear, cand, scale: N.Fp8Linear(linear, cand, scale if cand.act_static else None),
                    tolerance=1e-5),
 )
+
+
+def _multipoint(layout):
+    def build(linear, cand, scale, quantized=None):
+        from .multipoint_linear import MultipointLinear
+        return MultipointLinear(linear, cand.weight_format, cand.group_size, cand.points, layout)
+    return build
+
+
+def _multipoint_shapes(k, n, cand):  # the weight-only kernel of the points' format decides
+    return _int4pack_shapes(k, n, cand) if cand.weight_format == "int4" else _int8pack_shapes(k, n, cand)
+
+
+_MULTIPOINT = tuple(f"{b}_mp{k}" for b in ("w8a16", "w4a16_g128", "w4a16_g64") for k in (2, 3))
+IMPLEMENTATIONS += tuple(
+    Implementation(f"multipoint_{layout}", _MULTIPOINT, f"multipoint: the k points on the weight-only int8pack / "
+                   f"int4pack kernels ({what}); each point as that kernel computes it (bf16 activations and "
+                   "scales, up to 2^-7 relative per point)", _multipoint(layout), tolerance=3 * _BF16_TOL,
+                   shapes=_multipoint_shapes)
+    for layout, what in (("stacked", "one GEMM on the stacked [k·out, in] points, then the sum of the k output "
+                                     "blocks"), ("points", "k GEMMs, summed")))
 BY_NAME = {impl.name: impl for impl in IMPLEMENTATIONS}
 # candidate -> the implementations that can run it (admitted on this CPU or not: ``admitted`` says)
 CPU_KERNELS = {c: ", ".join(impl.name for impl in IMPLEMENTATIONS if c in impl.candidates)

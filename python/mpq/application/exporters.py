@@ -27,6 +27,9 @@ TARGETS = ("mpq", "inc", "compressed-tensors", "torchao")
 
 def export(plan_or_mapping: Union[Plan, dict], target: str, path) -> dict:
     """Writes the config for ``target`` to ``path`` and returns it as a dict."""
+    from .swap import plan_mapping
+    if not isinstance(plan_or_mapping, Plan):
+        plan_mapping(plan_or_mapping)  # a ChannelPlan is refused with the reason
     plan = plan_or_mapping if isinstance(plan_or_mapping, Plan) else Plan(dict(plan_or_mapping), float("nan"),
                                                                             float("nan"))
     builders: dict[str, Callable[[Plan], dict]] = {"mpq": Plan.to_dict, "inc": inc_config,
@@ -100,6 +103,10 @@ def refuse_calibrated(plan: Plan, target: str) -> None:
 
 def compressed_tensors_config(plan: Plan) -> dict:
     refuse_calibrated(plan, "compressed-tensors")
+    multipoint = sorted({c for c in plan.mapping.values() if c != BASE and get_candidate(c).points > 1})
+    if multipoint:
+        raise ValueError(f"compressed-tensors has no multipoint scheme (weights that are sums of points): "
+                         f"{multipoint}")
     groups, by_candidate = {}, {}
     for name, c in plan.mapping.items():
         if c != BASE:

@@ -28,11 +28,16 @@ from typing import Mapping, Optional
 import torch.nn.functional as F
 from torch import nn
 
+from ..artifacts.channel_plan import ChannelPlan
 from ..candidates import BASE, Candidate, get_candidate
 from ..experts import find_experts, routed_experts
 from ..models import copy_sharing_tensors, set_module
 
 __all__ = ["FakeQuantLinear", "apply", "plan_mapping"]
+
+CHANNEL_PLAN_ONLY_APPLIES = ("a ChannelPlan (a candidate per output-row group) has no export or checkpoint format "
+                             "here (their schemes give one format per layer): mpq.apply runs it, one kernel per "
+                             "precision class")
 
 
 class FakeQuantLinear(nn.Module):
@@ -66,6 +71,8 @@ class FakeQuantLinear(nn.Module):
 
 def plan_mapping(plan_or_mapping) -> dict[str, str]:
     """A {layer: candidate name} dict from a mapping or any object with a ``.mapping`` dict."""
+    if isinstance(plan_or_mapping, ChannelPlan):
+        raise ValueError(CHANNEL_PLAN_ONLY_APPLIES)
     m = getattr(plan_or_mapping, "mapping", plan_or_mapping)
     if not isinstance(m, Mapping):
         raise ValueError(f"expected a {{layer: candidate}} mapping or a Plan with .mapping, "
@@ -82,13 +89,16 @@ def plan_mapping(plan_or_mapping) -> dict[str, str]:
 def apply(model: nn.Module, plan_or_mapping, mode: str = "fake", *,
           act_scales: Optional[Mapping[str, float]] = None, quantized_weights=None) -> nn.Module:
     """A copy of ``model`` with each mapped Linear replaced (see module doc). Layers mapped to "base" or absent
-    stay as they are. Calibrated-weight candidates (GPTQ, AWQ, SmoothQuant) run the integers calibration chose:
+    stay as they are. A ``ChannelPlan`` runs one kernel per precision class of each layer (``channel_split``). Calibrated-weight candidates (GPTQ, AWQ, SmoothQuant) run the integers calibration chose:
     pass ``quantized_weights`` (``table.quantized_weights`` or ``QuantizedWeights.load``).
     @raises ValueError for unknown layers, non-Linear layers, unknown candidates, a candidate without a native
     kernel on the layer's device (CPU or CUDA), a static candidate without its entry in ``act_scales``, or a
     calibrated-weight candidate whose integers ``quantized_weights`` lacks or computed from another weight."""
     if mode not in ("fake", "native"):
         raise ValueError(f"mode must be 'fake' or 'native', got {mode!r}")
+    if isinstance(plan_or_mapping, ChannelPlan):  # below the layer: one kernel per precision class
+        from .channel_split import apply_channels
+        return apply_channels(model, plan_or_mapping, mode)
     mapping = plan_mapping(plan_or_mapping)
     experts = tuple(f"{n}." for n in find_experts(model)[0])
     # expert GEMMs exist as modules in the routed form only: the copy keeps it, the input model gets its own back

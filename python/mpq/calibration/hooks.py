@@ -59,7 +59,9 @@ from ..attention import KVCache, MatMul, layer_kind
 from .attention import AttentionLayer, AttentionRanges, calibration_attention
 from .devices import input_device, offloaded_weights_reloaded, weight_on
 from .distributed import Ranks, describe
+from .granularity import GroupSplit, parse_granularity
 from .kernel import act_quant, delta_sums, weight_quant
+from .points import weight_delta_parts, weight_terms
 
 # per-sample weight gradients are formed this many values at a time (at least one sample): bounds the temporary
 GRAD_CHUNK_VALUES = 1 << 22
@@ -243,7 +245,10 @@ class _Call:
         if L.calibrated:  # ⟨G_nᵀ X_n, ΔW⟩ = Σ_t g_t · (ΔW x_t): one matmul per candidate, no per-sample gradient formed
             # ΔW formed per call, not kept: one float32 copy per (layer, candidate) would outweigh the model
             res = torch.stack([(torch.matmul(x, (q.effective_weight().to(w.device) - w).t()) * g)
-                               .sum((1, 2), dtype=torch.float64) for _, q, _ in L.calibrated], 1).cpu()
+                               .sum(1, dtype=torch.float64) for _, q, _ in L.calibrated], 2).cpu()  # [B, out, J]
+            if L.run.groups:  # below the layer: the per-row sums by group (calibration.granularity)
+                L.run.groups.add(L.index, [j for j, _, _ in L.calibrated], 0, L.run.groups.per_row_sums(L.index, res))
+            res = res.sum(1)
             self._check(res, "weight sensitivity")
             L.run.add(L.index, [j for j, _, _ in L.calibrated], res, weight=True)
         if not L.w_quants:
@@ -251,9 +256,14 @@ class _Call:
         B, out_f, in_f = x.shape[0], w.shape[0], w.shape[1]
         chunk = max(1, GRAD_CHUNK_VALUES // max(1, out_f * in_f))
         res = torch.empty(B, len(L.w_quants), dtype=torch.float64)
+        rows = L.run.groups.rows(L.index) if L.run.groups else out_f  # rows summed into one δ (granularity)
+        terms = weight_terms(w, L.w_cands)  # W, and the residuals multipoint candidates quantize (calibration.points)
         for s in range(0, B, chunk):
             gw = torch.bmm(g[s:s + chunk].transpose(1, 2), x[s:s + chunk])  # per-sample ∂ℓ_n/∂W [k, out, in]
-            res[s:s + chunk] = delta_sums(w, gw, L.w_quants, out_f).reshape(-1, len(L.w_quants)).cpu()
+            part = weight_delta_parts(terms, L.w_quants, gw, rows).cpu()
+            res[s:s + chunk] = part.sum(1)
+            if L.run.groups:
+                L.run.groups.add(L.index, L.w_idx, s, part)
             del gw
         self._check(res, "weight sensitivity")
         L.run.add(L.index, L.w_idx, res, weight=True)
@@ -296,9 +306,12 @@ class _Run:
         self.delta = self.delta_w = None
         self.mask = None  # the batch's padding mask (expert rows count unpadded tokens)
         self.routed_tokens = {}  # expert GEMM index -> calibration tokens it received
+        self.groups: Optional[GroupSplit] = None  # granularity below the layer
 
     def start(self, index, samples):
         self.batch_index, self.batch_samples = index, samples
+        if self.groups:
+            self.groups.start(samples)
         self.delta = np.zeros((samples, self.n_layers, self.n_cands))
         self.delta_w = np.zeros_like(self.delta)
 
@@ -364,7 +377,7 @@ def _static_scales(model, layers, batches, cands, device, ranks: Ranks, owners=N
 
 def calibrate(model: nn.Module, batches: Iterable, candidates=("fp8", "int8"),
               loss_fn: Optional[Callable] = None, progress: bool = True, *,
-              layers: Optional[Iterable[str]] = None) -> SensitivityTable:
+              layers: Optional[Iterable[str]] = None, granularity: str = "layer"):
     """Per-layer loss sensitivity s[l, c] = mean_n δ[n,l,c]² of ``model`` on ``batches`` (module docstring).
 
     batches: an iterable of batches (kept in a list: a candidate with static activation scales needs a first
@@ -384,6 +397,8 @@ def calibrate(model: nn.Module, batches: Iterable, candidates=("fp8", "int8"),
     ``info["attention"]``; static attention scales are in ``info["attention_scales"]``.
     layers: names of the ``nn.Linear`` modules to calibrate (default: all; the routed attention modules too; expert
     GEMMs named as in the module doc).
+    granularity: "layer" (a SensitivityTable), or "channel" / "group:G" (a ``ChannelTable``: the weight term of δ
+    also per output row or per G rows, from the same pass; ``calibration.granularity``).
     On every rank of an initialised torch.distributed process group (``mpq.calibration.distributed``), with the
     same arguments everywhere: each rank calibrates its share of the batches and every rank returns the table of
     all of them; a rank that differs, fails or dies makes every rank raise (naming it).
@@ -394,13 +409,15 @@ def calibrate(model: nn.Module, batches: Iterable, candidates=("fp8", "int8"),
     """
     ranks = Ranks.current(input_device(model))
     with ranks.failures_shared(), routed_experts(model, warn=False) as unknown_experts:
+        parse_granularity(granularity)  # ValueError before any work
         cands = get_candidates(candidates)
         with calibration_attention(model, cands) as attention:
-            return _calibrate(model, batches, cands, loss_fn, progress, layers, ranks, attention, unknown_experts)
+            return _calibrate(model, batches, cands, loss_fn, progress, layers, ranks, attention, unknown_experts,
+                              granularity)
 
 
 def _calibrate(model, batches, cands, loss_fn, progress, layers, ranks: Ranks, attention,
-               unknown_experts) -> SensitivityTable:
+               unknown_experts, granularity="layer"):
     named = quantizable_layers(model, layers)
     if layers is None:  # only the kinds of layer some candidate applies to (Linear-only candidates: Linears only)
         kinds = {k for c in cands for k in c.kinds}
@@ -435,6 +452,13 @@ def _calibrate(model, batches, cands, loss_fn, progress, layers, ranks: Ranks, a
     saved_modes = [(m, m.training) for m in model.modules()]
     handles = []
     run = _Run(L, C)
+    if parse_granularity(granularity) is not None:
+        not_linear = [n for n, m in named if layer_kind(m) != "linear"]
+        if not_linear:  # their δ is all activation term: nothing to split by weight row
+            raise ValueError(f"granularity {granularity!r} splits Linear weights by output row; attention's "
+                             f"matmuls and KV cache ({not_linear[:3]}) have none: calibrate them at "
+                             "granularity='layer'")
+        run.groups = GroupSplit(granularity, [n for n, _ in named], [m.out_features for _, m in named], C)
     t0 = time.perf_counter()
     try:
         model.eval()
@@ -491,6 +515,7 @@ def _calibrate(model, batches, cands, loss_fn, progress, layers, ranks: Ranks, a
             layer = _Layer(run, i, name, mod, w_idx, w_q, a_idx, a_q, pre)
             layer.routing_owner = owners.get(i)
             layer.one_sample_rows = name in listed
+            layer.w_cands = [cands[j] for j in w_idx]
             handles.append(mod.register_forward_pre_hook(layer.pre))
             handles.append(mod.register_forward_hook(layer.post))
 
@@ -522,6 +547,7 @@ def _calibrate(model, batches, cands, loss_fn, progress, layers, ranks: Ranks, a
                                               sizes)
         delta[:, ~applicable] = np.nan
         delta_w[:, ~applicable] = np.nan
+        group_delta = run.groups.gathered(ranks, sizes, applicable) if run.groups else None
     finally:
         for h in handles:
             h.remove()
@@ -567,9 +593,10 @@ def _calibrate(model, batches, cands, loss_fn, progress, layers, ranks: Ranks, a
         warnings.warn(f"calibrate: every δ of layer(s) {flat[:5]}{' ...' if len(flat) > 5 else ''} is zero: the "
                       "loss does not depend on them, so their predicted loss is 0", stacklevel=3)
         info["zero_delta_layers"] = flat
-    return SensitivityTable(tuple(n for n, _ in named), tuple(c.name for c in cands), delta, delta_w, act_scales,
-                            np.nan_to_num(act_zps, nan=0.0), data_fingerprint, info,
-                            quantized_weights=qweights if len(qweights) else None)
+    table = SensitivityTable(tuple(n for n, _ in named), tuple(c.name for c in cands), delta, delta_w, act_scales,
+                             np.nan_to_num(act_zps, nan=0.0), data_fingerprint, info,
+                             quantized_weights=qweights if len(qweights) else None)
+    return table if run.groups is None else run.groups.channel_table(table, group_delta)
 
 
 def _static_quant(c: Candidate, sz):

@@ -13,9 +13,11 @@ from typing import Iterable, Mapping, Optional, Sequence
 import numpy as np
 
 from ..artifacts.gain_table import GainTable
+from ..artifacts.channel_table import ChannelTable
 from ..artifacts.plan import Plan
 from ..artifacts.sensitivity_table import SensitivityTable
 from ..candidates import BASE
+from .channels import pareto_channels, select_channels
 from .solvers import MckpSolution, solve_mckp, sweep_mckp
 
 
@@ -40,6 +42,11 @@ def select(table: SensitivityTable, gains: GainTable, *, max_loss_mse: Optional[
     @raises ValueError for mismatched artifacts, an unknown layer pattern, a budget no plan can meet (the message
     gives the smallest feasible budget), or, with verify, a budget no quantized plan measured within.
     """
+    if isinstance(table, ChannelTable):  # below the layer: a candidate per row group (selection.channels)
+        _channel_args(pin=pin, keep=keep, target_speedup=target_speedup, verify=verify)
+        return select_channels(table, gains, max_loss_mse=max_loss_mse, max_loss_rmse=max_loss_rmse,
+                               min_gain=min_gain, max_memory=max_memory, max_avg_bits=max_avg_bits, solver=solver,
+                               time_limit=time_limit)
     kind, value = _objective(max_loss_mse, max_loss_rmse, min_gain, target_speedup)
     max_memory = _memory_of_bits(gains, max_memory, max_avg_bits)
     problem = Problem.build(table, gains, pin=pin, keep=keep, with_memory=max_memory is not None)
@@ -86,6 +93,10 @@ def pareto(table: SensitivityTable, gains: GainTable, budgets: Optional[Sequence
     ``verify`` (as in ``select``) every plan is also measured once, its ``verification`` saying whether it held.
     ``max_memory`` (or ``max_avg_bits``) holds for every plan of the front (solved budget by budget: the sweep has
     no memory row)."""
+    if isinstance(table, ChannelTable):
+        _channel_args(pin=pin, keep=keep, verify=verify)
+        return pareto_channels(table, gains, budgets, points=points, solver=solver, max_memory=max_memory,
+                               max_avg_bits=max_avg_bits)
     if not isinstance(points, int) or isinstance(points, bool) or points < 1:
         raise ValueError(f"points must be a whole number >= 1, got {points!r}")
     max_memory = _memory_of_bits(gains, max_memory, max_avg_bits)
@@ -111,6 +122,13 @@ def pareto(table: SensitivityTable, gains: GainTable, budgets: Optional[Sequence
         from .measured import Verifier, measured_front
         plans = measured_front(plans, Verifier.of(verify, table.quantized_weights), table.data_fingerprint)
     return plans
+
+
+def _channel_args(**given) -> None:
+    used = sorted(k for k, v in given.items() if v is not None)
+    if used:
+        raise ValueError(f"{', '.join(used)}: not supported with a ChannelTable (a channel plan chooses per row group "
+                         "under a loss budget or a required gain, with max_memory / max_avg_bits)")
 
 
 def avg_bits(gains: GainTable, mapping: Mapping[str, str]) -> float:

@@ -34,6 +34,8 @@ _ACTS = (None, "fp8_e4m3", "int8")
 
 def unsupported(c: Candidate) -> str:
     """Why a compressed-tensors checkpoint cannot hold candidate ``c`` ("" when it can)."""
+    if c.points > 1:
+        return f"compressed-tensors has no multipoint scheme (a weight of {c.points} summed point tensors)"
     if c.weight_format == "fp8_e4m3_gaudi2":
         return ("Gaudi-2 FP8 saturates at ±240 with power-of-2 hardware scales; compressed-tensors' float8 is OCP "
                 "E4M3 saturating at ±448, so the stored weights would not be the ones calibrated")

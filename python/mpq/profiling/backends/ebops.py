@@ -29,7 +29,7 @@ class EbopsBackend(TheoreticalBackend):
             return float(m * k * n * base_bits * base_bits)
         c = get_candidate(candidate)
         act_bits = base_bits if c.act_format is None else format_info(c.act_format)["bits"]
-        return float(m * k * n * c.weight_bits * act_bits)
+        return float(m * k * n * c.weight_bits * c.points * act_bits)  # k points: k products per MAC
 
 
 BACKEND = EbopsBackend()

@@ -57,7 +57,8 @@ class MacsBackend(TheoreticalBackend):
         base, rates = DEVICES[dev]
         fmt = BASE if candidate == BASE else compute_format(candidate)
         m, k, n = shape  # an attention matmul: m = B·H·S_q rows, k and n from Q·Kᵀ (D, S_k) or P·V (S_k, D)
-        return m * k * n / rates[base if fmt == BASE else fmt]
+        points = 1 if candidate == BASE else get_candidate(candidate).points  # a multipoint weight: k matmuls
+        return points * m * k * n / rates[base if fmt == BASE else fmt]
 
 
 BACKEND = MacsBackend()

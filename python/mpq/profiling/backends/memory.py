@@ -37,7 +37,7 @@ class MemoryBackend(TheoreticalBackend):
             scales = n
         else:
             scales = n * (k // c.group_size)
-        return float(elems + 4 * scales)
+        return float(c.points * (elems + 4 * scales))  # a multipoint weight stores every point's codes and scales
 
 
 def _kv_bytes(shape, candidate: str, element_size: int) -> float:
