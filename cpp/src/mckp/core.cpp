@@ -13,7 +13,7 @@ constexpr double kNegInf = -std::numeric_limits<double>::infinity();
 
 // r.choice from each group's hull position.
 void choose_hull(const Prepared& pr, const std::vector<int32_t>& pos, MckpResult& r) {
-  for (int64_t g = 0; g < pr.n; ++g) r.choice[g] = pr.pareto[pr.poff[g] + pr.hull[pr.hoff[g] + pos[g]]].idx;
+  for (int64_t g = 0; g < pr.n; ++g) r.choice[g] = pr.hull[pr.hoff[g] + pos[g]];
 }
 
 // Hull positions of the LP rounding that takes the first k increments (an integral solution), and its choice.
@@ -78,7 +78,7 @@ CoreGroups peg(const Prepared& pr, double lambda, double U_L, const std::vector<
     surv.clear();
     double b1 = kNegInf, b2 = kNegInf;  // two best reduced profits among survivors
     for (int64_t i = pr.poff[g]; i < pr.poff[g + 1]; ++i) {
-      const Item& it = pr.pareto[i];
+      const Item it = pr.item(g, pr.pareto[i]);
       const double rr = it.p - lambda * it.w;
       const double Ug = U_L - (rmax[g] - rr);
       if (Ug < th) { pruned_max = std::max(pruned_max, Ug); continue; }
@@ -138,8 +138,9 @@ MckpResult solve_prepared(const Prepared& pr, double C, const MckpOptions& opts,
     // lambda > 0 (Pareto steps gain), so the best reduced profit sits on a hull vertex: fewer items to read;
     // an item the hull dropped as collinear can differ only by rounding, which the tolerance covers
     double best = kNegInf;
-    const Item* P = pr.pareto.data() + pr.poff[g];
-    for (int64_t h = pr.hoff[g]; h < pr.hoff[g + 1]; ++h) best = std::max(best, P[pr.hull[h]].p - lambda * P[pr.hull[h]].w);
+    const double* W = pr.costs.data + pr.offsets[g];
+    const double* G = pr.gains.data + pr.offsets[g];
+    for (int64_t h = pr.hoff[g]; h < pr.hoff[g + 1]; ++h) best = std::max(best, G[pr.hull[h]] - lambda * W[pr.hull[h]]);
     rmax[g] = best;
     U_L += best;
   }

@@ -4,15 +4,62 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <numeric>
 #include <cstdint>
+#include <cstdlib>
 #include <limits>
+#include <new>
+#include <numeric>
 #include <string>
+#include <type_traits>
+#include <utility>
 #include <vector>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #include "mpq/mckp.hpp"
 
 namespace mpq::detail {
+
+/// Allocator of the per-solve arrays that grow with the instance (10^6 groups: hundreds of MB). Two costs it
+/// removes, measured as over half of a 10^6 x 8 solve: zero-filling (resize default-initialises trivial types:
+/// every element is written before it is read) and first-touch page faults (blocks of 4 MiB and more are asked
+/// for transparent huge pages on Linux: one fault per 2 MiB instead of per 4 KiB).
+template <class T>
+struct ScratchAlloc {
+  using value_type = T;
+  static constexpr std::size_t kHuge = std::size_t{4} << 20, kPage = std::size_t{2} << 20;
+  ScratchAlloc() = default;
+  template <class U>
+  ScratchAlloc(const ScratchAlloc<U>&) noexcept {}
+  T* allocate(std::size_t n) {
+    const std::size_t bytes = n * sizeof(T);
+    if (bytes < kHuge) return static_cast<T*>(::operator new(bytes));
+    const std::size_t rounded = (bytes + kPage - 1) / kPage * kPage;
+    void* p = std::aligned_alloc(kPage, rounded);
+    if (!p) throw std::bad_alloc();
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    madvise(p, rounded, MADV_HUGEPAGE);  // advice only: without THP it is ignored
+#endif
+    return static_cast<T*>(p);
+  }
+  void deallocate(T* p, std::size_t n) noexcept {
+    if (n * sizeof(T) < kHuge) ::operator delete(p);
+    else std::free(p);
+  }
+  template <class U, class... A>
+  void construct(U* p, A&&... a) {
+    if constexpr (sizeof...(A) == 0 && std::is_trivially_default_constructible_v<U>) ::new (static_cast<void*>(p)) U;
+    else ::new (static_cast<void*>(p)) U(std::forward<A>(a)...);
+  }
+  template <class U>
+  bool operator==(const ScratchAlloc<U>&) const noexcept { return true; }
+  template <class U>
+  bool operator!=(const ScratchAlloc<U>&) const noexcept { return false; }
+};
+/// A vector whose resize leaves new trivial elements uninitialised (ScratchAlloc).
+template <class T>
+using Buf = std::vector<T, ScratchAlloc<T>>;
 
 /// Error-free running sum (Shewchuk/Python fsum partials): exact comparisons and a correctly rounded value.
 class ExactSum {
@@ -40,7 +87,8 @@ struct Inc {
 /// values) leaves the others; one descent then gives the LP of the remaining groups at any capacity in O(log M).
 class Fenwick {
  public:
-  void build(const std::vector<Inc>& incs) {
+  template <class Incs>
+  void build(const Incs& incs) {
     n_ = static_cast<int>(incs.size());
     tw_.assign(n_ + 1, 0);
     tp_.assign(n_ + 1, 0);
@@ -77,15 +125,17 @@ struct Prepared {
   int64_t n = 0;
   Span<const int64_t> offsets;
   Span<const double> gains, costs;
-  std::vector<int64_t> poff;     // CSR over pareto: group g's Pareto list is pareto[poff[g], poff[g+1])
-  std::vector<Item> pareto;      // per group: w strictly increasing, p strictly increasing
-  std::vector<int64_t> hoff;     // CSR over hull
-  std::vector<int32_t> hull;     // positions (within the group's Pareto list) of the concave hull vertices
-  std::vector<Inc> incs;         // all hull increments, efficiency descending, ties by (g, k); for a single
+  Buf<int64_t> poff;             // CSR over pareto: group g's Pareto list is pareto[poff[g], poff[g+1])
+  Buf<int32_t> pareto;           // per group: item indices (within the group), cost and gain strictly increasing
+  Buf<int64_t> hoff;             // CSR over hull
+  Buf<int32_t> hull;             // per group: item indices (within the group) of the concave hull vertices
+  /// Cost, gain and index of item `idx` of group g.
+  Item item(int64_t g, int32_t idx) const { const int64_t i = offsets[g] + idx; return {costs[i], gains[i], idx}; }
+  Buf<Inc> incs;                 // all hull increments, efficiency descending, ties by (g, k); for a single
                                  // budget only incs[sorted_lo, sorted_hi) are in that order, every one before
                                  // them ranks higher and every one after lower (order_for_budget)
   std::size_t sorted_lo = 0, sorted_hi = 0;
-  std::vector<double> prefW, prefP;  // prefix sums over incs, size incs.size() + 1
+  Buf<double> prefW, prefP;      // prefix sums over incs, size incs.size() + 1
   double W0 = 0, P0 = 0;         // cheapest item of every group: total cost and gain
   ExactSum W0exact;              // the same cost, exactly
   double Pmax = 0;               // sum of every group's largest gain
@@ -109,7 +159,9 @@ inline double improve_threshold(double z, double rel_gap, double tol, double uni
 void validate(const char* fn, const Span<const int64_t>& offsets, const Span<const double>& gains, const Span<const double>& costs);
 void check_options(const char* fn, const MckpOptions& opts);
 /// Stable sort by efficiency, descending (callers build incs in (group, k) order, so ties stay in that order).
-void sort_by_efficiency(std::vector<Inc>& incs);
+void sort_by_efficiency(Inc* incs, std::size_t n);
+template <class Incs>
+void sort_by_efficiency(Incs& incs) { sort_by_efficiency(incs.data(), incs.size()); }
 /// The budget-independent preprocessing. With `budget` (a single solve), the increments are only ordered around
 /// that budget's LP split (order_for_budget) instead of sorted; sweeps, bounds and the memory variant sort them all.
 Prepared prepare(const Span<const int64_t>& offsets, const Span<const double>& gains, const Span<const double>& costs,

@@ -80,16 +80,15 @@ void check_options(const char* fn, const MckpOptions& o) {
   if (o.max_nodes < 1) bad(fn, "max_nodes must be >= 1, got " + std::to_string(o.max_nodes));
 }
 
-void sort_by_efficiency(std::vector<Inc>& incs) {
+void sort_by_efficiency(Inc* incs, std::size_t n) {
   // Efficiency descending, ties in the current order, which callers build as (group, k) ascending.
   // A stable LSD radix sort on order-preserving 64-bit keys: the std::sort it replaces was a third of a solve.
-  const std::size_t n = incs.size();
   if (n < 512) {
-    std::stable_sort(incs.begin(), incs.end(), [](const Inc& x, const Inc& y) { return x.e > y.e; });
+    std::stable_sort(incs, incs + n, [](const Inc& x, const Inc& y) { return x.e > y.e; });
     return;
   }
-  std::vector<uint64_t> key(n), key2(n);
-  std::vector<uint32_t> idx(n), idx2(n);
+  Buf<uint64_t> key(n), key2(n);
+  Buf<uint32_t> idx(n), idx2(n);
   for (std::size_t i = 0; i < n; ++i) {
     uint64_t b;
     std::memcpy(&b, &incs[i].e, sizeof b);
@@ -112,9 +111,9 @@ void sort_by_efficiency(std::vector<Inc>& incs) {
     key.swap(key2);
     idx.swap(idx2);
   }
-  std::vector<Inc> out(n);
+  Buf<Inc> out(n);
   for (std::size_t i = 0; i < n; ++i) out[i] = incs[idx[i]];
-  incs.swap(out);
+  std::copy(out.begin(), out.end(), incs);
 }
 
 double gain_unit(const Span<const double>& values, double floor) {
@@ -153,22 +152,26 @@ Prepared prepare(const Span<const int64_t>& offsets, const Span<const double>& g
   pr.offsets = offsets;
   pr.gains = gains;
   pr.costs = costs;
-  pr.poff.assign(pr.n + 1, 0);
-  pr.hoff.assign(pr.n + 1, 0);
+  pr.poff.resize(pr.n + 1);
+  pr.hoff.resize(pr.n + 1);
+  pr.poff[0] = pr.hoff[0] = 0;
   // Written through raw pointers into arrays sized for the worst case, trimmed at the end: this loop touches
-  // every item, and vector growth checks were a large part of its cost.
+  // every item, and vector growth checks were a large part of its cost. Each group's Pareto list and hull are
+  // built in a small local buffer; only item indices are stored (the values stay in the caller's arrays), which
+  // keeps what a 10^6-group solve writes to a few bytes per item.
   pr.pareto.resize(gains.size);
   pr.hull.resize(gains.size);
   pr.incs.resize(gains.size);
-  Item* P = pr.pareto.data();
+  int32_t* P = pr.pareto.data();
   int32_t* H = pr.hull.data();
   Inc* I = pr.incs.data();
   std::size_t np = 0, nh = 0, ni = 0;
-  std::vector<Item> tmp;
+  std::vector<Item> loc;   // the group's Pareto items
+  std::vector<int32_t> hl;  // positions in loc of its hull vertices
   double sum_abs = 0;
   for (int64_t g = 0; g < pr.n; ++g) {
     const int64_t a = offsets[g], b = offsets[g + 1];
-    const std::size_t p0 = np;
+    loc.clear();
     // cost ascending, gain descending, index ascending: the deterministic tie-break everywhere. Groups often come
     // in that order already (menus listed from the cheapest choice up): those skip the sort.
     bool in_order = true;
@@ -176,53 +179,56 @@ Prepared prepare(const Span<const int64_t>& offsets, const Span<const double>& g
     if (in_order) {
       for (int64_t i = a; i < b; ++i) {  // keep an item only if it gains strictly more than everything cheaper
         const Item it{costs[i], gains[i], static_cast<int32_t>(i - a)};
-        if (np == p0) P[np++] = it;
-        else if (it.w == P[np - 1].w) { if (it.p > P[np - 1].p) P[np - 1] = it; }  // equal cost: the best gain, first
-        else if (it.p > P[np - 1].p) P[np++] = it;
+        if (loc.empty()) loc.push_back(it);
+        else if (it.w == loc.back().w) { if (it.p > loc.back().p) loc.back() = it; }  // equal cost: best gain, first
+        else if (it.p > loc.back().p) loc.push_back(it);
       }
     } else {
-      tmp.clear();
+      std::vector<Item>& tmp = loc;  // sorted in place, then filtered in place
       for (int64_t i = a; i < b; ++i) tmp.push_back({costs[i], gains[i], static_cast<int32_t>(i - a)});
       std::sort(tmp.begin(), tmp.end(), [](const Item& x, const Item& y) {
         if (x.w != y.w) return x.w < y.w;
         if (x.p != y.p) return x.p > y.p;
         return x.idx < y.idx;
       });
-      for (const Item& it : tmp)
-        if (np == p0 || it.p > P[np - 1].p) P[np++] = it;
+      std::size_t kept = 0;
+      for (std::size_t t = 0; t < tmp.size(); ++t)
+        if (kept == 0 || tmp[t].p > tmp[kept - 1].p) tmp[kept++] = tmp[t];
+      tmp.resize(kept);
     }
+    for (const Item& it : loc) P[np++] = it.idx;
     pr.poff[g + 1] = static_cast<int64_t>(np);
     // upper concave hull by monotone chain; cross products, no divided slopes
-    const std::size_t h0 = nh;
-    const Item* Pg = P + p0;
-    for (std::size_t k = 0; k < np - p0; ++k) {
-      const Item& c = Pg[k];
-      while (nh >= h0 + 2) {
-        const Item& a2 = Pg[H[nh - 2]];
-        const Item& b2 = Pg[H[nh - 1]];
+    hl.clear();
+    for (std::size_t k = 0; k < loc.size(); ++k) {
+      const Item& c = loc[k];
+      while (hl.size() >= 2) {
+        const Item& a2 = loc[hl[hl.size() - 2]];
+        const Item& b2 = loc[hl.back()];
         // pop b2 if slope(a2,b2) <= slope(b2,c)
-        if ((b2.p - a2.p) * (c.w - b2.w) <= (c.p - b2.p) * (b2.w - a2.w)) --nh;
+        if ((b2.p - a2.p) * (c.w - b2.w) <= (c.p - b2.p) * (b2.w - a2.w)) hl.pop_back();
         else break;
       }
-      H[nh++] = static_cast<int32_t>(k);
+      hl.push_back(static_cast<int32_t>(k));
     }
+    for (int32_t k : hl) H[nh++] = loc[k].idx;
     pr.hoff[g + 1] = static_cast<int64_t>(nh);
-    const Item& lo = Pg[0];
-    const Item& hi = P[np - 1];
+    const Item& lo = loc.front();
+    const Item& hi = loc.back();
     pr.W0 += lo.w;
     pr.W0exact.add(lo.w);
     pr.P0 += lo.p;
     pr.Pmax += hi.p;
     pr.Wmax += std::max(std::fabs(hi.w), std::fabs(lo.w));
     sum_abs += std::fabs(hi.p) + std::fabs(lo.p);
-    for (std::size_t k = h0 + 1; k < nh; ++k) {
-      const Item& u = Pg[H[k - 1]];
-      const Item& v = Pg[H[k]];
+    for (std::size_t k = 1; k < hl.size(); ++k) {
+      const Item& u = loc[hl[k - 1]];
+      const Item& v = loc[hl[k]];
       const double dp = v.p - u.p, dw = v.w - u.w;
       double e = dp / dw;
       // rounding must not reorder a group's own increments: keep e non-increasing along the hull
-      if (k > h0 + 1 && e > I[ni - 1].e) e = I[ni - 1].e;
-      I[ni++] = {dp, dw, e, static_cast<int32_t>(g), static_cast<int32_t>(k - h0)};
+      if (k > 1 && e > I[ni - 1].e) e = I[ni - 1].e;
+      I[ni++] = {dp, dw, e, static_cast<int32_t>(g), static_cast<int32_t>(k)};
     }
   }
   pr.pareto.resize(np);
@@ -238,8 +244,9 @@ Prepared prepare(const Span<const int64_t>& offsets, const Span<const double>& g
     pr.sorted_lo = 0;
     pr.sorted_hi = pr.incs.size();
   }
-  pr.prefW.assign(pr.incs.size() + 1, 0);
-  pr.prefP.assign(pr.incs.size() + 1, 0);
+  pr.prefW.resize(pr.incs.size() + 1);
+  pr.prefP.resize(pr.incs.size() + 1);
+  pr.prefW[0] = pr.prefP[0] = 0;
   for (std::size_t t = 0; t < pr.incs.size(); ++t) {
     pr.prefW[t + 1] = pr.prefW[t] + pr.incs[t].dw;
     pr.prefP[t + 1] = pr.prefP[t] + pr.incs[t].dp;
