@@ -34,6 +34,11 @@ std::size_t lp_prefix(const Prepared& pr, double C, std::vector<int32_t>& pos, M
       std::upper_bound(pr.prefW.begin(), pr.prefW.end(), cap) - pr.prefW.begin() - 1);
   if (!split_in_window(pr, k)) return kOutside;
   take_prefix(pr, k, pos, r);
+  // The float estimate W0 + prefW[k] of the rounding's cost errs by less than (n + k + 2) eps (Wmax + |C|): each
+  // cost step dw and each running sum is rounded once. A margin above that settles the fit without summing.
+  const double err = 8.0 * (static_cast<double>(pr.n) + static_cast<double>(k) + 2.0) *
+                     std::numeric_limits<double>::epsilon() * (pr.Wmax + std::fabs(C));
+  if (cap - pr.prefW[k] > err) return k;
   while (k > 0 && compare_sum(pr.offsets, pr.costs, r.choice, C) > 0) {
     if (!split_in_window(pr, k - 1)) return kOutside;
     take_prefix(pr, --k, pos, r);
@@ -44,7 +49,7 @@ std::size_t lp_prefix(const Prepared& pr, double C, std::vector<int32_t>& pos, M
 // First incumbent: the LP rounding continued greedily (a group freezes at its first increment that does not
 // fit), or `hint` when that is feasible and better. Fills r's choice, objective and cost.
 void greedy_incumbent(const Prepared& pr, double C, std::size_t k, std::vector<int32_t>& pos,
-                      const std::vector<int32_t>& hint, MckpResult& r) {
+                      const Incumbent& hint, MckpResult& r) {
   double used = pr.W0 + pr.prefW[k];
   std::vector<char> frozen(pr.n, 0);
   for (std::size_t t = k; t < pr.incs.size(); ++t) {
@@ -55,13 +60,13 @@ void greedy_incumbent(const Prepared& pr, double C, std::size_t k, std::vector<i
     else frozen[in.g] = 1;
   }
   choose_hull(pr, pos, r);
-  if (compare_sum(pr.offsets, pr.costs, r.choice, C) > 0) take_prefix(pr, k, pos, r);  // rounding in `used`
-  evaluate_choice(pr, r);
-  if (static_cast<int64_t>(hint.size()) == pr.n && compare_sum(pr.offsets, pr.costs, hint, C) <= 0) {
-    MckpResult h;
-    h.choice = hint;
-    evaluate_choice(pr, h);
-    if (h.objective > r.objective) { r.choice = hint; r.objective = h.objective; r.cost = h.cost; }
+  if (!evaluate_fits(pr, r, C)) {  // rounding in `used`
+    take_prefix(pr, k, pos, r);
+    evaluate_choice(pr, r);
+  }
+  if (static_cast<int64_t>(hint.choice.size()) == pr.n && hint.fits <= C && hint.objective > r.objective) {
+    r.choice = hint.choice;
+    r.objective = hint.objective;
   }
 }
 
@@ -103,8 +108,8 @@ CoreGroups peg(const Prepared& pr, double lambda, double U_L, const std::vector<
 
 }  // namespace
 
-MckpResult solve_prepared(const Prepared& pr, double C, const MckpOptions& opts,
-                          const std::vector<int32_t>& hint, Clock::time_point start) {
+MckpResult solve_prepared(const Prepared& pr, double C, const MckpOptions& opts, const Incumbent& hint,
+                          Clock::time_point start) {
   MckpResult r;
   const int64_t n = pr.n;
   if (pr.W0exact.compare(C) > 0) {

@@ -174,10 +174,18 @@ bool split_in_window(const Prepared& pr, std::size_t k);
 
 using Clock = std::chrono::steady_clock;
 
-/// One budget on a prepared instance. `hint` (original item indices, may be empty) is a known feasible
-/// solution used as the first incumbent. The result's choice is not yet verified against the budget.
-MckpResult solve_prepared(const Prepared& pr, double budget, const MckpOptions& opts,
-                          const std::vector<int32_t>& hint, Clock::time_point start);
+/// A known solution offered as the first incumbent: a sweep's answer for a smaller budget. `choice` holds
+/// original item indices (empty: none), `objective` its exact gain, and it is known to fit every budget >= `fits`.
+struct Incumbent {
+  std::vector<int32_t> choice;
+  double objective = 0;
+  double fits = std::numeric_limits<double>::infinity();
+};
+
+/// One budget on a prepared instance, `hint` used as the first incumbent where it fits and beats the greedy one.
+/// The result's choice is not yet verified against the budget.
+MckpResult solve_prepared(const Prepared& pr, double budget, const MckpOptions& opts, const Incumbent& hint,
+                          Clock::time_point start);
 
 /// The groups Lagrangian pegging left with several items (core.cpp), and what the others were fixed to.
 struct CoreGroups {
@@ -197,6 +205,8 @@ bool core_dp(const Prepared& pr, double budget, const MckpOptions& opts, Clock::
 
 /// Exact sums of the chosen gains/costs; fills objective and cost.
 void evaluate_choice(const Prepared& pr, MckpResult& r);
+/// evaluate_choice and, in the same pass, whether the chosen costs fit `limit` exactly (compare_sum <= 0).
+bool evaluate_fits(const Prepared& pr, MckpResult& r, double limit);
 /// Sign of (exact sum of chosen values - limit).
 int compare_sum(const Span<const int64_t>& offsets, const Span<const double>& values, const std::vector<int32_t>& choice,
                 double limit);
@@ -204,8 +214,8 @@ double exact_sum(const Span<const int64_t>& offsets, const Span<const double>& v
 
 /// solve_prepared, then verify the cost exactly; if rounding inside the search let it exceed the budget,
 /// re-solve with a budget tightened by the excess (rare) while keeping the first, still valid, bound.
-MckpResult solve_verified(const Prepared& pr, double budget, const MckpOptions& opts,
-                          const std::vector<int32_t>& hint, Clock::time_point start);
+MckpResult solve_verified(const Prepared& pr, double budget, const MckpOptions& opts, const Incumbent& hint,
+                          Clock::time_point start);
 
 /// The memory-constrained problem as solve_mckp_memory received it, plus magnitudes for tolerances.
 struct TwoRowInput {
