@@ -12,12 +12,12 @@ namespace {
 constexpr double kNegInf = -std::numeric_limits<double>::infinity();
 
 // r.choice from each group's hull position.
-void choose_hull(const Prepared& pr, const std::vector<int32_t>& pos, MckpResult& r) {
+void choose_hull(const Prepared& pr, const Buf<int32_t>& pos, MckpResult& r) {
   for (int64_t g = 0; g < pr.n; ++g) r.choice[g] = pr.hull[pr.hoff[g] + pos[g]];
 }
 
 // Hull positions of the LP rounding that takes the first k increments (an integral solution), and its choice.
-void take_prefix(const Prepared& pr, std::size_t k, std::vector<int32_t>& pos, MckpResult& r) {
+void take_prefix(const Prepared& pr, std::size_t k, Buf<int32_t>& pos, MckpResult& r) {
   std::fill(pos.begin(), pos.end(), 0);
   // the first k may be in any order (order_for_budget), but they hold a prefix of every group's hull
   for (std::size_t t = 0; t < k; ++t) pos[pr.incs[t].g] = std::max(pos[pr.incs[t].g], pr.incs[t].k);
@@ -27,7 +27,7 @@ void take_prefix(const Prepared& pr, std::size_t k, std::vector<int32_t>& pos, M
 // The number of whole increments the LP takes at budget C; r.choice is their rounding. The float prefix sums may
 // put the count one past the exact boundary, so it steps back until the rounding fits exactly (0 always does:
 // the caller checked the cheapest items). Returns SIZE_MAX when the split leaves the sorted window.
-std::size_t lp_prefix(const Prepared& pr, double C, std::vector<int32_t>& pos, MckpResult& r) {
+std::size_t lp_prefix(const Prepared& pr, double C, Buf<int32_t>& pos, MckpResult& r) {
   constexpr std::size_t kOutside = static_cast<std::size_t>(-1);
   const double cap = std::max(0.0, C - pr.W0);
   std::size_t k = static_cast<std::size_t>(
@@ -48,7 +48,7 @@ std::size_t lp_prefix(const Prepared& pr, double C, std::vector<int32_t>& pos, M
 
 // First incumbent: the LP rounding continued greedily (a group freezes at its first increment that does not
 // fit), or `hint` when that is feasible and better. Fills r's choice, objective and cost.
-void greedy_incumbent(const Prepared& pr, double C, std::size_t k, std::vector<int32_t>& pos,
+void greedy_incumbent(const Prepared& pr, double C, std::size_t k, Buf<int32_t>& pos,
                       const Incumbent& hint, MckpResult& r) {
   double used = pr.W0 + pr.prefW[k];
   std::vector<char> frozen(pr.n, 0);
@@ -73,7 +73,7 @@ void greedy_incumbent(const Prepared& pr, double C, std::size_t k, std::vector<i
 // Lagrangian pegging with multiplier lambda: forcing item j of group g costs (rmax_g - r_gj) of the bound U_L, so
 // an item whose forced bound is below the threshold `th` cannot be in a better solution. Groups left with one
 // item are fixed, the others form the core. `proven` when some group lost every item: the incumbent is optimal.
-CoreGroups peg(const Prepared& pr, double lambda, double U_L, const std::vector<double>& rmax, double th,
+CoreGroups peg(const Prepared& pr, double lambda, double U_L, const Buf<double>& rmax, double th,
                double& pruned_max, bool& proven) {
   CoreGroups core;
   core.fixed.assign(pr.n, -1);
@@ -120,7 +120,7 @@ MckpResult solve_prepared(const Prepared& pr, double C, const MckpOptions& opts,
     return r;
   }
   r.choice.resize(n);
-  std::vector<int32_t> pos(n, 0);
+  Buf<int32_t> pos(n);  // filled by take_prefix
   const std::size_t k = lp_prefix(pr, C, pos, r);
   if (k == static_cast<std::size_t>(-1))  // the split is outside the window ordered for another budget: sort all
     return solve_prepared(prepare(pr.offsets, pr.gains, pr.costs), C, opts, hint, start);
@@ -137,7 +137,7 @@ MckpResult solve_prepared(const Prepared& pr, double C, const MckpOptions& opts,
   double z = r.objective;
   const double tol = 1e-12 * pr.scale;
   auto threshold = [&] { return improve_threshold(z, opts.rel_gap, tol, pr.unit); };
-  std::vector<double> rmax(n);  // each group's best reduced profit at lambda
+  Buf<double> rmax(n);  // each group's best reduced profit at lambda
   double U_L = lambda * C;
   for (int64_t g = 0; g < n; ++g) {
     // lambda > 0 (Pareto steps gain), so the best reduced profit sits on a hull vertex: fewer items to read;
