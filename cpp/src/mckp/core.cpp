@@ -112,10 +112,10 @@ MckpResult solve_prepared(const Prepared& pr, double C, const MckpOptions& opts,
                           Clock::time_point start) {
   MckpResult r;
   const int64_t n = pr.n;
-  if (pr.W0exact.compare(C) > 0) {
+  if (pr.compare_W0(C) > 0) {
     r.status = MckpStatus::kInfeasible;
     r.bound = kNegInf;
-    r.message = "budget " + fmt(C) + " is below the minimum feasible budget " + fmt(pr.W0exact.round_up()) +
+    r.message = "budget " + fmt(C) + " is below the minimum feasible budget " + fmt(pr.W0exact().round_up()) +
                 " (the cheapest item of every group)";
     return r;
   }

@@ -137,11 +137,29 @@ struct Prepared {
   std::size_t sorted_lo = 0, sorted_hi = 0;
   Buf<double> prefW, prefP;      // prefix sums over incs, size incs.size() + 1
   double W0 = 0, P0 = 0;         // cheapest item of every group: total cost and gain
-  ExactSum W0exact;              // the same cost, exactly
+  /// W0 exactly (summed on first use: most solves settle the comparison with W0 from its error bound).
+  const ExactSum& W0exact() const {
+    if (!w0_ready_) {
+      for (int64_t g = 0; g < n; ++g) w0_exact_.add(costs[offsets[g] + pareto[poff[g]]]);
+      w0_ready_ = true;
+    }
+    return w0_exact_;
+  }
+  /// Sign of (the exact W0 - c). W0, a float sum of n terms, is within n eps Wmax of it: beyond twice that the
+  /// float value decides.
+  int compare_W0(double c) const {
+    const double d = W0 - c;
+    if (std::fabs(d) > 2.0 * static_cast<double>(n + 1) * std::numeric_limits<double>::epsilon() * Wmax + 1e-300)
+      return d > 0 ? 1 : -1;
+    return W0exact().compare(c);
+  }
   double Pmax = 0;               // sum of every group's largest gain
   double Wmax = 0;               // sum of every group's largest |cost| (a magnitude for rounding slack)
   double scale = 1;              // sum of |largest gain| + |smallest gain|: the unit of the pruning tolerance
   double unit = 0;               // every gain is an integer multiple of it (a power of two; 0 if all gains are 0)
+ private:
+  mutable ExactSum w0_exact_;    // a Prepared belongs to one call: the lazy cache is not shared between threads
+  mutable bool w0_ready_ = false;
 };
 
 /// The largest power of two of which every value is an integer multiple (0 when all are 0). Gains that are all

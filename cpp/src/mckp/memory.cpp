@@ -28,7 +28,7 @@ struct SurrogateLp {
 
 SurrogateLp surrogate_lp(const detail::Prepared& ps, double cap_total) {
   SurrogateLp out;
-  if (ps.W0exact.compare(cap_total) > 0) return out;
+  if (ps.compare_W0(cap_total) > 0) return out;
   const double cap = std::max(0.0, cap_total - ps.W0);
   const std::size_t k = static_cast<std::size_t>(
       std::upper_bound(ps.prefW.begin(), ps.prefW.end(), cap) - ps.prefW.begin() - 1);

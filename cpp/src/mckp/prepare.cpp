@@ -229,7 +229,6 @@ Prepared prepare(const Span<const int64_t>& offsets, const Span<const double>& g
     const Item& lo = loc[0];
     const Item& hi = loc[nl - 1];
     pr.W0 += lo.w;
-    pr.W0exact.add(lo.w);
     pr.P0 += lo.p;
     pr.Pmax += hi.p;
     pr.Wmax += std::max(std::fabs(hi.w), std::fabs(lo.w));

@@ -190,7 +190,7 @@ MckpResult solve_mckp_min_cost(Span<const int64_t> offsets, Span<const double> g
   if (r.status == MckpStatus::kInfeasible) {
     r.bound = std::numeric_limits<double>::infinity();
     r.message = "min_gain " + detail::fmt(min_gain) + " exceeds the largest reachable total gain " +
-                detail::fmt(-pr.W0exact.value()) + " (the best item of every group)";
+                detail::fmt(-pr.W0exact().value()) + " (the best item of every group)";
     return r;
   }
   r.bound = -r.bound;
@@ -207,7 +207,7 @@ double mckp_lp_bound(Span<const int64_t> offsets, Span<const double> gains, Span
   detail::validate("mckp_lp_bound", offsets, gains, costs);
   check_number("mckp_lp_bound", "budget", budget);
   const detail::Prepared pr = detail::prepare(offsets, gains, costs);
-  if (pr.W0exact.compare(budget) > 0) return -std::numeric_limits<double>::infinity();
+  if (pr.compare_W0(budget) > 0) return -std::numeric_limits<double>::infinity();
   const double cap = std::max(0.0, budget - pr.W0);
   const std::size_t k = static_cast<std::size_t>(
       std::upper_bound(pr.prefW.begin(), pr.prefW.end(), cap) - pr.prefW.begin() - 1);

@@ -3,6 +3,7 @@
 // sorted. Everything before the window is more efficient than it, everything after less, so the prefix sums,
 // the split and every group's hull order are those of the full sort (docs/cpp-core.md, "The MCKP solver").
 #include <algorithm>
+#include <vector>
 
 #include "mckp/internal.hpp"
 
@@ -20,7 +21,42 @@ bool before(const Inc& x, const Inc& y) {
 std::size_t select_split(Inc* x, std::size_t n, double cap) {
   std::size_t a = 0, b = n;
   double before_cost = 0;  // cost of x[0, a)
+  bool sample = true;
   while (b - a > 48) {
+    // On a large range (Floyd and Rivest's idea, weighted): a sorted sample of every s-th increment estimates
+    // where the split falls, two sample elements a few places either side of it bracket it, and one three-way
+    // partition leaves the split, almost always, in the small middle part. Median of three sweeps the range about
+    // three times in all; this about once.
+    if (sample && b - a > (std::size_t{1} << 14)) {
+      constexpr std::size_t kSample = 1024, kReach = 24;
+      const std::size_t stride = (b - a) / kSample;
+      std::vector<Inc> smp(kSample);
+      double total = 0, sw = 0;
+      for (std::size_t i = a; i < b; ++i) total += x[i].dw;
+      for (std::size_t t = 0; t < kSample; ++t) smp[t] = x[a + t * stride];
+      std::sort(smp.begin(), smp.end(), before);
+      for (const Inc& q : smp) sw += q.dw;
+      const double want = (cap - before_cost) / total * sw;  // the target's share of the sample's weight
+      std::size_t at = 0;
+      for (double run = 0; at + 1 < kSample && run + smp[at].dw <= want; ++at) run += smp[at].dw;
+      const Inc lo = smp[at >= kReach ? at - kReach : 0], hi = smp[std::min(kSample - 1, at + kReach)];
+      // x[a, lt) before lo, x[lt, gt) from lo to hi, x[gt, b) after hi
+      std::size_t lt = a, i = a, gt = b;
+      double wl = 0, wm = 0;
+      while (i < gt) {
+        if (before(x[i], lo)) { wl += x[i].dw; std::swap(x[lt++], x[i++]); }
+        else if (before(hi, x[i])) std::swap(x[i], x[--gt]);
+        else { wm += x[i].dw; ++i; }
+      }
+      std::size_t na = a, nb = b;
+      double nbefore = before_cost;
+      if (before_cost + wl > cap) nb = lt;
+      else if (before_cost + wl + wm > cap) { na = lt; nb = gt; nbefore += wl; }
+      else { na = gt; nbefore += wl + wm; }
+      if (nb - na == b - a) { sample = false; continue; }  // no progress (a sample of equal keys): plain steps
+      a = na; b = nb; before_cost = nbefore;
+      continue;
+    }
     // median of three as the pivot, moved to the end of the range
     const std::size_t mid = a + (b - a) / 2;
     if (before(x[mid], x[a])) std::swap(x[mid], x[a]);
