@@ -73,13 +73,25 @@ void greedy_incumbent(const Prepared& pr, double C, std::size_t k, Buf<int32_t>&
 // Lagrangian pegging with multiplier lambda: forcing item j of group g costs (rmax_g - r_gj) of the bound U_L, so
 // an item whose forced bound is below the threshold `th` cannot be in a better solution. Groups left with one
 // item are fixed, the others form the core. `proven` when some group lost every item: the incumbent is optimal.
-CoreGroups peg(const Prepared& pr, double lambda, double U_L, const Buf<double>& rmax, double th,
-               double& pruned_max, bool& proven) {
+// `second` is each group's second-best reduced profit when every Pareto item of the group is a hull vertex (+inf
+// otherwise) and `best_at` the index of its best item: a group whose second-best item is already pegged away is
+// fixed without reading its items again (most groups, on every budget of a sweep).
+CoreGroups peg(const Prepared& pr, double lambda, double U_L, const Buf<double>& rmax, const Buf<double>& second,
+               const Buf<int32_t>& best_at, double th, double& pruned_max, bool& proven) {
   CoreGroups core;
   core.fixed.assign(pr.n, -1);
   proven = false;
   std::vector<Item> surv;
   for (int64_t g = 0; g < pr.n; ++g) {
+    const double U2 = U_L - (rmax[g] - second[g]);  // the forced bound of the second-best item
+    if (U2 < th) {
+      if (second[g] > kNegInf) pruned_max = std::max(pruned_max, U2);
+      const Item it = pr.item(g, best_at[g]);
+      core.fixed[g] = it.idx;
+      core.Wfix += it.w;
+      core.Pfix += it.p;
+      continue;
+    }
     surv.clear();
     double b1 = kNegInf, b2 = kNegInf;  // two best reduced profits among survivors
     for (int64_t i = pr.poff[g]; i < pr.poff[g + 1]; ++i) {
@@ -137,16 +149,25 @@ MckpResult solve_prepared(const Prepared& pr, double C, const MckpOptions& opts,
   double z = r.objective;
   const double tol = 1e-12 * pr.scale;
   auto threshold = [&] { return improve_threshold(z, opts.rel_gap, tol, pr.unit); };
-  Buf<double> rmax(n);  // each group's best reduced profit at lambda
+  Buf<double> rmax(n), second(n);  // each group's best and second-best reduced profit at lambda (for peg)
+  Buf<int32_t> best_at(n);
   double U_L = lambda * C;
   for (int64_t g = 0; g < n; ++g) {
     // lambda > 0 (Pareto steps gain), so the best reduced profit sits on a hull vertex: fewer items to read;
     // an item the hull dropped as collinear can differ only by rounding, which the tolerance covers
-    double best = kNegInf;
+    double best = kNegInf, next = kNegInf;
+    int32_t at = pr.hull[pr.hoff[g]];
     const double* W = pr.costs.data + pr.offsets[g];
     const double* G = pr.gains.data + pr.offsets[g];
-    for (int64_t h = pr.hoff[g]; h < pr.hoff[g + 1]; ++h) best = std::max(best, G[pr.hull[h]] - lambda * W[pr.hull[h]]);
+    for (int64_t h = pr.hoff[g]; h < pr.hoff[g + 1]; ++h) {
+      const double rr = G[pr.hull[h]] - lambda * W[pr.hull[h]];
+      if (rr > best) { next = best; best = rr; at = pr.hull[h]; }
+      else if (rr > next) next = rr;
+    }
     rmax[g] = best;
+    best_at[g] = at;
+    const bool all_on_hull = pr.poff[g + 1] - pr.poff[g] == pr.hoff[g + 1] - pr.hoff[g];
+    second[g] = all_on_hull ? next : std::numeric_limits<double>::infinity();
     U_L += best;
   }
   const double U_root = std::min(U_lp, U_L);
@@ -162,7 +183,7 @@ MckpResult solve_prepared(const Prepared& pr, double C, const MckpOptions& opts,
   if (U_root <= threshold()) { pruned_max = U_root; return finish_optimal(); }
 
   bool proven = false;
-  const CoreGroups core = peg(pr, lambda, U_L, rmax, threshold(), pruned_max, proven);
+  const CoreGroups core = peg(pr, lambda, U_L, rmax, second, best_at, threshold(), pruned_max, proven);
   if (proven) return finish_optimal();
   r.core_groups = static_cast<int>(core.group.size());
   const bool limited = core_dp(pr, C, opts, start, core, tol, r, z, pruned_max);
