@@ -47,8 +47,9 @@ std::size_t lp_prefix(const Prepared& pr, double C, Buf<int32_t>& pos, MckpResul
 }
 
 // First incumbent: the LP rounding continued greedily (a group freezes at its first increment that does not
-// fit), or `hint` when that is feasible and better. Fills r's choice, objective and cost.
-void greedy_incumbent(const Prepared& pr, double C, std::size_t k, Buf<int32_t>& pos,
+// fit), or `hint` when that is feasible and better. Fills r's choice, objective and cost; true when the greedy
+// choice, summed by evaluate_fits, is the one kept.
+bool greedy_incumbent(const Prepared& pr, double C, std::size_t k, Buf<int32_t>& pos,
                       const Incumbent& hint, MckpResult& r) {
   double used = pr.W0 + pr.prefW[k];
   std::vector<char> frozen(pr.n, 0);
@@ -60,14 +61,17 @@ void greedy_incumbent(const Prepared& pr, double C, std::size_t k, Buf<int32_t>&
     else frozen[in.g] = 1;
   }
   choose_hull(pr, pos, r);
-  if (!evaluate_fits(pr, r, C)) {  // rounding in `used`
+  bool summed = evaluate_fits(pr, r, C);
+  if (!summed) {  // rounding in `used`
     take_prefix(pr, k, pos, r);
     evaluate_choice(pr, r);
   }
   if (static_cast<int64_t>(hint.choice.size()) == pr.n && hint.fits <= C && hint.objective > r.objective) {
     r.choice = hint.choice;
     r.objective = hint.objective;
+    summed = false;  // its cost is not summed here
   }
+  return summed;
 }
 
 // Lagrangian pegging with multiplier lambda: forcing item j of group g costs (rmax_g - r_gj) of the bound U_L, so
@@ -121,8 +125,13 @@ CoreGroups peg(const Prepared& pr, double lambda, double U_L, const Buf<double>&
 }  // namespace
 
 MckpResult solve_prepared(const Prepared& pr, double C, const MckpOptions& opts, const Incumbent& hint,
-                          Clock::time_point start) {
+                          Clock::time_point start, bool* summed) {
   MckpResult r;
+  bool sum_ok = false;  // r's choice summed by evaluate_fits and within C
+  struct Report {       // hands sum_ok to the caller on every return
+    bool* out; const bool& v;
+    ~Report() { if (out) *out = v; }
+  } report{summed, sum_ok};
   const int64_t n = pr.n;
   if (pr.compare_W0(C) > 0) {
     r.status = MckpStatus::kInfeasible;
@@ -134,8 +143,10 @@ MckpResult solve_prepared(const Prepared& pr, double C, const MckpOptions& opts,
   r.choice.resize(n);
   Buf<int32_t> pos(n);  // filled by take_prefix
   const std::size_t k = lp_prefix(pr, C, pos, r);
-  if (k == static_cast<std::size_t>(-1))  // the split is outside the window ordered for another budget: sort all
-    return solve_prepared(prepare(pr.offsets, pr.gains, pr.costs), C, opts, hint, start);
+  if (k == static_cast<std::size_t>(-1)) {  // the split is outside the window ordered for another budget: sort all
+    report.out = nullptr;  // the inner solve reports its own
+    return solve_prepared(prepare(pr.offsets, pr.gains, pr.costs), C, opts, hint, start, summed);
+  }
   if (k == pr.incs.size()) {  // everything fits: every group takes its best item, the LP is integral
     evaluate_choice(pr, r);
     r.status = MckpStatus::kOptimal;
@@ -144,7 +155,7 @@ MckpResult solve_prepared(const Prepared& pr, double C, const MckpOptions& opts,
   }
   const double lambda = pr.incs[k].e;  // the split increment's efficiency: the LP's multiplier
   const double U_lp = pr.P0 + pr.prefP[k] + (std::max(0.0, C - pr.W0) - pr.prefW[k]) * lambda;
-  greedy_incumbent(pr, C, k, pos, hint, r);
+  sum_ok = greedy_incumbent(pr, C, k, pos, hint, r);
 
   double z = r.objective;
   const double tol = 1e-12 * pr.scale;
@@ -186,7 +197,7 @@ MckpResult solve_prepared(const Prepared& pr, double C, const MckpOptions& opts,
   const CoreGroups core = peg(pr, lambda, U_L, rmax, second, best_at, threshold(), pruned_max, proven);
   if (proven) return finish_optimal();
   r.core_groups = static_cast<int>(core.group.size());
-  const bool limited = core_dp(pr, C, opts, start, core, tol, r, z, pruned_max);
+  const bool limited = core_dp(pr, C, opts, start, core, tol, r, z, pruned_max, sum_ok);
   // A limit that only cut states which cannot beat the final incumbent still proves optimality.
   if (!limited || pruned_max < threshold()) {
     r.message.clear();

@@ -201,9 +201,10 @@ struct Incumbent {
 };
 
 /// One budget on a prepared instance, `hint` used as the first incumbent where it fits and beats the greedy one.
-/// The result's choice is not yet verified against the budget.
+/// The result's choice is not yet verified against the budget, unless `*summed` comes back true: then its
+/// objective and cost were summed by evaluate_fits and it fits the budget (solve_verified need not sum again).
 MckpResult solve_prepared(const Prepared& pr, double budget, const MckpOptions& opts, const Incumbent& hint,
-                          Clock::time_point start);
+                          Clock::time_point start, bool* summed = nullptr);
 
 /// The groups Lagrangian pegging left with several items (core.cpp), and what the others were fixed to.
 struct CoreGroups {
@@ -217,9 +218,10 @@ struct CoreGroups {
 
 /// The Pareto-state DP over the core groups (core_dp.cpp). Improves the incumbent (r's choice, objective
 /// and cost; z, its objective as the search saw it), counts r.nodes, raises pruned_max to the best bound it
-/// discards. Returns true when a state or time limit cut the search short (r.message says which).
+/// discards. Returns true when a state or time limit cut the search short (r.message says which). When it
+/// replaces r's choice, `summed` says whether the new one was summed by evaluate_fits and fits the budget.
 bool core_dp(const Prepared& pr, double budget, const MckpOptions& opts, Clock::time_point start,
-             const CoreGroups& core, double tol, MckpResult& r, double& z, double& pruned_max);
+             const CoreGroups& core, double tol, MckpResult& r, double& z, double& pruned_max, bool& summed);
 
 /// Exact sums of the chosen gains/costs; fills objective and cost.
 void evaluate_choice(const Prepared& pr, MckpResult& r);

@@ -90,8 +90,9 @@ bool evaluate_fits(const Prepared& pr, MckpResult& r, double limit) {
 
 MckpResult solve_verified(const Prepared& pr, double budget, const MckpOptions& opts, const Incumbent& hint,
                           Clock::time_point start) {
-  MckpResult r = solve_prepared(pr, budget, opts, hint, start);
-  if (r.choice.empty() || evaluate_fits(pr, r, budget)) {
+  bool summed = false;
+  MckpResult r = solve_prepared(pr, budget, opts, hint, start, &summed);
+  if (r.choice.empty() || summed || evaluate_fits(pr, r, budget)) {
     if (!r.choice.empty()) {  // compensated sums; a cost that rounds over the budget is re-summed exactly
       if (r.cost > budget) r.cost = exact_sum(pr.offsets, pr.costs, r.choice);
       if (r.status == MckpStatus::kOptimal) r.bound = std::max(r.bound, r.objective);
