@@ -137,3 +137,26 @@ def test_integer_suite_instances_by_name():
     for inst in small:
         assert inst.budget == round(inst.budget) and (inst.gains == np.round(inst.gains)).all()
         assert inst.gains.shape == ((100, 10) if inst.family == "unc" else (224, 4))
+
+
+def test_large_instance_single_solve_sweep_and_permuted_items_agree():
+    """At 50,000 groups the per-solve arrays pass the size where the core asks for huge pages and leaves them
+    unfilled; the groups' items are out of cost order (the in-group sort path). Reversing every group's items and
+    the fully sorted sweep must give the same optima, each within budget by an exact sum and below the LP bound."""
+    from mpq import _core
+    gains, costs = generate(50000, 8, 4)
+    n, m = gains.shape
+    off = np.arange(n + 1, dtype=np.int64) * m
+    g, c = gains.reshape(-1), costs.reshape(-1)
+    gr, cr = gains[:, ::-1].reshape(-1).copy(), costs[:, ::-1].reshape(-1).copy()
+    budgets = [threshold(costs, f) for f in (0.02, 0.3, 0.8)]
+    sweep = sweep_mckp_csr(off, g, c, budgets)
+    for b, s in zip(budgets, sweep):
+        one, rev = solve_mckp_csr(off, g, c, b), solve_mckp_csr(off, gr, cr, b)
+        assert one.status == rev.status == s.status == "optimal"
+        assert one.objective == pytest.approx(s.objective, rel=1e-12, abs=0)
+        assert rev.objective == pytest.approx(one.objective, rel=1e-12, abs=0)
+        assert exact_cost_le(list(costs), one.choice, b)
+        assert exact_cost_le(list(costs), m - 1 - rev.choice, b)
+        assert math.fsum(gains[np.arange(n), m - 1 - rev.choice]) == pytest.approx(rev.objective, rel=1e-12)
+        assert one.objective <= _core.mckp_lp_bound(off, g, c, b) * (1 + 1e-12)

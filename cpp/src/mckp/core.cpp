@@ -12,12 +12,12 @@ namespace {
 constexpr double kNegInf = -std::numeric_limits<double>::infinity();
 
 // r.choice from each group's hull position.
-void choose_hull(const Prepared& pr, const std::vector<int32_t>& pos, MckpResult& r) {
-  for (int64_t g = 0; g < pr.n; ++g) r.choice[g] = pr.pareto[pr.poff[g] + pr.hull[pr.hoff[g] + pos[g]]].idx;
+void choose_hull(const Prepared& pr, const Buf<int32_t>& pos, MckpResult& r) {
+  for (int64_t g = 0; g < pr.n; ++g) r.choice[g] = pr.hull[pr.hoff[g] + pos[g]];
 }
 
 // Hull positions of the LP rounding that takes the first k increments (an integral solution), and its choice.
-void take_prefix(const Prepared& pr, std::size_t k, std::vector<int32_t>& pos, MckpResult& r) {
+void take_prefix(const Prepared& pr, std::size_t k, Buf<int32_t>& pos, MckpResult& r) {
   std::fill(pos.begin(), pos.end(), 0);
   // the first k may be in any order (order_for_budget), but they hold a prefix of every group's hull
   for (std::size_t t = 0; t < k; ++t) pos[pr.incs[t].g] = std::max(pos[pr.incs[t].g], pr.incs[t].k);
@@ -27,13 +27,18 @@ void take_prefix(const Prepared& pr, std::size_t k, std::vector<int32_t>& pos, M
 // The number of whole increments the LP takes at budget C; r.choice is their rounding. The float prefix sums may
 // put the count one past the exact boundary, so it steps back until the rounding fits exactly (0 always does:
 // the caller checked the cheapest items). Returns SIZE_MAX when the split leaves the sorted window.
-std::size_t lp_prefix(const Prepared& pr, double C, std::vector<int32_t>& pos, MckpResult& r) {
+std::size_t lp_prefix(const Prepared& pr, double C, Buf<int32_t>& pos, MckpResult& r) {
   constexpr std::size_t kOutside = static_cast<std::size_t>(-1);
   const double cap = std::max(0.0, C - pr.W0);
   std::size_t k = static_cast<std::size_t>(
       std::upper_bound(pr.prefW.begin(), pr.prefW.end(), cap) - pr.prefW.begin() - 1);
   if (!split_in_window(pr, k)) return kOutside;
   take_prefix(pr, k, pos, r);
+  // The float estimate W0 + prefW[k] of the rounding's cost errs by less than (n + k + 2) eps (Wmax + |C|): each
+  // cost step dw and each running sum is rounded once. A margin above that settles the fit without summing.
+  const double err = 8.0 * (static_cast<double>(pr.n) + static_cast<double>(k) + 2.0) *
+                     std::numeric_limits<double>::epsilon() * (pr.Wmax + std::fabs(C));
+  if (cap - pr.prefW[k] > err) return k;
   while (k > 0 && compare_sum(pr.offsets, pr.costs, r.choice, C) > 0) {
     if (!split_in_window(pr, k - 1)) return kOutside;
     take_prefix(pr, --k, pos, r);
@@ -42,9 +47,10 @@ std::size_t lp_prefix(const Prepared& pr, double C, std::vector<int32_t>& pos, M
 }
 
 // First incumbent: the LP rounding continued greedily (a group freezes at its first increment that does not
-// fit), or `hint` when that is feasible and better. Fills r's choice, objective and cost.
-void greedy_incumbent(const Prepared& pr, double C, std::size_t k, std::vector<int32_t>& pos,
-                      const std::vector<int32_t>& hint, MckpResult& r) {
+// fit), or `hint` when that is feasible and better. Fills r's choice, objective and cost; true when the greedy
+// choice, summed by evaluate_fits, is the one kept.
+bool greedy_incumbent(const Prepared& pr, double C, std::size_t k, Buf<int32_t>& pos,
+                      const Incumbent& hint, MckpResult& r) {
   double used = pr.W0 + pr.prefW[k];
   std::vector<char> frozen(pr.n, 0);
   for (std::size_t t = k; t < pr.incs.size(); ++t) {
@@ -55,30 +61,45 @@ void greedy_incumbent(const Prepared& pr, double C, std::size_t k, std::vector<i
     else frozen[in.g] = 1;
   }
   choose_hull(pr, pos, r);
-  if (compare_sum(pr.offsets, pr.costs, r.choice, C) > 0) take_prefix(pr, k, pos, r);  // rounding in `used`
-  evaluate_choice(pr, r);
-  if (static_cast<int64_t>(hint.size()) == pr.n && compare_sum(pr.offsets, pr.costs, hint, C) <= 0) {
-    MckpResult h;
-    h.choice = hint;
-    evaluate_choice(pr, h);
-    if (h.objective > r.objective) { r.choice = hint; r.objective = h.objective; r.cost = h.cost; }
+  bool summed = evaluate_fits(pr, r, C);
+  if (!summed) {  // rounding in `used`
+    take_prefix(pr, k, pos, r);
+    evaluate_choice(pr, r);
   }
+  if (static_cast<int64_t>(hint.choice.size()) == pr.n && hint.fits <= C && hint.objective > r.objective) {
+    r.choice = hint.choice;
+    r.objective = hint.objective;
+    summed = false;  // its cost is not summed here
+  }
+  return summed;
 }
 
 // Lagrangian pegging with multiplier lambda: forcing item j of group g costs (rmax_g - r_gj) of the bound U_L, so
 // an item whose forced bound is below the threshold `th` cannot be in a better solution. Groups left with one
 // item are fixed, the others form the core. `proven` when some group lost every item: the incumbent is optimal.
-CoreGroups peg(const Prepared& pr, double lambda, double U_L, const std::vector<double>& rmax, double th,
-               double& pruned_max, bool& proven) {
+// `second` is each group's second-best reduced profit when every Pareto item of the group is a hull vertex (+inf
+// otherwise) and `best_at` the index of its best item: a group whose second-best item is already pegged away is
+// fixed without reading its items again (most groups, on every budget of a sweep).
+CoreGroups peg(const Prepared& pr, double lambda, double U_L, const Buf<double>& rmax, const Buf<double>& second,
+               const Buf<int32_t>& best_at, double th, double& pruned_max, bool& proven) {
   CoreGroups core;
   core.fixed.assign(pr.n, -1);
   proven = false;
   std::vector<Item> surv;
   for (int64_t g = 0; g < pr.n; ++g) {
+    const double U2 = U_L - (rmax[g] - second[g]);  // the forced bound of the second-best item
+    if (U2 < th) {
+      if (second[g] > kNegInf) pruned_max = std::max(pruned_max, U2);
+      const Item it = pr.item(g, best_at[g]);
+      core.fixed[g] = it.idx;
+      core.Wfix += it.w;
+      core.Pfix += it.p;
+      continue;
+    }
     surv.clear();
     double b1 = kNegInf, b2 = kNegInf;  // two best reduced profits among survivors
     for (int64_t i = pr.poff[g]; i < pr.poff[g + 1]; ++i) {
-      const Item& it = pr.pareto[i];
+      const Item it = pr.item(g, pr.pareto[i]);
       const double rr = it.p - lambda * it.w;
       const double Ug = U_L - (rmax[g] - rr);
       if (Ug < th) { pruned_max = std::max(pruned_max, Ug); continue; }
@@ -103,22 +124,29 @@ CoreGroups peg(const Prepared& pr, double lambda, double U_L, const std::vector<
 
 }  // namespace
 
-MckpResult solve_prepared(const Prepared& pr, double C, const MckpOptions& opts,
-                          const std::vector<int32_t>& hint, Clock::time_point start) {
+MckpResult solve_prepared(const Prepared& pr, double C, const MckpOptions& opts, const Incumbent& hint,
+                          Clock::time_point start, bool* summed) {
   MckpResult r;
+  bool sum_ok = false;  // r's choice summed by evaluate_fits and within C
+  struct Report {       // hands sum_ok to the caller on every return
+    bool* out; const bool& v;
+    ~Report() { if (out) *out = v; }
+  } report{summed, sum_ok};
   const int64_t n = pr.n;
-  if (pr.W0exact.compare(C) > 0) {
+  if (pr.compare_W0(C) > 0) {
     r.status = MckpStatus::kInfeasible;
     r.bound = kNegInf;
-    r.message = "budget " + fmt(C) + " is below the minimum feasible budget " + fmt(pr.W0exact.round_up()) +
+    r.message = "budget " + fmt(C) + " is below the minimum feasible budget " + fmt(pr.W0exact().round_up()) +
                 " (the cheapest item of every group)";
     return r;
   }
   r.choice.resize(n);
-  std::vector<int32_t> pos(n, 0);
+  Buf<int32_t> pos(n);  // filled by take_prefix
   const std::size_t k = lp_prefix(pr, C, pos, r);
-  if (k == static_cast<std::size_t>(-1))  // the split is outside the window ordered for another budget: sort all
-    return solve_prepared(prepare(pr.offsets, pr.gains, pr.costs), C, opts, hint, start);
+  if (k == static_cast<std::size_t>(-1)) {  // the split is outside the window ordered for another budget: sort all
+    report.out = nullptr;  // the inner solve reports its own
+    return solve_prepared(prepare(pr.offsets, pr.gains, pr.costs), C, opts, hint, start, summed);
+  }
   if (k == pr.incs.size()) {  // everything fits: every group takes its best item, the LP is integral
     evaluate_choice(pr, r);
     r.status = MckpStatus::kOptimal;
@@ -127,20 +155,30 @@ MckpResult solve_prepared(const Prepared& pr, double C, const MckpOptions& opts,
   }
   const double lambda = pr.incs[k].e;  // the split increment's efficiency: the LP's multiplier
   const double U_lp = pr.P0 + pr.prefP[k] + (std::max(0.0, C - pr.W0) - pr.prefW[k]) * lambda;
-  greedy_incumbent(pr, C, k, pos, hint, r);
+  sum_ok = greedy_incumbent(pr, C, k, pos, hint, r);
 
   double z = r.objective;
   const double tol = 1e-12 * pr.scale;
   auto threshold = [&] { return improve_threshold(z, opts.rel_gap, tol, pr.unit); };
-  std::vector<double> rmax(n);  // each group's best reduced profit at lambda
+  Buf<double> rmax(n), second(n);  // each group's best and second-best reduced profit at lambda (for peg)
+  Buf<int32_t> best_at(n);
   double U_L = lambda * C;
   for (int64_t g = 0; g < n; ++g) {
     // lambda > 0 (Pareto steps gain), so the best reduced profit sits on a hull vertex: fewer items to read;
     // an item the hull dropped as collinear can differ only by rounding, which the tolerance covers
-    double best = kNegInf;
-    const Item* P = pr.pareto.data() + pr.poff[g];
-    for (int64_t h = pr.hoff[g]; h < pr.hoff[g + 1]; ++h) best = std::max(best, P[pr.hull[h]].p - lambda * P[pr.hull[h]].w);
+    double best = kNegInf, next = kNegInf;
+    int32_t at = pr.hull[pr.hoff[g]];
+    const double* W = pr.costs.data + pr.offsets[g];
+    const double* G = pr.gains.data + pr.offsets[g];
+    for (int64_t h = pr.hoff[g]; h < pr.hoff[g + 1]; ++h) {
+      const double rr = G[pr.hull[h]] - lambda * W[pr.hull[h]];
+      if (rr > best) { next = best; best = rr; at = pr.hull[h]; }
+      else if (rr > next) next = rr;
+    }
     rmax[g] = best;
+    best_at[g] = at;
+    const bool all_on_hull = pr.poff[g + 1] - pr.poff[g] == pr.hoff[g + 1] - pr.hoff[g];
+    second[g] = all_on_hull ? next : std::numeric_limits<double>::infinity();
     U_L += best;
   }
   const double U_root = std::min(U_lp, U_L);
@@ -156,10 +194,10 @@ MckpResult solve_prepared(const Prepared& pr, double C, const MckpOptions& opts,
   if (U_root <= threshold()) { pruned_max = U_root; return finish_optimal(); }
 
   bool proven = false;
-  const CoreGroups core = peg(pr, lambda, U_L, rmax, threshold(), pruned_max, proven);
+  const CoreGroups core = peg(pr, lambda, U_L, rmax, second, best_at, threshold(), pruned_max, proven);
   if (proven) return finish_optimal();
   r.core_groups = static_cast<int>(core.group.size());
-  const bool limited = core_dp(pr, C, opts, start, core, tol, r, z, pruned_max);
+  const bool limited = core_dp(pr, C, opts, start, core, tol, r, z, pruned_max, sum_ok);
   // A limit that only cut states which cannot beat the final incumbent still proves optimality.
   if (!limited || pruned_max < threshold()) {
     r.message.clear();

@@ -105,8 +105,9 @@ Levels make_levels(const CoreGroups& core) {
 class ParetoDp {
  public:
   ParetoDp(const Prepared& pr, double C, const MckpOptions& opts, Clock::time_point start, const CoreGroups& core,
-           double tol, MckpResult& r, double& z, double& pruned_max)
+           double tol, MckpResult& r, double& z, double& pruned_max, bool& summed)
       : pr_(pr), C_(C), opts_(opts), start_(start), core_(core), tol_(tol), r_(r), z_(z), pruned_max_(pruned_max),
+        summed_(summed),
         v_(make_levels(core)), Cp_(C - core.Wfix), near_(1e-13 * (std::fabs(C) + pr.Wmax)),
         level_cap_(std::max<int64_t>(1000, opts.max_states / 4)), active_(v_.M, 1), bp_(v_.L + 1) {
     fw_.build(v_.incs);
@@ -125,11 +126,12 @@ class ParetoDp {
     if (rec_.level >= 0) {  // the DP's best rounding solution, rebuilt once
       MckpResult cand;
       cand.choice = rebuild(rec_.level, rec_.parent, rec_.item, rec_.cap);
-      evaluate_choice(pr_, cand);
+      const bool fits = evaluate_fits(pr_, cand, C_);
       if (cand.objective >= r_.objective) {
         r_.choice = cand.choice;
         r_.objective = cand.objective;
         r_.cost = cand.cost;
+        summed_ = fits;
       }
     }
     return limited_;
@@ -295,6 +297,7 @@ class ParetoDp {
   MckpResult& r_;
   double& z_;            // the incumbent's objective
   double& pruned_max_;   // largest bound of anything discarded
+  bool& summed_;         // r_'s choice summed by evaluate_fits and within the budget
   const Levels v_;
   const double Cp_;      // budget left for the core levels
   const double near_;    // a float cost this close to the budget may round either way: checked exactly
@@ -313,8 +316,8 @@ class ParetoDp {
 }  // namespace
 
 bool core_dp(const Prepared& pr, double C, const MckpOptions& opts, Clock::time_point start, const CoreGroups& core,
-             double tol, MckpResult& r, double& z, double& pruned_max) {
-  return ParetoDp(pr, C, opts, start, core, tol, r, z, pruned_max).run();
+             double tol, MckpResult& r, double& z, double& pruned_max, bool& summed) {
+  return ParetoDp(pr, C, opts, start, core, tol, r, z, pruned_max, summed).run();
 }
 
 }  // namespace mpq::detail

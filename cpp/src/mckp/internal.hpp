@@ -4,15 +4,62 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <numeric>
 #include <cstdint>
+#include <cstdlib>
 #include <limits>
+#include <new>
+#include <numeric>
 #include <string>
+#include <type_traits>
+#include <utility>
 #include <vector>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #include "mpq/mckp.hpp"
 
 namespace mpq::detail {
+
+/// Allocator of the per-solve arrays that grow with the instance (10^6 groups: hundreds of MB). Two costs it
+/// removes, measured as over half of a 10^6 x 8 solve: zero-filling (resize default-initialises trivial types:
+/// every element is written before it is read) and first-touch page faults (blocks of 4 MiB and more are asked
+/// for transparent huge pages on Linux: one fault per 2 MiB instead of per 4 KiB).
+template <class T>
+struct ScratchAlloc {
+  using value_type = T;
+  static constexpr std::size_t kHuge = std::size_t{4} << 20, kPage = std::size_t{2} << 20;
+  ScratchAlloc() = default;
+  template <class U>
+  ScratchAlloc(const ScratchAlloc<U>&) noexcept {}
+  T* allocate(std::size_t n) {
+    const std::size_t bytes = n * sizeof(T);
+    if (bytes < kHuge) return static_cast<T*>(::operator new(bytes));
+    const std::size_t rounded = (bytes + kPage - 1) / kPage * kPage;
+    void* p = std::aligned_alloc(kPage, rounded);
+    if (!p) throw std::bad_alloc();
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    madvise(p, rounded, MADV_HUGEPAGE);  // advice only: without THP it is ignored
+#endif
+    return static_cast<T*>(p);
+  }
+  void deallocate(T* p, std::size_t n) noexcept {
+    if (n * sizeof(T) < kHuge) ::operator delete(p);
+    else std::free(p);
+  }
+  template <class U, class... A>
+  void construct(U* p, A&&... a) {
+    if constexpr (sizeof...(A) == 0 && std::is_trivially_default_constructible_v<U>) ::new (static_cast<void*>(p)) U;
+    else ::new (static_cast<void*>(p)) U(std::forward<A>(a)...);
+  }
+  template <class U>
+  bool operator==(const ScratchAlloc<U>&) const noexcept { return true; }
+  template <class U>
+  bool operator!=(const ScratchAlloc<U>&) const noexcept { return false; }
+};
+/// A vector whose resize leaves new trivial elements uninitialised (ScratchAlloc).
+template <class T>
+using Buf = std::vector<T, ScratchAlloc<T>>;
 
 /// Error-free running sum (Shewchuk/Python fsum partials): exact comparisons and a correctly rounded value.
 class ExactSum {
@@ -40,7 +87,8 @@ struct Inc {
 /// values) leaves the others; one descent then gives the LP of the remaining groups at any capacity in O(log M).
 class Fenwick {
  public:
-  void build(const std::vector<Inc>& incs) {
+  template <class Incs>
+  void build(const Incs& incs) {
     n_ = static_cast<int>(incs.size());
     tw_.assign(n_ + 1, 0);
     tp_.assign(n_ + 1, 0);
@@ -77,21 +125,41 @@ struct Prepared {
   int64_t n = 0;
   Span<const int64_t> offsets;
   Span<const double> gains, costs;
-  std::vector<int64_t> poff;     // CSR over pareto: group g's Pareto list is pareto[poff[g], poff[g+1])
-  std::vector<Item> pareto;      // per group: w strictly increasing, p strictly increasing
-  std::vector<int64_t> hoff;     // CSR over hull
-  std::vector<int32_t> hull;     // positions (within the group's Pareto list) of the concave hull vertices
-  std::vector<Inc> incs;         // all hull increments, efficiency descending, ties by (g, k); for a single
+  Buf<int64_t> poff;             // CSR over pareto: group g's Pareto list is pareto[poff[g], poff[g+1])
+  Buf<int32_t> pareto;           // per group: item indices (within the group), cost and gain strictly increasing
+  Buf<int64_t> hoff;             // CSR over hull
+  Buf<int32_t> hull;             // per group: item indices (within the group) of the concave hull vertices
+  /// Cost, gain and index of item `idx` of group g.
+  Item item(int64_t g, int32_t idx) const { const int64_t i = offsets[g] + idx; return {costs[i], gains[i], idx}; }
+  Buf<Inc> incs;                 // all hull increments, efficiency descending, ties by (g, k); for a single
                                  // budget only incs[sorted_lo, sorted_hi) are in that order, every one before
                                  // them ranks higher and every one after lower (order_for_budget)
   std::size_t sorted_lo = 0, sorted_hi = 0;
-  std::vector<double> prefW, prefP;  // prefix sums over incs, size incs.size() + 1
+  Buf<double> prefW, prefP;      // prefix sums over incs, size incs.size() + 1
   double W0 = 0, P0 = 0;         // cheapest item of every group: total cost and gain
-  ExactSum W0exact;              // the same cost, exactly
+  /// W0 exactly (summed on first use: most solves settle the comparison with W0 from its error bound).
+  const ExactSum& W0exact() const {
+    if (!w0_ready_) {
+      for (int64_t g = 0; g < n; ++g) w0_exact_.add(costs[offsets[g] + pareto[poff[g]]]);
+      w0_ready_ = true;
+    }
+    return w0_exact_;
+  }
+  /// Sign of (the exact W0 - c). W0, a float sum of n terms, is within n eps Wmax of it: beyond twice that the
+  /// float value decides.
+  int compare_W0(double c) const {
+    const double d = W0 - c;
+    if (std::fabs(d) > 2.0 * static_cast<double>(n + 1) * std::numeric_limits<double>::epsilon() * Wmax + 1e-300)
+      return d > 0 ? 1 : -1;
+    return W0exact().compare(c);
+  }
   double Pmax = 0;               // sum of every group's largest gain
   double Wmax = 0;               // sum of every group's largest |cost| (a magnitude for rounding slack)
   double scale = 1;              // sum of |largest gain| + |smallest gain|: the unit of the pruning tolerance
   double unit = 0;               // every gain is an integer multiple of it (a power of two; 0 if all gains are 0)
+ private:
+  mutable ExactSum w0_exact_;    // a Prepared belongs to one call: the lazy cache is not shared between threads
+  mutable bool w0_ready_ = false;
 };
 
 /// The largest power of two of which every value is an integer multiple (0 when all are 0). Gains that are all
@@ -109,7 +177,9 @@ inline double improve_threshold(double z, double rel_gap, double tol, double uni
 void validate(const char* fn, const Span<const int64_t>& offsets, const Span<const double>& gains, const Span<const double>& costs);
 void check_options(const char* fn, const MckpOptions& opts);
 /// Stable sort by efficiency, descending (callers build incs in (group, k) order, so ties stay in that order).
-void sort_by_efficiency(std::vector<Inc>& incs);
+void sort_by_efficiency(Inc* incs, std::size_t n);
+template <class Incs>
+void sort_by_efficiency(Incs& incs) { sort_by_efficiency(incs.data(), incs.size()); }
 /// The budget-independent preprocessing. With `budget` (a single solve), the increments are only ordered around
 /// that budget's LP split (order_for_budget) instead of sorted; sweeps, bounds and the memory variant sort them all.
 Prepared prepare(const Span<const int64_t>& offsets, const Span<const double>& gains, const Span<const double>& costs,
@@ -122,10 +192,19 @@ bool split_in_window(const Prepared& pr, std::size_t k);
 
 using Clock = std::chrono::steady_clock;
 
-/// One budget on a prepared instance. `hint` (original item indices, may be empty) is a known feasible
-/// solution used as the first incumbent. The result's choice is not yet verified against the budget.
-MckpResult solve_prepared(const Prepared& pr, double budget, const MckpOptions& opts,
-                          const std::vector<int32_t>& hint, Clock::time_point start);
+/// A known solution offered as the first incumbent: a sweep's answer for a smaller budget. `choice` holds
+/// original item indices (empty: none), `objective` its exact gain, and it is known to fit every budget >= `fits`.
+struct Incumbent {
+  std::vector<int32_t> choice;
+  double objective = 0;
+  double fits = std::numeric_limits<double>::infinity();
+};
+
+/// One budget on a prepared instance, `hint` used as the first incumbent where it fits and beats the greedy one.
+/// The result's choice is not yet verified against the budget, unless `*summed` comes back true: then its
+/// objective and cost were summed by evaluate_fits and it fits the budget (solve_verified need not sum again).
+MckpResult solve_prepared(const Prepared& pr, double budget, const MckpOptions& opts, const Incumbent& hint,
+                          Clock::time_point start, bool* summed = nullptr);
 
 /// The groups Lagrangian pegging left with several items (core.cpp), and what the others were fixed to.
 struct CoreGroups {
@@ -139,12 +218,15 @@ struct CoreGroups {
 
 /// The Pareto-state DP over the core groups (core_dp.cpp). Improves the incumbent (r's choice, objective
 /// and cost; z, its objective as the search saw it), counts r.nodes, raises pruned_max to the best bound it
-/// discards. Returns true when a state or time limit cut the search short (r.message says which).
+/// discards. Returns true when a state or time limit cut the search short (r.message says which). When it
+/// replaces r's choice, `summed` says whether the new one was summed by evaluate_fits and fits the budget.
 bool core_dp(const Prepared& pr, double budget, const MckpOptions& opts, Clock::time_point start,
-             const CoreGroups& core, double tol, MckpResult& r, double& z, double& pruned_max);
+             const CoreGroups& core, double tol, MckpResult& r, double& z, double& pruned_max, bool& summed);
 
 /// Exact sums of the chosen gains/costs; fills objective and cost.
 void evaluate_choice(const Prepared& pr, MckpResult& r);
+/// evaluate_choice and, in the same pass, whether the chosen costs fit `limit` exactly (compare_sum <= 0).
+bool evaluate_fits(const Prepared& pr, MckpResult& r, double limit);
 /// Sign of (exact sum of chosen values - limit).
 int compare_sum(const Span<const int64_t>& offsets, const Span<const double>& values, const std::vector<int32_t>& choice,
                 double limit);
@@ -152,8 +234,8 @@ double exact_sum(const Span<const int64_t>& offsets, const Span<const double>& v
 
 /// solve_prepared, then verify the cost exactly; if rounding inside the search let it exceed the budget,
 /// re-solve with a budget tightened by the excess (rare) while keeping the first, still valid, bound.
-MckpResult solve_verified(const Prepared& pr, double budget, const MckpOptions& opts,
-                          const std::vector<int32_t>& hint, Clock::time_point start);
+MckpResult solve_verified(const Prepared& pr, double budget, const MckpOptions& opts, const Incumbent& hint,
+                          Clock::time_point start);
 
 /// The memory-constrained problem as solve_mckp_memory received it, plus magnitudes for tolerances.
 struct TwoRowInput {

@@ -28,7 +28,7 @@ struct SurrogateLp {
 
 SurrogateLp surrogate_lp(const detail::Prepared& ps, double cap_total) {
   SurrogateLp out;
-  if (ps.W0exact.compare(cap_total) > 0) return out;
+  if (ps.compare_W0(cap_total) > 0) return out;
   const double cap = std::max(0.0, cap_total - ps.W0);
   const std::size_t k = static_cast<std::size_t>(
       std::upper_bound(ps.prefW.begin(), ps.prefW.end(), cap) - ps.prefW.begin() - 1);
@@ -83,7 +83,7 @@ MckpResult solve_mckp_memory(Span<const int64_t> offsets, Span<const double> gai
   }
   // 1. the memory row is often slack at the plain optimum
   const detail::Prepared pr = detail::prepare(offsets, gains, costs);
-  MckpResult plain = detail::solve_verified(pr, budget, opts, {}, start);
+  MckpResult plain = detail::solve_verified(pr, budget, opts, detail::Incumbent{}, start);
   if (plain.status == MckpStatus::kInfeasible || plain.choice.empty()) return done(plain);
   if (detail::compare_sum(offsets, memory, plain.choice, max_memory) <= 0) return done(plain);
   double upper = plain.bound;
@@ -139,7 +139,7 @@ MckpResult solve_mckp_memory(Span<const int64_t> offsets, Span<const double> gai
   auto lagrange = [&](double nu) {  // true if the solution fits the memory row
     for (std::size_t i = 0; i < gains.size; ++i) pg[i] = gains[i] - nu * memory[i];
     const detail::Prepared pl = detail::prepare(offsets, Span<const double>(pg.data(), pg.size()), costs);
-    const MckpResult s = detail::solve_prepared(pl, budget, sub, {}, Clock::now());
+    const MckpResult s = detail::solve_prepared(pl, budget, sub, detail::Incumbent{}, Clock::now());
     r.nodes += s.nodes;
     if (s.choice.empty()) return false;
     upper = std::min(upper, s.bound + nu * max_memory);

@@ -59,12 +59,21 @@ void validate(const char* fn, const Span<const int64_t>& offsets, const Span<con
               offsets[offsets.size - 1] == static_cast<int64_t>(gains.size) &&
               offsets.size - 1 <= static_cast<std::size_t>(std::numeric_limits<int32_t>::max());
   if (fast) {
-    double total = 0, minc = 0;
-    for (std::size_t i = 0; i < gains.size; ++i) {
-      total += std::fabs(gains[i]) + costs[i];
+    // four independent sums: a single running sum is latency-bound (the order is irrelevant to a finiteness test)
+    double t0 = 0, t1 = 0, t2 = 0, t3 = 0, minc = 0;
+    const std::size_t n4 = gains.size / 4 * 4;
+    for (std::size_t i = 0; i < n4; i += 4) {
+      t0 += std::fabs(gains[i]) + costs[i];
+      t1 += std::fabs(gains[i + 1]) + costs[i + 1];
+      t2 += std::fabs(gains[i + 2]) + costs[i + 2];
+      t3 += std::fabs(gains[i + 3]) + costs[i + 3];
+      minc = std::min(minc, std::min(std::min(costs[i], costs[i + 1]), std::min(costs[i + 2], costs[i + 3])));
+    }
+    for (std::size_t i = n4; i < gains.size; ++i) {
+      t0 += std::fabs(gains[i]) + costs[i];
       minc = std::min(minc, costs[i]);
     }
-    fast = std::isfinite(total) && minc >= 0;
+    fast = std::isfinite(t0 + t1 + t2 + t3) && minc >= 0;
     for (std::size_t g = 0; fast && g + 1 < offsets.size; ++g)
       fast = offsets[g + 1] > offsets[g] && offsets[g + 1] - offsets[g] <= std::numeric_limits<int32_t>::max();
   }
@@ -80,16 +89,15 @@ void check_options(const char* fn, const MckpOptions& o) {
   if (o.max_nodes < 1) bad(fn, "max_nodes must be >= 1, got " + std::to_string(o.max_nodes));
 }
 
-void sort_by_efficiency(std::vector<Inc>& incs) {
+void sort_by_efficiency(Inc* incs, std::size_t n) {
   // Efficiency descending, ties in the current order, which callers build as (group, k) ascending.
   // A stable LSD radix sort on order-preserving 64-bit keys: the std::sort it replaces was a third of a solve.
-  const std::size_t n = incs.size();
   if (n < 512) {
-    std::stable_sort(incs.begin(), incs.end(), [](const Inc& x, const Inc& y) { return x.e > y.e; });
+    std::stable_sort(incs, incs + n, [](const Inc& x, const Inc& y) { return x.e > y.e; });
     return;
   }
-  std::vector<uint64_t> key(n), key2(n);
-  std::vector<uint32_t> idx(n), idx2(n);
+  Buf<uint64_t> key(n), key2(n);
+  Buf<uint32_t> idx(n), idx2(n);
   for (std::size_t i = 0; i < n; ++i) {
     uint64_t b;
     std::memcpy(&b, &incs[i].e, sizeof b);
@@ -112,9 +120,9 @@ void sort_by_efficiency(std::vector<Inc>& incs) {
     key.swap(key2);
     idx.swap(idx2);
   }
-  std::vector<Inc> out(n);
+  Buf<Inc> out(n);
   for (std::size_t i = 0; i < n; ++i) out[i] = incs[idx[i]];
-  incs.swap(out);
+  std::copy(out.begin(), out.end(), incs);
 }
 
 double gain_unit(const Span<const double>& values, double floor) {
@@ -153,22 +161,29 @@ Prepared prepare(const Span<const int64_t>& offsets, const Span<const double>& g
   pr.offsets = offsets;
   pr.gains = gains;
   pr.costs = costs;
-  pr.poff.assign(pr.n + 1, 0);
-  pr.hoff.assign(pr.n + 1, 0);
+  pr.poff.resize(pr.n + 1);
+  pr.hoff.resize(pr.n + 1);
+  pr.poff[0] = pr.hoff[0] = 0;
   // Written through raw pointers into arrays sized for the worst case, trimmed at the end: this loop touches
-  // every item, and vector growth checks were a large part of its cost.
+  // every item, and vector growth checks were a large part of its cost. Each group's Pareto list and hull are
+  // built in a small local buffer; only item indices are stored (the values stay in the caller's arrays), which
+  // keeps what a 10^6-group solve writes to a few bytes per item.
   pr.pareto.resize(gains.size);
   pr.hull.resize(gains.size);
   pr.incs.resize(gains.size);
-  Item* P = pr.pareto.data();
+  int32_t* P = pr.pareto.data();
   int32_t* H = pr.hull.data();
   Inc* I = pr.incs.data();
   std::size_t np = 0, nh = 0, ni = 0;
-  std::vector<Item> tmp;
+  int64_t widest = 0;
+  for (int64_t g = 0; g < pr.n; ++g) widest = std::max(widest, offsets[g + 1] - offsets[g]);
+  std::vector<Item> locbuf(static_cast<std::size_t>(widest));
+  std::vector<int32_t> hl(static_cast<std::size_t>(widest));  // positions in loc of the group's hull vertices
+  Item* loc = locbuf.data();  // the group's Pareto items
   double sum_abs = 0;
   for (int64_t g = 0; g < pr.n; ++g) {
     const int64_t a = offsets[g], b = offsets[g + 1];
-    const std::size_t p0 = np;
+    std::size_t nl = 0;
     // cost ascending, gain descending, index ascending: the deterministic tie-break everywhere. Groups often come
     // in that order already (menus listed from the cheapest choice up): those skip the sort.
     bool in_order = true;
@@ -176,53 +191,56 @@ Prepared prepare(const Span<const int64_t>& offsets, const Span<const double>& g
     if (in_order) {
       for (int64_t i = a; i < b; ++i) {  // keep an item only if it gains strictly more than everything cheaper
         const Item it{costs[i], gains[i], static_cast<int32_t>(i - a)};
-        if (np == p0) P[np++] = it;
-        else if (it.w == P[np - 1].w) { if (it.p > P[np - 1].p) P[np - 1] = it; }  // equal cost: the best gain, first
-        else if (it.p > P[np - 1].p) P[np++] = it;
+        if (nl == 0) loc[nl++] = it;
+        else if (it.w == loc[nl - 1].w) { if (it.p > loc[nl - 1].p) loc[nl - 1] = it; }  // equal cost: best gain
+        else if (it.p > loc[nl - 1].p) loc[nl++] = it;
       }
     } else {
-      tmp.clear();
-      for (int64_t i = a; i < b; ++i) tmp.push_back({costs[i], gains[i], static_cast<int32_t>(i - a)});
-      std::sort(tmp.begin(), tmp.end(), [](const Item& x, const Item& y) {
-        if (x.w != y.w) return x.w < y.w;
-        if (x.p != y.p) return x.p > y.p;
-        return x.idx < y.idx;
-      });
-      for (const Item& it : tmp)
-        if (np == p0 || it.p > P[np - 1].p) P[np++] = it;
+      // insertion sort, stable (items arrive in index order), on (cost ascending, gain descending): groups are
+      // small, and this beats std::sort with a three-key comparator by half
+      for (int64_t i = a; i < b; ++i) {
+        const Item it{costs[i], gains[i], static_cast<int32_t>(i - a)};
+        std::size_t j = nl++;
+        for (; j > 0 && (it.w < loc[j - 1].w || (it.w == loc[j - 1].w && it.p > loc[j - 1].p)); --j) loc[j] = loc[j - 1];
+        loc[j] = it;
+      }
+      std::size_t kept = 0;
+      for (std::size_t t = 0; t < nl; ++t)
+        if (kept == 0 || loc[t].p > loc[kept - 1].p) loc[kept++] = loc[t];
+      nl = kept;
     }
+    for (std::size_t t = 0; t < nl; ++t) P[np++] = loc[t].idx;
     pr.poff[g + 1] = static_cast<int64_t>(np);
     // upper concave hull by monotone chain; cross products, no divided slopes
-    const std::size_t h0 = nh;
-    const Item* Pg = P + p0;
-    for (std::size_t k = 0; k < np - p0; ++k) {
-      const Item& c = Pg[k];
-      while (nh >= h0 + 2) {
-        const Item& a2 = Pg[H[nh - 2]];
-        const Item& b2 = Pg[H[nh - 1]];
+    std::size_t nhl = 0;
+    for (std::size_t k = 0; k < nl; ++k) {
+      const Item& c = loc[k];
+      while (nhl >= 2) {
+        const Item& a2 = loc[hl[nhl - 2]];
+        const Item& b2 = loc[hl[nhl - 1]];
         // pop b2 if slope(a2,b2) <= slope(b2,c)
-        if ((b2.p - a2.p) * (c.w - b2.w) <= (c.p - b2.p) * (b2.w - a2.w)) --nh;
+        if ((b2.p - a2.p) * (c.w - b2.w) <= (c.p - b2.p) * (b2.w - a2.w)) --nhl;
         else break;
       }
-      H[nh++] = static_cast<int32_t>(k);
+      hl[nhl++] = static_cast<int32_t>(k);
     }
+    for (std::size_t t = 0; t < nhl; ++t) H[nh++] = loc[hl[t]].idx;
     pr.hoff[g + 1] = static_cast<int64_t>(nh);
-    const Item& lo = Pg[0];
-    const Item& hi = P[np - 1];
+    const Item& lo = loc[0];
+    const Item& hi = loc[nl - 1];
     pr.W0 += lo.w;
-    pr.W0exact.add(lo.w);
     pr.P0 += lo.p;
     pr.Pmax += hi.p;
     pr.Wmax += std::max(std::fabs(hi.w), std::fabs(lo.w));
     sum_abs += std::fabs(hi.p) + std::fabs(lo.p);
-    for (std::size_t k = h0 + 1; k < nh; ++k) {
-      const Item& u = Pg[H[k - 1]];
-      const Item& v = Pg[H[k]];
+    for (std::size_t k = 1; k < nhl; ++k) {
+      const Item& u = loc[hl[k - 1]];
+      const Item& v = loc[hl[k]];
       const double dp = v.p - u.p, dw = v.w - u.w;
       double e = dp / dw;
       // rounding must not reorder a group's own increments: keep e non-increasing along the hull
-      if (k > h0 + 1 && e > I[ni - 1].e) e = I[ni - 1].e;
-      I[ni++] = {dp, dw, e, static_cast<int32_t>(g), static_cast<int32_t>(k - h0)};
+      if (k > 1 && e > I[ni - 1].e) e = I[ni - 1].e;
+      I[ni++] = {dp, dw, e, static_cast<int32_t>(g), static_cast<int32_t>(k)};
     }
   }
   pr.pareto.resize(np);
@@ -238,8 +256,9 @@ Prepared prepare(const Span<const int64_t>& offsets, const Span<const double>& g
     pr.sorted_lo = 0;
     pr.sorted_hi = pr.incs.size();
   }
-  pr.prefW.assign(pr.incs.size() + 1, 0);
-  pr.prefP.assign(pr.incs.size() + 1, 0);
+  pr.prefW.resize(pr.incs.size() + 1);
+  pr.prefP.resize(pr.incs.size() + 1);
+  pr.prefW[0] = pr.prefP[0] = 0;
   for (std::size_t t = 0; t < pr.incs.size(); ++t) {
     pr.prefW[t + 1] = pr.prefW[t] + pr.incs[t].dw;
     pr.prefP[t + 1] = pr.prefP[t] + pr.incs[t].dp;

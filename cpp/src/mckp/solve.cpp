@@ -64,12 +64,36 @@ void evaluate_choice(const Prepared& pr, MckpResult& r) {  // search-time values
   r.cost = fast_sum(pr.offsets, pr.costs, r.choice);
 }
 
-MckpResult solve_verified(const Prepared& pr, double budget, const MckpOptions& opts,
-                          const std::vector<int32_t>& hint, Clock::time_point start) {
-  MckpResult r = solve_prepared(pr, budget, opts, hint, start);
-  if (r.choice.empty() || compare_sum(pr.offsets, pr.costs, r.choice, budget) <= 0) {
+bool evaluate_fits(const Prepared& pr, MckpResult& r, double limit) {
+  // both compensated sums in one pass over the choice (each was a pass of its own, several per budget in a sweep)
+  double sg = 0, cg = 0, sc = 0, cc = 0, a = 0;
+  const int64_t* off = pr.offsets.data;
+  const int32_t* ch = r.choice.data();
+  for (std::size_t g = 0; g < r.choice.size(); ++g) {
+    const int64_t i = off[g] + ch[g];
+    const double x = pr.gains[i], y = pr.costs[i];
+    const double t = sg + x, bp = t - sg;
+    cg += (sg - (t - bp)) + (x - bp);
+    sg = t;
+    const double u = sc + y, bq = u - sc;
+    cc += (sc - (u - bq)) + (y - bq);
+    sc = u;
+    a += std::fabs(y);
+  }
+  r.objective = sg + cg;
+  r.cost = sc + cc;
+  if (std::isinf(limit)) return limit > 0;
+  const double d = r.cost - limit;
+  if (std::fabs(d) > 1e-14 * (a + std::fabs(limit))) return d < 0;  // clear either way
+  return compare_sum(pr.offsets, pr.costs, r.choice, limit) <= 0;     // too close to call: exactly
+}
+
+MckpResult solve_verified(const Prepared& pr, double budget, const MckpOptions& opts, const Incumbent& hint,
+                          Clock::time_point start) {
+  bool summed = false;
+  MckpResult r = solve_prepared(pr, budget, opts, hint, start, &summed);
+  if (r.choice.empty() || summed || evaluate_fits(pr, r, budget)) {
     if (!r.choice.empty()) {  // compensated sums; a cost that rounds over the budget is re-summed exactly
-      evaluate_choice(pr, r);
       if (r.cost > budget) r.cost = exact_sum(pr.offsets, pr.costs, r.choice);
       if (r.status == MckpStatus::kOptimal) r.bound = std::max(r.bound, r.objective);
     }
@@ -130,7 +154,7 @@ MckpResult solve_mckp(Span<const int64_t> offsets, Span<const double> gains, Spa
   const auto start = Clock::now();
   check_inputs("solve_mckp", offsets, gains, costs, opts, "budget", budget);
   const detail::Prepared pr = detail::prepare(offsets, gains, costs, &budget);
-  return detail::solve_verified(pr, budget, opts, {}, start);
+  return detail::solve_verified(pr, budget, opts, detail::Incumbent{}, start);
 }
 
 std::vector<MckpResult> sweep_mckp(Span<const int64_t> offsets, Span<const double> gains, Span<const double> costs,
@@ -145,10 +169,10 @@ std::vector<MckpResult> sweep_mckp(Span<const int64_t> offsets, Span<const doubl
   std::iota(order.begin(), order.end(), 0);
   std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return budgets[a] < budgets[b]; });
   std::vector<MckpResult> out(budgets.size);
-  std::vector<int32_t> hint;  // a solution for a smaller budget is feasible for every larger one
+  detail::Incumbent hint;  // a solution for a smaller budget is feasible for every larger one
   for (std::size_t b : order) {
     out[b] = detail::solve_verified(pr, budgets[b], opts, hint, Clock::now());
-    if (!out[b].choice.empty()) hint = out[b].choice;
+    if (!out[b].choice.empty()) hint = {out[b].choice, out[b].objective, budgets[b]};
   }
   return out;
 }
@@ -163,11 +187,11 @@ MckpResult solve_mckp_min_cost(Span<const int64_t> offsets, Span<const double> g
   for (std::size_t i = 0; i < costs.size; ++i) { neg_cost[i] = -costs[i]; neg_gain[i] = -gains[i]; }
   const Span<const double> nc(neg_cost.data(), neg_cost.size()), ng(neg_gain.data(), neg_gain.size());
   const detail::Prepared pr = detail::prepare(offsets, nc, ng);
-  MckpResult r = detail::solve_verified(pr, -min_gain, opts, {}, start);
+  MckpResult r = detail::solve_verified(pr, -min_gain, opts, detail::Incumbent{}, start);
   if (r.status == MckpStatus::kInfeasible) {
     r.bound = std::numeric_limits<double>::infinity();
     r.message = "min_gain " + detail::fmt(min_gain) + " exceeds the largest reachable total gain " +
-                detail::fmt(-pr.W0exact.value()) + " (the best item of every group)";
+                detail::fmt(-pr.W0exact().value()) + " (the best item of every group)";
     return r;
   }
   r.bound = -r.bound;
@@ -184,7 +208,7 @@ double mckp_lp_bound(Span<const int64_t> offsets, Span<const double> gains, Span
   detail::validate("mckp_lp_bound", offsets, gains, costs);
   check_number("mckp_lp_bound", "budget", budget);
   const detail::Prepared pr = detail::prepare(offsets, gains, costs);
-  if (pr.W0exact.compare(budget) > 0) return -std::numeric_limits<double>::infinity();
+  if (pr.compare_W0(budget) > 0) return -std::numeric_limits<double>::infinity();
   const double cap = std::max(0.0, budget - pr.W0);
   const std::size_t k = static_cast<std::size_t>(
       std::upper_bound(pr.prefW.begin(), pr.prefW.end(), cap) - pr.prefW.begin() - 1);
