@@ -46,6 +46,7 @@ from ..quantizers import calibrated_weights
 from .devices import input_device, offloaded_weights_reloaded, weight_on
 from .distributed import Ranks, describe
 from .kernel import act_quant, delta_sums, weight_quant
+from .scores import EXTRA, ExtraScores, check_scores
 
 # per-sample weight gradients are formed this many values at a time (at least one sample): bounds the temporary
 GRAD_CHUNK_VALUES = 1 << 22
@@ -203,6 +204,8 @@ class _Call:
         g = self._samples(gy.detach(), "output gradient").float()
         x = self._samples(self.x, "input").to(g.device).float()  # accelerate moves inputs inside forward
         w = weight_on(L.module, g.device, L.name).float()  # an offloaded weight is loaded again
+        if L.run.extra is not None:  # the other score forms, only when asked (scores.py)
+            L.run.extra.add_call(L, g, x, w)
         if L.calibrated:  # ⟨G_nᵀ X_n, ΔW⟩ = Σ_t g_t · (ΔW x_t): one matmul per candidate, no per-sample gradient formed
             # ΔW formed per call, not kept: one float32 copy per (layer, candidate) would outweigh the model
             res = torch.stack([(torch.matmul(x, (q.effective_weight().to(w.device) - w).t()) * g)
@@ -254,9 +257,12 @@ class _Run:
         self.batch_index = -1
         self.batch_samples = 0
         self.delta = self.delta_w = None
+        self.extra = None  # scores.ExtraScores when calibrate is asked for other score forms
 
     def start(self, index, samples):
         self.batch_index, self.batch_samples = index, samples
+        if self.extra is not None:
+            self.extra.start(samples)
         self.delta = np.zeros((samples, self.n_layers, self.n_cands))
         self.delta_w = np.zeros_like(self.delta)
 
@@ -312,7 +318,7 @@ def _static_scales(model, layers, batches, cands, device, ranks: Ranks):
 
 def calibrate(model: nn.Module, batches: Iterable, candidates=("fp8", "int8"),
               loss_fn: Optional[Callable] = None, progress: bool = True, *,
-              layers: Optional[Iterable[str]] = None) -> SensitivityTable:
+              layers: Optional[Iterable[str]] = None, scores: Sequence[str] = ("first_order",)) -> SensitivityTable:
     """Per-layer loss sensitivity s[l, c] = mean_n δ[n,l,c]² of ``model`` on ``batches`` (module docstring).
 
     batches: an iterable of batches (kept in a list: a candidate with static activation scales needs a first
@@ -322,6 +328,10 @@ def calibrate(model: nn.Module, batches: Iterable, candidates=("fp8", "int8"),
     every input is the sample.
     loss_fn(outputs, batch) → per-sample losses [B]; default: ``causal_lm_loss`` for Hugging Face causal LMs.
     layers: names of the ``nn.Linear`` modules to calibrate (default: all).
+    scores: the per-sample score forms to keep (``mpq.calibration.scores``): "first_order" (δ², the default and
+    always kept), "per_token" (Σ_t δ_t²) and "elementwise" (ModelOpt's Σ (G ⊙ ΔY)²); the first one named is what
+    the table's ``mse`` reports (and so what ``select`` optimises); ``table.with_score(name)`` switches. The
+    extra forms cost about one more forward of every layer per candidate.
     On every rank of an initialised torch.distributed process group (``mpq.calibration.distributed``), with the
     same arguments everywhere: each rank calibrates its share of the batches and every rank returns the table of
     all of them; a rank that differs, fails or dies makes every rank raise (naming it).
@@ -330,11 +340,12 @@ def calibrate(model: nn.Module, batches: Iterable, candidates=("fp8", "int8"),
     that does not return [B] losses, or a NaN/Inf loss or gradient (naming the layer and the batch).
     """
     ranks = Ranks.current(input_device(model))
+    forms = check_scores(scores)
     with ranks.failures_shared():
-        return _calibrate(model, batches, candidates, loss_fn, progress, layers, ranks)
+        return _calibrate(model, batches, candidates, loss_fn, progress, layers, ranks, forms)
 
 
-def _calibrate(model, batches, candidates, loss_fn, progress, layers, ranks: Ranks) -> SensitivityTable:
+def _calibrate(model, batches, candidates, loss_fn, progress, layers, ranks: Ranks, forms) -> SensitivityTable:
     cands: tuple[Candidate, ...] = get_candidates(candidates)
     named = quantizable_layers(model, layers)
     batches = list(batches)
@@ -356,6 +367,8 @@ def _calibrate(model, batches, candidates, loss_fn, progress, layers, ranks: Ran
     saved_modes = [(m, m.training) for m in model.modules()]
     handles = []
     run = _Run(L, C)
+    if any(f in EXTRA for f in forms):
+        run.extra = ExtraScores(forms, L, C)
     t0 = time.perf_counter()
     try:
         model.eval()
@@ -414,12 +427,15 @@ def _calibrate(model, batches, candidates, loss_fn, progress, layers, ranks: Ran
                 run.calls.clear()
                 deltas.append(run.delta)
                 deltas_w.append(run.delta_w)
+                if run.extra is not None:
+                    run.extra.finish()
                 bar.update(done + 1)
         empty = [np.zeros((0, L, C))]  # a rank with no batch (fewer batches than ranks)
-        delta, delta_w = ranks.gather_samples((np.concatenate(deltas or empty), np.concatenate(deltas_w or empty)),
-                                              sizes)
-        delta[:, ~applicable] = np.nan
-        delta_w[:, ~applicable] = np.nan
+        extra = run.extra.stacked() if run.extra is not None else []
+        delta, delta_w, *extra = ranks.gather_samples(
+            (np.concatenate(deltas or empty), np.concatenate(deltas_w or empty), *extra), sizes)
+        for a in (delta, delta_w, *extra):
+            a[:, ~applicable] = np.nan
     finally:
         for h in handles:
             h.remove()
@@ -452,7 +468,8 @@ def _calibrate(model, batches, candidates, loss_fn, progress, layers, ranks: Ran
         info["zero_delta_layers"] = flat
     return SensitivityTable(tuple(n for n, _ in named), tuple(c.name for c in cands), delta, delta_w, act_scales,
                             np.nan_to_num(act_zps, nan=0.0), data_fingerprint, info,
-                            quantized_weights=qweights if len(qweights) else None)
+                            quantized_weights=qweights if len(qweights) else None,
+                            scores=dict(zip(run.extra.forms, extra)) if run.extra is not None else {}, score=forms[0])
 
 
 def _static_quant(c: Candidate, sz):
