@@ -200,3 +200,36 @@ def test_bad_score_names(llama_and_batches, scores, msg):
         plain.with_score("elementwise")
     with pytest.raises(ValueError, match="unknown score"):
         table.with_score("fisher")
+
+
+def test_cli_calibrate_and_select_take_the_score(llama_and_batches, tmp_path, capsys):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from mpq.cli import main
+    from mpq.profiling import profile
+    model, batches, _ = llama_and_batches
+    words = [f"w{i}" for i in range(90)]
+    vocab = {w: i for i, w in enumerate(["<s>", "</s>", "<pad>", "<unk>"] + words[:92])}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    hf_tok = transformers.PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", pad_token="<pad>")
+    model.save_pretrained(tmp_path / "m")
+    hf_tok.save_pretrained(tmp_path / "m")
+    (tmp_path / "t.txt").write_text(" ".join(words[(i * 7) % 90] for i in range(400)))
+    out = tmp_path / "table.npz"
+    common = ["calibrate", str(tmp_path / "m"), "--text", str(tmp_path / "t.txt"), "--candidates", "int8",
+              "--seq-len", "16", "--samples", "4", "--batch-size", "2", "--quiet"]
+    assert main(common + ["--score", "elementwise", "-o", str(out)]) == 0
+    t = SensitivityTable.load(out)
+    assert t.score == "elementwise" and t.score_forms == ("first_order", "elementwise")
+    gains = tmp_path / "gains.npz"
+    profile(model, {"input_ids": batches[0]["input_ids"][:1]}, ("int8",), backend="memory").save(gains)
+    capsys.readouterr()
+    assert main(["select", str(out), str(gains), "--min-gain", "1000", "--score", "first_order",
+                 "-o", str(tmp_path / "p.json")]) == 0
+    assert main(["select", str(out), str(gains), "--min-gain", "1000", "--score", "per_token",
+                 "-o", str(tmp_path / "p.json")]) == 2
+    assert "was not calibrated" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # argparse's one-line refusal
+        main(common + ["--score", "fisher", "--report"])
+    assert e.value.code == 2 and "invalid choice: 'fisher'" in capsys.readouterr().err

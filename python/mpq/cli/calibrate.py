@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._common import MODEL_HELP, add_candidates, add_text, check_positive, load_model, parse_candidates, read_text
+from ._common import (MODEL_HELP, add_candidates, add_score, add_text, check_positive, load_model, parse_candidates,
+                      read_text)
 
 
 def register(subparsers) -> None:
@@ -17,6 +18,7 @@ def register(subparsers) -> None:
     p.add_argument("model", nargs="?", help=MODEL_HELP)
     add_text(p, "to calibrate on")
     add_candidates(p)
+    add_score(p)
     p.add_argument("--seq-len", type=int, default=256, help="tokens per sample (default 256)")
     p.add_argument("--samples", type=int, default=16, help="number of samples (default 16)")
     p.add_argument("--batch-size", type=int, default=4, help="samples per batch (default 4)")
@@ -61,7 +63,8 @@ def main(args) -> int:
     try:
         model, tok = load_model(args.model)
         windows = data.token_windows(data.tokenize(tok, text), args.seq_len, args.samples, args.skip_tokens)
-        table = calibrate(model, data.lm_batches(windows, args.batch_size), candidates, progress=not args.quiet)
+        table = calibrate(model, data.lm_batches(windows, args.batch_size), candidates, progress=not args.quiet,
+                          scores=(args.score,))
     finally:
         if joined:
             torch.distributed.destroy_process_group()
