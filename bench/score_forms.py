@@ -57,6 +57,9 @@ def main(argv=None) -> int:
     p.add_argument("--no-modelopt", action="store_true")
     p.add_argument("--time-plain", action="store_true", help="also time a calibration of the first-order form alone")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--table", type=Path, help="a SensitivityTable this script saved (same windows): no calibration")
+    p.add_argument("--minutes", type=float, default=math.inf,
+                   help="stop measuring after this long and summarise the plans measured so far")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=HERE / "out" / "score_forms")
     args = p.parse_args(argv)
@@ -70,24 +73,30 @@ def main(argv=None) -> int:
     batches = lm_batches(cal, 4)
     cands = CANDIDATES
 
-    plain_s = math.nan
-    if args.time_plain:
+    plain_s = all_s = math.nan
+    if args.table:
+        from mpq.artifacts import SensitivityTable
+        table = SensitivityTable.load(args.table)
+        if set(table.score_forms) != set(SCORES) or table.n_samples != args.calib_windows:
+            raise SystemExit(f"{args.table} does not hold all forms on {args.calib_windows} windows")
+    if args.time_plain and not args.table:
         say("calibrating the first-order form alone")
         t0 = time.perf_counter()
         calibrate(model, batches, cands, progress=False)
         plain_s = time.perf_counter() - t0
-    say("calibrating all forms")
-    t0 = time.perf_counter()
-    table = calibrate(model, batches, cands, progress=False, scores=SCORES)
-    all_s = time.perf_counter() - t0
-    table.save(args.out / "sensitivity.npz")
+    if not args.table:
+        say("calibrating all forms")
+        t0 = time.perf_counter()
+        table = calibrate(model, batches, cands, progress=False, scores=SCORES)
+        all_s = time.perf_counter() - t0
+        table.save(args.out / "sensitivity.npz")
     gains = nominal_gains(profile(model, {"input_ids": cal[:1]}, cands, backend="memory"))
     scales = {l: float(table.act_scales[i, table.candidates.index("int8_static")]) for i, l in enumerate(table.layers)}
     weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
     layers = [l for l in table.layers if l != "lm_head"]
     forms = {f: table.with_score(f) for f in SCORES}
 
-    plans = [(f"random {i}", m) for i, m in enumerate(random_plans(layers, list(cands), args.plans, args.seed))]
+    plans = []  # the fronts first: the selection comparison is the question a cut-short run must still answer
     chosen = {}  # (form, bits) -> mapping
     for f, t in forms.items():
         for bits in sorted(set(args.front_bits) | set(args.bits)):
@@ -95,6 +104,7 @@ def main(argv=None) -> int:
             mapping = {l: c for l, c in plan.mapping.items() if c != "base"}
             chosen[f, bits] = mapping
             plans.append((f"{f} front {bits:g}", mapping))
+    plans += [(f"random {i}", m) for i, m in enumerate(random_plans(layers, list(cands), args.plans, args.seed))]
     mo = {}
     if not args.no_modelopt:
         import copy
@@ -111,7 +121,11 @@ def main(argv=None) -> int:
 
     base = per_sample_losses(model, held, 4)
     memo, rows = {}, []
+    started = time.perf_counter()
     for n, (label, mapping) in enumerate(plans):
+        if time.perf_counter() - started > 60 * args.minutes:
+            say(f"--minutes {args.minutes:g} reached: {len(rows)} of {len(plans)} plans measured")
+            break
         key = tuple(sorted(mapping.items()))
         if key not in memo:
             say(f"[{n + 1}/{len(plans)}] measuring {label} ({len(mapping)} layers quantized)")
@@ -128,8 +142,9 @@ def main(argv=None) -> int:
 
     print(f"# SmolLM2-135M, candidates {', '.join(cands)}; calibration {args.calib_windows} x {args.seq_len} tokens "
           f"spread over the demo calibration text, held out {args.eval_windows} x {args.seq_len} spread over the "
-          f"evaluation text; base perplexity {math.exp(float(base.mean())):.2f}. Calibration: first-order form alone "
-          f"{plain_s:.0f} s, all three forms {all_s:.0f} s ({all_s / plain_s:.2f}x, same run, {args.threads} thread(s))")
+          f"evaluation text; base perplexity {math.exp(float(base.mean())):.2f}" + (
+              f". Calibration: first-order form alone {plain_s:.0f} s, all three forms {all_s:.0f} s "
+              f"({all_s / plain_s:.2f}x, same run, {args.threads} thread(s))" if math.isfinite(plain_s / all_s) else ""))
     print("# fitted scales (loss MSE per unit of score): " + ", ".join(
         f"{f} {t.score_scale:.3g}" for f, t in forms.items()))
     predictors = list(rows[0]["pred"])
@@ -144,6 +159,7 @@ def main(argv=None) -> int:
     groups = {"random plans": [r for r in rows if r["label"].startswith("random")],
               "fronts (all forms)": [r for r in rows if " front " in r["label"]],
               "every plan": rows}
+    groups = {g: rs for g, rs in groups.items() if len(rs) >= 3}  # a rank correlation of fewer says nothing
     print("\n| predictor | " + " | ".join(f"Spearman, {g} | median meas/pred, {g}" for g in groups) + " |")
     print("|---|" + "---|---|" * len(groups))
     for f in predictors:
@@ -155,6 +171,7 @@ def main(argv=None) -> int:
         print(f"| {f} | " + " | ".join(cells) + " |")
 
     by_label = {r["label"]: r for r in rows}
+    args.bits = [b for b in args.bits if all(f"{f} front {b:g}" in by_label for f in SCORES)]
     print("\n| average bits | " + ("ModelOpt plan: loss MSE ± se (ppl) | " if mo else "") + " | ".join(
         f"mpq {f}: loss MSE ± se (ppl)" for f in SCORES) + " | lowest |")
     print("|---|" + ("---|" if mo else "") + "---|" * len(SCORES) + "---|")
