@@ -27,6 +27,27 @@ BY_BITS = {8.0: "int8_static", 4.0: "w4a16_g64"}  # ModelOpt's recipes, told apa
 GROUPS = {"q_proj": ("q_proj", "k_proj", "v_proj"), "gate_proj": ("gate_proj", "up_proj")}
 
 
+CANDIDATES = ("int8_static", "w4a16_g64")  # mpq's names of the two formats both searches choose from
+
+
+def modelopt_formats(mtq) -> list:
+    """ModelOpt's two formats matching ``CANDIDATES``: INT8_DEFAULT_CFG and INT4_AWQ_CFG in blocks of 64."""
+    int4 = copy.deepcopy(mtq.INT4_AWQ_CFG)
+    for entry in int4["quant_cfg"]:
+        if entry.get("quantizer_name") == "*weight_quantizer":
+            entry["cfg"]["block_sizes"][-1] = 64
+    return [mtq.INT8_DEFAULT_CFG, int4]
+
+
+def forward_step(m, b):
+    return m(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+
+
+def loss_func(out, b):
+    lg, t = out[:, :-1], b["input_ids"][:, 1:]
+    return torch.nn.functional.cross_entropy(lg.reshape(-1, lg.shape[-1]), t.reshape(-1))
+
+
 def nominal_gains(gains):
     """The memory GainTable in ModelOpt's accounting: a configuration's gain is the weight bytes it saves against
     16-bit weights, each format at its nominal bits (no scales), so that a least-loss plan reaching a gain is the
@@ -84,12 +105,8 @@ def main(args):
     cal = spread_windows(tokenize(tok, demo_text("calibration")), args.seq_len, args.calib_windows)
     held = spread_windows(tokenize(tok, demo_text("evaluation")), args.seq_len, args.eval_windows)
     batches = lm_batches(cal, 4)
-    cands = ("int8_static", "w4a16_g64")
-    int4 = copy.deepcopy(mtq.INT4_AWQ_CFG)
-    for entry in int4["quant_cfg"]:
-        if entry.get("quantizer_name") == "*weight_quantizer":
-            entry["cfg"]["block_sizes"][-1] = 64
-    formats = [mtq.INT8_DEFAULT_CFG, int4]
+    cands = CANDIDATES
+    formats = modelopt_formats(mtq)
     t0 = time.perf_counter()
     table = calibrate(model, batches, cands, progress=False)
     gains = nominal_gains(profile(model, {"input_ids": cal[:1]}, cands, backend="memory"))
@@ -104,20 +121,13 @@ def main(args):
           "± se (ppl) | lower | ModelOpt plan, its own quantizers | ModelOpt search s | mpq select ms |")
     print("|---|---|---|---|---|---|---|")
 
-    def forward_step(m, b):
-        return m(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-
-    def loss_func(out, b):
-        lg, t = out[:, :-1], b["input_ids"][:, 1:]
-        return torch.nn.functional.cross_entropy(lg.reshape(-1, lg.shape[-1]), t.reshape(-1))
-
     search = args.out / "modelopt_search.pth"  # the scores of this run, reused across its budgets only
     search.unlink(missing_ok=True)
     for bits in args.bits:
         mo_model = copy.deepcopy(model)
         t0 = time.perf_counter()
         try:
-            mo_model, state = _search(mtq, mo_model, bits, formats, batches, forward_step, loss_func, search)
+            mo_model, state = search_plan(mtq, mo_model, bits, formats, batches, search)
         except ValueError as e:  # below what lm_head at 16 bits allows: said, and the next budget tried
             print(f"| {bits} | {str(e).splitlines()[0]} | | | | | |", flush=True)
             continue
@@ -146,7 +156,8 @@ def main(args):
 
 
 
-def _search(mtq, model, bits, formats, batches, forward_step, loss_func, checkpoint):
+def search_plan(mtq, model, bits, formats, batches, checkpoint):
+    """ModelOpt's AutoQuantize at ``bits`` average bits: (its quantized model, its state with the chosen recipes)."""
     return mtq.auto_quantize(
         model, constraints={"effective_bits": bits}, quantization_formats=formats, data_loader=batches,
         forward_step=forward_step, loss_func=loss_func, disabled_layers=["*lm_head*"],

@@ -37,6 +37,7 @@ class RunSettings:
     profile_repeats: int = 7
     timing_repeats: int = 7
     progress: bool = True
+    score: str = "first_order"             # the score form calibrated and optimised (mpq.calibration.scores)
 
 
 @dataclass
@@ -179,7 +180,8 @@ def run(settings: RunSettings) -> dict:
 
     say(f"[2/6] calibrating {len(candidates)} candidates ({', '.join(candidates)}) on {settings.calib_windows} x "
         f"{settings.seq_len} tokens")
-    table = calibrate(model, lm_batches(calib, settings.batch_size), candidates, progress=settings.progress)
+    table = calibrate(model, lm_batches(calib, settings.batch_size), candidates, progress=settings.progress,
+                      scores=(settings.score,))
     table.save(out / "sensitivity.npz")
     act_scales = {}  # static candidates: the scales calibration chose, so that profile times what apply runs
     for li, layer in enumerate(table.layers):

@@ -1,6 +1,13 @@
 """``SensitivityTable``: the output of ``mpq.calibrate`` — per (layer, candidate) loss MSE s[l, c] = mean_n δ[n,l,c]²
 and the per-sample first-order loss changes δ[n, l, c] behind it (design.md, "The method").
 
+Optionally it also holds other per-sample score forms q[n, l, c] from the same pass (``mpq.calibration.scores``:
+"per_token", "elementwise"); ``score`` names the form that ``mse`` and the standard errors report. A form other
+than "first_order" is put in loss-MSE units by one scale per table, ``score_scale`` = the median over (layer,
+candidate) of mean_n δ² / mean_n q: each layer's own first-order loss MSE is the figure the single-layer
+measurements confirm (bench/RESULTS.md), and one scale leaves every ranking and every plan choice of the form
+unchanged, so ``select`` solves exactly what the form says.
+
 File format ``mpq.SensitivityTable`` version 1 (an .npz written by ``mpq.artifacts.io``; no pickle):
   meta (JSON)     format, version, mpq (writer's version), layers [L names], candidates [C names], n_samples,
                   data_fingerprint (sha256 of the calibration batches), loss (description), model (class name),
@@ -11,11 +18,13 @@ File format ``mpq.SensitivityTable`` version 1 (an .npz written by ``mpq.artifac
   delta_weight    [N, L, C] float64  the weight part ⟨∂ℓ_n/∂W, Q(W) − W⟩ alone
   act_scales      [L, C] float32  the static activation scale calibrated for static candidates; NaN otherwise
   act_zero_points [L, C] float32  their zero points (0 for symmetric formats)
+  score_NAME      [N, L, C] float64  optional: the per-sample values of score form NAME; NaN where not applicable
+  meta.active_score  the form ``mse`` reports (absent: "first_order")
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Mapping, Optional
 
 import numpy as np
@@ -24,7 +33,9 @@ from .io import array, as_count, as_names, as_str, load_npz, save_npz, take
 
 FORMAT, VERSION = "mpq.SensitivityTable", 1
 # keys of the file's meta record that the table itself writes: an ``info`` key of the same name would be lost
-RESERVED = ("format", "version", "mpq", "layers", "candidates", "n_samples", "data_fingerprint")
+RESERVED = ("format", "version", "mpq", "layers", "candidates", "n_samples", "data_fingerprint", "active_score")
+FIRST_ORDER = "first_order"
+SCORE_FORMS = (FIRST_ORDER, "per_token", "elementwise")  # the forms of mpq.calibration.scores
 
 
 
@@ -47,6 +58,9 @@ class SensitivityTable:
     # the calibrated (GPTQ/AWQ/SmoothQuant) integers behind some candidates' δ: not in the table's file (it is
     # large), saved with ``quantized_weights.save`` and passed to ``mpq.apply``
     quantized_weights: Optional[object] = None
+    # other per-sample score forms {name: [N, L, C]} and the one that ``mse`` reports
+    scores: Mapping = field(default_factory=dict)
+    score: str = FIRST_ORDER
 
     def __post_init__(self):
         object.__setattr__(self, "layers", tuple(str(x) for x in self.layers))
@@ -67,6 +81,19 @@ class SensitivityTable:
             object.__setattr__(self, name, a)
         object.__setattr__(self, "info", dict(self.info))
         _check_info(self.info)
+        forms = {}
+        for name, q in dict(self.scores).items():
+            if name not in SCORE_FORMS[1:]:
+                raise ValueError(f"unknown score form {name!r}: the extra forms are {', '.join(SCORE_FORMS[1:])}")
+            q = np.asarray(q, np.float64)
+            if q.shape != d.shape:
+                raise ValueError(f"score {name!r} must have delta's shape {d.shape}, got {q.shape}")
+            forms[name] = q
+        object.__setattr__(self, "scores", forms)
+        if self.score != FIRST_ORDER and self.score not in forms:
+            raise ValueError(f"score {self.score!r} was not calibrated: this table holds "
+                             f"{', '.join(self.score_forms)} (calibrate with scores=(..., {self.score!r}))")
+        object.__setattr__(self, "_scale", self._fit_scale())
 
     # --- the numbers -------------------------------------------------------------------------------------------
     @property
@@ -79,10 +106,45 @@ class SensitivityTable:
         return ~np.isnan(self.delta).any(axis=0) if self.n_samples else np.ones(self.delta.shape[1:], bool)
 
     @property
+    def score_forms(self) -> tuple:
+        """The score forms this table holds ("first_order" always)."""
+        return (FIRST_ORDER,) + tuple(f for f in SCORE_FORMS[1:] if f in self.scores)
+
+    def with_score(self, score: str) -> "SensitivityTable":
+        """The same table reporting score form ``score`` (one of ``score_forms``). @raises ValueError."""
+        if score not in SCORE_FORMS:
+            raise ValueError(f"unknown score {score!r}: choose from {', '.join(SCORE_FORMS)}")
+        return self if score == self.score else replace(self, score=score)
+
+    def _fit_scale(self) -> float:
+        if self.score == FIRST_ORDER:
+            return 1.0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            fo = np.mean(self.delta ** 2, axis=0)
+            q = np.mean(self.scores[self.score], axis=0)
+            ratio = fo / q
+        ok = np.isfinite(ratio) & (fo > 0) & (q > 0)
+        return float(np.median(ratio[ok])) if ok.any() else 1.0
+
+    @property
+    def score_scale(self) -> float:
+        """The factor that puts the active score form in loss-MSE units (module docstring); 1 for first_order."""
+        return self._scale
+
+    @property
+    def per_sample(self) -> np.ndarray:
+        """[N, L, C] the active form's per-sample values in loss-MSE units: δ² for first_order, else the form's
+        values × ``score_scale``; NaN where not applicable."""
+        if self.score == FIRST_ORDER:
+            return self.delta ** 2
+        return self.scores[self.score] * self._scale
+
+    @property
     def mse(self) -> np.ndarray:
-        """[L, C] s[l, c] = mean_n δ[n,l,c]²; +inf where not applicable."""
+        """[L, C] s[l, c] = mean_n δ[n,l,c]² (or the active score form's mean, in loss-MSE units); +inf where not
+        applicable."""
         with np.errstate(invalid="ignore"):
-            s = np.mean(self.delta ** 2, axis=0) if self.n_samples else np.zeros(self.delta.shape[1:])
+            s = np.mean(self.per_sample, axis=0) if self.n_samples else np.zeros(self.delta.shape[1:])
         return np.where(self.applicable, s, np.inf)
 
     @property
@@ -91,7 +153,7 @@ class SensitivityTable:
         n = self.n_samples
         if n < 2:
             return np.full(self.delta.shape[1:], np.nan)
-        return np.std(self.delta ** 2, axis=0, ddof=1) / np.sqrt(n)
+        return np.std(self.per_sample, axis=0, ddof=1) / np.sqrt(n)
 
     def index(self, layer: str) -> int:
         try:
@@ -121,7 +183,7 @@ class SensitivityTable:
         li, ci = self._plan_idx(plan)
         if self.n_samples < 2:
             return float("nan")
-        per_sample = (self.delta[:, li, ci] ** 2).sum(axis=1)
+        per_sample = self.per_sample[:, li, ci].sum(axis=1)
         return float(np.std(per_sample, ddof=1) / np.sqrt(self.n_samples))
 
     def plan_mse_with_cross_terms(self, plan: Mapping[str, str]) -> float:
@@ -147,7 +209,8 @@ class SensitivityTable:
         width = max([len("layer")] + [len(self.layers[i]) for i in order])
         cw = max(10, max(len(c) for c in self.candidates) + 1)
         lines = [f"# {self.n_samples} samples, {len(self.layers)} layers, data {self.data_fingerprint[:12]}; "
-                 f"s = mean_n δ² (loss MSE), ± = 2·stderr in %",
+                 + ("s = mean_n δ² (loss MSE)" if self.score == FIRST_ORDER else
+                    f"s = {self.score_scale:.3g} × mean_n of score {self.score!r}") + ", ± = 2·stderr in %",
                  f"{'layer':<{width}} " + " ".join(f"{c:>{cw}}" for c in self.candidates) + "   ±%(max)"]
         err = self.mse_stderr
         for i in order:
@@ -170,9 +233,11 @@ class SensitivityTable:
         _check_info(self.info)  # again: the dict may have been edited since
         meta = dict(self.info, layers=list(self.layers), candidates=list(self.candidates),
                     n_samples=self.n_samples, data_fingerprint=self.data_fingerprint)
+        if self.score != FIRST_ORDER:
+            meta["active_score"] = self.score
         save_npz(path, FORMAT, VERSION, meta, dict(
             mse=self.mse, delta=self.delta, delta_weight=self.delta_weight, act_scales=self.act_scales,
-            act_zero_points=self.act_zero_points))
+            act_zero_points=self.act_zero_points, **{f"score_{k}": v for k, v in self.scores.items()}))
 
     @classmethod
     def load(cls, path) -> "SensitivityTable":
@@ -192,12 +257,20 @@ class SensitivityTable:
         act_scales = array(arrays, "act_scales", path, "f", (L, C))
         act_zero_points = array(arrays, "act_zero_points", path, "f", (L, C))
         array(arrays, "mse", path, "f", (L, C), optional=True)  # written for other readers; recomputed here
+        scores = {k: array(arrays, f"score_{k}", path, "f", (n, L, C)) for k in SCORE_FORMS[1:]
+                  if f"score_{k}" in arrays}
+        unknown = sorted(k for k in arrays if k.startswith("score_") and k[len("score_"):] not in scores)
+        if unknown:
+            raise ValueError(f"{path}: unknown score arrays {unknown} (this mpq reads {', '.join(SCORE_FORMS[1:])})")
+        active = take(meta, "active_score", path, as_str, FIRST_ORDER)
         info = {k: v for k, v in meta.items() if k not in RESERVED}
         try:
-            return cls(layers, candidates, delta, delta_weight, act_scales, act_zero_points, fingerprint, info)
+            return cls(layers, candidates, delta, delta_weight, act_scales, act_zero_points, fingerprint, info,
+                       scores=scores, score=active)
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from None
 
     def __repr__(self) -> str:
+        forms = "" if not self.scores else f", scores {list(self.score_forms)} reporting {self.score!r}"
         return (f"SensitivityTable({len(self.layers)} layers × {len(self.candidates)} candidates "
-                f"{list(self.candidates)}, {self.n_samples} samples)")
+                f"{list(self.candidates)}, {self.n_samples} samples{forms})")

@@ -62,6 +62,7 @@ from .distributed import Ranks, describe
 from .granularity import GroupSplit, parse_granularity
 from .kernel import act_quant, delta_sums, weight_quant
 from .points import weight_delta_parts, weight_terms
+from .scores import EXTRA, ExtraScores, check_scores
 
 # per-sample weight gradients are formed this many values at a time (at least one sample): bounds the temporary
 GRAD_CHUNK_VALUES = 1 << 22
@@ -242,6 +243,8 @@ class _Call:
         g = self._samples(gy.detach(), "output gradient").float()
         x = self._samples(self.x, "input").to(g.device).float()  # accelerate moves inputs inside forward
         w = weight_on(L.module, g.device, L.name).float()  # an offloaded weight is loaded again
+        if L.run.extra is not None:  # the other score forms, only when asked (scores.py)
+            L.run.extra.add_call(L, g, x, w)
         if L.calibrated:  # ⟨G_nᵀ X_n, ΔW⟩ = Σ_t g_t · (ΔW x_t): one matmul per candidate, no per-sample gradient formed
             # ΔW formed per call, not kept: one float32 copy per (layer, candidate) would outweigh the model
             res = torch.stack([(torch.matmul(x, (q.effective_weight().to(w.device) - w).t()) * g)
@@ -307,11 +310,14 @@ class _Run:
         self.mask = None  # the batch's padding mask (expert rows count unpadded tokens)
         self.routed_tokens = {}  # expert GEMM index -> calibration tokens it received
         self.groups: Optional[GroupSplit] = None  # granularity below the layer
+        self.extra = None  # scores.ExtraScores when calibrate is asked for other score forms
 
     def start(self, index, samples):
         self.batch_index, self.batch_samples = index, samples
         if self.groups:
             self.groups.start(samples)
+        if self.extra is not None:
+            self.extra.start(samples)
         self.delta = np.zeros((samples, self.n_layers, self.n_cands))
         self.delta_w = np.zeros_like(self.delta)
 
@@ -377,7 +383,8 @@ def _static_scales(model, layers, batches, cands, device, ranks: Ranks, owners=N
 
 def calibrate(model: nn.Module, batches: Iterable, candidates=("fp8", "int8"),
               loss_fn: Optional[Callable] = None, progress: bool = True, *,
-              layers: Optional[Iterable[str]] = None, granularity: str = "layer"):
+              layers: Optional[Iterable[str]] = None, granularity: str = "layer",
+              scores: Sequence[str] = ("first_order",)):
     """Per-layer loss sensitivity s[l, c] = mean_n δ[n,l,c]² of ``model`` on ``batches`` (module docstring).
 
     batches: an iterable of batches (kept in a list: a candidate with static activation scales needs a first
@@ -399,6 +406,10 @@ def calibrate(model: nn.Module, batches: Iterable, candidates=("fp8", "int8"),
     GEMMs named as in the module doc).
     granularity: "layer" (a SensitivityTable), or "channel" / "group:G" (a ``ChannelTable``: the weight term of δ
     also per output row or per G rows, from the same pass; ``calibration.granularity``).
+    scores: the per-sample score forms to keep (``mpq.calibration.scores``): "first_order" (δ², the default and
+    always kept), "per_token" (Σ_t δ_t²) and "elementwise" (ModelOpt's Σ (G ⊙ ΔY)²); the first one named is what
+    the table's ``mse`` reports (and so what ``select`` optimises); ``table.with_score(name)`` switches. The
+    extra forms cost about one more forward of every layer per candidate.
     On every rank of an initialised torch.distributed process group (``mpq.calibration.distributed``), with the
     same arguments everywhere: each rank calibrates its share of the batches and every rank returns the table of
     all of them; a rank that differs, fails or dies makes every rank raise (naming it).
@@ -408,16 +419,17 @@ def calibrate(model: nn.Module, batches: Iterable, candidates=("fp8", "int8"),
     that does not return [B] losses, or a NaN/Inf loss or gradient (naming the layer and the batch).
     """
     ranks = Ranks.current(input_device(model))
+    forms = check_scores(scores)
     with ranks.failures_shared(), routed_experts(model, warn=False) as unknown_experts:
         parse_granularity(granularity)  # ValueError before any work
         cands = get_candidates(candidates)
         with calibration_attention(model, cands) as attention:
             return _calibrate(model, batches, cands, loss_fn, progress, layers, ranks, attention, unknown_experts,
-                              granularity)
+                              granularity, forms)
 
 
 def _calibrate(model, batches, cands, loss_fn, progress, layers, ranks: Ranks, attention,
-               unknown_experts, granularity="layer"):
+               unknown_experts, granularity="layer", forms=("first_order",)):
     named = quantizable_layers(model, layers)
     if layers is None:  # only the kinds of layer some candidate applies to (Linear-only candidates: Linears only)
         kinds = {k for c in cands for k in c.kinds}
@@ -459,6 +471,12 @@ def _calibrate(model, batches, cands, loss_fn, progress, layers, ranks: Ranks, a
                              f"matmuls and KV cache ({not_linear[:3]}) have none: calibrate them at "
                              "granularity='layer'")
         run.groups = GroupSplit(granularity, [n for n, _ in named], [m.out_features for _, m in named], C)
+    if any(f in EXTRA for f in forms):
+        not_linear = [n for n, m in named if layer_kind(m) != "linear"]
+        if not_linear:  # the other forms are computed in the Linear hooks only: no silent zero for these
+            raise ValueError(f"score forms {[f for f in forms if f in EXTRA]} are computed for Linear layers only; "
+                             f"attention's matmuls and KV cache ({not_linear[:3]}) have first_order only")
+        run.extra = ExtraScores(forms, L, C)
     t0 = time.perf_counter()
     try:
         model.eval()
@@ -540,13 +558,16 @@ def _calibrate(model, batches, cands, loss_fn, progress, layers, ranks: Ranks, a
                     run.calls.clear()
                     deltas.append(run.delta)
                     deltas_w.append(run.delta_w)
+                    if run.extra is not None:
+                        run.extra.finish()
                 bar.update(done + 1)
         routed_tokens = routed.tokens_over_ranks(ranks, run.routed_tokens, sorted(owners))
         empty = [np.zeros((0, L, C))]  # a rank with no batch (fewer batches than ranks)
-        delta, delta_w = ranks.gather_samples((np.concatenate(deltas or empty), np.concatenate(deltas_w or empty)),
-                                              sizes)
-        delta[:, ~applicable] = np.nan
-        delta_w[:, ~applicable] = np.nan
+        extra = run.extra.stacked() if run.extra is not None else []
+        delta, delta_w, *extra = ranks.gather_samples(
+            (np.concatenate(deltas or empty), np.concatenate(deltas_w or empty), *extra), sizes)
+        for a in (delta, delta_w, *extra):
+            a[:, ~applicable] = np.nan
         group_delta = run.groups.gathered(ranks, sizes, applicable) if run.groups else None
     finally:
         for h in handles:
@@ -595,7 +616,8 @@ def _calibrate(model, batches, cands, loss_fn, progress, layers, ranks: Ranks, a
         info["zero_delta_layers"] = flat
     table = SensitivityTable(tuple(n for n, _ in named), tuple(c.name for c in cands), delta, delta_w, act_scales,
                              np.nan_to_num(act_zps, nan=0.0), data_fingerprint, info,
-                             quantized_weights=qweights if len(qweights) else None)
+                             quantized_weights=qweights if len(qweights) else None,
+                             scores=dict(zip(run.extra.forms, extra)) if run.extra is not None else {}, score=forms[0])
     return table if run.groups is None else run.groups.channel_table(table, group_delta)
 
 

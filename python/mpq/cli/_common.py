@@ -23,6 +23,16 @@ def add_candidates(p, auto: bool = False) -> None:
                    help=f"comma-separated candidate names (default {default}){more}")
 
 
+def add_score(p, default="first_order") -> None:
+    """``--score FORM``: the per-layer score form that calibration keeps and selection optimises."""
+    from ..artifacts.sensitivity_table import SCORE_FORMS
+    what = "default first_order" if default else "default: the one the table reports"
+    p.add_argument("--score", default=default, choices=SCORE_FORMS,
+                   help=f"score form ({what}): first_order = mean_n δ² (the seed's), per_token = Σ_t δ_t², "
+                        "elementwise = ModelOpt's Σ (G ⊙ ΔY)²; the others cost one more forward per layer and "
+                        "candidate in calibration (bench/RESULTS.md, 'Score forms')")
+
+
 def parse_candidates(text: str, allow_auto: bool = False):
     """The names of ``--candidates``, checked (before any model is loaded); None for "auto" where allowed.
     @raises ValueError naming an unknown or repeated candidate."""

@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._common import (MODEL_HELP, add_candidates, add_device, add_text, check_positive, coverage_line, load_model,
-                      parse_candidates, read_text, resolve_device)
+from ._common import (MODEL_HELP, add_candidates, add_device, add_score, add_text, check_positive, coverage_line,
+                      load_model, parse_candidates, read_text, resolve_device)
 
 
 def register(subparsers) -> None:
@@ -20,6 +20,7 @@ def register(subparsers) -> None:
     p.add_argument("model", nargs="?", help=MODEL_HELP)
     add_text(p, "to calibrate on")
     add_candidates(p)
+    add_score(p)
     p.add_argument("--seq-len", type=int, default=256, help="tokens per sample (default 256)")
     p.add_argument("--samples", type=int, default=16, help="number of samples (default 16)")
     p.add_argument("--batch-size", type=int, default=4, help="samples per batch (default 4)")
@@ -78,7 +79,8 @@ def main(args) -> int:
         ids = data.tokenize(tok, text)
         windows = (data.spread_windows(ids[args.skip_tokens:], args.seq_len, args.samples) if args.windows == "spread"
                    else data.token_windows(ids, args.seq_len, args.samples, args.skip_tokens))
-        table = calibrate(model, data.lm_batches(windows, args.batch_size), candidates, progress=not args.quiet)
+        table = calibrate(model, data.lm_batches(windows, args.batch_size), candidates, progress=not args.quiet,
+                          scores=(args.score,))
     finally:
         if joined:
             torch.distributed.destroy_process_group()

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._common import MODEL_HELP, add_candidates, check_model, parse_candidates
+from ._common import MODEL_HELP, add_candidates, add_score, check_model, parse_candidates
 
 
 def register(sub) -> None:
     p = sub.add_parser("run", help="run the whole pipeline (default: the built-in SmolLM2 demo)", description=__doc__)
     p.add_argument("--model", default="smollm2", help=f"{MODEL_HELP} (default smollm2)")
     add_candidates(p, auto=True)
+    add_score(p)
     p.add_argument("--phase", default="prefill", choices=("prefill", "decode"),
                    help="what is profiled and timed: the whole prompt (prefill, default) or one token with the "
                    "prompt in the KV cache (decode, the tokens-per-second figure)")
@@ -34,6 +35,6 @@ def main(args) -> int:
                            candidates=candidates, phase=args.phase, max_loss_rmse=args.max_loss_rmse,
                            calib_windows=args.calib_windows, eval_windows=args.eval_windows,
                            verify_windows=0 if args.no_verify else args.verify_windows, seq_len=args.seq_len,
-                           progress=not args.no_progress)
+                           progress=not args.no_progress, score=args.score)
     run(settings)
     return 0

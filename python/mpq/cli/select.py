@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_solver
+from ._common import add_score, add_solver
 
 
 def register(sub) -> None:
@@ -20,6 +20,7 @@ def register(sub) -> None:
     p.add_argument("--max-memory", type=float, help="bytes of quantizable weights (needs a memory GainTable)")
     p.add_argument("--max-avg-bits", type=float, help="the same limit as average bits per weight, scales included")
     add_solver(p)
+    add_score(p, default=None)
     p.add_argument("--pin", action="append", default=[], metavar="PATTERN=CANDIDATE",
                    help="force layers (name or regex) to a candidate; repeatable")
     p.add_argument("--keep", action="append", default=[], metavar="PATTERN",
@@ -51,7 +52,7 @@ def main(args: argparse.Namespace) -> int:
         if args.pareto < 1:
             raise ValueError(f"--pareto N needs N >= 1 plans, got {args.pareto}")
         front = pareto(table, gains, solver=args.solver, pin=pins, keep=args.keep, points=args.pareto,
-                       max_memory=args.max_memory, max_avg_bits=args.max_avg_bits)
+                       max_memory=args.max_memory, max_avg_bits=args.max_avg_bits, score=args.score)
         print(f"{'budget':>10} {'loss MSE':>10} {'gain':>10} {'speedup':>8} {'layers q':>8}")
         for p in front:
             print(f"{p.objective['value']:10.3g} {p.predicted_loss_mse:10.3g} {p.predicted_gain:10.4g} "
@@ -62,7 +63,7 @@ def main(args: argparse.Namespace) -> int:
     goals = dict(max_loss_mse=args.max_loss_mse, max_loss_rmse=args.max_loss_rmse, min_gain=args.min_gain,
                  target_speedup=args.target_speedup)
     plan = select(table, gains, max_memory=args.max_memory, max_avg_bits=args.max_avg_bits, solver=args.solver,
-                  pin=pins, keep=args.keep, **goals)
+                  pin=pins, keep=args.keep, score=args.score, **goals)
     plan.save(args.output)
     print(plan.summary())
     print(f"plan: {args.output}")

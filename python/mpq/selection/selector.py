@@ -26,7 +26,7 @@ def select(table: SensitivityTable, gains: GainTable, *, max_loss_mse: Optional[
            target_speedup: Optional[float] = None, max_memory: Optional[float] = None, solver: str = "exact",
            pin: Optional[Mapping[str, str]] = None, keep: Optional[Iterable[str]] = None,
            time_limit: Optional[float] = None, verify=None, verify_bound: str = "estimate",
-           verify_rounds: int = 8, max_avg_bits: Optional[float] = None) -> Plan:
+           verify_rounds: int = 8, max_avg_bits: Optional[float] = None, score: Optional[str] = None) -> Plan:
     """The best plan for one objective; give exactly one of ``max_loss_mse``, ``max_loss_rmse`` (the loss
     budget), ``min_gain`` or ``target_speedup`` (the least loss MSE reaching that gain / speedup).
 
@@ -41,13 +41,17 @@ def select(table: SensitivityTable, gains: GainTable, *, max_loss_mse: Optional[
     ``verify_rounds`` measurements. The Plan's ``verification`` records what was measured.
     @raises ValueError for mismatched artifacts, an unknown layer pattern, a budget no plan can meet (the message
     gives the smallest feasible budget), or, with verify, a budget no quantized plan measured within.
+    score: the table's score form to optimise (``table.score_forms``; default: the one the table reports). Every
+    form is additive over layers, so the solve stays exact; a form other than "first_order" is in loss-MSE units
+    through the table's one fitted scale (``score_scale``), so with a loss budget pair it with ``verify``.
     """
     if isinstance(table, ChannelTable):  # below the layer: a candidate per row group (selection.channels)
-        _channel_args(pin=pin, keep=keep, target_speedup=target_speedup, verify=verify)
+        _channel_args(pin=pin, keep=keep, target_speedup=target_speedup, verify=verify, score=score)
         return select_channels(table, gains, max_loss_mse=max_loss_mse, max_loss_rmse=max_loss_rmse,
                                min_gain=min_gain, max_memory=max_memory, max_avg_bits=max_avg_bits, solver=solver,
                                time_limit=time_limit)
     kind, value = _objective(max_loss_mse, max_loss_rmse, min_gain, target_speedup)
+    table = table if score is None else table.with_score(score)
     max_memory = _memory_of_bits(gains, max_memory, max_avg_bits)
     problem = Problem.build(table, gains, pin=pin, keep=keep, with_memory=max_memory is not None)
     if kind == "target_speedup":
@@ -62,7 +66,7 @@ def select(table: SensitivityTable, gains: GainTable, *, max_loss_mse: Optional[
     if max_memory is not None:
         kwargs.update(memory=problem.memory, max_memory=max_memory)
     objective = {"kind": kind, "value": value, **({"max_memory": max_memory} if max_memory else {}),
-                 **({"max_avg_bits": max_avg_bits} if max_avg_bits is not None else {})}
+                 **({"max_avg_bits": max_avg_bits} if max_avg_bits is not None else {}), **_score_key(table)}
     if kind in ("max_loss_mse", "max_loss_rmse"):
         budget = value if kind == "max_loss_mse" else value ** 2
 
@@ -87,18 +91,19 @@ def select(table: SensitivityTable, gains: GainTable, *, max_loss_mse: Optional[
 def pareto(table: SensitivityTable, gains: GainTable, budgets: Optional[Sequence[float]] = None, *,
            solver: str = "exact", pin: Optional[Mapping[str, str]] = None, keep: Optional[Iterable[str]] = None,
            points: int = 30, verify=None, max_memory: Optional[float] = None,
-           max_avg_bits: Optional[float] = None) -> list[Plan]:
+           max_avg_bits: Optional[float] = None, score: Optional[str] = None) -> list[Plan]:
     """The loss-MSE / gain front: one plan per loss budget (default: ``points`` budgets spaced geometrically from
     the cheapest non-zero cost to the cost of the fastest plan), solved with one shared preprocessing. With
     ``verify`` (as in ``select``) every plan is also measured once, its ``verification`` saying whether it held.
     ``max_memory`` (or ``max_avg_bits``) holds for every plan of the front (solved budget by budget: the sweep has
-    no memory row)."""
+    no memory row). ``score``: as in ``select``."""
     if isinstance(table, ChannelTable):
-        _channel_args(pin=pin, keep=keep, verify=verify)
+        _channel_args(pin=pin, keep=keep, verify=verify, score=score)
         return pareto_channels(table, gains, budgets, points=points, solver=solver, max_memory=max_memory,
                                max_avg_bits=max_avg_bits)
     if not isinstance(points, int) or isinstance(points, bool) or points < 1:
         raise ValueError(f"points must be a whole number >= 1, got {points!r}")
+    table = table if score is None else table.with_score(score)
     max_memory = _memory_of_bits(gains, max_memory, max_avg_bits)
     problem = Problem.build(table, gains, pin=pin, keep=keep, with_memory=max_memory is not None)
     if budgets is None:
@@ -117,7 +122,8 @@ def pareto(table: SensitivityTable, gains: GainTable, budgets: Optional[Sequence
             continue
         plans.append(problem.plan(sol, {"kind": "max_loss_mse", "value": b,
                                         **({"max_memory": max_memory} if max_memory is not None else {}),
-                                        **({"max_avg_bits": max_avg_bits} if max_avg_bits is not None else {})}))
+                                        **({"max_avg_bits": max_avg_bits} if max_avg_bits is not None else {}),
+                                        **_score_key(table)}))
     if verify is not None:
         from .measured import Verifier, measured_front
         plans = measured_front(plans, Verifier.of(verify, table.quantized_weights), table.data_fingerprint)
@@ -129,6 +135,9 @@ def _channel_args(**given) -> None:
     if used:
         raise ValueError(f"{', '.join(used)}: not supported with a ChannelTable (a channel plan chooses per row group "
                          "under a loss budget or a required gain, with max_memory / max_avg_bits)")
+def _score_key(table: SensitivityTable) -> dict:
+    """The objective's record of a score form other than the seed's (absent for first_order)."""
+    return {} if table.score == "first_order" else {"score": table.score, "score_scale": table.score_scale}
 
 
 def avg_bits(gains: GainTable, mapping: Mapping[str, str]) -> float:
