@@ -6,8 +6,9 @@ weights, and chooses formats by an integer program over Σ Ω under a size / BOP
 
 * ``hutchinson_traces``: Tr(H_l) of the mean per-sample calibration loss (mpq's causal_lm_loss, the ℓ_n that
   calibration uses) by Hutchinson's estimator E_z[zᵀHz], one Rademacher z over all scored layers at a time
-  (restricted per layer), on each calibration batch; Hz by double backward (exact) or, where a kernel has no
-  double backward, by central differences of gradients, (g(W + εz) − g(W − εz)) / 2ε.
+  (restricted per layer), on each calibration batch; Hz by double backward (exact; a transformers model runs its
+  eager attention meanwhile, as torch's fused CPU attention has no double backward) or by central differences
+  of gradients, (g(W + εz) − g(W − εz)) / 2ε.
 * ``hawq_table``: Ω as the cost of a SensitivityTable, so that the same exact MCKP solver (``mpq.select``) and the
   same budget choose the plan — HAWQ-V3's ILP with more than two formats. ΔW is each candidate's deployed weight
   (the calibrated integers of GPTQ / AWQ candidates, from ``table.quantized_weights``).
@@ -82,7 +83,11 @@ def hutchinson_traces(model: nn.Module, layers: Sequence[str], batches: Sequence
     was_training = model.training
     gen = torch.Generator().manual_seed(seed)
     total = np.zeros(len(layers))
+    config = getattr(model, "config", None)
+    saved_attn = getattr(config, "_attn_implementation", None)
     try:
+        if method == "double_backward" and saved_attn not in (None, "eager"):
+            config._attn_implementation = "eager"  # torch's fused CPU attention has no double backward
         model.eval()
         for p in all_params:
             p.requires_grad_(False)
@@ -95,6 +100,8 @@ def hutchinson_traces(model: nn.Module, layers: Sequence[str], batches: Sequence
                     return loss_fn(out, batch).mean()
                 total += hutchinson_trace(loss_of, weights, probes, gen, method)
     finally:
+        if saved_attn is not None:
+            config._attn_implementation = saved_attn
         for p, g in zip(all_params, saved_flags):
             p.requires_grad_(g)
             p.grad = None
