@@ -42,7 +42,8 @@ from _ompq import importance, layer_features, lp_weights, orm_matrix, solve_bits
 from _selection_baselines import fisher_scores, fisher_table, greedy_keep
 
 DEFAULT_CANDIDATES = "w4a16_g64,w4a16_g64_awq,w4a16_g64_gptq,w8a16,w8a16_awq,w8a16_gptq"
-METHODS = ("mpq", "hawq", "fisher", "ompq", "greedy", "modelopt", "autoround")
+ALLOCATORS = ("mpq", "hawq", "fisher", "ompq", "greedy")
+METHODS = ALLOCATORS + ("modelopt", "autoround")
 
 
 def say(msg: str) -> None:
@@ -128,66 +129,72 @@ def main(args):
     out = args.out
     times = {}
 
-    key = json.dumps(dict(c=cands, n=args.calib_windows, s=args.seq_len, b=args.batch_size))
-    tpath, qpath, kpath = out / "budgets_table.npz", out / "budgets_qweights.npz", out / "budgets_key.json"
-    if args.reuse and kpath.exists() and kpath.read_text() == key:
-        say("reusing the calibration")
-        table = replace(SensitivityTable.load(tpath), quantized_weights=QuantizedWeights.load(qpath))
-        tfile = out / "budgets_times.json"
-        times.update(json.loads(tfile.read_text()) if tfile.exists() else {})
+    if methods & set(ALLOCATORS):  # the peers alone need no calibration
+        key = json.dumps(dict(c=cands, n=args.calib_windows, s=args.seq_len, b=args.batch_size))
+        tpath, qpath, kpath = out / "budgets_table.npz", out / "budgets_qweights.npz", out / "budgets_key.json"
+        if args.reuse and kpath.exists() and kpath.read_text() == key:
+            say("reusing the calibration")
+            table = replace(SensitivityTable.load(tpath), quantized_weights=QuantizedWeights.load(qpath))
+            tfile = out / "budgets_times.json"
+            times.update(json.loads(tfile.read_text()) if tfile.exists() else {})
+        else:
+            say(f"calibrating {cands} on {args.calib_windows} x {args.seq_len} tokens")
+            t0 = time.perf_counter()
+            table = calibrate(model, batches, cands, progress=False)
+            times["mpq calibrate"] = time.perf_counter() - t0
+            table.save(tpath)
+            table.quantized_weights.save(qpath)
+            kpath.write_text(key)
+            (out / "budgets_times.json").write_text(json.dumps(times))
+        t0 = time.perf_counter()
+        gains = nominal_decoder_gains(profile(model, {"input_ids": cal[:1]}, cands, backend="memory"), bits_of)
+        times["mpq profile"] = time.perf_counter() - t0
+        layers = [l for sg in gains.subgraphs for l in sg.layers]
+        qw = table.quantized_weights
+
+        if "hawq traces" not in times or not (out / "budgets_hawq.npy").exists():
+            say(f"HAWQ: Hutchinson traces of {len(layers)} layers, {args.hawq_probes} probes x {len(batches)} batches")
+            t0 = time.perf_counter()
+            traces = hutchinson_traces(model, layers, batches, probes=args.hawq_probes, method=args.hawq_method)
+            times["hawq traces"] = time.perf_counter() - t0
+            np.save(out / "budgets_hawq.npy", traces)
+            (out / "budgets_times.json").write_text(json.dumps(times))
+        traces = np.load(out / "budgets_hawq.npy")
+        t0 = time.perf_counter()
+        htable = hawq_table(model, traces, layers, table)
+        times["hawq ‖ΔW‖²"] = time.perf_counter() - t0
+
+        if "fisher scores" not in times or not (out / "budgets_fisher.npy").exists():
+            say("Fisher scores Σ(G⊙ΔY)² on the same batches")
+            t0 = time.perf_counter()
+            sc = fisher_scores(model, layers, batches, cands, quantized_weights=qw)
+            full = np.full((sc.shape[0], len(table.layers), len(cands)), np.nan)
+            full[:, [table.layers.index(l) for l in layers], :] = sc
+            times["fisher scores"] = time.perf_counter() - t0
+            np.save(out / "budgets_fisher.npy", full)
+            (out / "budgets_times.json").write_text(json.dumps(times))
+        ftable = fisher_table(np.load(out / "budgets_fisher.npy"), table)
+
+        groups = choice_groups(gains)
+        t0 = time.perf_counter()
+        order = [l for g in groups for l in g]  # network order
+        orm = orm_matrix(layer_features(model, order, batches[0]))
+        gamma = orm.sum(axis=1) - 1.0
+        beta = args.ompq_beta if args.ompq_beta is not None else 4.0 / max(float(gamma.max() - gamma.min()), 1e-12)
+        w_layer = dict(zip(order, lp_weights(importance(orm, beta))))
+        w_group = np.array([sum(w_layer[l] for l in g) for g in groups])  # a tied group: one width, its members' sum
+        times["ompq ORM"] = time.perf_counter() - t0
+        say(f"OMPQ: γ in [{gamma.min():.1f}, {gamma.max():.1f}], β = {beta:.3g}")
+        args.ompq_beta_used = beta
+        shapes = gains.shapes["layers"]
+        sizes = np.array([sum(shapes[l][1] * shapes[l][2] for l in g) for g in groups], np.float64)
+        (out / "budgets_times.json").write_text(json.dumps(times))
+        n_dec = sizes.sum()
     else:
-        say(f"calibrating {cands} on {args.calib_windows} x {args.seq_len} tokens")
-        t0 = time.perf_counter()
-        table = calibrate(model, batches, cands, progress=False)
-        times["mpq calibrate"] = time.perf_counter() - t0
-        table.save(tpath)
-        table.quantized_weights.save(qpath)
-        kpath.write_text(key)
-        (out / "budgets_times.json").write_text(json.dumps(times))
-    t0 = time.perf_counter()
-    gains = nominal_decoder_gains(profile(model, {"input_ids": cal[:1]}, cands, backend="memory"), bits_of)
-    times["mpq profile"] = time.perf_counter() - t0
-    layers = [l for sg in gains.subgraphs for l in sg.layers]
-    qw = table.quantized_weights
-
-    if "hawq traces" not in times or not (out / "budgets_hawq.npy").exists():
-        say(f"HAWQ: Hutchinson traces of {len(layers)} layers, {args.hawq_probes} probes x {len(batches)} batches")
-        t0 = time.perf_counter()
-        traces = hutchinson_traces(model, layers, batches, probes=args.hawq_probes, method=args.hawq_method)
-        times["hawq traces"] = time.perf_counter() - t0
-        np.save(out / "budgets_hawq.npy", traces)
-        (out / "budgets_times.json").write_text(json.dumps(times))
-    traces = np.load(out / "budgets_hawq.npy")
-    t0 = time.perf_counter()
-    htable = hawq_table(model, traces, layers, table)
-    times["hawq ‖ΔW‖²"] = time.perf_counter() - t0
-
-    if "fisher scores" not in times or not (out / "budgets_fisher.npy").exists():
-        say("Fisher scores Σ(G⊙ΔY)² on the same batches")
-        t0 = time.perf_counter()
-        sc = fisher_scores(model, layers, batches, cands, quantized_weights=qw)
-        full = np.full((sc.shape[0], len(table.layers), len(cands)), np.nan)
-        full[:, [table.layers.index(l) for l in layers], :] = sc
-        times["fisher scores"] = time.perf_counter() - t0
-        np.save(out / "budgets_fisher.npy", full)
-        (out / "budgets_times.json").write_text(json.dumps(times))
-    ftable = fisher_table(np.load(out / "budgets_fisher.npy"), table)
-
-    groups = choice_groups(gains)
-    t0 = time.perf_counter()
-    order = [l for g in groups for l in g]  # network order
-    orm = orm_matrix(layer_features(model, order, batches[0]))
-    gamma = orm.sum(axis=1) - 1.0
-    beta = args.ompq_beta if args.ompq_beta is not None else 4.0 / max(float(gamma.max() - gamma.min()), 1e-12)
-    w_layer = dict(zip(order, lp_weights(importance(orm, beta))))
-    w_group = np.array([sum(w_layer[l] for l in g) for g in groups])  # a tied group: one width, its members' sum
-    times["ompq ORM"] = time.perf_counter() - t0
-    say(f"OMPQ: γ in [{gamma.min():.1f}, {gamma.max():.1f}], β = {beta:.3g}")
-    args.ompq_beta_used = beta
-    shapes = gains.shapes["layers"]
-    sizes = np.array([sum(shapes[l][1] * shapes[l][2] for l in g) for g in groups], np.float64)
-    (out / "budgets_times.json").write_text(json.dumps(times))
-    n_dec = sizes.sum()
+        table = qw = htable = ftable = None
+        n_dec = sum(m.weight.numel() for n, m in model.named_modules()
+                    if isinstance(m, torch.nn.Linear) and "lm_head" not in n)
+        args.ompq_beta_used = float("nan")
 
     base = per_sample_losses(model, held, args.batch_size)
     base_ppl = math.exp(float(base.mean()))
@@ -342,13 +349,13 @@ def _autoround(args, model, tok, budget, cal_ids, held, base):
     scheme = AutoScheme(avg_bits=budget, options=[w4, w8], ignore_scale_zp_bits=True, nsamples=n,
                         seqlen=args.seq_len, batch_size=args.batch_size, dataset=str(path),
                         shared_layers=[["q_proj", "k_proj", "v_proj"], ["gate_proj", "up_proj"]],
-                        low_cpu_mem_usage=False)
+                        low_cpu_mem_usage=False, enable_torch_compile=False)
     m = copy.deepcopy(model)
     t0 = time.perf_counter()
     try:
         ar = AutoRound(m, tokenizer=tok, scheme=scheme, dataset=str(path), iters=args.autoround_iters,
                        nsamples=n, seqlen=args.seq_len, batch_size=args.batch_size, device_map="cpu",
-                       low_cpu_mem_usage=False, layer_config={"lm_head": {"bits": 16}})
+                       low_cpu_mem_usage=False, enable_torch_compile=False, layer_config={"lm_head": {"bits": 16}})
         qm, layer_config = ar.quantize()
     except Exception as e:  # a peer's failure is reported in the table, not hidden
         return {"AutoRound AutoScheme (own)": dict(error=f"{type(e).__name__}: {str(e).splitlines()[0][:150]}")}
