@@ -39,13 +39,15 @@ def _find_row(sg, want: np.ndarray) -> Optional[int]:
 
 
 # --- 2. uniform int8, greedy keep --------------------------------------------------------------------------------
-def greedy_keep(table: SensitivityTable, gains: GainTable, need: float, cand: str = "int8") -> tuple[dict, dict]:
+def greedy_keep(table: SensitivityTable, gains: GainTable, need: float, cand: str = "int8",
+                to: str = "base") -> tuple[dict, dict]:
     """All timed layers on ``cand``; then choice groups (tie groups of the GainTable, or single layers), most
-    sensitive first by max_l s[l, cand] over the group, go back to base one by one if the predicted gain stays
-    ≥ ``need`` (a group whose removal would break the target, or whose configuration was not measured, is
-    skipped and the next one is tried). Returns (mapping of non-base layers, info)."""
+    sensitive first by max_l s[l, cand] over the group, move to ``to`` (default: back to base) one by one if the
+    predicted gain stays ≥ ``need`` (a group whose move would break the target, or whose configuration was not
+    measured, is skipped and the next one is tried). Returns (mapping of non-base layers, info)."""
     ci = table.candidates.index(cand)
     gci = gains.candidates.index(cand)
+    to_ci = gains.candidates.index(to)
     s = table.mse[:, ci]
     lidx = {n: i for i, n in enumerate(table.layers)}
     cur = []           # per sub-graph: current config vector
@@ -75,7 +77,7 @@ def greedy_keep(table: SensitivityTable, gains: GainTable, need: float, cand: st
         sg = gains.subgraphs[i]
         v = cur[i].copy()
         for l in g:
-            v[sg.layers.index(l)] = 0
+            v[sg.layers.index(l)] = to_ci
         r = _find_row(sg, v)
         if r is None:
             skipped_unmeasured += 1
@@ -106,13 +108,19 @@ def _delta_y_scores(x, g, w, qws, cands, n_samples):
 
 
 def fisher_scores(model: nn.Module, layers: Sequence[str], batches: Sequence, candidates: Sequence[str],
-                  loss_fn=None) -> np.ndarray:
+                  loss_fn=None, quantized_weights=None) -> np.ndarray:
     """[N, L, C] per-sample Σ (G_Y ⊙ ΔY)² of every layer and candidate over ``batches`` (dicts of input_ids /
     attention_mask), with ``loss_fn(outputs, batch)`` → per-sample losses (default: mpq's causal_lm_loss, the
-    same ℓ_n as calibration). No weight gets .grad; flags and hooks are restored afterwards."""
+    same ℓ_n as calibration). Calibrated-weight candidates (GPTQ, AWQ) use their stored integers from
+    ``quantized_weights`` (a candidate without an entry for a layer: NaN). No weight gets .grad; flags and hooks
+    are restored afterwards."""
+    from _hawq import deployed_weight
     from mpq.calibration import causal_lm_loss
     loss_fn = loss_fn or causal_lm_loss
     cands = get_candidates(candidates)
+    sq = [c.name for c in cands if c.algorithm == "smoothquant"]
+    if sq:  # their activations are quantized after the migration, which ΔY here does not model
+        raise ValueError(f"fisher_scores does not model SmoothQuant candidates: {sq}")
     modules = dict(model.named_modules())
     params = list(model.parameters())
     saved_grad = [p.requires_grad for p in params]
@@ -120,7 +128,7 @@ def fisher_scores(model: nn.Module, layers: Sequence[str], batches: Sequence, ca
     qws = []
     for name in layers:
         w = modules[name].weight.detach()
-        qws.append([c.quantize_weight(w) if c.applies_to(w) else None for c in cands])
+        qws.append([deployed_weight(name, c, w, quantized_weights) for c in cands])
     state = {"acc": None, "n": 0}
     handles = []
 

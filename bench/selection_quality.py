@@ -12,7 +12,9 @@ Methods, all at the same required predicted gain (min_gain = a fraction of the f
 Every plan is measured: perplexity and loss MSE against the base model on the held-out windows (``apply(mode=
 "fake")``), end-to-end prefill time of one window on one thread (``apply(mode="native")``, ``time_phase``).
 
-Against the peer: ``--peer modelopt [--bits 7 7.5 8 9]`` (bench/_modelopt_peer.py).
+Against the peer: ``--peer modelopt [--bits 7 7.5 8 9]`` (bench/_modelopt_peer.py). At equal average weight bits,
+every allocator (mpq, HAWQ-V3, OMPQ, Fisher, greedy) and the full systems (ModelOpt, AutoRound) among RTN / AWQ /
+GPTQ candidates: ``--budgets [--bits 4.5 5 6 8 9]`` (bench/_bit_budgets.py).
 
 Usage:  python bench/selection_quality.py [--reuse] [--candidates int8,w8a16] [--calib-windows 16]
         [--eval-windows 8] [--random-plans 10] [--fractions 0.25,0.5,0.75]
@@ -70,8 +72,19 @@ def parse_args(argv=None):
     p.add_argument("--reuse", action="store_true", help="load the tables / Fisher scores cached under --out")
     p.add_argument("--peer", choices=("modelopt",), help="instead: mpq against the peer's own selection at equal "
                    "average bits (bench/_modelopt_peer.py; use --seq-len 128 --calib-windows 32 --eval-windows 48)")
-    p.add_argument("--bits", type=float, nargs="+", default=[7.0, 7.5, 8.0, 9.0],
-                   help="--peer: average bits (SmolLM2 with lm_head at 16 bits reaches no fewer than 6.53)")
+    p.add_argument("--bits", type=float, nargs="+",
+                   help="--peer: average bits (SmolLM2 with lm_head at 16 bits reaches no fewer than 6.53; default "
+                   "7 7.5 8 9); --budgets: average bits of the decoder's weights (default 4.5 5 6 8 9)")
+    p.add_argument("--budgets", action="store_true", help="instead: every allocator (mpq, HAWQ, OMPQ, Fisher, "
+                   "greedy) and the full systems (ModelOpt, AutoRound) at equal average weight bits among RTN/AWQ/"
+                   "GPTQ x INT4 g64/INT8 (bench/_bit_budgets.py; use --seq-len 128 --eval-windows 32)")
+    p.add_argument("--hawq-probes", type=int, default=4, help="--budgets: Hutchinson probes per calibration batch")
+    p.add_argument("--hawq-method", default="double_backward", choices=("double_backward", "finite_difference"))
+    p.add_argument("--ompq-beta", type=float, help="--budgets: OMPQ's β (default: 4 / the spread of γ)")
+    p.add_argument("--methods", default="mpq,hawq,fisher,ompq,greedy,modelopt,autoround",
+                   help="--budgets: which allocators / systems to run (the scores are cached under --out)")
+    p.add_argument("--autoround-iters", type=int, default=0, help="--budgets: AutoRound's signed-gradient "
+                   "rounding steps per block (0: its RTN rounding)")
     return p.parse_args(argv)
 
 
@@ -95,8 +108,17 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if args.peer == "modelopt":
         import _modelopt_peer
+        args.bits = args.bits or [7.0, 7.5, 8.0, 9.0]
         print(machine_line())
         _modelopt_peer.main(args)
+        return 0
+    if args.budgets:
+        import _bit_budgets
+        if args.candidates == "int8,w8a16":  # the speed comparison's default: here the algorithm variants
+            args.candidates = _bit_budgets.DEFAULT_CANDIDATES
+        args.bits = args.bits or [4.5, 5.0, 6.0, 8.0, 9.0]
+        print(machine_line())
+        _bit_budgets.main(args)
         return 0
     t_start = time.perf_counter()
     machine = machine_line()
