@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import re
 import time
@@ -112,11 +113,12 @@ class Runner:
 
 def fake_quant_hook(cand, weight, scale):
     """Forward hook of a Linear: its output with the candidate's Q(W) and Q(X)."""
-    qw = cand.quantize_weight(weight.detach())
+    # the quantizers run in float32 (as calibration's): a float64 model's tensors go through float32 and back
+    qw = cand.quantize_weight(weight.detach().float()).to(weight.dtype)
 
     def hook(mod, args, out):
         x = args[0]
-        xq = cand.quantize_act(x, scale) if cand.act_format is not None else x
+        xq = cand.quantize_act(x.float(), scale).to(x.dtype) if cand.act_format is not None else x
         return F.linear(xq, qw, mod.bias)
     return hook
 
@@ -128,9 +130,9 @@ def attention_quant_hook(cand, scales):
 
     def hook(mod, args):
         if len(args) == 2:  # MatMul: each input with its own scale
-            return tuple(quantize_attention_input(cand, x, None if scales is None else [scales[k]])
+            return tuple(quantize_attention_input(cand, x.float(), None if scales is None else [scales[k]]).to(x.dtype)
                          for k, x in enumerate(args))
-        return (quantize_attention_input(cand, args[0], scales),)
+        return (quantize_attention_input(cand, args[0].float(), scales).to(args[0].dtype),)
     return hook
 
 
@@ -183,9 +185,26 @@ def load(args):
         cal_text, ev_text = demo_texts()
         cal_ids, ev_ids = byte_ids(cal_text), byte_ids(ev_text)
         t0 = time.perf_counter()
-        model, hist = trained_tiny_moe(cal_ids, layers=args.moe_layers, experts=args.moe_experts,
-                                       top_k=args.moe_top_k, hidden=args.moe_hidden, steps=args.train_steps,
-                                       seed=args.seed)
+        kw = dict(layers=args.moe_layers, experts=args.moe_experts, top_k=args.moe_top_k, hidden=args.moe_hidden,
+                  steps=args.train_steps, seed=args.seed)
+        cached = None
+        if args.model_cache:  # the trained weights and loss history, reused by a later run with the same settings
+            path = os.path.join(args.model_cache, "tiny_moe_" + "_".join(f"{k}{v}" for k, v in kw.items()) + ".pt")
+            cached = torch.load(path) if os.path.exists(path) else None
+        if cached is None:
+            model, hist = trained_tiny_moe(cal_ids, **kw)
+            if args.model_cache:
+                os.makedirs(args.model_cache, exist_ok=True)
+                torch.save({"state": model.state_dict(), "history": hist}, path)
+        else:
+            import transformers
+            from _tiny_moe import tiny_moe_config
+            model = transformers.Qwen3MoeForCausalLM(tiny_moe_config(args.moe_layers, args.moe_experts,
+                                                                      args.moe_top_k, args.moe_hidden))
+            model.load_state_dict(cached["state"])
+            model.config.output_router_logits = False
+            model.eval()
+            hist = cached["history"]
         what = (f"tiny Qwen3-MoE ({args.moe_layers} layers, {args.moe_experts} experts top-{args.moe_top_k}, hidden "
                 f"{args.moe_hidden}, bytes) trained {args.train_steps} steps in {time.perf_counter() - t0:.0f}s, "
                 f"final training loss {hist[-1][1]:.3f}; calibration: demo calibration text (trained on); "
@@ -223,6 +242,7 @@ def main(argv=None):
     p.add_argument("--moe-hidden", type=int, default=128)
     p.add_argument("--float64", action="store_true", help="calibrate and measure in float64 (a float32 loss "
                    "difference bottoms out near 1e-13, below what a tiny model's single experts change)")
+    p.add_argument("--model-cache", help="tiny-moe: keep the trained model in this folder and reuse it")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="write the raw points here")
