@@ -16,13 +16,7 @@ from mpq.artifacts import SensitivityTable
 CANDS = ("fp8", "int8", "int8_static", "w8a16", "fp8_gaudi2")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny ops with two threads on a busy 2-core box wait for scheduler quanta: one thread keeps the tests quick."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def ce_loss(out, batch):

@@ -15,12 +15,7 @@ transformers = pytest.importorskip("transformers")
 CANDS = ("int8", "int8_static", "w8a16", "fp8", "w4a16", "w4a16_g64", "w8a16_gptq")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -14,12 +14,7 @@ from mpq.artifacts.channel_plan import ChannelPlan
 from mpq.candidates import CANDIDATES
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def random_classes(n, names, seed=0, multiple=16):

@@ -18,12 +18,7 @@ from mpq.candidates import CANDIDATES
 CANDS = ("int8", "w8a16", "w4a16", "fp8")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def ce_loss(out, batch):

@@ -27,12 +27,7 @@ MODELS = pytest.mark.parametrize("build", [tiny_qwen3_moe, tiny_mixtral, tiny_gp
                                  ids=["qwen3_moe", "mixtral", "gpt_oss"])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def padded_batch(seed=1, B=3, S=9):

@@ -12,12 +12,7 @@ from mpq.formats import fake_quantize
 from mpq.quantizers.multipoint import multipoint, multipoint_weight, residual
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("fmt,group,cand", [("int4", 128, "w4a16_g128"), ("int4", 64, "w4a16_g64"),
