@@ -67,8 +67,9 @@ def unpadded_rows(x: torch.Tensor, owner, mask) -> torch.Tensor:
     return x[mask.reshape(-1).to(tok.device)[tok].bool()]
 
 
-def expert_info(named, owners, routed_tokens, unknown) -> tuple[dict, list, str]:
-    """(table info about experts, the expert entries without a calibration token, a warning or "")."""
+def expert_info(named, owners, routed_tokens, unknown, warned=()) -> tuple[dict, list, str]:
+    """(table info about experts, the expert entries without a calibration token, a warning or ""); unknown
+    modules in ``warned`` (the coverage report's warning named them already) are not warned about again."""
     info, unrouted = {}, []
     if owners:
         tokens = {}
@@ -87,9 +88,10 @@ def expert_info(named, owners, routed_tokens, unknown) -> tuple[dict, list, str]
         msgs.append(f"{len(unrouted)} expert GEMM(s) received no calibration token, so their δ are not measured "
                     f"(0 in the table, listed in info['unrouted_experts']): {unrouted[:4]}"
                     f"{' ...' if len(unrouted) > 4 else ''}")
-    if unknown:
+    unwarned = [n for n in unknown if n not in warned]
+    if unwarned:
         msgs.append(f"expert module(s) of unknown layout, not calibrated (info['experts_not_covered']): "
-                    f"{list(unknown)[:4]}{' ...' if len(unknown) > 4 else ''}")
+                    f"{unwarned[:4]}{' ...' if len(unwarned) > 4 else ''}")
     return info, unrouted, "; ".join(msgs)
 
 

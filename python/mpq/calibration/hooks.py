@@ -584,7 +584,8 @@ def _calibrate(model, batches, cands, loss_fn, progress, layers, ranks: Ranks, a
         raise ValueError("every first-order loss change δ is zero: the losses do not depend on the layers (one-token "
                          "sequences, every label -100, or a loss of something else); a table of zeros would let "
                          "select quantize everything at a predicted loss of 0")
-    expert_info, unrouted, expert_warning = routed.expert_info(named, owner_names, routed_tokens, unknown_experts)
+    expert_info, unrouted, expert_warning = routed.expert_info(named, owner_names, routed_tokens, unknown_experts,
+                                                                warned=set(coverage.unknown))
     if expert_warning:
         warnings.warn(f"calibrate: {expert_warning}", stacklevel=3)
     flat = [name for (name, _), zero in zip(named, ~measured.any(axis=(0, 2))) if zero and name not in unrouted]
