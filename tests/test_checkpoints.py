@@ -406,3 +406,14 @@ def test_experts_of_one_moe_block_share_one_scheme(tmp_path):
     assert "MoE" in reason and groups == ["experts [experts.0.w1=int8, experts.0.w2=base, experts.1.w1=w8a16, "
                                           "experts.1.w2=base]"]
     assert fused_problems(Block(), Plan({f"experts.{i}.w{j}": "int8" for i in (0, 1) for j in (1, 2)}, 0., 0.)) == {}
+
+
+def test_checkpoints_refuse_attention_entries_with_the_reason(tmp_path):
+    plan = {L0 + "self_attn.k_cache": "kv_fp8_token", L0 + "self_attn.matmul_qk": "base",
+            L0 + "mlp.down_proj": "fp8"}
+    with pytest.raises(ValueError, match=r"k_cache \(attention's matmul / KV cache.*mpq.export writes"):
+        mpq.save_quantized(tiny_llama(1), plan, tmp_path / "ct", "compressed-tensors")
+    assert not (tmp_path / "ct").exists()
+    del plan[L0 + "self_attn.k_cache"]  # attention kept at base: the Linears are written
+    mpq.save_quantized(tiny_llama(1), plan, tmp_path / "ct", "compressed-tensors")
+    assert (tmp_path / "ct" / "config.json").exists()

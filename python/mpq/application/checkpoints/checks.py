@@ -35,8 +35,9 @@ def checked_layers(model: nn.Module, plan: Plan, fmt: str, unsupported: Callable
     problems: dict[str, list[str]] = {}  # reason -> layers
     out = {}
     for layer, cname in plan_mapping(plan).items():
-        if cname == BASE:
-            if layer not in modules:
+        if cname == BASE:  # routed attention's layers at base: nothing to store (select's plans list them)
+            if layer not in modules and layer.rpartition(".")[2] not in ("matmul_qk", "matmul_av", "k_cache",
+                                                                          "v_cache"):
                 problems.setdefault("not a module of the model", []).append(layer)
             continue
         reason = _layer_problem(modules.get(layer), layer, cname, plan.act_scales if act_scales else None)
@@ -58,6 +59,9 @@ def checked_layers(model: nn.Module, plan: Plan, fmt: str, unsupported: Callable
 
 def _layer_problem(module: Optional[nn.Module], layer: str, cname: str,
                    act_scales: Optional[Mapping[str, float]]) -> str:
+    if module is None and layer.rpartition(".")[2] in ("matmul_qk", "matmul_av", "k_cache", "v_cache"):
+        return ("attention's matmul / KV cache (mpq.attention): checkpoint writers store Linears only; "
+                "mpq.export writes the inc or compressed-tensors config that names them")
     if module is None:
         return "not a module of the model"
     if not isinstance(module, nn.Linear):
