@@ -283,3 +283,33 @@ def test_plan_json_round_trip_with_list_scales(tmp_path):
         Plan.from_dict(d)
     assert Plan({"a": "kv_fp8_head"}, 0, 0, act_scales={"a": np.array([0.5, 0.25], np.float32)}).act_scales == \
         {"a": [0.5, 0.25]}
+
+
+def test_memory_backend_counts_the_kv_cache_of_a_given_batch_and_context(tmp_path):
+    model = tiny_llama(2)
+    ids = _batch(2, 10)["input_ids"]
+    cands = ("fp8", "kv_fp8_token", "kv_int8_head", "kv_fp8")
+    B, S, H_kv, D = 8, 4096, 2, 8  # serving 8 sequences of 4096 tokens; 2 K/V heads of 8 values
+    mem = mpq.profile(model, ids, candidates=cands, backend="memory", context=(B, S))
+    j = {c: mem.candidates.index(c) for c in mem.candidates}
+    elems = B * H_kv * S * D  # per cache (K or V) of one layer
+    for layer in range(2):
+        for cache in ("k_cache", "v_cache"):
+            i = mem.layers.index(A.format(layer) + cache)
+            assert mem.layer_bytes[i, j["base"]] == elems * 4  # fp32 model
+            assert mem.layer_bytes[i, j["kv_fp8_token"]] == elems + 4 * B * H_kv * S  # a scale per token and head
+            assert mem.layer_bytes[i, j["kv_int8_head"]] == elems + 4 * H_kv
+            assert mem.layer_bytes[i, j["kv_fp8"]] == elems + 4
+            assert mem.layer_gain[i, j["kv_fp8"]] == elems * 4 - (elems + 4)
+    # Linear weights do not depend on the context; without it the example's batch and length count
+    plain = mpq.profile(model, ids, candidates=cands, backend="memory")
+    lin = [i for i, l in enumerate(mem.layers) if l.endswith("proj")]
+    np.testing.assert_array_equal(mem.layer_bytes[lin], plain.layer_bytes[lin])
+    i = plain.layers.index(A.format(0) + "k_cache")
+    assert plain.layer_bytes[i, j["base"]] == 2 * H_kv * 10 * D * 4
+    mem.save(tmp_path / "m.npz")
+    from mpq.artifacts import GainTable
+    assert GainTable.load(tmp_path / "m.npz").shapes["kv_context"] == [B, S]
+    for bad in ((8,), (8, 0), (8, 2.5), "8x4096", (True, 4)):
+        with pytest.raises(ValueError, match="context must be"):
+            mpq.profile(model, ids, candidates=cands, backend="memory", context=bad)
