@@ -545,11 +545,11 @@ def test_profile_attention_bad_backend_and_custom_model():
     assert gains.candidates == ("base", "fp8") and gains.layers == ("qkv", "out", "head")
 
 
-def test_apply_says_attention_is_not_applied_yet():
-    import mpq
+def test_apply_refuses_attention_candidates_on_linears_and_native_attention():
+    import mpq  # fake-applied attention: tests/test_attention_apply.py
     model = tiny_llama(1)
-    with pytest.raises(ValueError, match="does not quantize attention's matmuls and KV cache yet"):
-        mpq.apply(model, {"model.layers.0.self_attn.k_cache": "kv_fp8_token"})
+    with pytest.raises(ValueError, match="no native kernel in mpq"):
+        mpq.apply(model, {"model.layers.0.self_attn.k_cache": "kv_fp8_token"}, mode="native")
     with pytest.raises(ValueError, match="is for attention's kv_cache layers, not an nn.Linear"):
         mpq.apply(model, {"model.layers.0.self_attn.q_proj": "kv_fp8_token"})
     # a plan that keeps attention at base applies (select's plans list every table layer)

@@ -236,7 +236,7 @@ def test_unexpressible_candidates_refused_naming_layers_nothing_written(tmp_path
     assert "nothing written" in msg and "E5M2" in msg and "±240" in msg
     assert L0 + "mlp.up_proj" in msg and L0 + "mlp.gate_proj" in msg and L0 + "mlp.down_proj" in msg
     assert "q_proj=int8, k_proj=fp8, v_proj=int8" in msg  # fused layers given different candidates: refused
-    with pytest.raises(ValueError, match=r"down_proj \(int8: INC's FP8 quantization runs \['fp8_gaudi2'\]"):
+    with pytest.raises(ValueError, match=r"down_proj \(int8: INC's FP8 quantization runs \['fp8_gaudi2', "):
         mpq.save_quantized(model, {L0 + "mlp.down_proj": "int8"}, tmp_path / "inc", "inc", batches=_batches())
     with pytest.raises(ValueError, match="static activation scale is needed"):
         mpq.save_quantized(model, {L0 + "self_attn.o_proj": "fp8_static"}, tmp_path / "ct", "compressed-tensors")
@@ -406,3 +406,61 @@ def test_experts_of_one_moe_block_share_one_scheme(tmp_path):
     assert "MoE" in reason and groups == ["experts [experts.0.w1=int8, experts.0.w2=base, experts.1.w1=w8a16, "
                                           "experts.1.w2=base]"]
     assert fused_problems(Block(), Plan({f"experts.{i}.w{j}": "int8" for i in (0, 1) for j in (1, 2)}, 0., 0.)) == {}
+
+
+def test_checkpoints_refuse_attention_entries_with_the_reason(tmp_path):
+    plan = {L0 + "self_attn.k_cache": "kv_fp8_token", L0 + "self_attn.matmul_qk": "base",
+            L0 + "mlp.down_proj": "fp8"}
+    with pytest.raises(ValueError, match=r"k_cache \(attention's matmul / KV cache.*mpq.export writes"):
+        mpq.save_quantized(tiny_llama(1), plan, tmp_path / "ct", "compressed-tensors")
+    assert not (tmp_path / "ct").exists()
+    del plan[L0 + "self_attn.k_cache"]  # attention kept at base: the Linears are written
+    mpq.save_quantized(tiny_llama(1), plan, tmp_path / "ct", "compressed-tensors")
+    assert (tmp_path / "ct" / "config.json").exists()
+
+
+INC_READ = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    from neural_compressor.torch.algorithms.fp8_quant._core.common import load_file
+    from neural_compressor.torch.quantization import FP8Config
+    folder = sys.argv[1]
+    cfg = FP8Config.from_json_file(folder + "/inc_fp8.json")
+    nodes = load_file(cfg.dump_stats_path + "_hooks_maxabs.npz", np.ndarray, True)  # INC's own reader
+    print(json.dumps({"nodes": {k: [float(x.item()) for x in v.inputs] for k, v in nodes.items()},
+                      "allow": list(cfg.allowlist["names"]), "block": list(cfg.blocklist["names"])}))
+""")
+
+
+def test_inc_measures_attention_matmuls_and_kv_cache(tmp_path):
+    """The INC folder of a plan quantizing matmul_qk and the KV cache: INC's reader gets two input max-abs for the
+    matmul and one per cache; K's and V's equal the max-abs over the non-padded tokens of what transformers'
+    own cache holds after the same forward."""
+    model = tiny_llama(2)
+    A0 = L0 + "self_attn."
+    plan = {A0 + "q_proj": "fp8_gaudi2", A0 + "matmul_qk": "mm_fp8_gaudi2", A0 + "matmul_av": "base",
+            A0 + "k_cache": "kv_fp8_gaudi2", A0 + "v_cache": "kv_fp8_gaudi2", L1 + "self_attn.k_cache": "base"}
+    batches = _batches()
+    batches[0]["attention_mask"][0, :5] = 0  # left padding: not measured
+    folder = mpq.save_quantized(model, plan, tmp_path / "inc", "inc", batches=batches)
+    assert model.config._attn_implementation == "sdpa" and not hasattr(model.model.layers[0].self_attn, "k_cache")
+    k_amax = v_amax = 0.0
+    with torch.no_grad():
+        for b in batches:
+            cache = model(**b, use_cache=True).past_key_values.layers[0]
+            keep = b["attention_mask"].bool()
+            k_amax = max(k_amax, float(cache.keys.transpose(1, 2)[keep].abs().max()))
+            v_amax = max(v_amax, float(cache.values.transpose(1, 2)[keep].abs().max()))
+    if importlib.util.find_spec("neural_compressor") is None:
+        pytest.skip("neural-compressor-pt is not installed")
+    r = subprocess.run([sys.executable, "-c", INC_READ, folder], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    nodes = out["nodes"]
+    assert sorted(nodes) == sorted(n for n, c in plan.items() if c != "base")
+    assert len(nodes[A0 + "matmul_qk"]) == 2 and all(a > 0 for a in nodes[A0 + "matmul_qk"])
+    assert nodes[A0 + "k_cache"] == [pytest.approx(k_amax, rel=1e-6)]
+    assert nodes[A0 + "v_cache"] == [pytest.approx(v_amax, rel=1e-6)]
+    for name in (A0 + "matmul_av", L1 + "self_attn.k_cache", L1 + "self_attn.matmul_qk"):  # kept: blocked
+        assert any(re.search(p, name) for p in out["block"]) and not any(re.search(p, name) for p in out["allow"])
+    assert any(re.search(p, A0 + "k_cache") for p in out["allow"])

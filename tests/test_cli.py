@@ -217,6 +217,23 @@ def test_apply_runs_static_candidates_with_the_plans_activation_scales(lm, text,
         assert code == 0 and f"layers changed: {len(plan.quantized)}" in out, err
 
 
+def test_apply_runs_a_plan_with_attention_candidates_in_fake_mode(lm, text, tmp_path):
+    """calibrate → profile → select with attention's matmuls and KV cache: the plan carries their static scales as
+    lists; apply runs it in fake mode and refuses native mode in one line, saying why."""
+    att = ("--candidates", "fp8,mm_fp8_static,kv_fp8_head")
+    assert cli("calibrate", lm, "--text", text, *SMALL, "--samples", 2, "--quiet", *att, "-o", tmp_path / "s.npz")[0] == 0
+    assert cli("profile", lm, "--random", *SMALL, "--backend", "memory", *att, "-o", tmp_path / "m.npz")[0] == 0
+    assert cli("select", tmp_path / "s.npz", tmp_path / "m.npz", "--max-loss-rmse", 100,
+               "-o", tmp_path / "p.json")[0] == 0
+    plan = Plan.load(tmp_path / "p.json")
+    cache = "model.layers.0.self_attn.k_cache"
+    assert plan.mapping[cache] == "kv_fp8_head" and len(plan.act_scales[cache]) == 2  # one per K/V head
+    code, out, err = cli("apply", lm, tmp_path / "p.json", "--mode", "fake", "--random", *SMALL, "--repeats", 3)
+    assert code == 0 and f"layers changed: {len(plan.quantized)}  mode=fake" in out, err
+    one_error(cli("apply", lm, tmp_path / "p.json", "--mode", "native", "--random", *SMALL, "--repeats", 3), 2,
+              "apply", "no native kernel", "mode='fake'")
+
+
 def test_export_and_report_read_the_chain(chain):
     d, _ = chain
     for target in ("mpq", "torchao", "compressed-tensors"):

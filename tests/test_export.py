@@ -29,7 +29,8 @@ def test_inc_blocklist_selects_exactly_the_high_precision_layers(tmp_path):
 
 
 def test_inc_refuses_formats_gaudi_cannot_run(tmp_path):
-    with pytest.raises(ValueError, match=r"INC FP8 export runs \['fp8_gaudi2'\].*int8"):
+    with pytest.raises(ValueError, match=r"INC FP8 export runs \['fp8_gaudi2', 'kv_fp8_gaudi2', 'mm_fp8_gaudi2'\]"
+                                         r".*int8"):
         export(plan_with(["int8"]), "inc", tmp_path / "x.json")
     assert not (tmp_path / "x.json").exists()
 
@@ -98,3 +99,81 @@ def test_mpq_target_is_the_plan_file(tmp_path):
     plan = plan_with(["int8"])
     export(plan, "mpq", tmp_path / "plan.json")
     assert Plan.load(tmp_path / "plan.json").mapping == plan.mapping
+
+
+ATT = "model.layers.{}.self_attn."
+
+
+def _attention_plan(kv=("kv_fp8_head", "kv_fp8_head"), mm="base"):
+    mapping = {}
+    for i, cache in enumerate(kv):
+        mapping.update({ATT.format(i) + "q_proj": "fp8", ATT.format(i) + "matmul_qk": mm,
+                        ATT.format(i) + "matmul_av": "base", ATT.format(i) + "k_cache": cache,
+                        ATT.format(i) + "v_cache": cache})
+    return Plan(mapping, 0.0, 0.0)
+
+
+@pytest.mark.parametrize("cand, args", [
+    ("kv_fp8", {"type": "float", "strategy": "tensor", "dynamic": False}),
+    ("kv_fp8_head", {"type": "float", "strategy": "attn_head", "dynamic": False}),
+    ("kv_int8_token", {"type": "int", "strategy": "token", "dynamic": True}),
+])
+def test_compressed_tensors_carries_the_kv_cache_scheme(tmp_path, cand, args):
+    cfg = export(_attention_plan((cand, cand)), "compressed-tensors", tmp_path / "ct.json")
+    assert cfg["kv_cache_scheme"] == {"num_bits": 8, "symmetric": True, **args}
+    names = [t for g in cfg["config_groups"].values() for t in g["targets"]] + cfg["ignore"]
+    assert not any("cache" in n or "matmul" in n for n in names)  # no module of the checkpoint's model
+    ct = pytest.importorskip("compressed_tensors.quantization")
+    parsed = ct.QuantizationConfig.model_validate(cfg)
+    kv = parsed.kv_cache_scheme
+    assert (kv.num_bits, kv.type, kv.strategy, kv.dynamic) == (8, args["type"], args["strategy"], args["dynamic"])
+    assert ct.QuantizationConfig.model_validate(export(plan_with(["fp8"]), "compressed-tensors",
+                                                       tmp_path / "no_kv.json")).kv_cache_scheme is None
+
+
+def test_compressed_tensors_refuses_per_layer_kv_and_matmuls(tmp_path):
+    with pytest.raises(ValueError, match=r"one kv_cache_scheme for the whole model.*base: model\.layers\.1\.self_attn"
+                                         r"\.k_cache.*kv_fp8_head: model\.layers\.0\.self_attn\.k_cache"):
+        export(_attention_plan(("kv_fp8_head", "base")), "compressed-tensors", tmp_path / "ct.json")
+    with pytest.raises(ValueError, match="kv_fp8: .*kv_int8_token: "):
+        export(_attention_plan(("kv_fp8", "kv_int8_token")), "compressed-tensors", tmp_path / "ct.json")
+    with pytest.raises(ValueError, match=r"no scheme for attention's matmuls.*layers\.0\.self_attn\.matmul_qk"):
+        export(_attention_plan(mm="mm_fp8"), "compressed-tensors", tmp_path / "ct.json")
+    with pytest.raises(ValueError, match="no kv_cache_scheme for candidate 'kv_fp8_gaudi2'"):
+        export(_attention_plan(("kv_fp8_gaudi2",) * 2), "compressed-tensors", tmp_path / "ct.json")
+    assert not (tmp_path / "ct.json").exists()
+
+
+INC_LOAD = """
+import json, re, sys
+from neural_compressor.torch.quantization import FP8Config
+cfg = FP8Config.from_json_file(sys.argv[1])
+print(json.dumps({"allow": list(cfg.allowlist["names"]), "block": list(cfg.blocklist["names"])}))
+"""
+
+
+def test_inc_names_attention_matmuls_and_kv_cache_as_optimum_habana(tmp_path):
+    import importlib.util
+    import subprocess
+    import sys
+    plan = _attention_plan(("kv_fp8_gaudi2", "base"), mm="mm_fp8_gaudi2")
+    plan.mapping.update({n: "fp8_gaudi2" for n, c in plan.mapping.items() if c == "fp8"})
+    cfg = export(plan, "inc", tmp_path / "inc.json")
+    assert cfg["scale_method"] == "maxabs_hw"
+    names = [f"model.layers.{i}.self_attn.{m}" for i in (0, 1) for m in
+             ("q_proj", "matmul_qk", "matmul_av", "k_cache", "v_cache")]
+    allowed = {n for n in names if any(re.search(p, n) for p in cfg["allowlist"]["names"])}
+    blocked = {n for n in names if any(re.search(p, n) for p in cfg["blocklist"]["names"])}
+    assert allowed == {n for n in names if plan.mapping[n] != "base"} == {
+        ATT.format(0) + "q_proj", ATT.format(1) + "q_proj", ATT.format(0) + "matmul_qk", ATT.format(1) + "matmul_qk",
+        ATT.format(0) + "k_cache", ATT.format(0) + "v_cache"}
+    assert blocked == set(names) - allowed
+    with pytest.raises(ValueError, match=r"INC FP8 export runs .*this plan uses \['fp8', 'kv_fp8_head'\]"):
+        export(_attention_plan(), "inc", tmp_path / "x.json")
+    if importlib.util.find_spec("neural_compressor") is None:
+        pytest.skip("neural-compressor-pt is not installed")
+    r = subprocess.run([sys.executable, "-c", INC_LOAD, str(tmp_path / "inc.json")], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    loaded = json.loads(r.stdout.strip().splitlines()[-1])
+    assert loaded == {"allow": cfg["allowlist"]["names"], "block": cfg["blocklist"]["names"]}

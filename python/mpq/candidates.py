@@ -217,6 +217,9 @@ _BUILTIN += [
               kinds=("matmul",), description="attention matmul, INT8 symmetric inputs, static per-tensor scales"),
     Candidate("kv_fp8", None, act_format="fp8_e4m3", act_granularity="tensor", act_static=True,
               kinds=("kv_cache",), description="KV cache FP8 E4M3 (OCP), one static scale per tensor"),
+    Candidate("kv_fp8_gaudi2", None, act_format="fp8_e4m3_gaudi2", act_granularity="tensor", act_static=True,
+              kinds=("kv_cache",), description="KV cache FP8 E4M3 Gaudi-2 (max 240), one static hardware scale per "
+              "tensor (INC's KVCache)"),
     Candidate("kv_fp8_head", None, act_format="fp8_e4m3", act_granularity="head", act_static=True,
               kinds=("kv_cache",), description="KV cache FP8 E4M3 (OCP), one static scale per K/V head"),
     Candidate("kv_fp8_token", None, act_format="fp8_e4m3", act_granularity="token", kinds=("kv_cache",),

@@ -2,10 +2,13 @@
 
 targets:
   "mpq"                 the Plan's own JSON (``Plan.save``)
-  "inc"                 Intel Neural Compressor FP8 config for Gaudi (``FP8Config.from_json_file``): the layers that
-                        stay high precision go in ``blocklist.names`` as anchored, escaped regexes (INC matches names
-                        with ``re.search``, so ``layers.1`` would also block ``layers.10``)
-  "compressed-tensors"  a ``quantization_config`` (``config_groups`` + ``ignore``) for llm-compressor / vLLM. A config
+  "inc"                 Intel Neural Compressor FP8 config for Gaudi (``FP8Config.from_json_file``): the quantized
+                        layers (Linears, attention's ``…matmul_qk`` / ``…matmul_av`` / ``…k_cache`` / ``…v_cache``
+                        as optimum-habana names them) go in ``allowlist.names``, those that stay high precision in
+                        ``blocklist.names``, as anchored, escaped regexes (INC matches names with ``re.search``, so
+                        ``layers.1`` would also block ``layers.10``)
+  "compressed-tensors"  a ``quantization_config`` (``config_groups`` + ``ignore``, and ``kv_cache_scheme`` when the plan
+                        quantizes the KV cache: one scheme for every layer) for llm-compressor / vLLM. A config
                         without weights: its ``quantization_status`` is "initialized" (no scale computed, no weight
                         compressed); ``mpq.save_quantized`` writes the checkpoint, "compressed"
   "torchao"             an ``FqnToConfig`` in torchao's ``config_to_dict`` form (``config_from_dict`` reads it).
@@ -48,10 +51,16 @@ def anchored(name: str) -> str:
 
 
 # --- Intel Neural Compressor (Gaudi FP8) ----------------------------------------------------------------------
-INC_CANDIDATES = {"fp8_gaudi2": "maxabs_hw"}  # candidate -> INC scale_method whose scales equal mpq's quantizer
+# candidate -> INC scale_method whose scales equal mpq's quantizer. INC patches modules by type: Linear, and in
+# optimum-habana's Gaudi models the attention modules ``…self_attn.matmul_qk`` / ``…matmul_av`` (type ``Matmul``,
+# both inputs with a static per-tensor scale) and ``…k_cache`` / ``…v_cache`` (type ``KVCache``, one static scale
+# per tensor) -- the names routed attention gives mpq's MatMul / KVCache modules (``mpq.attention``).
+INC_CANDIDATES = {"fp8_gaudi2": "maxabs_hw", "mm_fp8_gaudi2": "maxabs_hw", "kv_fp8_gaudi2": "maxabs_hw"}
 
 
 def inc_config(plan: Plan) -> dict:
+    """INC's FP8 config: the quantized layers in ``allowlist.names`` (so that INC patches no Matmul, KVCache or
+    Softmax the plan does not name), the high-precision ones in ``blocklist.names``, each an anchored regex."""
     used = {c for c in plan.mapping.values() if c != BASE}
     unsupported = used - set(INC_CANDIDATES)
     if unsupported:
@@ -62,7 +71,7 @@ def inc_config(plan: Plan) -> dict:
         "mode": "QUANTIZE",
         "observer": "maxabs",
         "scale_method": methods.pop(),
-        "allowlist": {"types": [], "names": []},
+        "allowlist": {"types": [], "names": [anchored(n) for n, c in plan.mapping.items() if c != BASE]},
         "blocklist": {"types": [], "names": [anchored(n) for n, c in plan.mapping.items() if c == BASE]},
         "dump_stats_path": "./inc_output/measure",
     }
@@ -101,14 +110,59 @@ def refuse_calibrated(plan: Plan, target: str) -> None:
                          "QuantizedWeights instead)")
 
 
+# KV cache candidate -> compressed-tensors' kv_cache_scheme (a QuantizationArgs)
+CT_KV_SCHEMES = {
+    "kv_fp8": ("fp8_e4m3", "tensor", False), "kv_fp8_head": ("fp8_e4m3", "attn_head", False),
+    "kv_fp8_token": ("fp8_e4m3", "token", True), "kv_int8_head": ("int8", "attn_head", False),
+    "kv_int8_token": ("int8", "token", True),
+}
+ATTENTION_LAYERS = ("matmul_qk", "matmul_av", "k_cache", "v_cache")  # mpq.attention's (no torch imported here)
+
+
+def _kv_cache_scheme(plan: Plan) -> "dict | None":
+    """The one kv_cache_scheme of the plan's KV cache entries (None when it quantizes none). @raises ValueError
+    naming the layers when they differ (compressed-tensors has one scheme for the whole model), or for a matmul
+    entry or a cache candidate compressed-tensors has no scheme for."""
+    attention = {n: c for n, c in plan.mapping.items() if n.rpartition(".")[2] in ATTENTION_LAYERS}
+    matmuls = sorted(n for n, c in attention.items() if c != BASE and n.endswith(("matmul_qk", "matmul_av")))
+    if matmuls:
+        raise ValueError(f"compressed-tensors has no scheme for attention's matmuls (Q·Kᵀ, P·V), which this plan "
+                         f"quantizes: {_some(matmuls)}; map them to base")
+    by_candidate: dict[str, list] = {}
+    for n, c in attention.items():
+        if n.endswith(("k_cache", "v_cache")):
+            by_candidate.setdefault(c, []).append(n)
+    quantized = sorted(c for c in by_candidate if c != BASE)
+    if not quantized:
+        return None
+    if len(by_candidate) > 1:
+        raise ValueError("compressed-tensors holds one kv_cache_scheme for the whole model, and this plan runs the "
+                         "KV cache differently per layer: " + "; ".join(f"{c}: {_some(sorted(by_candidate[c]))}"
+                                                                         for c in sorted(by_candidate)))
+    if quantized[0] not in CT_KV_SCHEMES:
+        raise ValueError(f"compressed-tensors has no kv_cache_scheme for candidate {quantized[0]!r} (supported: "
+                         f"{', '.join(CT_KV_SCHEMES)})")
+    fmt, strategy, dynamic = CT_KV_SCHEMES[quantized[0]]
+    return _ct_args(fmt, strategy, dynamic=dynamic)
+
+
+def _some(names: list, n: int = 6) -> str:
+    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
 def compressed_tensors_config(plan: Plan) -> dict:
+    """config_groups and ignore for the Linears; ``kv_cache_scheme`` when the plan quantizes the KV cache (one for
+    every layer: ``_kv_cache_scheme``); attention's entries name no module of the checkpoint's model, so they are in
+    neither list."""
     refuse_calibrated(plan, "compressed-tensors")
     multipoint = sorted({c for c in plan.mapping.values() if c != BASE and get_candidate(c).points > 1})
     if multipoint:
         raise ValueError(f"compressed-tensors has no multipoint scheme (weights that are sums of points): "
                          f"{multipoint}")
+    kv_scheme = _kv_cache_scheme(plan)
     groups, by_candidate = {}, {}
-    for name, c in plan.mapping.items():
+    linears = {n: c for n, c in plan.mapping.items() if n.rpartition(".")[2] not in ATTENTION_LAYERS}
+    for name, c in linears.items():
         if c != BASE:
             by_candidate.setdefault(c, []).append(name)
     for i, (cname, layers) in enumerate(sorted(by_candidate.items())):
@@ -119,9 +173,12 @@ def compressed_tensors_config(plan: Plan) -> dict:
                              "fp8_static, int8, int8_static, w8a16, w4a16, w4a16_g128)") from None
         groups[f"group_{i}"] = {"targets": ["re:" + anchored(n) for n in layers], **scheme}
     formats = {g["format"] for g in groups.values()}
-    return {"quant_method": "compressed-tensors", "quantization_status": "initialized",
-            "format": formats.pop() if len(formats) == 1 else "mixed-precision", "config_groups": groups,
-            "ignore": [n for n, c in plan.mapping.items() if c == BASE]}
+    config = {"quant_method": "compressed-tensors", "quantization_status": "initialized",
+              "format": formats.pop() if len(formats) == 1 else "mixed-precision", "config_groups": groups,
+              "ignore": [n for n, c in linears.items() if c == BASE]}
+    if kv_scheme is not None:
+        config["kv_cache_scheme"] = kv_scheme
+    return config
 
 
 # --- torchao ----------------------------------------------------------------------------------------------------

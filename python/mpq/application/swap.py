@@ -8,6 +8,13 @@ backend: torch._scaled_mm, torch._int_mm).
 Static-activation candidates need calibrated scales: a Plan carries them (``Plan.act_scales``, from the
 SensitivityTable it was selected from); a bare mapping takes ``act_scales={layer: float}``.
 
+Attention (``mpq.attention``): a mapping that quantizes ``…self_attn.matmul_qk`` / ``…matmul_av`` / ``…k_cache`` /
+``…v_cache`` (``mm_*``, ``kv_*`` candidates) gets, in fake mode, a model whose attention stays routed: its copy's
+configs run ``mpq_routed`` attention and the mapped MatMul / KVCache modules are ``FakeQuantMatMul`` /
+``FakeQuantKVCache`` with the candidate's quantizer and the plan's static scales (a list per layer), the same Q
+calibration measured; the input model gets its own attention back. Native mode refuses them: no kernel of mpq
+runs attention's matmuls or KV cache in low precision.
+
 MoE experts: a mapping that names expert GEMMs (``<experts>.<e>.gate_up_proj`` / ``.down_proj``, as calibrate
 names them) gets a model whose stacked-experts modules of known layout are ``mpq.experts.RoutedExperts`` (one Linear
 pair per expert, the same forward), so each expert's slice runs as its own fake-quantized or native Linear.
@@ -29,8 +36,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..artifacts.channel_plan import ChannelPlan
+from ..attention.interface import MODULE_NAMES as ATTENTION_LAYERS
 from ..candidates import BASE, Candidate, get_candidate
 from ..experts import find_experts, routed_experts
+from ..attention.fake_quant import FakeQuantKVCache, FakeQuantMatMul, check_scales
+from ..attention.modules import KVCache, MatMul, layer_kind
 from ..models import copy_sharing_tensors, set_module
 
 __all__ = ["FakeQuantLinear", "apply", "plan_mapping"]
@@ -88,12 +98,15 @@ def plan_mapping(plan_or_mapping) -> dict[str, str]:
 
 def apply(model: nn.Module, plan_or_mapping, mode: str = "fake", *,
           act_scales: Optional[Mapping[str, float]] = None, quantized_weights=None) -> nn.Module:
-    """A copy of ``model`` with each mapped Linear replaced (see module doc). Layers mapped to "base" or absent
-    stay as they are. A ``ChannelPlan`` runs one kernel per precision class of each layer (``channel_split``). Calibrated-weight candidates (GPTQ, AWQ, SmoothQuant) run the integers calibration chose:
+    """A copy of ``model`` with each mapped Linear (and attention matmul / KV cache) replaced (see module doc).
+    Layers mapped to "base" or absent stay as they are. A ``ChannelPlan`` runs one kernel per precision class of each
+    layer (``channel_split``). Calibrated-weight candidates (GPTQ, AWQ, SmoothQuant) run the integers calibration chose:
     pass ``quantized_weights`` (``table.quantized_weights`` or ``QuantizedWeights.load``).
     @raises ValueError for unknown layers, non-Linear layers, unknown candidates, a candidate without a native
-    kernel on the layer's device (CPU or CUDA), a static candidate without its entry in ``act_scales``, or a
-    calibrated-weight candidate whose integers ``quantized_weights`` lacks or computed from another weight."""
+    kernel on the layer's device (CPU or CUDA; attention's layers have none), a static candidate without its entry
+    in ``act_scales`` (attention's: a list of the right length), a calibrated-weight candidate whose integers
+    ``quantized_weights`` lacks or computed from another weight, or attention entries on a model whose attention
+    cannot be routed (``mpq.attention.AttentionNotRoutable``)."""
     if mode not in ("fake", "native"):
         raise ValueError(f"mode must be 'fake' or 'native', got {mode!r}")
     if isinstance(plan_or_mapping, ChannelPlan):  # below the layer: one kernel per precision class
@@ -101,9 +114,20 @@ def apply(model: nn.Module, plan_or_mapping, mode: str = "fake", *,
         return apply_channels(model, plan_or_mapping, mode)
     mapping = plan_mapping(plan_or_mapping)
     experts = tuple(f"{n}." for n in find_experts(model)[0])
-    # expert GEMMs exist as modules in the routed form only: the copy keeps it, the input model gets its own back
-    with routed_experts(model, warn=False) if any(k.startswith(experts) for k in mapping) else \
-            contextlib.nullcontext():
+    attention = {k: c for k, c in mapping.items() if k.rpartition(".")[2] in ATTENTION_LAYERS and c != BASE}
+    if attention and mode == "native":
+        layer, cname = next(iter(attention.items()))
+        raise ValueError(f"layer {layer!r}: candidate {cname!r} quantizes attention's matmuls / KV cache, which have "
+                         "no native kernel in mpq (mode='native' runs Linear kernels only): apply it with "
+                         "mode='fake', or map attention's layers to 'base'")
+    # expert GEMMs and attention's matmuls / cache exist as modules in the routed forms only: the copy keeps them,
+    # the input model gets its own back
+    with contextlib.ExitStack() as routed:
+        if any(k.startswith(experts) for k in mapping):
+            routed.enter_context(routed_experts(model, warn=False))
+        if attention:
+            from ..attention import routed_attention
+            routed.enter_context(routed_attention(model))
         return _apply(model, plan_or_mapping, mapping, mode, act_scales, quantized_weights)
 
 
@@ -124,15 +148,16 @@ def _apply(model, plan_or_mapping, mapping, mode, act_scales, quantized_weights)
     act_scales = dict(act_scales or {})
     # the CPU implementations the profile timed (a Plan from a cpu-backend GainTable): installed as timed
     implementations = dict(getattr(plan_or_mapping, "implementations", None) or {})
-    checked = {}
+    checked, attention = {}, {}
     for layer, cname in mapping.items():
-        if layer not in modules and layer.endswith(("matmul_qk", "matmul_av", "k_cache", "v_cache")):
-            if cname == BASE:  # routed attention's modules (mpq.attention) exist only while routed
-                continue
-            raise ValueError(f"layer {layer!r}: apply does not quantize attention's matmuls and KV cache yet "
-                             "(mpq.attention); map it to 'base'")
+        if layer not in modules and layer.rpartition(".")[2] in ATTENTION_LAYERS and cname == BASE:
+            continue  # routed attention's modules (mpq.attention) exist only while routed
         if layer not in modules:
             raise ValueError(f"layer {layer!r} is not a module of the model")
+        if isinstance(modules[layer], (MatMul, KVCache)):
+            if cname != BASE:
+                attention[layer] = _checked_attention(layer, modules, cname, act_scales)
+            continue
         if not isinstance(modules[layer], nn.Linear):
             raise ValueError(f"layer {layer!r} is a {type(modules[layer]).__name__}, not an nn.Linear")
         if cname == BASE:
@@ -182,7 +207,31 @@ def _apply(model, plan_or_mapping, mapping, mode, act_scales, quantized_weights)
         for name in aliases[layer]:  # every attribute that holds the module gets the replacement
             set_module(new, name, repl)
             done.add(name)
+    for layer, (cand, scales) in attention.items():  # the copy is routed (made inside routed_attention)
+        old = new_modules[layer]
+        set_module(new, layer, FakeQuantMatMul(cand, scales, old.token_axes) if isinstance(old, MatMul)
+                   else FakeQuantKVCache(cand, scales))
     return new
+
+
+def _checked_attention(layer, modules, cname, act_scales):
+    """(candidate, its static scales or None) for a routed MatMul / KVCache ``layer``. @raises ValueError."""
+    cand = get_candidate(cname)
+    kind = layer_kind(modules[layer])
+    if kind not in cand.kinds:
+        raise ValueError(f"layer {layer!r} is attention's {kind}: candidate {cname!r} is for "
+                         f"{'/'.join(cand.kinds)} layers")
+    if not cand.act_static:
+        return cand, None
+    if layer not in act_scales:
+        raise ValueError(f"layer {layer!r}: candidate {cname!r} has static scales; a Plan from select carries "
+                         f"them, a mapping needs act_scales={{{layer!r}: [scales]}}")
+    config = getattr(modules.get(layer.rpartition(".")[0]), "config", None)
+    heads = getattr(config, "num_key_value_heads", None) if kind == "kv_cache" else None
+    try:
+        return cand, check_scales(cand, kind, act_scales[layer], heads if isinstance(heads, int) else None)
+    except ValueError as e:
+        raise ValueError(f"layer {layer!r}: {e}") from None
 
 
 def _positive_finite(x) -> bool:

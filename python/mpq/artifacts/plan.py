@@ -1,8 +1,10 @@
 """``Plan``: the chosen candidate of every layer, with what the selection predicted for it.
 
-File format ``mpq.Plan`` version 2 (version 1 files, without ``act_scales``, still load): a JSON object (people
-read and edit plans) with keys
-  format, version, mpq            "mpq.Plan", 2, the writer's version
+File format ``mpq.Plan`` version 3 (version 1 files, without ``act_scales``, and version 2 files, whose scales are
+numbers only, still load; a plan whose scales are all numbers is written as version 2, so that an older mpq reads
+it, and one with a list as version 3, which an older mpq refuses by its version): a JSON object (people read and
+edit plans) with keys
+  format, version, mpq            "mpq.Plan", 2 or 3, the writer's version
   mapping                         {layer name: candidate name} for every layer the selection saw ("base" = keep)
   candidates                      the candidate names the sensitivity table held
   predicted_loss_mse              Σ of the chosen layers' s[l, c] (the additive first-order estimate)
@@ -13,7 +15,9 @@ read and edit plans) with keys
   solver                          {"name", "status", "bound", "seconds"}
   artifacts                       fingerprints of the sensitivity and gain tables the plan came from
   act_scales                      {layer: static activation scale} for the layers whose chosen candidate has static
-                                  activation scales: the calibrated scales, so ``apply`` runs what was measured
+                                  activation scales: the calibrated scales, so ``apply`` runs what was measured. A
+                                  Linear's is a number; an attention layer's (``mpq.attention``) a list (version 3):
+                                  a matmul's [A's, B's], a KV cache's [tensor's] or one per K/V head
   implementations                 {layer: CPU implementation} the profile timed each quantized layer with (cpu
                                   backend only), so ``apply(mode="native")`` installs exactly those
   predicted_loss_mse_stderr       the standard error of predicted_loss_mse, from the per-sample δ (null: unknown)
@@ -36,7 +40,8 @@ from ..candidates import BASE
 from .io import (as_count, as_names, as_number, as_object, as_optional_number, as_str, brief, read_json,
                  take, write_json)
 
-FORMAT, VERSION = "mpq.Plan", 2
+FORMAT, VERSION = "mpq.Plan", 3
+LIST_SCALES_VERSION = 3  # the first version whose act_scales may hold lists
 
 
 @dataclass(frozen=True, eq=False)
@@ -51,21 +56,22 @@ class Plan:
     objective: Mapping = field(default_factory=dict)
     solver: Mapping = field(default_factory=dict)
     artifacts: Mapping = field(default_factory=dict)
-    act_scales: Mapping[str, float] = field(default_factory=dict)
+    act_scales: Mapping[str, "float | list[float]"] = field(default_factory=dict)
     implementations: Mapping[str, str] = field(default_factory=dict)
     predicted_loss_mse_stderr: Optional[float] = None
     verification: Mapping = field(default_factory=dict)
 
     def __post_init__(self):
         object.__setattr__(self, "mapping", dict(self.mapping))
-        object.__setattr__(self, "act_scales", {k: float(v) for k, v in self.act_scales.items()})
+        object.__setattr__(self, "act_scales", {k: _scale_value(k, v) for k, v in self.act_scales.items()})
         object.__setattr__(self, "implementations", dict(self.implementations))
         object.__setattr__(self, "verification", dict(self.verification))
         for what, names in (("act_scales", self.act_scales), ("implementations", self.implementations)):
             stray = sorted(set(names) - set(self.mapping))
             if stray:
                 raise ValueError(f"{what} names layers the plan does not map: {stray}")
-        bad = {k: v for k, v in self.act_scales.items() if not (math.isfinite(v) and v > 0)}
+        bad = {k: v for k, v in self.act_scales.items()
+               if not all(math.isfinite(x) and x > 0 for x in (v if isinstance(v, list) else [v]))}
         if bad:
             raise ValueError(f"act_scales must be positive finite numbers, got {bad}")
         object.__setattr__(self, "candidates", tuple(self.candidates))
@@ -117,7 +123,8 @@ class Plan:
         for key in ("baseline_seconds", "predicted_loss_mse", "predicted_gain", "predicted_loss_mse_stderr"):
             if isinstance(d[key], float) and not math.isfinite(d[key]):  # unknown figures: null, as JSON has no NaN
                 d[key] = None
-        return {"format": FORMAT, "version": VERSION, "mpq": _version(), **d}
+        version = LIST_SCALES_VERSION if any(isinstance(v, list) for v in self.act_scales.values()) else 2
+        return {"format": FORMAT, "version": version, "mpq": _version(), **d}
 
     def save(self, path) -> None:
         write_json(path, self.to_dict())
@@ -174,10 +181,14 @@ class Plan:
                                                        for k, v in mapping.items()):
             raise ValueError(f"{source}: 'mapping' must be an object of layer name -> candidate name")
         scales = d.get("act_scales", {})
-        if not isinstance(scales, Mapping) or not all(isinstance(k, str) and isinstance(v, (int, float))
-                                                      and not isinstance(v, bool) for k, v in scales.items()):
-            raise ValueError(f"{source}: 'act_scales' must be an object of layer name -> number")
-        scales = {k: as_number(v, f"{source}: 'act_scales.{k}'") for k, v in scales.items()}
+        lists = version >= LIST_SCALES_VERSION  # attention layers' scales: a list each
+        if not isinstance(scales, Mapping) or not all(isinstance(k, str) and (_is_number(v) or (
+                lists and isinstance(v, list) and v and all(_is_number(x) for x in v))) for k, v in scales.items()):
+            raise ValueError(f"{source}: 'act_scales' must be an object of layer name -> number"
+                             + (" or non-empty list of numbers" if lists else
+                                f" (lists of scales need version {LIST_SCALES_VERSION})"))
+        scales = {k: [as_number(x, f"{source}: 'act_scales.{k}[{i}]'") for i, x in enumerate(v)]
+                  if isinstance(v, list) else as_number(v, f"{source}: 'act_scales.{k}'") for k, v in scales.items()}
         impls = d.get("implementations", {})
         if not isinstance(impls, Mapping) or not all(isinstance(k, str) and isinstance(v, str)
                                                      for k, v in impls.items()):
@@ -223,6 +234,21 @@ def load_plan_or_front(path) -> "Plan | list[Plan]":
     if isinstance(d, list):
         return [Plan.from_dict(p, source=f"{path}: plan [{i}]") for i, p in enumerate(d)]
     return Plan.from_dict(d, source=path)
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _scale_value(layer: str, v) -> "float | list[float]":
+    """A layer's static scale as the plan holds it: a float, or a list of floats (an attention layer's)."""
+    if isinstance(v, (list, tuple)):
+        if not v or not all(_is_number(x) for x in v):
+            raise ValueError(f"act_scales[{layer!r}] must be a number or a non-empty list of numbers, got {v!r}")
+        return [float(x) for x in v]
+    if getattr(v, "ndim", 0):  # a numpy / torch array of scales (a 0-d one, or a numpy scalar, is a number)
+        return _scale_value(layer, v.tolist())
+    return float(v)
 
 
 def _plans(n: int) -> str:

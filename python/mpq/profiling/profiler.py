@@ -189,7 +189,8 @@ def profile(model: nn.Module, example_input, candidates: Sequence[str] = ("int8"
             phase: str = "prefill", *, subgraphs: Optional[Sequence[Subgraph]] = None, repeats: int = 15,
             warmup: int = 2, max_configs: int = 64, per_layer: bool = True,
             act_scales: Optional[Mapping[str, Union[float, Mapping[str, float]]]] = None, seed: int = 0,
-            threads: int = 1, device: Optional[str] = None) -> GainTable:
+            threads: int = 1, device: Optional[str] = None,
+            context: Optional[tuple[int, int]] = None) -> GainTable:
     """Profiles every configuration of every sub-graph (see module doc) and returns a GainTable.
 
     backend: "cpu" | "cuda" | "hpu" (timed) | "macs" | "memory" (theoretical). device: the ``macs`` peak table
@@ -199,23 +200,35 @@ def profile(model: nn.Module, example_input, candidates: Sequence[str] = ("int8"
     candidates is static. A layer without one gets the scale of its candidate's activation format and scale rule
     (``compute_scales``) on its input in the example, which does not change the timing. seed: the random subset
     of configurations (when there are more than ``max_configs``) and which configurations share a timed pass
-    (``profiling.timing``).
+    (``profiling.timing``). context: (batch, length) of the KV cache whose bytes the ``memory`` row counts
+    (every backend's ``layer_bytes``; the ``memory`` backend's gain): B·H_kv·length·head_dim elements per cache and
+    its scales, for serving a batch of that many sequences of that length; default: the example's batch and length.
     Timed backends store in ``meta["additivity"]`` how well baseline − Σ sub-graph gains predicted the timed
     passes, each of which ran a random mix of configurations, and by how much the base sub-graphs ran slower in
     those passes than in the all-base one (summed; a cost of mixing that no single gain holds).
     @raises ValueError for a bad example input, unknown/unsupported candidates, bad phase, act_scales that name
-            no static candidate of the profile or are ambiguous or not positive;
+            no static candidate of the profile or are ambiguous or not positive, a context that is not two
+            positive integers;
             mpq.profiling.BackendUnavailable when the backend's hardware is absent.
     """
     from ..experts import routed_experts, routed_modules
     with routed_experts(model, warn=False):
         idle = frozenset(n for p, m in routed_modules(model).items() for n in m.entries(p))
         return _profile(model, example_input, candidates, backend, phase, subgraphs, repeats, warmup, max_configs,
-                        per_layer, act_scales, seed, threads, device, idle)
+                        per_layer, act_scales, seed, threads, device, idle, _checked_context(context))
+
+
+def _checked_context(context) -> Optional[tuple[int, int]]:
+    if context is None:
+        return None
+    if (not isinstance(context, (tuple, list)) or len(context) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in context)):
+        raise ValueError(f"context must be (batch, length), two positive integers, got {context!r}")
+    return int(context[0]), int(context[1])
 
 
 def _profile(model, example_input, candidates, backend, phase, subgraphs, repeats, warmup, max_configs, per_layer,
-             act_scales, seed, threads, device, may_idle) -> GainTable:
+             act_scales, seed, threads, device, may_idle, context=None) -> GainTable:
     from . import backends as B
     if phase not in PHASES:
         raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
@@ -232,7 +245,7 @@ def _profile(model, example_input, candidates, backend, phase, subgraphs, repeat
             with profile_attention(model, cand_names) as kept:
                 return profile(model, example_input, kept, backend, phase, subgraphs=subgraphs, repeats=repeats,
                                warmup=warmup, max_configs=max_configs, per_layer=per_layer, act_scales=act_scales,
-                               seed=seed, threads=threads, device=device)
+                               seed=seed, threads=threads, device=device, context=context)
     bad = {c: be.unsupported_reason(c) for c in cand_names if not be.supported(c)}
     if bad:
         raise ValueError(f"backend {backend!r} cannot run " + "; ".join(f"{c!r} ({why})" for c, why in bad.items()))
@@ -275,7 +288,14 @@ def _profile(model, example_input, candidates, backend, phase, subgraphs, repeat
         layer_shapes = {l: [int(np.prod(inputs[l].shape[:-1])), int(inputs[l].shape[-1]),
                             int(named[l].out_features)] for l in linear}
         layer_shapes.update(attention_shapes(work, [l for l in layers if kinds[l] != "linear"], run))
+        if context is not None:  # the KV cache of the serving batch and length, not of the example
+            for l in layers:
+                if kinds[l] == "kv_cache":
+                    _, h, _, d = layer_shapes[l]
+                    layer_shapes[l] = [context[0], h, context[1], d]
         shapes = dict(shape_info, layers=layer_shapes)
+        if context is not None:
+            shapes["kv_context"] = list(context)
         if len(linear) < len(layers):  # routed attention's layers: their shapes are not weights' (avg_bits)
             shapes["attention_layers"] = {l: kinds[l] for l in layers if kinds[l] != "linear"}
         elem = next(iter(named[linear[0]].parameters())).element_size()

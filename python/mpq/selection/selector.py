@@ -246,16 +246,24 @@ class Problem:
         low = max(float(positive.min()), top * 1e-6)
         return list(self.fixed_cost + np.geomspace(low, top, points))
 
-    def act_scales(self, mapping: Mapping[str, str]) -> dict[str, float]:
-        """The calibrated static activation scale of every layer whose candidate has one (NaN elsewhere)."""
+    def act_scales(self, mapping: Mapping[str, str]) -> dict:
+        """The calibrated static activation scale of every layer whose candidate has one (NaN elsewhere): a
+        Linear's from ``table.act_scales``, an attention layer's list (per input of a matmul, per K/V head) from
+        ``table.info["attention_scales"]``."""
         t = self.table
         lidx = {name: i for i, name in enumerate(t.layers)}
+        attention = t.info.get("attention_scales") or {}
         out = {}
         for layer, c in mapping.items():
-            if c != BASE:
-                s = float(t.act_scales[lidx[layer], t.candidates.index(c)])
-                if math.isfinite(s):
-                    out[layer] = s
+            if c == BASE:
+                continue
+            listed = (attention.get(layer) or {}).get(c)
+            if listed:
+                out[layer] = [float(v) for v in listed]
+                continue
+            s = float(t.act_scales[lidx[layer], t.candidates.index(c)])
+            if math.isfinite(s):
+                out[layer] = s
         return out
 
     def plan(self, sol: MckpSolution, objective: dict) -> Plan:

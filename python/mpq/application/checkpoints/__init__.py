@@ -5,7 +5,8 @@ formats:
                         channel or tensor, int4 packed groups) and a mixed-precision ``quantization_config``:
                         transformers (with compressed-tensors) and vLLM load it (``compressed_tensors``)
   "inc"                 Intel Neural Compressor's FP8 JSON and the per-module max-abs measurement files its
-                        QUANTIZE step reads instead of measuring again (``inc``; needs ``batches``)
+                        QUANTIZE step reads instead of measuring again (``inc``; needs ``batches``), attention's
+                        matmuls and KV cache included (measured with attention routed: ``mpq.attention``)
   "torchao"             a Hugging Face folder of the model quantized by torchao's ``quantize_`` (``torchao``)
 Every folder also holds ``mpq_plan.json``, the plan it was written from. Before anything is written the plan is
 checked whole: a layer the format cannot express (or the model does not have, or a static candidate without
@@ -14,11 +15,14 @@ renamed into place: an error leaves nothing written, and an existing non-empty f
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 from torch import nn
 
 from ...artifacts.io import write_json
+from ...candidates import BASE
+from ..exporters import ATTENTION_LAYERS
 from . import checks, compressed_tensors, inc, torchao
 from .folder import atomic_folder, check_target
 
@@ -44,9 +48,20 @@ def save_quantized(model: nn.Module, plan_or_mapping, folder, format: str, *, ba
     plan = checks.as_plan(plan_or_mapping)
     if format != "inc":
         checks.hf_model(model, format)
+    # INC measures attention's matmuls and KV cache too: they exist as modules while attention is routed
+    attention = format == "inc" and any(n.rpartition(".")[2] in ATTENTION_LAYERS and c != BASE
+                                        for n, c in checks.plan_mapping(plan).items())
+    with contextlib.ExitStack() as routed:
+        if attention:
+            from ...attention import routed_attention
+            routed.enter_context(routed_attention(model))
+        return _save(model, plan, target, format, writer, batches, tokenizer, attention)
+
+
+def _save(model, plan, target, format, writer, batches, tokenizer, attention) -> str:
     # INC computes its scales from the measurements written, not from the plan's; engines fuse only for CT
     layers = checks.checked_layers(model, plan, format, writer.unsupported, act_scales=format != "inc",
-                                   fused=format == "compressed-tensors")
+                                   fused=format == "compressed-tensors", attention=attention)
     if not layers:
         raise ValueError(f"the plan quantizes no layer: a {format} checkpoint of it would claim a quantization the "
                          "weights are not in; nothing written")

@@ -9,6 +9,7 @@ from typing import Callable, Mapping, Optional
 from torch import nn
 
 from ...artifacts.plan import Plan
+from ...attention.modules import KVCache, MatMul, layer_kind
 from ...candidates import BASE, Candidate, get_candidate
 from ..swap import plan_mapping
 
@@ -26,20 +27,23 @@ def as_plan(plan_or_mapping) -> Plan:
 
 
 def checked_layers(model: nn.Module, plan: Plan, fmt: str, unsupported: Callable[[Candidate], str], *,
-                   act_scales: bool = True, fused: bool = False) -> dict[str, Candidate]:
+                   act_scales: bool = True, fused: bool = False, attention: bool = False) -> dict[str, Candidate]:
     """{layer: Candidate} of the plan's quantized layers, in model order. @raises ValueError listing every layer
     the model or ``fmt`` cannot take, and why (``unsupported(candidate)``: why ``fmt`` cannot express it, or "").
     ``act_scales``: static candidates need the plan's calibrated scale (the format stores it); ``fused``: fused
-    layers must share one candidate (``fused_problems``)."""
+    layers must share one candidate (``fused_problems``); ``attention``: the model is routed and the format stores
+    attention's MatMul / KVCache modules too (INC's measurements)."""
     modules = dict(model.named_modules())
     problems: dict[str, list[str]] = {}  # reason -> layers
     out = {}
     for layer, cname in plan_mapping(plan).items():
-        if cname == BASE:
-            if layer not in modules:
+        if cname == BASE:  # routed attention's layers at base: nothing to store (select's plans list them)
+            if layer not in modules and layer.rpartition(".")[2] not in ("matmul_qk", "matmul_av", "k_cache",
+                                                                          "v_cache"):
                 problems.setdefault("not a module of the model", []).append(layer)
             continue
-        reason = _layer_problem(modules.get(layer), layer, cname, plan.act_scales if act_scales else None)
+        reason = _layer_problem(modules.get(layer), layer, cname, plan.act_scales if act_scales else None,
+                                attention)
         if not reason:
             cand = get_candidate(cname)
             reason = unsupported(cand)
@@ -57,9 +61,19 @@ def checked_layers(model: nn.Module, plan: Plan, fmt: str, unsupported: Callable
 
 
 def _layer_problem(module: Optional[nn.Module], layer: str, cname: str,
-                   act_scales: Optional[Mapping[str, float]]) -> str:
+                   act_scales: Optional[Mapping[str, float]], attention: bool = False) -> str:
+    if module is None and layer.rpartition(".")[2] in ("matmul_qk", "matmul_av", "k_cache", "v_cache"):
+        return ("attention's matmul / KV cache (mpq.attention): this checkpoint writer stores Linears only (inc "
+                "measures them); mpq.export writes the compressed-tensors config with its kv_cache_scheme")
     if module is None:
         return "not a module of the model"
+    if attention and isinstance(module, (MatMul, KVCache)):
+        try:
+            cand = get_candidate(cname)
+        except ValueError as e:
+            return str(e)
+        kind = layer_kind(module)
+        return "" if kind in cand.kinds else f"{cname}: a candidate for {'/'.join(cand.kinds)} layers, not {kind}"
     if not isinstance(module, nn.Linear):
         return f"a {type(module).__name__}, not an nn.Linear"
     try:

@@ -4,8 +4,8 @@ Bytes of a Linear [N, K] in a candidate: N·K·bits/8 for the weight elements pl
 tensor, per output channel, or per group of ``group_size`` inputs; base: N·K times the model's element size.
 Biases and activations are not counted (they do not change). A KV cache (``mpq.attention``'s ``k_cache`` /
 ``v_cache``) of shape [B, H_kv, context, head_dim] (the profiled example's batch and length) holds B·H_kv·context·
-head_dim elements, plus 4 bytes per scale (one per tensor, per head, or per token and head); attention's matmuls
-hold nothing."""
+head_dim elements, plus 4 bytes per scale (one per tensor, per head, or per token and head); ``profile(...,
+context=(B, length))`` counts that batch and context length instead. Attention's matmuls hold nothing."""
 from __future__ import annotations
 
 from typing import Optional
