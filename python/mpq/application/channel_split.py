@@ -88,7 +88,7 @@ def _class_module(sub: nn.Linear, cname: str, mode: str, act_scale: Optional[flo
     if cand.act_static and act_scale is None:
         raise ValueError(f"candidate {cname!r} has static activation scales: the channel plan carries none for it")
     if mode == "fake":
-        from .swap import FakeQuantLinear
+        from .fake_linear import FakeQuantLinear
         return FakeQuantLinear(sub, cand, act_scale if cand.act_static else None)
     from .cpu_kernels import native_linear
     return native_linear(sub, cname, act_scale if cand.act_static else None)

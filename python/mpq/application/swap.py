@@ -32,51 +32,22 @@ import copy
 import math
 from typing import Mapping, Optional
 
-import torch.nn.functional as F
 from torch import nn
 
 from ..artifacts.channel_plan import ChannelPlan
+from ..attention.fake_quant import FakeQuantKVCache, FakeQuantMatMul, check_scales
 from ..attention.interface import MODULE_NAMES as ATTENTION_LAYERS
+from ..attention.modules import KVCache, MatMul, layer_kind
 from ..candidates import BASE, Candidate, get_candidate
 from ..experts import find_experts, routed_experts
-from ..attention.fake_quant import FakeQuantKVCache, FakeQuantMatMul, check_scales
-from ..attention.modules import KVCache, MatMul, layer_kind
 from ..models import copy_sharing_tensors, set_module
+from .fake_linear import FakeQuantLinear
 
 __all__ = ["FakeQuantLinear", "apply", "plan_mapping"]
 
 CHANNEL_PLAN_ONLY_APPLIES = ("a ChannelPlan (a candidate per output-row group) has no export or checkpoint format "
                              "here (their schemes give one format per layer): mpq.apply runs it, one kernel per "
                              "precision class")
-
-
-class FakeQuantLinear(nn.Module):
-    """y = linear(Q_act(x / s), Q(W), b): Q(W) the candidate's RTN weight, or for a calibrated-weight candidate the
-    stored integers times their scales (``quantized``), with s its per-input-channel factor (AWQ, SmoothQuant)."""
-
-    def __init__(self, linear: nn.Linear, cand: Candidate, act_scale: Optional[float] = None, quantized=None):
-        super().__init__()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.candidate = cand
-        w = linear.weight.detach()
-        self.register_buffer("weight", cand.quantize_weight(w) if quantized is None else
-                             quantized.dequantized().to(w.device, w.dtype))
-        self.register_buffer("input_scale", None if quantized is None or quantized.input_scale is None else
-                             quantized.input_scale.to(w.device, w.dtype))
-        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
-        self.act_scale = act_scale
-
-    def forward(self, x):
-        if self.input_scale is not None:
-            x = x / self.input_scale
-        xd = x.detach()
-        q = self.candidate.quantize_act(xd, self.act_scale)
-        if x.requires_grad:  # straight-through: the values of Q(x), the gradient of x
-            q = x + (q - xd)
-        return F.linear(q, self.weight, self.bias)
-
-    def extra_repr(self):
-        return f"in_features={self.in_features}, out_features={self.out_features}, candidate={self.candidate.name}"
 
 
 def plan_mapping(plan_or_mapping) -> dict[str, str]:

@@ -19,6 +19,7 @@ from ..artifacts.channel_plan import ChannelPlan
 from ..artifacts.channel_table import ChannelTable
 from ..artifacts.gain_table import GainTable
 from ..candidates import BASE
+from .limits import loss_or_gain_objective, memory_of_bits
 from .solvers import solve_mckp_csr, sweep_mckp_csr
 
 # backends whose gain of a layer is a sum over its output rows
@@ -120,9 +121,8 @@ def select_channels(table: ChannelTable, gains: GainTable, *, max_loss_mse: Opti
     max_loss_mse, max_loss_rmse (the loss budget) or min_gain; max_memory / max_avg_bits limit the bytes of the
     GainTable's layers as in ``select``. @raises ValueError for a timed GainTable, mismatched artifacts or a
     budget no plan meets."""
-    from .selector import _memory_of_bits, _objective
-    kind, value = _objective(max_loss_mse, max_loss_rmse, min_gain, None)
-    max_memory = _memory_of_bits(gains, max_memory, max_avg_bits)
+    kind, value = loss_or_gain_objective(max_loss_mse, max_loss_rmse, min_gain, None)
+    max_memory = memory_of_bits(gains, max_memory, max_avg_bits)
     problem = ChannelProblem(table, gains, with_memory=max_memory is not None)
     kwargs = dict(solver=solver, time_limit=time_limit)
     if max_memory is not None:
@@ -147,8 +147,7 @@ def pareto_channels(table: ChannelTable, gains: GainTable, budgets: Optional[Seq
     budget by budget with one."""
     if not isinstance(points, int) or isinstance(points, bool) or points < 1:
         raise ValueError(f"points must be a whole number >= 1, got {points!r}")
-    from .selector import _memory_of_bits
-    max_memory = _memory_of_bits(gains, max_memory, max_avg_bits)
+    max_memory = memory_of_bits(gains, max_memory, max_avg_bits)
     problem = ChannelProblem(table, gains, with_memory=max_memory is not None)
     budgets = [float(b) for b in (problem.default_budgets(points) if budgets is None else budgets)]
     if not budgets:

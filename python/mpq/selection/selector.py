@@ -18,6 +18,7 @@ from ..artifacts.plan import Plan
 from ..artifacts.sensitivity_table import SensitivityTable
 from ..candidates import BASE
 from .channels import pareto_channels, select_channels
+from .limits import loss_or_gain_objective, memory_of_bits
 from .solvers import MckpSolution, solve_mckp, sweep_mckp
 
 
@@ -50,9 +51,9 @@ def select(table: SensitivityTable, gains: GainTable, *, max_loss_mse: Optional[
         return select_channels(table, gains, max_loss_mse=max_loss_mse, max_loss_rmse=max_loss_rmse,
                                min_gain=min_gain, max_memory=max_memory, max_avg_bits=max_avg_bits, solver=solver,
                                time_limit=time_limit)
-    kind, value = _objective(max_loss_mse, max_loss_rmse, min_gain, target_speedup)
+    kind, value = loss_or_gain_objective(max_loss_mse, max_loss_rmse, min_gain, target_speedup)
     table = table if score is None else table.with_score(score)
-    max_memory = _memory_of_bits(gains, max_memory, max_avg_bits)
+    max_memory = memory_of_bits(gains, max_memory, max_avg_bits)
     problem = Problem.build(table, gains, pin=pin, keep=keep, with_memory=max_memory is not None)
     if kind == "target_speedup":
         t0 = gains.baseline_seconds
@@ -104,7 +105,7 @@ def pareto(table: SensitivityTable, gains: GainTable, budgets: Optional[Sequence
     if not isinstance(points, int) or isinstance(points, bool) or points < 1:
         raise ValueError(f"points must be a whole number >= 1, got {points!r}")
     table = table if score is None else table.with_score(score)
-    max_memory = _memory_of_bits(gains, max_memory, max_avg_bits)
+    max_memory = memory_of_bits(gains, max_memory, max_avg_bits)
     problem = Problem.build(table, gains, pin=pin, keep=keep, with_memory=max_memory is not None)
     if budgets is None:
         budgets = problem.default_budgets(points)
@@ -138,41 +139,6 @@ def _channel_args(**given) -> None:
 def _score_key(table: SensitivityTable) -> dict:
     """The objective's record of a score form other than the seed's (absent for first_order)."""
     return {} if table.score == "first_order" else {"score": table.score, "score_scale": table.score_scale}
-
-
-def avg_bits(gains: GainTable, mapping: Mapping[str, str]) -> float:
-    """Average bits per weight of the GainTable's layers under ``mapping`` (absent layers: base): 8 Σ bytes / Σ
-    weights, the bytes as the memory backend counts them, scales included (int4 in groups of 128 with fp32
-    scales is 4.25 bits, where ModelOpt's effective bits and AutoRound's avg_bits count 4), so that a limit on it
-    is a limit on what the weights occupy. @raises ValueError without ``layer_bytes`` and layer shapes."""
-    layers, weights = _timed_weights(gains)
-    col = {c: j for j, c in enumerate(gains.candidates)}
-    idx = {l: i for i, l in enumerate(gains.layers)}
-    total = sum(float(gains.layer_bytes[idx[l], col[mapping.get(l, BASE)]]) for l in layers)
-    return 8 * total / weights
-
-
-def _timed_weights(gains: GainTable) -> tuple[list, int]:
-    shapes = (gains.shapes or {}).get("layers") or {}
-    attention = (gains.shapes or {}).get("attention_layers") or {}  # matmuls and KV cache hold no weight
-    layers = [l for sg in gains.subgraphs for l in sg.layers if l not in attention]
-    missing = [l for l in layers if l not in shapes]
-    if gains.layer_bytes is None or missing:
-        raise ValueError("average bits need per-layer bytes and shapes in the GainTable (a table from mpq.profile; "
-                         f"missing shapes: {missing[:3]})")
-    return layers, sum(int(shapes[l][1]) * int(shapes[l][2]) for l in layers)
-
-
-def _memory_of_bits(gains: GainTable, max_memory: Optional[float], max_avg_bits: Optional[float]):
-    """``max_avg_bits`` as the bytes it allows the timed layers' weights (``avg_bits``)."""
-    if max_avg_bits is None:
-        return max_memory
-    if max_memory is not None:
-        raise ValueError("give max_memory or max_avg_bits, not both (they limit the same bytes)")
-    if isinstance(max_avg_bits, bool) or not isinstance(max_avg_bits, (int, float)) or \
-            not math.isfinite(max_avg_bits) or max_avg_bits <= 0:
-        raise ValueError(f"max_avg_bits must be a positive number of bits per weight, got {max_avg_bits!r}")
-    return max_avg_bits * _timed_weights(gains)[1] / 8
 
 
 @dataclass
@@ -301,19 +267,6 @@ def fingerprint_gains(gains: GainTable) -> str:
     h = hashlib.sha256("\n".join(gains.layers + ("|",) + gains.candidates).encode())
     h.update(f"{gains.backend}/{gains.phase}".encode())
     return h.hexdigest()[:16]
-
-
-def _objective(max_loss_mse, max_loss_rmse, min_gain, target_speedup):
-    given = {k: v for k, v in dict(max_loss_mse=max_loss_mse, max_loss_rmse=max_loss_rmse, min_gain=min_gain,
-                                   target_speedup=target_speedup).items() if v is not None}
-    if len(given) != 1:
-        raise ValueError("give exactly one of max_loss_mse, max_loss_rmse, min_gain, target_speedup; got "
-                         f"{sorted(given) or 'none'}")
-    (kind, value), = given.items()
-    value = float(value)
-    if not math.isfinite(value) or (kind != "min_gain" and value < 0):
-        raise ValueError(f"{kind} must be a finite{' non-negative' if kind != 'min_gain' else ''} number, got {value}")
-    return kind, value
 
 
 def _check_compatible(table: SensitivityTable, gains: GainTable) -> None:
