@@ -10,8 +10,8 @@ more); and a linear program over relaxed bit-widths
     subject to Σ_i b_i |W_i| ≤ budget,  b_min ≤ b_i ≤ b_max,
 
 rounded to integer widths under the budget (the published code: a search over floor / ceil of the relaxed widths
-that stays within budget, else round-to-nearest). Here the LP is solved exactly by HiGHS (scipy's linprog; the
-published code uses SLSQP on the same LP) and rounded by an exhaustive floor / ceil search over the fractional
+that stays within budget, else round-to-nearest). Here the LP is solved exactly by HiGHS (highspy, the project's
+fallback solver; the published code uses SLSQP on the same LP) and rounded by an exhaustive floor / ceil search over the fractional
 variables (a vertex of this LP has at most one), falling back to round-down beyond 16 of them.
 
 Choices the source leaves open, for an LLM: the features are the Linear layers' outputs (before any residual
@@ -81,19 +81,38 @@ def lp_weights(theta: np.ndarray) -> np.ndarray:
     return tail / np.arange(len(theta), 0, -1)
 
 
+def _lp_relaxation(weights, sizes, budget_bits, b_min, b_max) -> np.ndarray:
+    """argmax Σ b_i w_i subject to Σ b_i sizes_i ≤ budget_bits, b_min ≤ b_i ≤ b_max, by HiGHS's LP solver."""
+    import highspy
+    n = len(sizes)
+    h = highspy.Highs()
+    h.setOptionValue("output_flag", False)
+    lp = highspy.HighsLp()
+    lp.num_col_, lp.num_row_ = n, 1
+    lp.sense_ = highspy.ObjSense.kMaximize
+    lp.col_cost_ = weights
+    lp.col_lower_, lp.col_upper_ = np.full(n, float(b_min)), np.full(n, float(b_max))
+    lp.row_lower_, lp.row_upper_ = np.array([-highspy.kHighsInf]), np.array([float(budget_bits)])
+    lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+    lp.a_matrix_.start_ = np.arange(n + 1, dtype=np.int32)
+    lp.a_matrix_.index_ = np.zeros(n, dtype=np.int32)
+    lp.a_matrix_.value_ = sizes
+    h.passModel(lp)
+    h.run()
+    status = h.getModelStatus()
+    if status != highspy.HighsModelStatus.kOptimal:
+        raise ValueError(f"OMPQ's LP did not solve: {h.modelStatusToString(status)}")
+    return np.asarray(h.getSolution().col_value, np.float64)
+
+
 def solve_bits(weights: np.ndarray, sizes: np.ndarray, budget_bits: float, b_min: int, b_max: int) -> np.ndarray:
     """Integer widths in {b_min, b_max} (per variable) maximising Σ b_i w_i with Σ b_i sizes_i ≤ budget_bits:
     the LP relaxation b_i ∈ [b_min, b_max] by HiGHS, then the best floor / ceil rounding within the budget.
     @raises ValueError when even all-b_min exceeds the budget."""
-    from scipy.optimize import linprog
     sizes = np.asarray(sizes, np.float64)
     if b_min * sizes.sum() > budget_bits * (1 + 1e-12):
         raise ValueError(f"budget {budget_bits:g} bits is below all layers at {b_min} bits ({b_min * sizes.sum():g})")
-    res = linprog(-np.asarray(weights, np.float64), A_ub=sizes[None, :], b_ub=[budget_bits],
-                  bounds=[(b_min, b_max)] * len(sizes), method="highs")
-    if res.status != 0:
-        raise ValueError(f"OMPQ's LP did not solve: {res.message}")
-    b = res.x
+    b = _lp_relaxation(np.asarray(weights, np.float64), sizes, budget_bits, b_min, b_max)
     span = b_max - b_min
     frac = [i for i in range(len(b)) if 1e-9 < (b[i] - b_min) / span < 1 - 1e-9]
     base = np.where((b - b_min) / span >= 1 - 1e-9, b_max, b_min).astype(np.int64)
