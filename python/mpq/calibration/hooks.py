@@ -396,8 +396,8 @@ def calibrate(model: nn.Module, batches: Iterable, candidates=("fp8", "int8"),
     candidates: names (or ``Candidate`` objects); each says which kinds of layer it applies to. The Linear ones
     (the default ``("fp8", "int8")``) calibrate every ``nn.Linear``; add attention candidates
     (``mpq.candidates.ATTENTION_CANDIDATES``: ``mm_fp8``, ``mm_fp8_static``, ``mm_fp8_gaudi2``, ``mm_int8``,
-    ``mm_int8_static`` for ``…self_attn.matmul_qk`` / ``…matmul_av``; ``kv_fp8``, ``kv_fp8_head``,
-    ``kv_fp8_token``, ``kv_int8_head``, ``kv_int8_token`` for ``…k_cache`` / ``…v_cache``) to calibrate attention
+    ``mm_int8_static`` for ``…self_attn.matmul_qk`` / ``…matmul_av``; ``kv_fp8``, ``kv_fp8_gaudi2``,
+    ``kv_fp8_head``, ``kv_fp8_token``, ``kv_int8_head``, ``kv_int8_token`` for ``…k_cache`` / ``…v_cache``) to calibrate attention
     too: a transformers model's attention is routed through those modules for the calibration and restored after
     (``mpq.attention.routed_attention``). A candidate is NaN (``info["unavailable"]`` says why) on the layers of
     another kind. Custom attention that cannot be routed: a warning, Linear layers only, and the reason in
@@ -405,11 +405,11 @@ def calibrate(model: nn.Module, batches: Iterable, candidates=("fp8", "int8"),
     layers: names of the ``nn.Linear`` modules to calibrate (default: all; the routed attention modules too; expert
     GEMMs named as in the module doc).
     granularity: "layer" (a SensitivityTable), or "channel" / "group:G" (a ``ChannelTable``: the weight term of δ
-    also per output row or per G rows, from the same pass; ``calibration.granularity``).
+    also per output row or per G rows, from the same pass; ``calibration.granularity``); Linear layers only.
     scores: the per-sample score forms to keep (``mpq.calibration.scores``): "first_order" (δ², the default and
     always kept), "per_token" (Σ_t δ_t²) and "elementwise" (ModelOpt's Σ (G ⊙ ΔY)²); the first one named is what
     the table's ``mse`` reports (and so what ``select`` optimises); ``table.with_score(name)`` switches. The
-    extra forms cost about one more forward of every layer per candidate.
+    extra forms cost about one more forward of every layer per candidate, and are for Linear layers only.
     On every rank of an initialised torch.distributed process group (``mpq.calibration.distributed``), with the
     same arguments everywhere: each rank calibrates its share of the batches and every rank returns the table of
     all of them; a rank that differs, fails or dies makes every rank raise (naming it).
