@@ -197,28 +197,20 @@ def test_bad_score_names(llama_and_batches, scores, msg):
         table.with_score("fisher")
 
 
-def test_cli_calibrate_and_select_take_the_score(llama_and_batches, tmp_path, capsys):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
+def test_cli_calibrate_and_select_take_the_score(tmp_path, capsys):
+    from _cli_model import DEMO_TEXT, save_tiny_causal_lm
     from mpq.cli import main
-    from mpq.profiling import profile
-    model, batches, _ = llama_and_batches
-    words = [f"w{i}" for i in range(90)]
-    vocab = {w: i for i, w in enumerate(["<s>", "</s>", "<pad>", "<unk>"] + words[:92])}
-    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    hf_tok = transformers.PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", pad_token="<pad>")
-    model.save_pretrained(tmp_path / "m")
-    hf_tok.save_pretrained(tmp_path / "m")
-    (tmp_path / "t.txt").write_text(" ".join(words[(i * 7) % 90] for i in range(400)))
+    lm = save_tiny_causal_lm(tmp_path / "m")
+    (tmp_path / "t.txt").write_text(DEMO_TEXT.read_text(encoding="utf-8")[-20000:], encoding="utf-8")
     out = tmp_path / "table.npz"
-    common = ["calibrate", str(tmp_path / "m"), "--text", str(tmp_path / "t.txt"), "--candidates", "int8",
+    common = ["calibrate", str(lm), "--text", str(tmp_path / "t.txt"), "--candidates", "int8",
               "--seq-len", "16", "--samples", "4", "--batch-size", "2", "--quiet"]
     assert main(common + ["--score", "elementwise", "-o", str(out)]) == 0
     t = SensitivityTable.load(out)
     assert t.score == "elementwise" and t.score_forms == ("first_order", "elementwise")
     gains = tmp_path / "gains.npz"
-    profile(model, {"input_ids": batches[0]["input_ids"][:1]}, ("int8",), backend="memory").save(gains)
+    assert main(["profile", str(lm), "--random", "--seq-len", "16", "--candidates", "int8", "--backend", "memory",
+                 "-o", str(gains)]) == 0
     capsys.readouterr()
     assert main(["select", str(out), str(gains), "--min-gain", "1000", "--score", "first_order",
                  "-o", str(tmp_path / "p.json")]) == 0
