@@ -90,26 +90,33 @@ def measured(model, windows, base_losses, batch_size):
     return float(sq.mean()), float(sq.std() / math.sqrt(sq.numel())), float(torch.exp(losses.mean()))
 
 
+def smollm2_and_windows(args):
+    """(SmolLM2 in eval mode, its calibration batches, the held-out windows): windows of ``args.seq_len`` tokens
+    spread over the demo texts (``args.calib_windows`` of the calibration text, ``args.eval_windows`` held out)."""
+    from mpq.data import lm_batches, spread_windows, tokenize
+    from mpq.demo_run import RunSettings, demo_text, load_model
+    model, tok = load_model(RunSettings(model=None))
+    model.eval()
+    cal = spread_windows(tokenize(tok, demo_text("calibration")), args.seq_len, args.calib_windows)
+    held = spread_windows(tokenize(tok, demo_text("evaluation")), args.seq_len, args.eval_windows)
+    return model, lm_batches(cal, 4), held
+
+
 def main(args):
     import modelopt.torch.quantization as mtq
 
     from mpq.application.swap import apply
     from mpq.calibration import calibrate
-    from mpq.data import lm_batches, spread_windows, tokenize
-    from mpq.demo_run import RunSettings, demo_text, load_model, per_sample_losses
+    from mpq.demo_run import per_sample_losses
     from mpq.profiling import profile
     from mpq.selection import select
     torch.set_num_threads(1)
-    model, tok = load_model(RunSettings(model=None))
-    model.eval()
-    cal = spread_windows(tokenize(tok, demo_text("calibration")), args.seq_len, args.calib_windows)
-    held = spread_windows(tokenize(tok, demo_text("evaluation")), args.seq_len, args.eval_windows)
-    batches = lm_batches(cal, 4)
+    model, batches, held = smollm2_and_windows(args)
     cands = CANDIDATES
     formats = modelopt_formats(mtq)
     t0 = time.perf_counter()
     table = calibrate(model, batches, cands, progress=False)
-    gains = nominal_gains(profile(model, {"input_ids": cal[:1]}, cands, backend="memory"))
+    gains = nominal_gains(profile(model, {"input_ids": batches[0]["input_ids"][:1]}, cands, backend="memory"))
     mpq_calib_s = time.perf_counter() - t0
     scales = {l: float(table.act_scales[i, table.candidates.index("int8_static")]) for i, l in enumerate(table.layers)}
     weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))

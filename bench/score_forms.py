@@ -29,15 +29,14 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from _modelopt_peer import (CANDIDATES, effective_bits, measured, modelopt_formats, modelopt_mapping,  # noqa: E402
-                            nominal_gains, search_plan)
+                            nominal_gains, search_plan, smollm2_and_windows)
 from _util import machine_line, random_plans  # noqa: E402
 from fidelity import spearman  # noqa: E402
 
 from mpq.application.swap import apply  # noqa: E402
 from mpq.calibration import calibrate  # noqa: E402
 from mpq.calibration.scores import SCORES  # noqa: E402
-from mpq.data import lm_batches, spread_windows, tokenize  # noqa: E402
-from mpq.demo_run import RunSettings, demo_text, load_model, per_sample_losses  # noqa: E402
+from mpq.demo_run import per_sample_losses  # noqa: E402
 from mpq.profiling import profile  # noqa: E402
 from mpq.selection import select  # noqa: E402
 
@@ -66,11 +65,7 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
     print(machine_line())
-    model, tok = load_model(RunSettings(model=None))
-    model.eval()
-    cal = spread_windows(tokenize(tok, demo_text("calibration")), args.seq_len, args.calib_windows)
-    held = spread_windows(tokenize(tok, demo_text("evaluation")), args.seq_len, args.eval_windows)
-    batches = lm_batches(cal, 4)
+    model, batches, held = smollm2_and_windows(args)
     cands = CANDIDATES
 
     plain_s = all_s = math.nan
@@ -90,7 +85,7 @@ def main(argv=None) -> int:
         table = calibrate(model, batches, cands, progress=False, scores=SCORES)
         all_s = time.perf_counter() - t0
         table.save(args.out / "sensitivity.npz")
-    gains = nominal_gains(profile(model, {"input_ids": cal[:1]}, cands, backend="memory"))
+    gains = nominal_gains(profile(model, {"input_ids": batches[0]["input_ids"][:1]}, cands, backend="memory"))
     scales = {l: float(table.act_scales[i, table.candidates.index("int8_static")]) for i, l in enumerate(table.layers)}
     weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
     layers = [l for l in table.layers if l != "lm_head"]
