@@ -96,6 +96,47 @@ def test_int8_linear_exact(isa, mkn, bias, force_isa):
     assert np.array_equal(out, want)
 
 
+@pytest.mark.parametrize("isa", _core.available_isas())
+@pytest.mark.parametrize("mkn", [(1, 1, 1), (3, 33, 5), (4, 64, 16), (5, 100, 7), (7, 130, 24), (9, 67, 17),
+                                 (13, 576, 40), (2, 3, 9)])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_int8_linear_packed_exact(isa, mkn, bias, threads, force_isa):
+    """The packed kernel at every row, column and input tail, on full-range codes (-128 activations included):
+    bit for bit the exact int64 sums dequantized by the scalar reference."""
+    m, k, n = mkn
+    rng = np.random.default_rng(m * 1000 + k * 10 + n)
+    x = rng.integers(-128, 128, (m, k), dtype=np.int8)
+    w = rng.integers(-127, 128, (n, k), dtype=np.int8)
+    x[0, :], w[0, :] = 127, 127                       # the largest sums
+    x[-1, :], w[-1, :] = -128, 127                    # the most negative ones
+    rs = rng.random(m, dtype=np.float32)
+    cs = rng.random(n, dtype=np.float32)
+    b = rng.standard_normal(n).astype(np.float32) if bias else None
+    out = np.full((m, n), np.nan, np.float32)
+    with force_isa(isa):
+        _core.int8_linear_packed_into(x, rs, _core.pack_int8_weights(w), cs, b, out, threads)
+    acc = (x.astype(np.int64) @ w.astype(np.int64).T).astype(np.int32)
+    want = np.empty((m, n), np.float32)
+    with force_isa("scalar"):
+        _core.dequantize_int32_into(acc, rs, cs, b, want)
+    assert np.array_equal(out, want)
+
+
+def test_int8_packed_layout_and_errors():
+    w = np.arange(-60, 60, dtype=np.int8).reshape(10, 12)
+    packed = _core.pack_int8_weights(w)
+    assert packed.shape == (2 * 3 * 32,)              # ceil(10 / 8) blocks × ceil(12 / 4) groups × 32 bytes
+    assert packed.reshape(2, 3, 8, 4).transpose(0, 2, 1, 3).reshape(16, 12)[:10].tolist() == w.tolist()
+    assert not packed.reshape(2, 3, 8, 4)[1, :, 2:].any()  # padding columns are zero
+    w[3, 5] = -128
+    with pytest.raises(ValueError, match=r"w\[3, 5\] is -128"):
+        _core.pack_int8_weights(w)
+    with pytest.raises(ValueError, match=r"packed holds 192 bytes, weights \[17, 12\] pack into 288"):
+        _core.int8_linear_packed_into(np.zeros((2, 12), np.int8), np.ones(2, np.float32), packed,
+                                      np.ones(17, np.float32), None, np.zeros((2, 17), np.float32))
+
+
 def test_int8_binding_errors():
     with pytest.raises(ValueError, match="x: expected a C-contiguous float32"):
         _core.quantize_rows_int8(np.zeros((2, 3), np.float64))

@@ -82,6 +82,52 @@ void bind_int8(py::module_& m) {
   }, py::arg("xq"), py::arg("row_scale"), py::arg("w"), py::arg("col_scale"), py::arg("bias"), py::arg("out"),
   py::arg("threads") = 1, "out = (xq @ w.T) * row_scale[:, None] * col_scale[None, :] + bias (exact int32 sums).");
 
+  m.def("pack_int8_weights", [](const py::array& w) {
+    const int8_t* wp = c_array<int8_t>(w, "pack_int8_weights: w");
+    need_ndim(w, "pack_int8_weights: w", 2);
+    const py::ssize_t n = w.shape(0), k = w.shape(1);
+    py::array_t<int8_t> packed(static_cast<py::ssize_t>(mpq::int8_packed_bytes(n, k)));
+    int8_t* pp = packed.mutable_data();
+    {
+      py::gil_scoped_release nogil;
+      mpq::pack_int8_weights(wp, n, k, pp);
+    }
+    return packed;
+  }, py::arg("w"), "Packs int8 weights [N, K] (values in [-127, 127]) for int8_linear_packed_into: a 1-D int8 array "
+  "in the layout of mpq/int8.hpp.");
+
+  m.def("int8_linear_packed_into", [](const py::array& xq, const py::array& row_scale, const py::array& packed,
+                                      const py::array& col_scale, const py::object& bias, py::array& out,
+                                      int threads) {
+    const int8_t* xp = c_array<int8_t>(xq, "int8_linear_packed: xq");
+    need_ndim(xq, "int8_linear_packed: xq", 2);
+    float* op = c_array_mut<float>(out, "int8_linear_packed: out");
+    need_ndim(out, "int8_linear_packed: out", 2);
+    const py::ssize_t m = xq.shape(0), k = xq.shape(1), n = out.shape(1);
+    if (out.shape(0) != m) throw std::invalid_argument("int8_linear_packed: out must have xq's rows");
+    const int8_t* pp = c_array<int8_t>(packed, "int8_linear_packed: packed");
+    if (packed.size() != mpq::int8_packed_bytes(n, k))
+      throw std::invalid_argument("int8_linear_packed: packed holds " + std::to_string(packed.size()) +
+                                  " bytes, weights [" + std::to_string(n) + ", " + std::to_string(k) + "] pack into " +
+                                  std::to_string(mpq::int8_packed_bytes(n, k)));
+    const float* rp = c_array<float>(row_scale, "int8_linear_packed: row_scale");
+    const float* cp = c_array<float>(col_scale, "int8_linear_packed: col_scale");
+    if (row_scale.size() != m) throw std::invalid_argument("int8_linear_packed: row_scale needs one value per row");
+    if (col_scale.size() != n)
+      throw std::invalid_argument("int8_linear_packed: col_scale needs one value per output");
+    const float* bp = nullptr;
+    if (!bias.is_none()) {
+      py::array b = bias.cast<py::array>();
+      bp = c_array<float>(b, "int8_linear_packed: bias");
+      if (b.size() != n) throw std::invalid_argument("int8_linear_packed: bias needs one value per output");
+    }
+    {
+      py::gil_scoped_release nogil;
+      mpq::int8_linear_packed(xp, rp, m, k, pp, cp, bp, n, op, threads);
+    }
+  }, py::arg("xq"), py::arg("row_scale"), py::arg("packed"), py::arg("col_scale"), py::arg("bias"), py::arg("out"),
+  py::arg("threads") = 1, "int8_linear_into with weights from pack_int8_weights; out's columns give N.");
+
   m.def("dequantize_int32_into", [](const py::array& acc, const py::array& row_scale, const py::array& col_scale,
                                     const py::object& bias, py::array& out, int threads) {
     const int32_t* ap = c_array<int32_t>(acc, "dequantize_int32: acc");

@@ -1,6 +1,7 @@
 // The int8 driver: validation and ISA dispatch around the per-ISA kernels (int8_ref.cpp, int8_avx2.cpp).
 #include "mpq/int8.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <stdexcept>
 #include <string>
@@ -53,6 +54,36 @@ void int8_linear(const int8_t* xq, const float* row_scale, int64_t m, int64_t k,
   if (m * k > 0 && !xq) throw std::invalid_argument("int8_linear: null xq");
   if (n * k > 0 && !w) throw std::invalid_argument("int8_linear: null w");
   kernels().int8_linear(xq, row_scale, m, k, w, col_scale, bias, n, out, threads);
+}
+
+int64_t int8_packed_bytes(int64_t n, int64_t k) {
+  if (n < 0 || k < 0) throw std::invalid_argument("int8_packed_bytes: sizes must be non-negative");
+  return (n + 7) / 8 * ((k + 3) / 4) * 32;
+}
+
+void pack_int8_weights(const int8_t* w, int64_t n, int64_t k, int8_t* packed) {
+  const int64_t bytes = int8_packed_bytes(n, k);
+  if (n * k > 0 && !w) throw std::invalid_argument("pack_int8_weights: null w");
+  if (bytes > 0 && !packed) throw std::invalid_argument("pack_int8_weights: null packed");
+  const int64_t k4 = (k + 3) / 4;
+  std::fill(packed, packed + bytes, int8_t{0});
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t t = 0; t < k; ++t) {
+      const int8_t v = w[j * k + t];
+      if (v == -128)
+        throw std::invalid_argument("pack_int8_weights: w[" + std::to_string(j) + ", " + std::to_string(t) +
+                                    "] is -128; int8 weights must lie in [-127, 127]");
+      packed[detail::packed_index(j, t, k4)] = v;
+    }
+}
+
+void int8_linear_packed(const int8_t* xq, const float* row_scale, int64_t m, int64_t k, const int8_t* packed,
+                        const float* col_scale, const float* bias, int64_t n, float* out, int threads) {
+  if (m < 0 || k < 0 || n < 0) throw std::invalid_argument("int8_linear_packed: sizes must be non-negative");
+  check("int8_linear_packed", m * n, !out || !row_scale || !col_scale, threads);
+  if (m * k > 0 && !xq) throw std::invalid_argument("int8_linear_packed: null xq");
+  if (n * k > 0 && !packed) throw std::invalid_argument("int8_linear_packed: null packed");
+  kernels().int8_linear_packed(xq, row_scale, m, k, packed, col_scale, bias, n, out, threads);
 }
 
 }  // namespace mpq

@@ -4,6 +4,8 @@
 
 #include <cfloat>
 #include <cmath>
+#include <cstring>
+#include <vector>
 
 #include "int8_kernels.hpp"
 
@@ -196,8 +198,119 @@ void int8_linear(const int8_t* xq, const float* rs, int64_t m, int64_t k, const 
   }
 }
 
+
+// ---- The packed GEMM (layout: mpq/int8.hpp). One 32-byte load holds 8 columns × 4 inputs; the 4 activation
+// bytes of a row are broadcast to every column, so each int32 lane accumulates a whole output and the epilogue
+// needs no horizontal sum.
+
+inline __m256i broadcast4(const int8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return _mm256_set1_epi32(v);
+}
+
+// The activations as the kernel reads them: per row and group of 4 inputs, the 4 codes then their absolute values
+// (8 bytes; |-128| reads as 128 unsigned), zero-padded to k4 groups. One stream per row, not two: two arrays
+// whose rows sit a multiple of 4 KiB apart fight over the same L1 sets.
+void interleave_rows(const int8_t* xq, int64_t m, int64_t k, int64_t k4, int8_t* xa, int threads) {
+#pragma omp parallel for num_threads(threads) if (threads > 1)
+  for (int64_t r = 0; r < m; ++r) {
+    const int8_t* x = xq + r * k;
+    int8_t* o = xa + r * 8 * k4;
+    int64_t t = 0;
+    for (; t + 16 <= k; t += 16, o += 32) {  // 4 groups: [x0 a0 x1 a1] [x2 a2 x3 a3]
+      const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x + t)), a = _mm_abs_epi8(v);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(o), _mm_unpacklo_epi32(v, a));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(o + 16), _mm_unpackhi_epi32(v, a));
+    }
+    for (; t < 4 * k4; t += 4, o += 8)
+      for (int q = 0; q < 4; ++q) {
+        const int8_t v = t + q < k ? x[t + q] : 0;
+        o[q] = v;
+        o[4 + q] = static_cast<int8_t>(v < 0 ? -v : v);  // -(-128) wraps to -128: 128 unsigned, as vpabsb
+      }
+  }
+}
+
+// The int32 sums of MR interleaved rows (xa, 8·k4 bytes each) × NR blocks of 8 columns (wb). Not inlined: alone,
+// the loop gets all 16 vector registers (GCC spilled accumulators when the epilogue shared them).
+template <int MR, int NR>
+__attribute__((noinline)) void packed_sums(const int8_t* xa, const int8_t* wb, int64_t k4,
+                                           int32_t (&sums)[MR][NR][8]) {
+  __m256i acc[MR][NR];
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NR; ++v) acc[r][v] = _mm256_setzero_si256();
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (int64_t t = 0; t < k4; ++t) {
+    __m256i w[NR];
+    for (int v = 0; v < NR; ++v) w[v] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + (v * k4 + t) * 32));
+    for (int r = 0; r < MR; ++r) {
+      const int8_t* g = xa + (r * k4 + t) * 8;
+      const __m256i bx = broadcast4(g), ba = broadcast4(g + 4);
+      for (int v = 0; v < NR; ++v)  // |x| · (sign(x) w): int16 pairs that never saturate (|x| <= 128, |w| <= 127)
+        acc[r][v] = _mm256_add_epi32(acc[r][v], _mm256_madd_epi16(_mm256_maddubs_epi16(ba, _mm256_sign_epi8(w[v], bx)), ones));
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NR; ++v) _mm256_store_si256(reinterpret_cast<__m256i*>(sums[r][v]), acc[r][v]);
+}
+
+// MR rows from row i × NR blocks of 8 columns from column c0: acc·(rs·cs) + b stored, the last block masked to n
+template <int MR, int NR>
+inline void packed_tile(const int8_t* xa, const int8_t* wb, int64_t k4, int64_t i, int64_t c0, const float* rs,
+                        const float* cs, const float* bias, int64_t n, float* out) {
+  alignas(32) int32_t sums[MR][NR][8];
+  packed_sums<MR, NR>(xa + i * 8 * k4, wb, k4, sums);
+  for (int v = 0; v < NR; ++v) {
+    const int64_t col = c0 + 8 * v, cols = n - col < 8 ? n - col : 8;
+    const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(cols)),
+                                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    const __m256 csv = _mm256_maskload_ps(cs + col, mask);
+    const __m256 bv = bias ? _mm256_maskload_ps(bias + col, mask) : _mm256_setzero_ps();
+    for (int r = 0; r < MR; ++r) {
+      const __m256 a = _mm256_cvtepi32_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(sums[r][v])));
+      const __m256 y = _mm256_fmadd_ps(a, _mm256_mul_ps(_mm256_set1_ps(rs[i + r]), csv), bv);
+      float* o = out + (i + r) * n + col;
+      if (cols == 8)
+        _mm256_storeu_ps(o, y);
+      else
+        _mm256_maskstore_ps(o, mask, y);
+    }
+  }
+}
+
+template <int NR>
+void packed_panel(const int8_t* xa, const int8_t* wb, int64_t k4, int64_t m, int64_t c0, const float* rs,
+                  const float* cs, const float* bias, int64_t n, float* out) {
+  int64_t i = 0;
+  for (; i + 4 <= m; i += 4) packed_tile<4, NR>(xa, wb, k4, i, c0, rs, cs, bias, n, out);
+  switch (m - i) {
+    case 3: packed_tile<3, NR>(xa, wb, k4, i, c0, rs, cs, bias, n, out); break;
+    case 2: packed_tile<2, NR>(xa, wb, k4, i, c0, rs, cs, bias, n, out); break;
+    case 1: packed_tile<1, NR>(xa, wb, k4, i, c0, rs, cs, bias, n, out); break;
+    default: break;
+  }
+}
+
+void int8_linear_packed(const int8_t* xq, const float* rs, int64_t m, int64_t k, const int8_t* packed,
+                        const float* cs, const float* bias, int64_t n, float* out, int threads) {
+  const int64_t k4 = (k + 3) / 4, blocks = (n + 7) / 8, pairs = (blocks + 1) / 2;
+  std::vector<int8_t> xa(static_cast<size_t>(8 * m * k4));
+  interleave_rows(xq, m, k, k4, xa.data(), threads);
+  // column pairs outermost: a pair's weights (16·K bytes) stay in L1 or L2 while every row passes them
+#pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static)
+  for (int64_t p = 0; p < pairs; ++p) {
+    const int64_t b = 2 * p;
+    const int8_t* wb = packed + b * k4 * 32;
+    if (b + 2 <= blocks)
+      packed_panel<2>(xa.data(), wb, k4, m, 8 * b, rs, cs, bias, n, out);
+    else
+      packed_panel<1>(xa.data(), wb, k4, m, 8 * b, rs, cs, bias, n, out);
+  }
+}
+
 }  // namespace
 
-const Int8Kernels kInt8{quantize_rows_int8, quantize_int8_static, dequantize_int32, int8_linear};
+const Int8Kernels kInt8{quantize_rows_int8, quantize_int8_static, dequantize_int32, int8_linear, int8_linear_packed};
 
 }  // namespace mpq::detail::avx2

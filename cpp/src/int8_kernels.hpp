@@ -15,7 +15,13 @@ struct Int8Kernels {
                            const float* bias, float* out, int threads);
   void (*int8_linear)(const int8_t* xq, const float* rs, int64_t m, int64_t k, const int8_t* w, const float* cs,
                       const float* bias, int64_t n, float* out, int threads);
+  /// packed: the layout of mpq::pack_int8_weights.
+  void (*int8_linear_packed)(const int8_t* xq, const float* rs, int64_t m, int64_t k, const int8_t* packed,
+                             const float* cs, const float* bias, int64_t n, float* out, int threads);
 };
+
+/// Index of w[j, t] in the packed layout (mpq/int8.hpp); k4 = ceil(K / 4).
+inline int64_t packed_index(int64_t j, int64_t t, int64_t k4) { return ((j / 8 * k4 + t / 4) * 8 + j % 8) * 4 + t % 4; }
 
 namespace scalar {
 extern const Int8Kernels kInt8;

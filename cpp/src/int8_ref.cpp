@@ -59,8 +59,23 @@ void int8_linear(const int8_t* xq, const float* rs, int64_t m, int64_t k, const 
   }
 }
 
+void int8_linear_packed(const int8_t* xq, const float* rs, int64_t m, int64_t k, const int8_t* packed,
+                        const float* cs, const float* bias, int64_t n, float* out, int threads) {
+  const int64_t k4 = (k + 3) / 4;
+#pragma omp parallel for num_threads(threads) if (threads > 1)
+  for (int64_t j = 0; j < n; ++j) {
+    for (int64_t i = 0; i < m; ++i) {
+      const int8_t* xi = xq + i * k;
+      int32_t acc = 0;
+      for (int64_t t = 0; t < k; ++t)
+        acc += static_cast<int32_t>(xi[t]) * static_cast<int32_t>(packed[packed_index(j, t, k4)]);
+      out[i * n + j] = std::fma(static_cast<float>(acc), rs[i] * cs[j], bias ? bias[j] : 0.0f);
+    }
+  }
+}
+
 }  // namespace
 
-const Int8Kernels kInt8{quantize_rows_int8, quantize_int8_static, dequantize_int32, int8_linear};
+const Int8Kernels kInt8{quantize_rows_int8, quantize_int8_static, dequantize_int32, int8_linear, int8_linear_packed};
 
 }  // namespace mpq::detail::scalar

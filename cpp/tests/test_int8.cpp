@@ -49,7 +49,9 @@ void check_quantize_rows(const std::string& isa, std::mt19937& rng) {
 }
 
 void check_linear(const std::string& isa, std::mt19937& rng) {
-  const int shapes[][3] = {{1, 1, 1}, {3, 33, 5}, {2, 64, 8}, {5, 100, 7}, {1, 31, 4}, {4, 96, 9}, {6, 576, 13}};
+  // every row tail (m % 4), column tail (n % 8, odd block counts) and input tail (k % 4, k % 32) of both kernels
+  const int shapes[][3] = {{1, 1, 1},   {3, 33, 5},  {2, 64, 8},   {5, 100, 7},  {1, 31, 4},  {4, 96, 9},
+                           {6, 576, 13}, {7, 130, 24}, {9, 67, 17}, {8, 256, 32}, {3, 2, 40}, {4, 1, 16}};
   std::uniform_int_distribution<int> d(-127, 127);
   std::uniform_real_distribution<float> u(0.1f, 1.0f);
   for (auto& s : shapes) {
@@ -62,15 +64,35 @@ void check_linear(const std::string& isa, std::mt19937& rng) {
     for (auto& v : rs) v = u(rng);
     for (auto& v : cs) v = u(rng);
     for (auto& v : b) v = u(rng) - 0.5f;
-    mpq::int8_linear(x.data(), rs.data(), m, k, w.data(), cs.data(), b.data(), n, out.data());
-    for (int i = 0; i < m; ++i)
-      for (int j = 0; j < n; ++j) {
-        long long acc = 0;
-        for (int t = 0; t < k; ++t) acc += static_cast<long long>(x[i * k + t]) * w[j * k + t];
-        const float want = std::fma(static_cast<float>(acc), rs[i] * cs[j], b[j]);
-        CHECK(out[i * n + j] == want, "%s m%d k%d n%d [%d,%d] %g vs %g", isa.c_str(), m, k, n, i, j,
-              out[i * n + j], want);
+    if (m > 1) x[k] = -128;  // the packed kernel takes -128 activations (|-128| is 128 unsigned)
+    std::vector<int8_t> packed(mpq::int8_packed_bytes(n, k));
+    mpq::pack_int8_weights(w.data(), n, k, packed.data());
+    for (int with_bias = 0; with_bias < 2; ++with_bias) {
+      const float* bp = with_bias ? b.data() : nullptr;
+      for (int threads = 1; threads <= 2; ++threads) {
+        std::vector<float> out_packed(m * n);
+        mpq::int8_linear_packed(x.data(), rs.data(), m, k, packed.data(), cs.data(), bp, n, out_packed.data(),
+                                threads);
+        if (m > 1) x[k] = -127;  // the unpacked kernel's sign trick needs [-127, 127]
+        mpq::int8_linear(x.data(), rs.data(), m, k, w.data(), cs.data(), bp, n, out.data(), threads);
+        if (m > 1) x[k] = -128;
+        for (int i = 0; i < m; ++i)
+          for (int j = 0; j < n; ++j) {
+            long long acc = 0, acc_unpacked = 0;
+            for (int t = 0; t < k; ++t) {
+              acc += static_cast<long long>(x[i * k + t]) * w[j * k + t];
+              acc_unpacked += static_cast<long long>(i == 1 && t == 0 ? -127 : x[i * k + t]) * w[j * k + t];
+            }
+            const float bj = with_bias ? b[j] : 0.0f;
+            const float want = std::fma(static_cast<float>(acc_unpacked), rs[i] * cs[j], bj);
+            CHECK(out[i * n + j] == want, "%s m%d k%d n%d [%d,%d] %g vs %g", isa.c_str(), m, k, n, i, j,
+                  out[i * n + j], want);
+            const float want_packed = std::fma(static_cast<float>(acc), rs[i] * cs[j], bj);
+            CHECK(out_packed[i * n + j] == want_packed, "%s packed m%d k%d n%d [%d,%d] %g vs %g", isa.c_str(), m,
+                  k, n, i, j, out_packed[i * n + j], want_packed);
+          }
       }
+    }
   }
 }
 
@@ -78,6 +100,15 @@ void check_errors() {
   float x = 1.0f;
   int8_t q;
   bool threw = false;
+  const int8_t w[2] = {3, -128};
+  int8_t packed[32];
+  try {
+    mpq::pack_int8_weights(w, 1, 2, packed);
+  } catch (const std::invalid_argument&) {
+    threw = true;
+  }
+  CHECK(threw, "a -128 weight must throw invalid_argument");
+  threw = false;
   try {
     mpq::quantize_int8_static(&x, 1, 0.0f, &q);
   } catch (const std::invalid_argument&) {

@@ -29,4 +29,21 @@ void dequantize_int32(const int32_t* acc, int64_t rows, int64_t cols, const floa
 void int8_linear(const int8_t* xq, const float* row_scale, int64_t m, int64_t k, const int8_t* w,
                  const float* col_scale, const float* bias, int64_t n, float* out, int threads = 1);
 
+/// The packed weight layout of int8_linear_packed: blocks of 8 output columns, and within a block, for each group
+/// of 4 consecutive inputs, the 8 columns' 4 bytes: packed[((j / 8 · K4 + t / 4) · 8 + j % 8) · 4 + t % 4] =
+/// w[j, t], K4 = ceil(K / 4), zero where j >= N or t >= K. One 32-byte load then holds 8 columns × 4 inputs,
+/// the operand of an outer-product GEMM that needs no horizontal sums. Bytes: ceil(N / 8) · K4 · 32.
+int64_t int8_packed_bytes(int64_t n, int64_t k);
+
+/// Packs w [N, K] (row-major int8 in [-127, 127]) into int8_packed_bytes(n, k) bytes at packed.
+/// @throws std::invalid_argument on negative sizes, null pointers with a non-empty size, or a weight of -128
+/// (the AVX2 kernel's sign trick cannot represent its negation).
+void pack_int8_weights(const int8_t* w, int64_t n, int64_t k, int8_t* packed);
+
+/// int8_linear with packed weights (pack_int8_weights): the same result bit for bit. xq may hold -128.
+/// AVX2: per 4 rows × 16 columns, vpmaddubsw(|x| broadcast, sign(w, x)) then vpmaddwd into int32 lanes that are
+/// whole outputs, the dequantization fused in registers. threads > 1 splits the columns.
+void int8_linear_packed(const int8_t* xq, const float* row_scale, int64_t m, int64_t k, const int8_t* packed,
+                        const float* col_scale, const float* bias, int64_t n, float* out, int threads = 1);
+
 }  // namespace mpq

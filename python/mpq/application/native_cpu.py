@@ -79,18 +79,16 @@ def _quantize_rows(w: torch.Tensor):
     return torch.from_numpy(q), torch.from_numpy(s)
 
 
-class Int8Linear(NativeLinear):
+class _Int8Base(NativeLinear):
     """W8A8: int8 weights per channel; activations per token (dynamic) or one static scale, quantized by mpq's C++
-    quantizer; the int32 GEMM with the dequantization ``acc · (s_x · s_w) + b`` fused is mpq's C++ int8 Linear."""
-
-    implementation = "mpq_int8"
+    quantizer; the GEMM and its dequantization ``acc · (s_x · s_w) + b`` are the subclass's ``_gemm``."""
 
     def __init__(self, linear: nn.Linear, static_scale: Optional[float] = None, quantized=None,
                  name: Optional[str] = None):
         super().__init__(linear.in_features, linear.out_features, linear.bias, quantized)
         self.candidate = name or ("int8" if static_scale is None else "int8_static")
         q, s = _quantize_rows(linear.weight) if quantized is None else _stored_rows(quantized)
-        self.register_buffer("qweight", q)          # [N, K] int8; _int_mm takes its transposed view
+        self._store_codes(q)
         self.register_buffer("wscale", s)           # [N] float32
         self.static_scale = None if static_scale is None else float(static_scale)
 
@@ -105,21 +103,42 @@ class Int8Linear(NativeLinear):
         self._gemm(q, rs, out.numpy())
         return out
 
+    def _bias(self):
+        return None if self.bias is None else self.bias.numpy()
+
+
+class Int8Linear(_Int8Base):
+    """The int8 GEMM is mpq's C++ kernel on weights packed once into its layout (``_core.pack_int8_weights``: 8
+    columns × 4 inputs per 32 bytes), the dequantization fused. ``qweight`` unpacks the codes as a view."""
+
+    implementation = "mpq_int8"
+
+    def _store_codes(self, q):
+        self.register_buffer("packed", torch.from_numpy(_core.pack_int8_weights(q.numpy())))
+
+    @property
+    def qweight(self) -> torch.Tensor:
+        """The int8 codes [N, K]: a view of the packed buffer (blocks of 8 rows × groups of 4 inputs, zero-padded)."""
+        n, k = self.out_features, self.in_features
+        blocks, k4 = -(-n // 8), -(-k // 4)
+        return self.packed.view(blocks, k4, 8, 4).permute(0, 2, 1, 3).reshape(blocks * 8, k4 * 4)[:n, :k]
+
     def _gemm(self, q, rs, out):
-        _core.int8_linear_into(q, rs, self.qweight.numpy(), self.wscale.numpy(),
-                               None if self.bias is None else self.bias.numpy(), out)
+        _core.int8_linear_packed_into(q, rs, self.packed.numpy(), self.wscale.numpy(), self._bias(), out)
 
 
-class Int8IntMmLinear(Int8Linear):
+class Int8IntMmLinear(_Int8Base):
     """``Int8Linear``'s numerics (the same quantizer, int8 weights and fused dequantization) with the int32 GEMM
     done by ``torch._int_mm``: oneDNN's AMX/VNNI kernels where the CPU has them, a reference loop elsewhere."""
 
     implementation = "torch_int_mm"
 
+    def _store_codes(self, q):
+        self.register_buffer("qweight", q)          # [N, K] int8; _int_mm takes its transposed view
+
     def _gemm(self, q, rs, out):
         acc = torch._int_mm(torch.from_numpy(q), self.qweight.t())
-        _core.dequantize_int32_into(acc.numpy(), rs, self.wscale.numpy(),
-                                    None if self.bias is None else self.bias.numpy(), out)
+        _core.dequantize_int32_into(acc.numpy(), rs, self.wscale.numpy(), self._bias(), out)
 
 
 class W8A16Linear(NativeLinear):
