@@ -6,6 +6,7 @@ from torch import nn
 
 import mpq
 from mpq import _core
+from mpq.application import native_cpu as NC
 from mpq.application.cpu_kernels import CPU_KERNELS, native_linear
 
 SIZES = [(1, 1), (1, 7), (3, 9), (2, 15), (5, 17), (4, 31), (3, 33), (2, 64), (7, 100)]
@@ -123,6 +124,32 @@ def test_int8_linear_packed_exact(isa, mkn, bias, threads, force_isa):
     assert np.array_equal(out, want)
 
 
+@pytest.mark.parametrize("isa", _core.available_isas())
+@pytest.mark.parametrize("static_scale", [None, 0.02])
+@pytest.mark.parametrize("mkn", [(1, 576, 40), (7, 130, 24), (2, 3, 9)])
+def test_int8_linear_from_float_is_quantizer_then_gemm(isa, static_scale, mkn, force_isa):
+    m, k, n = mkn
+    rng = np.random.default_rng(k)
+    x = (rng.standard_normal((m, k)) * 3).astype(np.float32)
+    x[0, :3] = [np.inf, np.nan, -1e30]                # the quantizer's own edge cases pass through unchanged
+    w = rng.integers(-127, 128, (n, k), dtype=np.int8)
+    cs = rng.random(n, dtype=np.float32)
+    b = rng.standard_normal(n).astype(np.float32)
+    packed = _core.pack_int8_weights(w)
+    out, want = np.empty((m, n), np.float32), np.empty((m, n), np.float32)
+    with force_isa(isa):
+        _core.int8_linear_from_float_into(x, static_scale, packed, cs, b, out)
+        if static_scale is None:
+            q, rs = _core.quantize_rows_int8(x)
+        else:
+            q, rs = _core.quantize_int8_static(x, static_scale), np.full(m, static_scale, np.float32)
+        _core.int8_linear_packed_into(q, rs, packed, cs, b, want)
+    assert np.array_equal(out, want, equal_nan=True)
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="static_scale must be positive and finite"):
+            _core.int8_linear_from_float_into(x, bad, packed, cs, b, out)
+
+
 def test_int8_packed_layout_and_errors():
     w = np.arange(-60, 60, dtype=np.int8).reshape(10, 12)
     packed = _core.pack_int8_weights(w)
@@ -203,3 +230,16 @@ def test_native_refusals():
     assert native_linear(lin, "base") is lin
     with pytest.raises(ValueError, match="pass quantized"):
         native_linear(lin, "w8a16_gptq")
+
+
+@pytest.mark.parametrize("assign", [False, True])
+def test_int8_linear_follows_replaced_buffers(assign):
+    """The module keeps numpy views of its weights between calls; loading other weights (copied in place, or
+    replacing the buffers) must change what it computes, not leave it running the old ones."""
+    torch.manual_seed(0)
+    a, b = nn.Linear(40, 24), nn.Linear(40, 24)
+    x = torch.randn(3, 40)
+    native, other = NC.Int8Linear(a), NC.Int8Linear(b)
+    before = native(x)
+    native.load_state_dict(other.state_dict(), assign=assign)
+    assert torch.equal(native(x), other(x)) and not torch.equal(before, other(x))

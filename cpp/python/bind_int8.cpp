@@ -128,6 +128,41 @@ void bind_int8(py::module_& m) {
   }, py::arg("xq"), py::arg("row_scale"), py::arg("packed"), py::arg("col_scale"), py::arg("bias"), py::arg("out"),
   py::arg("threads") = 1, "int8_linear_into with weights from pack_int8_weights; out's columns give N.");
 
+  m.def("int8_linear_from_float_into", [](const py::array& x, const py::object& static_scale,
+                                          const py::array& packed, const py::array& col_scale, const py::object& bias,
+                                          py::array& out, int threads) {
+    const float* xp = c_array<float>(x, "int8_linear_from_float: x");
+    need_ndim(x, "int8_linear_from_float: x", 2);
+    float* op = c_array_mut<float>(out, "int8_linear_from_float: out");
+    need_ndim(out, "int8_linear_from_float: out", 2);
+    const py::ssize_t m = x.shape(0), k = x.shape(1), n = out.shape(1);
+    if (out.shape(0) != m) throw std::invalid_argument("int8_linear_from_float: out must have x's rows");
+    const int8_t* pp = c_array<int8_t>(packed, "int8_linear_from_float: packed");
+    if (packed.size() != mpq::int8_packed_bytes(n, k))
+      throw std::invalid_argument("int8_linear_from_float: packed holds " + std::to_string(packed.size()) +
+                                  " bytes, weights [" + std::to_string(n) + ", " + std::to_string(k) + "] pack into " +
+                                  std::to_string(mpq::int8_packed_bytes(n, k)));
+    const float* cp = c_array<float>(col_scale, "int8_linear_from_float: col_scale");
+    if (col_scale.size() != n)
+      throw std::invalid_argument("int8_linear_from_float: col_scale needs one value per output");
+    const float* bp = nullptr;
+    if (!bias.is_none()) {
+      py::array b = bias.cast<py::array>();
+      bp = c_array<float>(b, "int8_linear_from_float: bias");
+      if (b.size() != n) throw std::invalid_argument("int8_linear_from_float: bias needs one value per output");
+    }
+    const float scale = static_scale.is_none() ? 0.0f : static_scale.cast<float>();
+    if (!static_scale.is_none() && !(scale > 0.0f))
+      throw std::invalid_argument("int8_linear_from_float: static_scale must be positive and finite, got " +
+                                  std::to_string(scale));
+    {
+      py::gil_scoped_release nogil;
+      mpq::int8_linear_from_float(xp, m, k, scale, pp, cp, bp, n, op, threads);
+    }
+  }, py::arg("x"), py::arg("static_scale"), py::arg("packed"), py::arg("col_scale"), py::arg("bias"), py::arg("out"),
+  py::arg("threads") = 1, "quantize_rows_int8 (static_scale None) or quantize_int8_static, then "
+  "int8_linear_packed_into, in one call: the same result bit for bit.");
+
   m.def("dequantize_int32_into", [](const py::array& acc, const py::array& row_scale, const py::array& col_scale,
                                     const py::object& bias, py::array& out, int threads) {
     const int32_t* ap = c_array<int32_t>(acc, "dequantize_int32: acc");

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "int8_kernels.hpp"
 #include "isa_dispatch.hpp"
@@ -84,6 +85,26 @@ void int8_linear_packed(const int8_t* xq, const float* row_scale, int64_t m, int
   if (m * k > 0 && !xq) throw std::invalid_argument("int8_linear_packed: null xq");
   if (n * k > 0 && !packed) throw std::invalid_argument("int8_linear_packed: null packed");
   kernels().int8_linear_packed(xq, row_scale, m, k, packed, col_scale, bias, n, out, threads);
+}
+
+void int8_linear_from_float(const float* x, int64_t m, int64_t k, float static_scale, const int8_t* packed,
+                            const float* col_scale, const float* bias, int64_t n, float* out, int threads) {
+  if (m < 0 || k < 0 || n < 0) throw std::invalid_argument("int8_linear_from_float: sizes must be non-negative");
+  check("int8_linear_from_float", m * n, !out || !col_scale, threads);
+  if (m * k > 0 && !x) throw std::invalid_argument("int8_linear_from_float: null x");
+  if (n * k > 0 && !packed) throw std::invalid_argument("int8_linear_from_float: null packed");
+  if (!(static_scale >= 0.0f) || !std::isfinite(static_scale) ||
+      (static_scale > 0.0f && !std::isfinite(1.0f / static_scale)))
+    throw std::invalid_argument("int8_linear_from_float: static_scale must be positive and finite (0: per row), got " +
+                                std::to_string(static_scale));
+  const detail::Int8Kernels& ks = kernels();  // one table for the whole call
+  std::vector<int8_t> q(static_cast<size_t>(m * k));
+  std::vector<float> rs(static_cast<size_t>(m), static_scale);
+  if (static_scale == 0.0f)
+    ks.quantize_rows_int8(x, m, k, q.data(), rs.data(), threads);
+  else
+    ks.quantize_int8_static(x, m * k, 1.0f / static_scale, q.data(), threads);
+  ks.int8_linear_packed(q.data(), rs.data(), m, k, packed, col_scale, bias, n, out, threads);
 }
 
 }  // namespace mpq

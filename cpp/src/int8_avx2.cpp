@@ -248,7 +248,8 @@ __attribute__((noinline)) void packed_sums(const int8_t* xa, const int8_t* wb, i
       const int8_t* g = xa + (r * k4 + t) * 8;
       const __m256i bx = broadcast4(g), ba = broadcast4(g + 4);
       for (int v = 0; v < NR; ++v)  // |x| · (sign(x) w): int16 pairs that never saturate (|x| <= 128, |w| <= 127)
-        acc[r][v] = _mm256_add_epi32(acc[r][v], _mm256_madd_epi16(_mm256_maddubs_epi16(ba, _mm256_sign_epi8(w[v], bx)), ones));
+        acc[r][v] = _mm256_add_epi32(
+            acc[r][v], _mm256_madd_epi16(_mm256_maddubs_epi16(ba, _mm256_sign_epi8(w[v], bx)), ones));
     }
   }
   for (int r = 0; r < MR; ++r)

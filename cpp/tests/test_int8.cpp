@@ -1,6 +1,7 @@
 // mpq/int8.hpp: the quantizers and the int8 Linear at every SIMD level against plain loops written here
 // (int64 sums, the documented rounding), odd sizes for vector tails, extreme values, and the documented errors.
 #include "check.hpp"
+#include <algorithm>
 #include <cfloat>
 #include <cmath>
 #include <cstdio>
@@ -96,6 +97,30 @@ void check_linear(const std::string& isa, std::mt19937& rng) {
   }
 }
 
+// the fused entry is the quantizer then the packed GEMM, bit for bit, dynamic and static
+void check_from_float(const std::string& isa, std::mt19937& rng) {
+  std::normal_distribution<float> nd(0.0f, 2.0f);
+  std::uniform_int_distribution<int> d(-127, 127);
+  const int m = 5, k = 70, n = 19;
+  std::vector<float> x(m * k), cs(n, 0.5f), b(n, 0.25f), rs(m), got(m * n), want(m * n);
+  for (auto& v : x) v = nd(rng);
+  std::vector<int8_t> w(n * k), q(m * k), packed(mpq::int8_packed_bytes(n, k));
+  for (auto& v : w) v = static_cast<int8_t>(d(rng));
+  mpq::pack_int8_weights(w.data(), n, k, packed.data());
+  for (float scale : {0.0f, 0.03f}) {
+    mpq::int8_linear_from_float(x.data(), m, k, scale, packed.data(), cs.data(), b.data(), n, got.data());
+    if (scale == 0.0f) {
+      mpq::quantize_rows_int8(x.data(), m, k, q.data(), rs.data());
+    } else {
+      mpq::quantize_int8_static(x.data(), m * k, scale, q.data());
+      std::fill(rs.begin(), rs.end(), scale);
+    }
+    mpq::int8_linear_packed(q.data(), rs.data(), m, k, packed.data(), cs.data(), b.data(), n, want.data());
+    CHECK(got == want, "%s int8_linear_from_float scale %g differs from quantizer + int8_linear_packed", isa.c_str(),
+          scale);
+  }
+}
+
 void check_errors() {
   float x = 1.0f;
   int8_t q;
@@ -132,6 +157,7 @@ int main() {
     mpq::set_isa(isa);
     check_quantize_rows(isa, rng);
     check_linear(isa, rng);
+    check_from_float(isa, rng);
   }
   check_errors();
   std::printf("%s (%d failures)\n", failures ? "FAILED" : "ok", failures);

@@ -46,4 +46,10 @@ void pack_int8_weights(const int8_t* w, int64_t n, int64_t k, int8_t* packed);
 void int8_linear_packed(const int8_t* xq, const float* row_scale, int64_t m, int64_t k, const int8_t* packed,
                         const float* col_scale, const float* bias, int64_t n, float* out, int threads = 1);
 
+/// The whole W8A8 Linear from float32 activations x [M, K]: quantize_rows_int8 (static_scale == 0: per row) or
+/// quantize_int8_static (static_scale > 0), then int8_linear_packed, in one call; the same result bit for bit.
+/// @throws std::invalid_argument as those do, or for a static_scale that is negative, infinite or NaN.
+void int8_linear_from_float(const float* x, int64_t m, int64_t k, float static_scale, const int8_t* packed,
+                            const float* col_scale, const float* bias, int64_t n, float* out, int threads = 1);
+
 }  // namespace mpq
