@@ -54,3 +54,10 @@ def test_auto_candidates_are_measured_and_printed(lm, tmp_path, capsys):
     assert "speed of each candidate against fp32" in err
     chosen = mpq.SensitivityTable.load(tmp_path / "auto" / "sensitivity.npz").candidates
     assert f"candidates: {', '.join(chosen)} (" in err or f"taking the least slow, {chosen[0]}" in err
+
+
+def test_smoothquant_joins_int8_only():
+    from mpq.demo_run import with_smoothquant
+    assert with_smoothquant(("w4a16", "int8", "bf16")) == ("w4a16", "int8", "int8_sq", "bf16")
+    assert with_smoothquant(("bf16", "w8a16")) == ("bf16", "w8a16")
+    assert with_smoothquant(("int8", "int8_sq")) == ("int8", "int8_sq")
