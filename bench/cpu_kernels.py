@@ -10,7 +10,8 @@ longer than --max-call-s is timed once, cold, and marked "~". "torch ops int8" i
 same numerics (torch's own per-token quantizer, torch._int_mm, dequantization in torch ops);
 "qdyn" is torch.ao's quantize_dynamic (fbgemm; other numerics: per-tensor asymmetric u8 activations), for speed
 only. Goals (issue "The fastest correct kernel on every CPU"): the chosen int8 path within 10% of the fastest
-exact int8 path at every M; no regression against mpq's AVX2 kernel on AVX2-only machines.
+exact int8 path at every M; no regression against mpq's AVX2 kernel on AVX2-only machines ("int8 unpacked
+(before)": the kernel mpq ran before the packed one, the same numbers, in the same run).
 """
 from __future__ import annotations
 
@@ -71,6 +72,16 @@ def torch_ops_int8(x, qw, ws):
     return torch._int_mm(q, qw.t()).float() * (sx * ws)
 
 
+def unpacked_int8(x, qw, ws, bias):
+    """mpq's int8 path before the packed kernel (the same numbers): the C++ quantizer, then the C++ GEMM on [N, K]
+    rows (2 rows × 4 columns of dot products, horizontal sums), the dequantization fused."""
+    from mpq import _core
+    q, rs = _core.quantize_rows_int8(x.numpy())
+    out = torch.empty(x.shape[0], qw.shape[0])
+    _core.int8_linear_into(q, rs, qw, ws, bias, out.numpy())
+    return out
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ms", type=int, nargs="+", default=[1, 8, 32, 128, 512])
@@ -92,7 +103,8 @@ def main(argv=None):
                if not K.admission(i.name, c)[0]}
     for (name, c), why in refused.items():
         print(f"# refused: {name} for {c}: {why}")
-    cols = ["bf16 F.linear"] + [f"{c}/{i}" for c in CANDIDATES for i in impls[c]] + ["torch ops int8", "qdyn"]
+    cols = ["bf16 F.linear"] + [f"{c}/{i}" for c in CANDIDATES for i in impls[c]] + ["int8 unpacked (before)",
+                                                                                       "torch ops int8", "qdyn"]
     print("| K×N | M | fp32 ms | " + " | ".join(cols) + " | chosen int8 | chosen/fastest int8 |")
     print("|---|---|---|" + "---|" * len(cols) + "---|---|")
     for k, n in shapes:
@@ -102,6 +114,7 @@ def main(argv=None):
         qdyn = torch.ao.quantization.quantize_dynamic(nn.Sequential(lin), {nn.Linear}, dtype=torch.qint8)
         modules = {f"{c}/{i}": K.native_linear(lin, c, None, i) for c in CANDIDATES for i in impls[c]}
         int8 = modules.get("int8/mpq_int8")
+        before_w = None if int8 is None else int8.qweight.contiguous().numpy()
         for m in ms:
             x = torch.randn(m, k)
             xb = x.to(torch.bfloat16)
@@ -110,6 +123,8 @@ def main(argv=None):
             fns.update({name: (lambda mod=mod: mod(x)) for name, mod in modules.items()})
             if int8 is not None:
                 fns["torch ops int8"] = lambda: torch_ops_int8(x, int8.qweight, int8.wscale)
+                fns["int8 unpacked (before)"] = lambda: unpacked_int8(x, before_w, int8.wscale.numpy(),
+                                                                      lin.bias.detach().numpy())
             fns["qdyn"] = lambda: qdyn(x)
             t = time_all(fns, args.max_call_s, args.budget_s)
             base = t["fp32"][0]
