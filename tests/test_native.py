@@ -99,12 +99,13 @@ def test_int8_linear_exact(isa, mkn, bias, force_isa):
 
 @pytest.mark.parametrize("isa", _core.available_isas())
 @pytest.mark.parametrize("mkn", [(1, 1, 1), (3, 33, 5), (4, 64, 16), (5, 100, 7), (7, 130, 24), (9, 67, 17),
-                                 (13, 576, 40), (2, 3, 9)])
+                                 (13, 576, 40), (2, 3, 9), (4, 1024, 16), (3, 1025, 9), (6, 2100, 20)])
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_int8_linear_packed_exact(isa, mkn, bias, threads, force_isa):
-    """The packed kernel at every row, column and input tail, on full-range codes (-128 activations included):
-    bit for bit the exact int64 sums dequantized by the scalar reference."""
+    """The packed kernel at every row, column and input tail, and over several passes of 1024 inputs, on
+    full-range codes (-128 activations included): bit for bit the exact int64 sums dequantized by the scalar
+    reference."""
     m, k, n = mkn
     rng = np.random.default_rng(m * 1000 + k * 10 + n)
     x = rng.integers(-128, 128, (m, k), dtype=np.int8)

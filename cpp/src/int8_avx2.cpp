@@ -2,6 +2,7 @@
 // bit.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cfloat>
 #include <cmath>
 #include <cstring>
@@ -232,16 +233,23 @@ void interleave_rows(const int8_t* xq, int64_t m, int64_t k, int64_t k4, int8_t*
   }
 }
 
-// The int32 sums of MR interleaved rows (xa, 8·k4 bytes each) × NR blocks of 8 columns (wb). Not inlined: alone,
-// the loop gets all 16 vector registers (GCC spilled accumulators when the epilogue shared them).
+// Groups of 4 inputs per pass over a column pair: 256 of them are 16 KiB of its weights, which then stay in L1
+// while every row passes (at K = 4096 a whole pair, 64 KiB, did not, and M = 32 ran slower than the unpacked kernel).
+constexpr int64_t kPassGroups = 256;
+
+// acc (MR rows × 16 int32, the NR blocks' columns) gets the sums over groups [t0, t1) of MR interleaved rows (xa,
+// 8·k4 bytes each) × NR blocks of 8 columns (wb), added to what it holds unless first. Not inlined: alone, the
+// loop gets all 16 vector registers (GCC spilled accumulators when the epilogue shared them).
 template <int MR, int NR>
-__attribute__((noinline)) void packed_sums(const int8_t* xa, const int8_t* wb, int64_t k4,
-                                           int32_t (&sums)[MR][NR][8]) {
+__attribute__((noinline)) void packed_sums(const int8_t* xa, const int8_t* wb, int64_t k4, int64_t t0, int64_t t1,
+                                           bool first, int32_t* acc_rows) {
   __m256i acc[MR][NR];
   for (int r = 0; r < MR; ++r)
-    for (int v = 0; v < NR; ++v) acc[r][v] = _mm256_setzero_si256();
+    for (int v = 0; v < NR; ++v)
+      acc[r][v] = first ? _mm256_setzero_si256()
+                        : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(acc_rows + 16 * r + 8 * v));
   const __m256i ones = _mm256_set1_epi16(1);
-  for (int64_t t = 0; t < k4; ++t) {
+  for (int64_t t = t0; t < t1; ++t) {
     __m256i w[NR];
     for (int v = 0; v < NR; ++v) w[v] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + (v * k4 + t) * 32));
     for (int r = 0; r < MR; ++r) {
@@ -253,25 +261,40 @@ __attribute__((noinline)) void packed_sums(const int8_t* xa, const int8_t* wb, i
     }
   }
   for (int r = 0; r < MR; ++r)
-    for (int v = 0; v < NR; ++v) _mm256_store_si256(reinterpret_cast<__m256i*>(sums[r][v]), acc[r][v]);
+    for (int v = 0; v < NR; ++v) _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc_rows + 16 * r + 8 * v), acc[r][v]);
 }
 
-// MR rows from row i × NR blocks of 8 columns from column c0: acc·(rs·cs) + b stored, the last block masked to n
-template <int MR, int NR>
-inline void packed_tile(const int8_t* xa, const int8_t* wb, int64_t k4, int64_t i, int64_t c0, const float* rs,
-                        const float* cs, const float* bias, int64_t n, float* out) {
-  alignas(32) int32_t sums[MR][NR][8];
-  packed_sums<MR, NR>(xa + i * 8 * k4, wb, k4, sums);
+template <int NR>
+void packed_pass(const int8_t* xa, const int8_t* wb, int64_t k4, int64_t m, int64_t t0, int64_t t1, int32_t* acc) {
+  const bool first = t0 == 0;
+  int64_t i = 0;
+  for (; i + 4 <= m; i += 4) packed_sums<4, NR>(xa + i * 8 * k4, wb, k4, t0, t1, first, acc + 16 * i);
+  const int8_t* x = xa + i * 8 * k4;
+  switch (m - i) {
+    case 3: packed_sums<3, NR>(x, wb, k4, t0, t1, first, acc + 16 * i); break;
+    case 2: packed_sums<2, NR>(x, wb, k4, t0, t1, first, acc + 16 * i); break;
+    case 1: packed_sums<1, NR>(x, wb, k4, t0, t1, first, acc + 16 * i); break;
+    default: break;
+  }
+}
+
+// The m rows × NR blocks of 8 columns from column c0: the sums over every pass into acc (m × 16 int32), then
+// acc·(rs·cs) + b stored, the last block masked to n.
+template <int NR>
+void packed_panel(const int8_t* xa, const int8_t* wb, int64_t k4, int64_t m, int64_t c0, const float* rs,
+                  const float* cs, const float* bias, int64_t n, float* out, int32_t* acc) {
+  for (int64_t t0 = 0; t0 == 0 || t0 < k4; t0 += kPassGroups)  // one pass even for K = 0: it zeroes acc
+    packed_pass<NR>(xa, wb, k4, m, t0, std::min(k4, t0 + kPassGroups), acc);
   for (int v = 0; v < NR; ++v) {
     const int64_t col = c0 + 8 * v, cols = n - col < 8 ? n - col : 8;
     const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(cols)),
                                             _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
     const __m256 csv = _mm256_maskload_ps(cs + col, mask);
     const __m256 bv = bias ? _mm256_maskload_ps(bias + col, mask) : _mm256_setzero_ps();
-    for (int r = 0; r < MR; ++r) {
-      const __m256 a = _mm256_cvtepi32_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(sums[r][v])));
-      const __m256 y = _mm256_fmadd_ps(a, _mm256_mul_ps(_mm256_set1_ps(rs[i + r]), csv), bv);
-      float* o = out + (i + r) * n + col;
+    for (int64_t r = 0; r < m; ++r) {
+      const __m256 a = _mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(acc + 16 * r + 8 * v)));
+      const __m256 y = _mm256_fmadd_ps(a, _mm256_mul_ps(_mm256_set1_ps(rs[r]), csv), bv);
+      float* o = out + r * n + col;
       if (cols == 8)
         _mm256_storeu_ps(o, y);
       else
@@ -280,33 +303,24 @@ inline void packed_tile(const int8_t* xa, const int8_t* wb, int64_t k4, int64_t 
   }
 }
 
-template <int NR>
-void packed_panel(const int8_t* xa, const int8_t* wb, int64_t k4, int64_t m, int64_t c0, const float* rs,
-                  const float* cs, const float* bias, int64_t n, float* out) {
-  int64_t i = 0;
-  for (; i + 4 <= m; i += 4) packed_tile<4, NR>(xa, wb, k4, i, c0, rs, cs, bias, n, out);
-  switch (m - i) {
-    case 3: packed_tile<3, NR>(xa, wb, k4, i, c0, rs, cs, bias, n, out); break;
-    case 2: packed_tile<2, NR>(xa, wb, k4, i, c0, rs, cs, bias, n, out); break;
-    case 1: packed_tile<1, NR>(xa, wb, k4, i, c0, rs, cs, bias, n, out); break;
-    default: break;
-  }
-}
-
 void int8_linear_packed(const int8_t* xq, const float* rs, int64_t m, int64_t k, const int8_t* packed,
                         const float* cs, const float* bias, int64_t n, float* out, int threads) {
   const int64_t k4 = (k + 3) / 4, blocks = (n + 7) / 8, pairs = (blocks + 1) / 2;
   std::vector<int8_t> xa(static_cast<size_t>(8 * m * k4));
   interleave_rows(xq, m, k, k4, xa.data(), threads);
-  // column pairs outermost: a pair's weights (16·K bytes) stay in L1 or L2 while every row passes them
-#pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static)
-  for (int64_t p = 0; p < pairs; ++p) {
-    const int64_t b = 2 * p;
-    const int8_t* wb = packed + b * k4 * 32;
-    if (b + 2 <= blocks)
-      packed_panel<2>(xa.data(), wb, k4, m, 8 * b, rs, cs, bias, n, out);
-    else
-      packed_panel<1>(xa.data(), wb, k4, m, 8 * b, rs, cs, bias, n, out);
+  // column pairs outermost: a pair's weights stay in L1 or L2 (one pass at a time) while every row passes them
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+    std::vector<int32_t> acc(static_cast<size_t>(16 * m));  // one column pair's int32 sums, per thread
+#pragma omp for schedule(static)
+    for (int64_t p = 0; p < pairs; ++p) {
+      const int64_t b = 2 * p;
+      const int8_t* wb = packed + b * k4 * 32;
+      if (b + 2 <= blocks)
+        packed_panel<2>(xa.data(), wb, k4, m, 8 * b, rs, cs, bias, n, out, acc.data());
+      else
+        packed_panel<1>(xa.data(), wb, k4, m, 8 * b, rs, cs, bias, n, out, acc.data());
+    }
   }
 }
 

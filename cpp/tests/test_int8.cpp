@@ -50,9 +50,11 @@ void check_quantize_rows(const std::string& isa, std::mt19937& rng) {
 }
 
 void check_linear(const std::string& isa, std::mt19937& rng) {
-  // every row tail (m % 4), column tail (n % 8, odd block counts) and input tail (k % 4, k % 32) of both kernels
+  // every row tail (m % 4), column tail (n % 8, odd block counts) and input tail (k % 4, k % 32) of both kernels,
+  // and the packed kernel's passes of 1024 inputs
   const int shapes[][3] = {{1, 1, 1},   {3, 33, 5},  {2, 64, 8},   {5, 100, 7},  {1, 31, 4},  {4, 96, 9},
-                           {6, 576, 13}, {7, 130, 24}, {9, 67, 17}, {8, 256, 32}, {3, 2, 40}, {4, 1, 16}};
+                           {6, 576, 13}, {7, 130, 24}, {9, 67, 17}, {8, 256, 32}, {3, 2, 40}, {4, 1, 16},
+                           {5, 1025, 9}, {2, 2100, 17}};
   std::uniform_int_distribution<int> d(-127, 127);
   std::uniform_real_distribution<float> u(0.1f, 1.0f);
   for (auto& s : shapes) {

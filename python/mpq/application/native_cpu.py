@@ -3,7 +3,8 @@
 CPU, and with what numerics, is the registry's business (``cpu_kernels``); here are the modules:
 
 - ``Int8Linear`` / ``Int8IntMmLinear``: int8 / int8_static through mpq's C++ activation quantizer, then mpq's C++
-  int8 GEMM with the dequantization fused, or ``torch._int_mm`` followed by mpq's C++ dequantization.
+  int8 GEMM on weights packed for it, the dequantization fused (one C++ call), or ``torch._int_mm`` followed by
+  mpq's C++ dequantization.
 - ``W8A16Linear``, ``W4A16Linear``: ``torch._weight_int8pack_mm``, ``torch._weight_int4pack_mm_for_cpu`` (bf16
   activations and scales).
 - ``HalfLinear``: ``F.linear`` in bf16 / fp16. ``Fp8Linear``: ``torch._scaled_mm`` on float8 operands.
@@ -85,7 +86,8 @@ def _quantize_rows(w: torch.Tensor):
 
 class _Int8Base(NativeLinear):
     """W8A8: int8 weights per channel; activations per token (dynamic) or one static scale, quantized by mpq's C++
-    quantizer; the GEMM and its dequantization ``acc · (s_x · s_w) + b`` are the subclass's."""
+    quantizer; the GEMM and its dequantization ``acc · (s_x · s_w) + b`` are the subclass's (``_store_codes``
+    keeps the int8 codes [N, K] in the layout it reads)."""
 
     def __init__(self, linear: nn.Linear, static_scale: Optional[float] = None, quantized=None,
                  name: Optional[str] = None):
@@ -95,17 +97,6 @@ class _Int8Base(NativeLinear):
         self._store_codes(q)
         self.register_buffer("wscale", s)           # [N] float32
         self.static_scale = None if static_scale is None else float(static_scale)
-
-    def _forward2d(self, x):
-        xn = x.numpy()
-        if self.static_scale is None:
-            q, rs = _core.quantize_rows_int8(xn)
-        else:
-            q = _core.quantize_int8_static(xn, self.static_scale)
-            rs = np.full(x.shape[0], self.static_scale, dtype=np.float32)
-        out = torch.empty(x.shape[0], self.out_features, dtype=torch.float32)
-        self._gemm(q, rs, out.numpy())
-        return out
 
     def _bias(self):
         return None if self.bias is None else self.bias.numpy()
@@ -153,9 +144,17 @@ class Int8IntMmLinear(_Int8Base):
     def _store_codes(self, q):
         self.register_buffer("qweight", q)          # [N, K] int8; _int_mm takes its transposed view
 
-    def _gemm(self, q, rs, out):
+    def _forward2d(self, x):
+        xn = x.numpy()
+        if self.static_scale is None:
+            q, rs = _core.quantize_rows_int8(xn)
+        else:
+            q = _core.quantize_int8_static(xn, self.static_scale)
+            rs = np.full(x.shape[0], self.static_scale, dtype=np.float32)
+        out = torch.empty(x.shape[0], self.out_features, dtype=torch.float32)
         acc = torch._int_mm(torch.from_numpy(q), self.qweight.t())
-        _core.dequantize_int32_into(acc.numpy(), rs, self.wscale.numpy(), self._bias(), out)
+        _core.dequantize_int32_into(acc.numpy(), rs, self.wscale.numpy(), self._bias(), out.numpy())
+        return out
 
 
 class W8A16Linear(NativeLinear):
