@@ -199,7 +199,6 @@ void int8_linear(const int8_t* xq, const float* rs, int64_t m, int64_t k, const 
   }
 }
 
-
 // ---- The packed GEMM (layout: mpq/int8.hpp). One 32-byte load holds 8 columns × 4 inputs; the 4 activation
 // bytes of a row are broadcast to every column, so each int32 lane accumulates a whole output and the epilogue
 // needs no horizontal sum.

@@ -157,7 +157,8 @@ def choose_candidates(model, example: torch.Tensor, phase: str) -> tuple[str, ..
 
 def with_smoothquant(candidates: tuple[str, ...]) -> tuple[str, ...]:
     """``candidates`` with int8_sq after int8: SmoothQuant's int8 runs int8's kernel on x / s (the same speed) and
-    its calibration is one statistics pass; on SmolLM2 the solver took it for 71 of 96 layers."""
+    its calibration is one statistics pass; on SmolLM2 the solver chose it for most of the layers it quantized
+    (bench/RESULTS.md, "CPU kernels")."""
     if "int8" not in candidates or "int8_sq" in candidates:
         return candidates
     i = candidates.index("int8") + 1

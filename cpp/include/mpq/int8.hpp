@@ -42,7 +42,8 @@ void pack_int8_weights(const int8_t* w, int64_t n, int64_t k, int8_t* packed);
 
 /// int8_linear with packed weights (pack_int8_weights): the same result bit for bit. xq may hold -128.
 /// AVX2: per 4 rows × 16 columns, vpmaddubsw(|x| broadcast, sign(w, x)) then vpmaddwd into int32 lanes that are
-/// whole outputs, the dequantization fused in registers. threads > 1 splits the columns.
+/// whole outputs, in passes of 1024 inputs (16 KiB of a column pair's weights, held in L1 while every row passes),
+/// then the dequantization. threads > 1 splits the columns.
 void int8_linear_packed(const int8_t* xq, const float* row_scale, int64_t m, int64_t k, const int8_t* packed,
                         const float* col_scale, const float* bias, int64_t n, float* out, int threads = 1);
 
