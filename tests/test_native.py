@@ -163,6 +163,11 @@ def test_int8_packed_layout_and_errors():
     with pytest.raises(ValueError, match=r"packed holds 192 bytes, weights \[17, 12\] pack into 288"):
         _core.int8_linear_packed_into(np.zeros((2, 12), np.int8), np.ones(2, np.float32), packed,
                                       np.ones(17, np.float32), None, np.zeros((2, 17), np.float32))
+    k = 132105                                        # 128 · 127 · k > INT32_MAX: the sums could overflow
+    wide = _core.pack_int8_weights(np.zeros((1, k), np.int8))
+    with pytest.raises(ValueError, match="in_features 132105 exceeds 132104"):
+        _core.int8_linear_packed_into(np.zeros((1, k), np.int8), np.ones(1, np.float32), wide,
+                                      np.ones(1, np.float32), None, np.zeros((1, 1), np.float32))
 
 
 def test_int8_binding_errors():

@@ -2,6 +2,7 @@
 #include "mpq/int8.hpp"
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <stdexcept>
 #include <string>
@@ -17,6 +18,15 @@ void check(const char* fn, int64_t n, bool null, int threads) {
   if (n < 0) throw std::invalid_argument(std::string(fn) + ": sizes must be non-negative");
   if (n > 0 && null) throw std::invalid_argument(std::string(fn) + ": null buffer with a non-empty size");
   if (threads < 1) throw std::invalid_argument(std::string(fn) + ": threads must be >= 1");
+}
+
+// The most inputs whose int32 sums cannot overflow: |x| <= 128 (the packed kernel takes -128) times |w| <= 127.
+constexpr int64_t kMaxExactK = INT32_MAX / (128 * 127);
+
+void check_depth(const char* fn, int64_t k) {
+  if (k > kMaxExactK)
+    throw std::invalid_argument(std::string(fn) + ": in_features " + std::to_string(k) + " exceeds " +
+                                std::to_string(kMaxExactK) + ", beyond which the exact int32 sums could overflow");
 }
 
 // The kernels of the active ISA (isa_dispatch.hpp).
@@ -54,6 +64,7 @@ void int8_linear(const int8_t* xq, const float* row_scale, int64_t m, int64_t k,
   check("int8_linear", m * n, !out || !row_scale || !col_scale, threads);
   if (m * k > 0 && !xq) throw std::invalid_argument("int8_linear: null xq");
   if (n * k > 0 && !w) throw std::invalid_argument("int8_linear: null w");
+  check_depth("int8_linear", k);
   kernels().int8_linear(xq, row_scale, m, k, w, col_scale, bias, n, out, threads);
 }
 
@@ -84,6 +95,7 @@ void int8_linear_packed(const int8_t* xq, const float* row_scale, int64_t m, int
   check("int8_linear_packed", m * n, !out || !row_scale || !col_scale, threads);
   if (m * k > 0 && !xq) throw std::invalid_argument("int8_linear_packed: null xq");
   if (n * k > 0 && !packed) throw std::invalid_argument("int8_linear_packed: null packed");
+  check_depth("int8_linear_packed", k);
   kernels().int8_linear_packed(xq, row_scale, m, k, packed, col_scale, bias, n, out, threads);
 }
 
@@ -93,6 +105,7 @@ void int8_linear_from_float(const float* x, int64_t m, int64_t k, float static_s
   check("int8_linear_from_float", m * n, !out || !col_scale, threads);
   if (m * k > 0 && !x) throw std::invalid_argument("int8_linear_from_float: null x");
   if (n * k > 0 && !packed) throw std::invalid_argument("int8_linear_from_float: null packed");
+  check_depth("int8_linear_from_float", k);
   if (!(static_scale >= 0.0f) || !std::isfinite(static_scale) ||
       (static_scale > 0.0f && !std::isfinite(1.0f / static_scale)))
     throw std::invalid_argument("int8_linear_from_float: static_scale must be positive and finite (0: per row), got " +

@@ -136,6 +136,13 @@ void check_errors() {
   }
   CHECK(threw, "a -128 weight must throw invalid_argument");
   threw = false;
+  try {  // K beyond the exact int32 range: refused before any buffer is read
+    mpq::int8_linear_packed(packed, &x, 1, 132105, packed, &x, nullptr, 1, &x);
+  } catch (const std::invalid_argument&) {
+    threw = true;
+  }
+  CHECK(threw, "K = 132105 must throw invalid_argument");
+  threw = false;
   try {
     mpq::quantize_int8_static(&x, 1, 0.0f, &q);
   } catch (const std::invalid_argument&) {

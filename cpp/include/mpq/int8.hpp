@@ -41,6 +41,8 @@ int64_t int8_packed_bytes(int64_t n, int64_t k);
 void pack_int8_weights(const int8_t* w, int64_t n, int64_t k, int8_t* packed);
 
 /// int8_linear with packed weights (pack_int8_weights): the same result bit for bit. xq may hold -128.
+/// @throws std::invalid_argument as int8_linear does; every int8 Linear refuses K > 132104 (INT32_MAX / (128·127)),
+/// where its int32 sums could overflow.
 /// AVX2: per 4 rows × 16 columns, vpmaddubsw(|x| broadcast, sign(w, x)) then vpmaddwd into int32 lanes that are
 /// whole outputs, in passes of 1024 inputs (16 KiB of a column pair's weights, held in L1 while every row passes),
 /// then the dequantization. threads > 1 splits the columns.
