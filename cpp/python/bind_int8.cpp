@@ -21,6 +21,31 @@ void need_ndim(const py::array& a, const char* what, py::ssize_t ndim) {
                                 std::to_string(a.ndim()) + "-D");
 }
 
+// The weight side of the packed entries, checked against the activations' K and the output's N: packed (as
+// pack_int8_weights made it for [N, K]), col_scale [N] and bias [N] or None.
+struct PackedWeights {
+  const int8_t* packed;
+  const float* col_scale;
+  const float* bias;
+};
+
+PackedWeights packed_weights(const std::string& fn, const py::array& packed, const py::array& col_scale,
+                             const py::object& bias, py::ssize_t n, py::ssize_t k) {
+  PackedWeights pw{c_array<int8_t>(packed, (fn + ": packed").c_str()), nullptr, nullptr};
+  if (packed.size() != mpq::int8_packed_bytes(n, k))
+    throw std::invalid_argument(fn + ": packed holds " + std::to_string(packed.size()) + " bytes, weights [" +
+                                std::to_string(n) + ", " + std::to_string(k) + "] pack into " +
+                                std::to_string(mpq::int8_packed_bytes(n, k)));
+  pw.col_scale = c_array<float>(col_scale, (fn + ": col_scale").c_str());
+  if (col_scale.size() != n) throw std::invalid_argument(fn + ": col_scale needs one value per output");
+  if (!bias.is_none()) {
+    py::array b = bias.cast<py::array>();  // the caller's own array (c_array refuses anything else): it stays alive
+    pw.bias = c_array<float>(b, (fn + ": bias").c_str());
+    if (b.size() != n) throw std::invalid_argument(fn + ": bias needs one value per output");
+  }
+  return pw;
+}
+
 }  // namespace
 
 void bind_int8(py::module_& m) {
@@ -105,25 +130,12 @@ void bind_int8(py::module_& m) {
     need_ndim(out, "int8_linear_packed: out", 2);
     const py::ssize_t m = xq.shape(0), k = xq.shape(1), n = out.shape(1);
     if (out.shape(0) != m) throw std::invalid_argument("int8_linear_packed: out must have xq's rows");
-    const int8_t* pp = c_array<int8_t>(packed, "int8_linear_packed: packed");
-    if (packed.size() != mpq::int8_packed_bytes(n, k))
-      throw std::invalid_argument("int8_linear_packed: packed holds " + std::to_string(packed.size()) +
-                                  " bytes, weights [" + std::to_string(n) + ", " + std::to_string(k) + "] pack into " +
-                                  std::to_string(mpq::int8_packed_bytes(n, k)));
+    const PackedWeights pw = packed_weights("int8_linear_packed", packed, col_scale, bias, n, k);
     const float* rp = c_array<float>(row_scale, "int8_linear_packed: row_scale");
-    const float* cp = c_array<float>(col_scale, "int8_linear_packed: col_scale");
     if (row_scale.size() != m) throw std::invalid_argument("int8_linear_packed: row_scale needs one value per row");
-    if (col_scale.size() != n)
-      throw std::invalid_argument("int8_linear_packed: col_scale needs one value per output");
-    const float* bp = nullptr;
-    if (!bias.is_none()) {
-      py::array b = bias.cast<py::array>();
-      bp = c_array<float>(b, "int8_linear_packed: bias");
-      if (b.size() != n) throw std::invalid_argument("int8_linear_packed: bias needs one value per output");
-    }
     {
       py::gil_scoped_release nogil;
-      mpq::int8_linear_packed(xp, rp, m, k, pp, cp, bp, n, op, threads);
+      mpq::int8_linear_packed(xp, rp, m, k, pw.packed, pw.col_scale, pw.bias, n, op, threads);
     }
   }, py::arg("xq"), py::arg("row_scale"), py::arg("packed"), py::arg("col_scale"), py::arg("bias"), py::arg("out"),
   py::arg("threads") = 1, "int8_linear_into with weights from pack_int8_weights; out's columns give N.");
@@ -137,27 +149,14 @@ void bind_int8(py::module_& m) {
     need_ndim(out, "int8_linear_from_float: out", 2);
     const py::ssize_t m = x.shape(0), k = x.shape(1), n = out.shape(1);
     if (out.shape(0) != m) throw std::invalid_argument("int8_linear_from_float: out must have x's rows");
-    const int8_t* pp = c_array<int8_t>(packed, "int8_linear_from_float: packed");
-    if (packed.size() != mpq::int8_packed_bytes(n, k))
-      throw std::invalid_argument("int8_linear_from_float: packed holds " + std::to_string(packed.size()) +
-                                  " bytes, weights [" + std::to_string(n) + ", " + std::to_string(k) + "] pack into " +
-                                  std::to_string(mpq::int8_packed_bytes(n, k)));
-    const float* cp = c_array<float>(col_scale, "int8_linear_from_float: col_scale");
-    if (col_scale.size() != n)
-      throw std::invalid_argument("int8_linear_from_float: col_scale needs one value per output");
-    const float* bp = nullptr;
-    if (!bias.is_none()) {
-      py::array b = bias.cast<py::array>();
-      bp = c_array<float>(b, "int8_linear_from_float: bias");
-      if (b.size() != n) throw std::invalid_argument("int8_linear_from_float: bias needs one value per output");
-    }
+    const PackedWeights pw = packed_weights("int8_linear_from_float", packed, col_scale, bias, n, k);
     const float scale = static_scale.is_none() ? 0.0f : static_scale.cast<float>();
     if (!static_scale.is_none() && !(scale > 0.0f))
       throw std::invalid_argument("int8_linear_from_float: static_scale must be positive and finite, got " +
                                   std::to_string(scale));
     {
       py::gil_scoped_release nogil;
-      mpq::int8_linear_from_float(xp, m, k, scale, pp, cp, bp, n, op, threads);
+      mpq::int8_linear_from_float(xp, m, k, scale, pw.packed, pw.col_scale, pw.bias, n, op, threads);
     }
   }, py::arg("x"), py::arg("static_scale"), py::arg("packed"), py::arg("col_scale"), py::arg("bias"), py::arg("out"),
   py::arg("threads") = 1, "quantize_rows_int8 (static_scale None) or quantize_int8_static, then "

@@ -23,10 +23,18 @@ void check(const char* fn, int64_t n, bool null, int threads) {
 // The most inputs whose int32 sums cannot overflow: |x| <= 128 (the packed kernel takes -128) times |w| <= 127.
 constexpr int64_t kMaxExactK = INT32_MAX / (128 * 127);
 
-void check_depth(const char* fn, int64_t k) {
+// What every int8 Linear entry checks: sizes, the buffers a non-empty product reads (x, the weights, out and the
+// scales; row_scale is null-checked by the caller where it is an input), threads, and K in the exact int32 range.
+void check_linear(const char* fn, int64_t m, int64_t k, int64_t n, const void* x, const void* w, const float* out,
+                  const float* col_scale, int threads) {
+  const std::string f(fn);
+  if (m < 0 || k < 0 || n < 0) throw std::invalid_argument(f + ": sizes must be non-negative");
+  check(fn, m * n, !out || !col_scale, threads);
+  if (m * k > 0 && !x) throw std::invalid_argument(f + ": null activations");
+  if (n * k > 0 && !w) throw std::invalid_argument(f + ": null weights");
   if (k > kMaxExactK)
-    throw std::invalid_argument(std::string(fn) + ": in_features " + std::to_string(k) + " exceeds " +
-                                std::to_string(kMaxExactK) + ", beyond which the exact int32 sums could overflow");
+    throw std::invalid_argument(f + ": in_features " + std::to_string(k) + " exceeds " + std::to_string(kMaxExactK) +
+                                ", beyond which the exact int32 sums could overflow");
 }
 
 // The kernels of the active ISA (isa_dispatch.hpp).
@@ -60,11 +68,8 @@ void dequantize_int32(const int32_t* acc, int64_t rows, int64_t cols, const floa
 
 void int8_linear(const int8_t* xq, const float* row_scale, int64_t m, int64_t k, const int8_t* w,
                  const float* col_scale, const float* bias, int64_t n, float* out, int threads) {
-  if (m < 0 || k < 0 || n < 0) throw std::invalid_argument("int8_linear: sizes must be non-negative");
-  check("int8_linear", m * n, !out || !row_scale || !col_scale, threads);
-  if (m * k > 0 && !xq) throw std::invalid_argument("int8_linear: null xq");
-  if (n * k > 0 && !w) throw std::invalid_argument("int8_linear: null w");
-  check_depth("int8_linear", k);
+  check_linear("int8_linear", m, k, n, xq, w, out, col_scale, threads);
+  if (m * n > 0 && !row_scale) throw std::invalid_argument("int8_linear: null row_scale");
   kernels().int8_linear(xq, row_scale, m, k, w, col_scale, bias, n, out, threads);
 }
 
@@ -91,21 +96,14 @@ void pack_int8_weights(const int8_t* w, int64_t n, int64_t k, int8_t* packed) {
 
 void int8_linear_packed(const int8_t* xq, const float* row_scale, int64_t m, int64_t k, const int8_t* packed,
                         const float* col_scale, const float* bias, int64_t n, float* out, int threads) {
-  if (m < 0 || k < 0 || n < 0) throw std::invalid_argument("int8_linear_packed: sizes must be non-negative");
-  check("int8_linear_packed", m * n, !out || !row_scale || !col_scale, threads);
-  if (m * k > 0 && !xq) throw std::invalid_argument("int8_linear_packed: null xq");
-  if (n * k > 0 && !packed) throw std::invalid_argument("int8_linear_packed: null packed");
-  check_depth("int8_linear_packed", k);
+  check_linear("int8_linear_packed", m, k, n, xq, packed, out, col_scale, threads);
+  if (m * n > 0 && !row_scale) throw std::invalid_argument("int8_linear_packed: null row_scale");
   kernels().int8_linear_packed(xq, row_scale, m, k, packed, col_scale, bias, n, out, threads);
 }
 
 void int8_linear_from_float(const float* x, int64_t m, int64_t k, float static_scale, const int8_t* packed,
                             const float* col_scale, const float* bias, int64_t n, float* out, int threads) {
-  if (m < 0 || k < 0 || n < 0) throw std::invalid_argument("int8_linear_from_float: sizes must be non-negative");
-  check("int8_linear_from_float", m * n, !out || !col_scale, threads);
-  if (m * k > 0 && !x) throw std::invalid_argument("int8_linear_from_float: null x");
-  if (n * k > 0 && !packed) throw std::invalid_argument("int8_linear_from_float: null packed");
-  check_depth("int8_linear_from_float", k);
+  check_linear("int8_linear_from_float", m, k, n, x, packed, out, col_scale, threads);
   if (!(static_scale >= 0.0f) || !std::isfinite(static_scale) ||
       (static_scale > 0.0f && !std::isfinite(1.0f / static_scale)))
     throw std::invalid_argument("int8_linear_from_float: static_scale must be positive and finite (0: per row), got " +
