@@ -147,8 +147,10 @@ def choose_candidates(model, example: torch.Tensor, phase: str) -> tuple[str, ..
         f"({probe['rows']} x {probe['in_features']} x {probe['out_features']}, {phase}): {figures}")
     if not paying:
         best = next(iter(probe["speedups"]))
-        say(f"      no candidate is faster than fp32 here; taking the least slow, {best}")
-        return with_smoothquant((best,))
+        chosen = with_smoothquant((best,))
+        also = " (and int8_sq, on its kernel)" if len(chosen) > 1 else ""
+        say(f"      no candidate is faster than fp32 here; taking the least slow, {best}{also}")
+        return chosen
     chosen = with_smoothquant(tuple(p.candidate for p in paying))
     sq = "; int8_sq: SmoothQuant on int8's kernel" if "int8_sq" in chosen else ""
     say(f"      candidates: {', '.join(chosen)} (those at least 1.1x faster than fp32{sq}; --candidates overrides)")
