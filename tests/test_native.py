@@ -249,3 +249,21 @@ def test_int8_linear_follows_replaced_buffers(assign):
     before = native(x)
     native.load_state_dict(other.state_dict(), assign=assign)
     assert torch.equal(native(x), other(x)) and not torch.equal(before, other(x))
+
+
+@pytest.mark.parametrize("cand", ["int8", "w8a16"])
+def test_native_input_forms(cand):
+    """The forward takes what a float Linear takes: one vector, a batch that requires grad (outside no_grad, the
+    same numbers, no error), a non-contiguous view and float64, each the same as the contiguous float32 batch."""
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 24)
+    mod = native_linear(lin, cand)
+    x = torch.randn(3, 64)
+    want = mod(x)
+    assert torch.equal(mod(x[1]), want[1]) and mod(x[1]).shape == (24,)
+    assert torch.equal(mod(x.clone().requires_grad_()), want)
+    wide = torch.randn(64, 3).t()                    # non-contiguous [3, 64]
+    assert not wide.is_contiguous() and torch.equal(mod(wide), mod(wide.contiguous()))
+    assert torch.equal(mod(x.double()), want)
+    with pytest.raises(ValueError, match="expected last dimension 64, got 63"):
+        mod(torch.randn(2, 63))
