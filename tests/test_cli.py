@@ -520,3 +520,14 @@ def test_calibrated_candidates_through_the_command_line(lm, text, tmp_path):
     assert "layers changed: 1" in out
     one_error(cli("apply", lm, plan, "--mode", "fake", "--random", *SMALL, "--repeats", 1), 2, "apply",
               "w8a16_gptq", "--quantized-weights")
+
+
+def test_run_calibrates_and_selects_with_the_score_it_is_given(lm, tmp_path):
+    """`mpq run --score per_token` end to end: the saved table holds and reports that form, the run succeeds."""
+    out = tmp_path / "run"
+    code, _, err = cli("run", "--model", lm, "--seq-len", 32, "--calib-windows", 4, "--eval-windows", 2,
+                       "--no-verify", "--candidates", "int8", "--score", "per_token", "--no-progress", "--out", out)
+    assert code == 0, err
+    table = mpq.SensitivityTable.load(out / "sensitivity.npz")
+    assert "per_token" in table.score_forms and table.score == "per_token"
+    assert (out / "plan.json").exists() and (out / "report.html").exists()
