@@ -21,6 +21,25 @@ void need_ndim(const py::array& a, const char* what, py::ssize_t ndim) {
                                 std::to_string(a.ndim()) + "-D");
 }
 
+// The activation and output side of the packed entries: x [M, K] of type T and out [M, N] float32.
+template <class T>
+struct LinearIO {
+  const T* x;
+  float* out;
+  py::ssize_t m, k, n;
+};
+
+template <class T>
+LinearIO<T> linear_io(const std::string& fn, const char* x_name, const py::array& x, py::array& out) {
+  const std::string xw = fn + ": " + x_name, ow = fn + ": out";
+  const T* xp = c_array<T>(x, xw.c_str());
+  need_ndim(x, xw.c_str(), 2);
+  float* op = c_array_mut<float>(out, ow.c_str());
+  need_ndim(out, ow.c_str(), 2);
+  if (out.shape(0) != x.shape(0)) throw std::invalid_argument(fn + ": out must have " + x_name + "'s rows");
+  return {xp, op, x.shape(0), x.shape(1), out.shape(1)};
+}
+
 // The weight side of the packed entries, checked against the activations' K and the output's N: packed (as
 // pack_int8_weights made it for [N, K]), col_scale [N] and bias [N] or None.
 struct PackedWeights {
@@ -124,12 +143,7 @@ void bind_int8(py::module_& m) {
   m.def("int8_linear_packed_into", [](const py::array& xq, const py::array& row_scale, const py::array& packed,
                                       const py::array& col_scale, const py::object& bias, py::array& out,
                                       int threads) {
-    const int8_t* xp = c_array<int8_t>(xq, "int8_linear_packed: xq");
-    need_ndim(xq, "int8_linear_packed: xq", 2);
-    float* op = c_array_mut<float>(out, "int8_linear_packed: out");
-    need_ndim(out, "int8_linear_packed: out", 2);
-    const py::ssize_t m = xq.shape(0), k = xq.shape(1), n = out.shape(1);
-    if (out.shape(0) != m) throw std::invalid_argument("int8_linear_packed: out must have xq's rows");
+    const auto [xp, op, m, k, n] = linear_io<int8_t>("int8_linear_packed", "xq", xq, out);
     const PackedWeights pw = packed_weights("int8_linear_packed", packed, col_scale, bias, n, k);
     const float* rp = c_array<float>(row_scale, "int8_linear_packed: row_scale");
     if (row_scale.size() != m) throw std::invalid_argument("int8_linear_packed: row_scale needs one value per row");
@@ -143,12 +157,7 @@ void bind_int8(py::module_& m) {
   m.def("int8_linear_from_float_into", [](const py::array& x, const py::object& static_scale,
                                           const py::array& packed, const py::array& col_scale, const py::object& bias,
                                           py::array& out, int threads) {
-    const float* xp = c_array<float>(x, "int8_linear_from_float: x");
-    need_ndim(x, "int8_linear_from_float: x", 2);
-    float* op = c_array_mut<float>(out, "int8_linear_from_float: out");
-    need_ndim(out, "int8_linear_from_float: out", 2);
-    const py::ssize_t m = x.shape(0), k = x.shape(1), n = out.shape(1);
-    if (out.shape(0) != m) throw std::invalid_argument("int8_linear_from_float: out must have x's rows");
+    const auto [xp, op, m, k, n] = linear_io<float>("int8_linear_from_float", "x", x, out);
     const PackedWeights pw = packed_weights("int8_linear_from_float", packed, col_scale, bias, n, k);
     const float scale = static_scale.is_none() ? 0.0f : static_scale.cast<float>();
     if (!static_scale.is_none() && !(scale > 0.0f))
