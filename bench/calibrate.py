@@ -8,6 +8,7 @@ SmoothQuant candidates (time, peak memory, the QuantizedWeights' size), and time
 
     python bench/calibrate.py [--model smollm2|tiny] [--batches 2] [--batch-size 4] [--seq-len 128] [--repeat 3]
                               [--algorithms]
+    python bench/calibrate.py --kernel-only        # (3) alone, at every SIMD level this CPU has
 """
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ import threading
 import time
 
 import torch
+
+from mpq import _core
 
 from _util import machine_line, print_table, timeit
 
@@ -106,9 +109,16 @@ def kernel_bench(repeat):
     n = t.numel() * 4
     t_copy, iqr_copy = timeit(lambda: dst.copy_(t), repeat)
     rows_out = []
-    for k in (1, len(quants)):
-        tk, iqr = timeit(lambda: delta_sums(t, g, quants[:k], 512, num_threads=1), repeat)
-        rows_out.append((f"{k} quantizer(s)", 2 * n / tk / 1e9, 2 * n / t_copy / 1e9, t_copy / tk * 1.0))
+    old = _core.isa()
+    try:  # every SIMD level this CPU has, in one run (the scalar reference is not a contender)
+        for isa in [i for i in _core.available_isas() if i != "scalar"]:
+            _core._set_isa(isa)
+            for k in (1, len(quants)):
+                tk, iqr = timeit(lambda: delta_sums(t, g, quants[:k], 512, num_threads=1), repeat)
+                rows_out.append((isa, f"{k} quantizer(s)", 2 * n / tk / 1e9, 2 * n / t_copy / 1e9,
+                                 t_copy / tk * 1.0))
+    finally:
+        _core._set_isa(old)
     return rows_out, t_copy, iqr_copy
 
 
@@ -122,11 +132,14 @@ def main(argv=None):
     p.add_argument("--child", choices=("plain", "calib", "rtn", "algo"), help=argparse.SUPPRESS)
     p.add_argument("--algorithms", action="store_true")
     p.add_argument("--skip-memory", action="store_true")
+    p.add_argument("--kernel-only", action="store_true", help="only the kernel's throughput, at every SIMD level")
     args = p.parse_args(argv)
     if args.child:
         return child(args)
     torch.set_num_threads(1)
     print(machine_line())
+    if args.kernel_only:
+        return print_kernel_bench(args.repeat)
     model, batches = load(args)
     if args.algorithms:
         return algorithms(args, model, batches)
@@ -149,9 +162,13 @@ def main(argv=None):
         print_table(["pass", "peak MiB", "x plain"], [("plain fwd+bwd", mem["plain"], 1.0),
                                                        ("calibrate", mem["calib"], mem["calib"] / mem["plain"])],
                     ["", ".1f", ".3f"])
-    krows, t_copy, _ = kernel_bench(max(args.repeat, 5))
+    print_kernel_bench(args.repeat)
+
+
+def print_kernel_bench(repeat):
+    krows, t_copy, _ = kernel_bench(max(repeat, 5))
     print("\n## kernel: T and G [16384, 1024] fp32, read once (8 bytes/value); copy: dst.copy_(T) (8 bytes/value)")
-    print_table(["kernel", "GB/s", "copy GB/s", "x copy"], krows, ["", ".2f", ".2f", ".2f"])
+    print_table(["isa", "kernel", "GB/s", "copy GB/s", "x copy"], krows, ["", "", ".2f", ".2f", ".2f"])
 
 
 def child_peak(kind, args) -> float:

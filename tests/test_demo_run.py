@@ -56,6 +56,36 @@ def test_auto_candidates_are_measured_and_printed(lm, tmp_path, capsys):
     assert f"candidates: {', '.join(chosen)} (" in err or f"taking the least slow, {chosen[0]}" in err
 
 
+def test_probe_times_every_layer_of_the_shape_in_turn():
+    # as the model's pass meets them, weights from memory: not one layer warm in the cache again and again
+    import torch
+    from _tiny_models import tiny_llama
+    from mpq.profiling.paying import paying_candidates
+    model = tiny_llama(layers=3)   # 32 -> 64 holds most multiply-adds: gate, up (x3) and lm_head
+    _, probe = paying_candidates(model, {"input_ids": torch.randint(0, 64, (1, 8))}, "prefill", pool=("int8",),
+                                 repeats=2)
+    same = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
+            and (m.in_features, m.out_features) == (32, 64)]
+    assert (probe["in_features"], probe["out_features"]) == (32, 64) and len(same) == 7
+    assert probe["layers"] == 7 and probe["layer"] == same[0] and probe["rows"] == 8
+
+
+def test_probe_takes_layers_up_to_its_byte_limit(monkeypatch):
+    import torch
+    from _tiny_models import tiny_llama
+    from mpq.profiling import paying
+    model = tiny_llama(layers=3)
+    ids = torch.randint(0, 64, (1, 16))
+    _, whole = paying.paying_candidates(model, {"input_ids": ids}, "decode", pool=("int8",), repeats=2)
+    k, n = whole["in_features"], whole["out_features"]
+    monkeypatch.setattr(paying, "PROBE_BYTES", 4 * k * n * 2 + 1)   # room for two layers' float32 weights
+    _, two = paying.paying_candidates(model, {"input_ids": ids}, "decode", pool=("int8",), repeats=2)
+    monkeypatch.setattr(paying, "PROBE_BYTES", 1)                   # less than one: still the first layer
+    _, one = paying.paying_candidates(model, {"input_ids": ids}, "decode", pool=("int8",), repeats=2)
+    assert whole["layers"] > 2 and two["layers"] == 2 and one["layers"] == 1
+    assert one["layer"] == two["layer"] == whole["layer"] and one["rows"] == 1
+
+
 def test_smoothquant_joins_int8_only():
     from mpq.demo_run import with_smoothquant
     assert with_smoothquant(("w4a16", "int8", "bf16")) == ("w4a16", "int8", "int8_sq", "bf16")

@@ -20,7 +20,8 @@ using detail::BlockScale;
 
 // The kernels of the active ISA (isa_dispatch.hpp).
 const detail::FormatKernels& kernels() {
-  return detail::select(detail::scalar::kFormats, MPQ_AVX2_KERNELS(detail::avx2::kFormats));
+  return detail::select(detail::scalar::kFormats, MPQ_AVX2_KERNELS(detail::avx2::kFormats),
+                        MPQ_AVX512_KERNELS(detail::avx512::kFormats));
 }
 
 Format fp_format(const char* name, int mbits, int emin, float max, bool saturate, bool neg_zero, uint32_t nan_bits,

@@ -1,4 +1,5 @@
-// The int8 driver: validation and ISA dispatch around the per-ISA kernels (int8_ref.cpp, int8_avx2.cpp).
+// The int8 driver: validation and ISA dispatch around the per-ISA kernels (int8_ref.cpp, int8_avx2.cpp,
+// int8_avx512.cpp).
 #include "mpq/int8.hpp"
 
 #include <algorithm>
@@ -39,7 +40,8 @@ void check_linear(const char* fn, int64_t m, int64_t k, int64_t n, const void* x
 
 // The kernels of the active ISA (isa_dispatch.hpp).
 const detail::Int8Kernels& kernels() {
-  return detail::select(detail::scalar::kInt8, MPQ_AVX2_KERNELS(detail::avx2::kInt8));
+  return detail::select(detail::scalar::kInt8, MPQ_AVX2_KERNELS(detail::avx2::kInt8),
+                        MPQ_AVX512_KERNELS(detail::avx512::kInt8));
 }
 
 }  // namespace

@@ -120,6 +120,9 @@ inline void emit(float* o, int32_t acc, float rs, float cs, const float* bias, i
   *o = std::fma(static_cast<float>(acc), rs * cs, bias ? bias[j] : 0.0f);
 }
 
+}  // namespace
+
+// Outside the anonymous namespace: the AVX-512 table (int8_avx512.cpp) runs this one too.
 void int8_linear(const int8_t* xq, const float* rs, int64_t m, int64_t k, const int8_t* w, const float* cs,
                  const float* bias, int64_t n, float* out, int threads) {
   const int64_t k32 = k / 32 * 32;
@@ -198,6 +201,8 @@ void int8_linear(const int8_t* xq, const float* rs, int64_t m, int64_t k, const 
     }
   }
 }
+
+namespace {
 
 // ---- The packed GEMM (layout: mpq/int8.hpp). One 32-byte load holds 8 columns × 4 inputs; the 4 activation
 // bytes of a row are broadcast to every column, so each int32 lane accumulates a whole output and the epilogue

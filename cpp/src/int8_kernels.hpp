@@ -1,5 +1,6 @@
-// Internal: the per-ISA kernel tables behind int8.cpp (int8_ref.cpp, int8_avx2.cpp; see isa_dispatch.hpp). The
-// kernels take checked arguments: the public functions of mpq/int8.hpp validate them, then pick a table.
+// Internal: the per-ISA kernel tables behind int8.cpp (int8_ref.cpp, int8_avx2.cpp, int8_avx512.cpp; see
+// isa_dispatch.hpp). The kernels take checked arguments: the public functions of mpq/int8.hpp validate them, then
+// pick a table.
 #pragma once
 #include <cstdint>
 
@@ -29,6 +30,13 @@ extern const Int8Kernels kInt8;
 
 namespace avx2 {
 extern const Int8Kernels kInt8;
+/// The unpacked int8 Linear (kInt8.int8_linear), which the AVX-512 table shares.
+void int8_linear(const int8_t* xq, const float* rs, int64_t m, int64_t k, const int8_t* w, const float* cs,
+                 const float* bias, int64_t n, float* out, int threads);
 }  // namespace avx2
+
+namespace avx512 {
+extern const Int8Kernels kInt8;
+}  // namespace avx512
 
 }  // namespace mpq::detail

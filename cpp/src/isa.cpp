@@ -61,9 +61,18 @@ bool has_f16c() noexcept {
 
 Isa detect_isa() noexcept {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-  if constexpr (detail::kBuiltIsa >= Isa::kAvx2) {  // no AVX-512 kernels yet: kAvx512 is never reported
+  if constexpr (detail::kBuiltIsa >= Isa::kAvx2) {
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && has_f16c()) return Isa::kAvx2;
+    if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && has_f16c())) return Isa::kScalar;
+    // AVX-512 means F, BW, DQ, VL and VNNI (Cascade Lake, Ice Lake, Sapphire Rapids, Zen 4 and later): the int8
+    // kernel needs vpdpbusd. The checks include the OS's saving of the zmm state (libgcc reads XCR0).
+    if constexpr (detail::kBuiltIsa >= Isa::kAvx512) {
+      if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+          __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+          __builtin_cpu_supports("avx512vnni"))
+        return Isa::kAvx512;
+    }
+    return Isa::kAvx2;
   }
 #endif
   return Isa::kScalar;

@@ -48,7 +48,7 @@ struct BlockScale {
   float scale, inv_scale, zero_point;
 };
 
-/// The kernels of formats.cpp. kernels_ref.cpp and kernels_avx2.cpp each define one table, with the same results
+/// The kernels of formats.cpp. kernels_ref.cpp, kernels_avx2.cpp and kernels_avx512.cpp each define one table, with the same results
 /// bit for bit.
 struct FormatKernels {
   /// The finite minimum and maximum of n values.
@@ -62,8 +62,8 @@ struct FormatKernels {
                           const Params& p, const BlockScale* scales);
 };
 
-/// The kernels of sensitivity.cpp. sensitivity_ref.cpp and sensitivity_avx2.cpp each define one table, with the
-/// same results bit for bit.
+/// The kernels of sensitivity.cpp. sensitivity_ref.cpp, sensitivity_avx2.cpp and sensitivity_avx512.cpp each
+/// define one table; the SIMD ones sum in fp32 lanes (flushed to double every 512 values), the reference in double.
 struct SensitivityKernels {
   /// acc[k] += sum_{i<n} g[k*g_stride + i] * (Q(t[i]) - t[i]) for k < n_grads.
   void (*delta_dot)(const float* t, const float* g, std::size_t g_stride, std::size_t n_grads, std::size_t n,
@@ -90,5 +90,10 @@ namespace avx2 {
 extern const FormatKernels kFormats;
 extern const SensitivityKernels kSensitivity;
 }  // namespace avx2
+
+namespace avx512 {
+extern const FormatKernels kFormats;
+extern const SensitivityKernels kSensitivity;
+}  // namespace avx512
 
 }  // namespace mpq::detail

@@ -1,5 +1,5 @@
 // The sensitivity driver: validation, scales, threads and ISA dispatch around the per-ISA delta_dot kernels
-// (sensitivity_ref.cpp, sensitivity_avx2.cpp).
+// (sensitivity_ref.cpp, sensitivity_avx2.cpp, sensitivity_avx512.cpp).
 #include "mpq/sensitivity.hpp"
 
 #include <omp.h>
@@ -23,7 +23,8 @@ using detail::BlockScale;
 
 // The kernels of the active ISA (isa_dispatch.hpp).
 const detail::SensitivityKernels& kernels() {
-  return detail::select(detail::scalar::kSensitivity, MPQ_AVX2_KERNELS(detail::avx2::kSensitivity));
+  return detail::select(detail::scalar::kSensitivity, MPQ_AVX2_KERNELS(detail::avx2::kSensitivity),
+                        MPQ_AVX512_KERNELS(detail::avx512::kSensitivity));
 }
 
 BlockScale scale_at(const QuantSpec& s, std::size_t k) {

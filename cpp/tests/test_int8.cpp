@@ -3,6 +3,7 @@
 #include "check.hpp"
 #include <algorithm>
 #include <cfloat>
+#include <climits>
 #include <cmath>
 #include <cstdio>
 #include <random>
@@ -50,11 +51,13 @@ void check_quantize_rows(const std::string& isa, std::mt19937& rng) {
 }
 
 void check_linear(const std::string& isa, std::mt19937& rng) {
-  // every row tail (m % 4), column tail (n % 8, odd block counts) and input tail (k % 4, k % 32) of both kernels,
-  // and the packed kernel's passes of 1024 inputs
+  // every row tail (m % 4, m % 8), column tail (n % 8, n % 16, panels of 1 to 4 blocks of 8) and input tail
+  // (k % 4, k % 32) of every kernel, the packed kernels' passes over K (1024 inputs AVX2, 512 AVX-512) and blocks
+  // of rows
   const int shapes[][3] = {{1, 1, 1},   {3, 33, 5},  {2, 64, 8},   {5, 100, 7},  {1, 31, 4},  {4, 96, 9},
                            {6, 576, 13}, {7, 130, 24}, {9, 67, 17}, {8, 256, 32}, {3, 2, 40}, {4, 1, 16},
-                           {5, 1025, 9}, {2, 2100, 17}};
+                           {5, 1025, 9}, {2, 2100, 17}, {17, 513, 41}, {16, 40, 48}, {11, 4, 57},
+                           {250, 2100, 9}, {30, 20000, 3}};  // the last two: AVX-512's blocks of 512 KiB of rows
   std::uniform_int_distribution<int> d(-127, 127);
   std::uniform_real_distribution<float> u(0.1f, 1.0f);
   for (auto& s : shapes) {
@@ -97,6 +100,29 @@ void check_linear(const std::string& isa, std::mt19937& rng) {
       }
     }
   }
+}
+
+// The largest sums the K bound allows: K = 132104 inputs of ±127 and -128 against ±127 weights. The AVX-512 kernel
+// sums (w + 128) · x, which wraps int32 on the way (255 · 127 · K > 2^31): its result must still be exact.
+void check_extreme_sums(const std::string& isa) {
+  const int m = 3, k = 132104, n = 9;
+  std::vector<int8_t> x(m * k), w(n * k);
+  for (int t = 0; t < k; ++t) {
+    x[t] = 127, x[k + t] = -128, x[2 * k + t] = static_cast<int8_t>(t % 2 ? 127 : -128);
+    for (int j = 0; j < n; ++j) w[j * k + t] = static_cast<int8_t>(j % 3 == 0 ? 127 : (j % 3 == 1 ? -127 : (t % 2 ? 127 : -127)));
+  }
+  std::vector<int8_t> packed(mpq::int8_packed_bytes(n, k));
+  mpq::pack_int8_weights(w.data(), n, k, packed.data());
+  std::vector<float> rs(m, 1.0f), cs(n, 1.0f), out(m * n);
+  mpq::int8_linear_packed(x.data(), rs.data(), m, k, packed.data(), cs.data(), nullptr, n, out.data());
+  for (int i = 0; i < m; ++i)
+    for (int j = 0; j < n; ++j) {
+      long long acc = 0;
+      for (int t = 0; t < k; ++t) acc += static_cast<long long>(x[i * k + t]) * w[j * k + t];
+      CHECK(acc >= INT32_MIN && acc <= INT32_MAX, "extreme sums: the test's own sum %lld left int32", acc);
+      CHECK(out[i * n + j] == static_cast<float>(acc), "%s extreme sums [%d,%d] %.1f vs %lld", isa.c_str(), i, j,
+            out[i * n + j], acc);
+    }
 }
 
 // the fused entry is the quantizer then the packed GEMM, bit for bit, dynamic and static
@@ -167,6 +193,7 @@ int main() {
     check_quantize_rows(isa, rng);
     check_linear(isa, rng);
     check_from_float(isa, rng);
+    check_extreme_sums(isa);
   }
   check_errors();
   std::printf("%s (%d failures)\n", failures ? "FAILED" : "ok", failures);

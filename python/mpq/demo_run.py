@@ -143,8 +143,9 @@ def choose_candidates(model, example: torch.Tensor, phase: str) -> tuple[str, ..
     from .profiling.paying import paying_candidates
     paying, probe = paying_candidates(model, {"input_ids": example}, phase)
     figures = ", ".join(f"{c} {s:.2f}x" for c, s in probe["speedups"].items())
-    say(f"      on {cpu_features.summary()}: speed of each candidate against fp32 on {probe['layer']} "
-        f"({probe['rows']} x {probe['in_features']} x {probe['out_features']}, {phase}): {figures}")
+    layers = f"{probe['layers']} layers like {probe['layer']}" if probe["layers"] > 1 else probe["layer"]
+    say(f"      on {cpu_features.summary()}: speed of each candidate against fp32 on {layers} "
+        f"({probe['rows']} x {probe['in_features']} x {probe['out_features']}, {phase}, in turn): {figures}")
     if not paying:
         best = next(iter(probe["speedups"]))
         chosen = with_smoothquant((best,))

@@ -6,7 +6,7 @@
 
 namespace mpq {
 
-/// kAvx512 is a name only for now: no kernel uses it, so detect_isa() never reports it.
+/// kAvx512: AVX-512 F/BW/DQ/VL with VNNI. Kernel families without an AVX-512 variant run their AVX2 one there.
 enum class Isa : int { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
 
 const char* to_string(Isa isa) noexcept;

@@ -67,7 +67,8 @@ _INT8_NUMERICS = ("int8 weights per channel (amax/127, round half to even), acti
 _BF16_TOL = 2.0 ** -7
 
 IMPLEMENTATIONS = (
-    Implementation("mpq_int8", ("int8", "int8_static", "int8_sq", "int8_static_sq"), _INT8_NUMERICS + "; mpq's C++ GEMM (AVX2 vpmaddubsw with "
+    Implementation("mpq_int8", ("int8", "int8_static", "int8_sq", "int8_static_sq"), _INT8_NUMERICS + "; mpq's C++ GEMM (AVX-512 "
+                   "VNNI vpdpbusd on (w+128)·x less 128·Σx, int32 lanes with no int16 step; AVX2 vpmaddubsw with "
                    "|x|·sign(w, x), never a saturating pair; scalar without AVX2)", _int8),
     Implementation("torch_int_mm", ("int8", "int8_static", "int8_sq", "int8_static_sq"), _INT8_NUMERICS + "; torch._int_mm for the GEMM "
                    "(oneDNN AMX/VNNI kernels, a reference loop on CPUs without them)", _int8_int_mm),

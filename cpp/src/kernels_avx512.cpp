@@ -1,0 +1,114 @@
+// AVX-512 format kernels: sixteen values per step, tails through masked loads and stores, bit-identical to
+// kernels_ref.cpp (the tests force every path). Only *_avx512.cpp files are compiled with the AVX-512 flags.
+#include "quantizer_avx512.hpp"
+
+namespace mpq::detail::avx512 {
+namespace {
+
+constexpr std::size_t esize(DType d) { return d == DType::kF32 ? 4 : 2; }
+
+template <DType D>
+MinMax minmax_t(const void* x, std::size_t n) {
+  const __m512 inf = _mm512_set1_ps(std::numeric_limits<float>::infinity());
+  __m512 lo = inf, hi = _mm512_set1_ps(-std::numeric_limits<float>::infinity()), lo2 = lo, hi2 = hi;
+  // only finite lanes (and, in the tail, only lanes inside the run) join the min and max
+  auto step = [&](__m512 v, __mmask16 in_run, __m512& l, __m512& h) {
+    const __mmask16 finite = _mm512_mask_cmp_ps_mask(in_run, _mm512_abs_ps(v), inf, _CMP_LT_OQ);
+    l = _mm512_mask_min_ps(l, finite, l, v);
+    h = _mm512_mask_max_ps(h, finite, h, v);
+  };
+  std::size_t i = 0;
+  for (; i + 32 <= n; i += 32) {  // two accumulator pairs: min/max latency, not a chain
+    step(load16<D>(x, i), 0xFFFF, lo, hi);
+    step(load16<D>(x, i + 16), 0xFFFF, lo2, hi2);
+  }
+  for (; i < n; i += 16) {
+    const __mmask16 m = lanes(n - i);
+    step(load16<D>(x, i, m), m, lo, hi);
+  }
+  return MinMax{_mm512_reduce_min_ps(_mm512_min_ps(lo, lo2)), _mm512_reduce_max_ps(_mm512_max_ps(hi, hi2))};
+}
+
+// q(x), saturated at +-finite_max(D) when Sat (scalar::quantize's saturate(): y is the second operand of min and
+// max, which return it unchanged when it is NaN).
+template <DType D, bool Sat>
+inline __m512 quantize16(const Quantizer& q, __m512 x) {
+  const __m512 y = q(x);
+  if (!Sat) return y;
+  return _mm512_max_ps(_mm512_set1_ps(-finite_max(D)), _mm512_min_ps(_mm512_set1_ps(finite_max(D)), y));
+}
+
+template <DType D, bool Sat>
+void quantize_run(const Quantizer& q, const void* x, void* y, std::size_t n) {
+  std::size_t i = 0;
+  for (; i + 16 <= n; i += 16) store16<D>(y, i, quantize16<D, Sat>(q, load16<D>(x, i)));
+  if (i < n) {
+    const __mmask16 m = lanes(n - i);
+    store16<D>(y, i, quantize16<D, Sat>(q, load16<D>(x, i, m)), m);
+  }
+}
+
+template <DType D>
+void quantize_run(const Quantizer& q, const void* x, void* y, std::size_t n) {
+  if (saturates_output(q.p)) quantize_run<D, true>(q, x, y, n);
+  else quantize_run<D, false>(q, x, y, n);
+}
+
+template <DType D>
+void minmax_blocks_t(const void* x, std::size_t block, std::size_t n_blocks, MinMax* out) {
+  for (std::size_t b = 0; b < n_blocks; ++b) out[b] = minmax_t<D>(static_cast<const char*>(x) + b * block * esize(D), block);
+}
+
+template <DType D>
+void quantize_blocks_t(const void* x, void* y, std::size_t block, std::size_t n_blocks, const Params& p,
+                       const BlockScale* scales) {
+  Quantizer q(p, scales[0]);  // built once: only the three scale vectors change per block
+  const bool sat = saturates_output(p);
+  for (std::size_t b = 0; b < n_blocks; ++b) {
+    q.set_scale(scales[b]);
+    const void* xb = static_cast<const char*>(x) + b * block * esize(D);
+    void* yb = static_cast<char*>(y) + b * block * esize(D);
+    if (sat) quantize_run<D, true>(q, xb, yb, block);
+    else quantize_run<D, false>(q, xb, yb, block);
+  }
+}
+
+MinMax minmax(const void* x, DType dtype, std::size_t n) {
+  switch (dtype) {
+    case DType::kBF16: return minmax_t<DType::kBF16>(x, n);
+    case DType::kF16: return minmax_t<DType::kF16>(x, n);
+    default: return minmax_t<DType::kF32>(x, n);
+  }
+}
+
+void quantize(const void* x, void* y, DType dtype, std::size_t n, const Params& p, BlockScale s) {
+  const Quantizer q(p, s);
+  switch (dtype) {
+    case DType::kBF16: return quantize_run<DType::kBF16>(q, x, y, n);
+    case DType::kF16: return quantize_run<DType::kF16>(q, x, y, n);
+    default: return quantize_run<DType::kF32>(q, x, y, n);
+  }
+}
+
+void minmax_blocks(const void* x, DType dtype, std::size_t block, std::size_t n_blocks, MinMax* out) {
+  switch (dtype) {
+    case DType::kBF16: return minmax_blocks_t<DType::kBF16>(x, block, n_blocks, out);
+    case DType::kF16: return minmax_blocks_t<DType::kF16>(x, block, n_blocks, out);
+    default: return minmax_blocks_t<DType::kF32>(x, block, n_blocks, out);
+  }
+}
+
+void quantize_blocks(const void* x, void* y, DType dtype, std::size_t block, std::size_t n_blocks, const Params& p,
+                     const BlockScale* scales) {
+  switch (dtype) {
+    case DType::kBF16: return quantize_blocks_t<DType::kBF16>(x, y, block, n_blocks, p, scales);
+    case DType::kF16: return quantize_blocks_t<DType::kF16>(x, y, block, n_blocks, p, scales);
+    default: return quantize_blocks_t<DType::kF32>(x, y, block, n_blocks, p, scales);
+  }
+}
+
+}  // namespace
+
+const FormatKernels kFormats{minmax, quantize, minmax_blocks, quantize_blocks};
+
+}  // namespace mpq::detail::avx512
