@@ -11,7 +11,8 @@ same numerics (torch's own per-token quantizer, torch._int_mm, dequantization in
 "qdyn" is torch.ao's quantize_dynamic (fbgemm; other numerics: per-tensor asymmetric u8 activations), for speed
 only. Goals (issue "The fastest correct kernel on every CPU"): the chosen int8 path within 10% of the fastest
 exact int8 path at every M; no regression against mpq's AVX2 kernel on AVX2-only machines ("int8 unpacked
-(before)": the kernel mpq ran before the packed one, the same numbers, in the same run).
+(before)": the kernel mpq ran before the packed one, the same numbers, in the same run). On an AVX-512 CPU,
+"int8/mpq_int8 at avx2" is the same packed kernel with the core forced down to AVX2, in the same run.
 """
 from __future__ import annotations
 
@@ -82,6 +83,17 @@ def unpacked_int8(x, qw, ws, bias):
     return out
 
 
+def at_isa(isa, f):
+    """f run with mpq's C++ core forced to ``isa`` (the same kernel family one SIMD level down)."""
+    from mpq import _core
+    old = _core.isa()
+    _core._set_isa(isa)
+    try:
+        return f()
+    finally:
+        _core._set_isa(old)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ms", type=int, nargs="+", default=[1, 8, 32, 128, 512])
@@ -103,8 +115,12 @@ def main(argv=None):
                if not K.admission(i.name, c)[0]}
     for (name, c), why in refused.items():
         print(f"# refused: {name} for {c}: {why}")
-    cols = ["bf16 F.linear"] + [f"{c}/{i}" for c in CANDIDATES for i in impls[c]] + ["int8 unpacked (before)",
-                                                                                       "torch ops int8", "qdyn"]
+    from mpq import _core
+    # on an AVX-512 CPU, mpq's packed int8 kernel at AVX2 too, in the same run (the AVX-512 kernel's gain)
+    lower_isa = "avx2" if _core.isa() == "avx512" else None
+    cols = (["bf16 F.linear"] + [f"{c}/{i}" for c in CANDIDATES for i in impls[c]]
+            + ([f"int8/mpq_int8 at {lower_isa}"] if lower_isa else []) + ["int8 unpacked (before)", "torch ops int8",
+                                                                           "qdyn"])
     print("| K×N | M | fp32 ms | " + " | ".join(cols) + " | chosen int8 | chosen/fastest int8 |")
     print("|---|---|---|" + "---|" * len(cols) + "---|---|")
     for k, n in shapes:
@@ -125,6 +141,8 @@ def main(argv=None):
                 fns["torch ops int8"] = lambda: torch_ops_int8(x, int8.qweight, int8.wscale)
                 fns["int8 unpacked (before)"] = lambda: unpacked_int8(x, before_w, int8.wscale.numpy(),
                                                                       lin.bias.detach().numpy())
+                if lower_isa:
+                    fns[f"int8/mpq_int8 at {lower_isa}"] = lambda: at_isa(lower_isa, lambda: int8(x))
             fns["qdyn"] = lambda: qdyn(x)
             t = time_all(fns, args.max_call_s, args.budget_s)
             base = t["fp32"][0]
