@@ -19,8 +19,8 @@ def register(sub) -> None:
     p.add_argument("--calib-windows", type=int, default=16, help="calibration sequences (default 16)")
     p.add_argument("--eval-windows", type=int, default=8, help="held-out evaluation sequences (default 8)")
     p.add_argument("--seq-len", type=int, default=256)
-    p.add_argument("--verify-windows", type=int, default=8, help="held-out sequences the chosen plan is measured "
-                   "on, the budget tightened until the measurement holds (default 8)")
+    p.add_argument("--verify-windows", type=int, default=32, help="held-out sequences the chosen plan is "
+                   "measured on, the budget tightened until the measurement holds (default 32)")
     p.add_argument("--no-verify", action="store_true", help="select on the first-order estimate alone")
     p.add_argument("--out", default="mpq_run", help="folder for the artifacts and the report")
     p.add_argument("--no-progress", action="store_true")
