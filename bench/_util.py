@@ -23,22 +23,11 @@ def timeit(fn: Callable[[], object], repeat: int = 7, warmup: int = 1) -> tuple[
     return statistics.median(times), q[2] - q[0]
 
 
-def cpu_name() -> str:
-    """The CPU's model name from /proc/cpuinfo (platform.processor() is empty on Linux), or the platform's."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_line() -> str:
     import torch
 
     from mpq import _core
+    from mpq.application.cpu_features import cpu_name
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return (f"# {platform.machine()} {cpu_name()} ({os.cpu_count()} CPUs) isa={_core.isa()} "
             f"torch={torch.__version__} capability={torch.backends.cpu.get_cpu_capability()} "

@@ -67,64 +67,7 @@ void quantize_run(const Quantizer& q, const void* x, void* y, std::size_t n) {
   std::memcpy(static_cast<uint8_t*>(y) + i * esize(D), out, rest * esize(D));
 }
 
-template <DType D>
-void quantize_run(const Quantizer& q, const void* x, void* y, std::size_t n) {
-  if (saturates_output(q.p)) quantize_run<D, true>(q, x, y, n);
-  else quantize_run<D, false>(q, x, y, n);
-}
-
-template <DType D>
-void minmax_blocks_t(const void* x, std::size_t block, std::size_t n_blocks, MinMax* out) {
-  for (std::size_t b = 0; b < n_blocks; ++b) out[b] = minmax_t<D>(static_cast<const char*>(x) + b * block * esize(D), block);
-}
-
-template <DType D>
-void quantize_blocks_t(const void* x, void* y, std::size_t block, std::size_t n_blocks, const Params& p,
-                       const BlockScale* scales) {
-  Quantizer q(p, scales[0]);  // built once: only the three scale vectors change per block
-  const bool sat = saturates_output(p);
-  for (std::size_t b = 0; b < n_blocks; ++b) {
-    q.set_scale(scales[b]);
-    const void* xb = static_cast<const char*>(x) + b * block * esize(D);
-    void* yb = static_cast<char*>(y) + b * block * esize(D);
-    if (sat) quantize_run<D, true>(q, xb, yb, block);
-    else quantize_run<D, false>(q, xb, yb, block);
-  }
-}
-
-MinMax minmax(const void* x, DType dtype, std::size_t n) {
-  switch (dtype) {
-    case DType::kBF16: return minmax_t<DType::kBF16>(x, n);
-    case DType::kF16: return minmax_t<DType::kF16>(x, n);
-    default: return minmax_t<DType::kF32>(x, n);
-  }
-}
-
-void quantize(const void* x, void* y, DType dtype, std::size_t n, const Params& p, BlockScale s) {
-  const Quantizer q(p, s);
-  switch (dtype) {
-    case DType::kBF16: return quantize_run<DType::kBF16>(q, x, y, n);
-    case DType::kF16: return quantize_run<DType::kF16>(q, x, y, n);
-    default: return quantize_run<DType::kF32>(q, x, y, n);
-  }
-}
-
-void minmax_blocks(const void* x, DType dtype, std::size_t block, std::size_t n_blocks, MinMax* out) {
-  switch (dtype) {
-    case DType::kBF16: return minmax_blocks_t<DType::kBF16>(x, block, n_blocks, out);
-    case DType::kF16: return minmax_blocks_t<DType::kF16>(x, block, n_blocks, out);
-    default: return minmax_blocks_t<DType::kF32>(x, block, n_blocks, out);
-  }
-}
-
-void quantize_blocks(const void* x, void* y, DType dtype, std::size_t block, std::size_t n_blocks, const Params& p,
-                     const BlockScale* scales) {
-  switch (dtype) {
-    case DType::kBF16: return quantize_blocks_t<DType::kBF16>(x, y, block, n_blocks, p, scales);
-    case DType::kF16: return quantize_blocks_t<DType::kF16>(x, y, block, n_blocks, p, scales);
-    default: return quantize_blocks_t<DType::kF32>(x, y, block, n_blocks, p, scales);
-  }
-}
+#include "format_table.inc"
 
 }  // namespace
 

@@ -67,47 +67,7 @@ void delta_dot_multi_k(const float* t, const float* g, std::size_t n, const Quan
   }
 }
 
-/// acc[c] += sum_{i<n} g[i] * (Q_c(t[i]) - t[i]) for c < n_q, quantizer c with params p[c] and scale s[c].
-void delta_dot_multi(const float* t, const float* g, std::size_t n, const Params* p, const BlockScale* s,
-                     std::size_t n_q, double* acc) {
-  alignas(64) unsigned char storage[8 * sizeof(Quantizer)];
-  Quantizer* q = reinterpret_cast<Quantizer*>(storage);
-  for (std::size_t c0 = 0; c0 < n_q; c0 += 8) {
-    const std::size_t m = std::min<std::size_t>(8, n_q - c0);
-    for (std::size_t c = 0; c < m; ++c) new (&q[c]) Quantizer(p[c0 + c], s[c0 + c]);  // trivially destructible
-    double* a = acc + c0;
-    switch (m) {
-      case 1: delta_dot_multi_k<1>(t, g, n, q, a); break;
-      case 2: delta_dot_multi_k<2>(t, g, n, q, a); break;
-      case 3: delta_dot_multi_k<3>(t, g, n, q, a); break;
-      case 4: delta_dot_multi_k<4>(t, g, n, q, a); break;
-      case 5: delta_dot_multi_k<5>(t, g, n, q, a); break;
-      case 6: delta_dot_multi_k<6>(t, g, n, q, a); break;
-      case 7: delta_dot_multi_k<7>(t, g, n, q, a); break;
-      default: delta_dot_multi_k<8>(t, g, n, q, a); break;
-    }
-  }
-}
-
-/// acc[k] += sum_{i<n} g[k*g_stride + i] * (Q(t[i]) - t[i]) for k < n_grads.
-void delta_dot(const float* t, const float* g, std::size_t g_stride, std::size_t n_grads, std::size_t n,
-               const Params& p, BlockScale s, double* acc) {
-  const Quantizer q(p, s);
-  for (std::size_t k0 = 0; k0 < n_grads; k0 += 8) {
-    const float* gk = g + k0 * g_stride;
-    double* ak = acc + k0;
-    switch (std::min<std::size_t>(8, n_grads - k0)) {
-      case 1: delta_dot_k<1>(t, gk, g_stride, n, q, ak); break;
-      case 2: delta_dot_k<2>(t, gk, g_stride, n, q, ak); break;
-      case 3: delta_dot_k<3>(t, gk, g_stride, n, q, ak); break;
-      case 4: delta_dot_k<4>(t, gk, g_stride, n, q, ak); break;
-      case 5: delta_dot_k<5>(t, gk, g_stride, n, q, ak); break;
-      case 6: delta_dot_k<6>(t, gk, g_stride, n, q, ak); break;
-      case 7: delta_dot_k<7>(t, gk, g_stride, n, q, ak); break;
-      default: delta_dot_k<8>(t, gk, g_stride, n, q, ak); break;
-    }
-  }
-}
+#include "sensitivity_table.inc"
 
 }  // namespace
 

@@ -29,8 +29,8 @@ class RunSettings:
     calib_windows: int = 16
     eval_windows: int = 8
     # held-out windows the chosen plan is measured on (0: no verification). 32 of 256 tokens: two disjoint sets of
-    # that many tokens rank random plans at Spearman ~0.92 (8 windows: ~0.80), and 8 rounds of it keep the run
-    # within 1.5x of the solve-only one (bench/measurement_size.py, bench/RESULTS.md "How many sequences")
+    # that many tokens rank random plans at Spearman ~0.92 (8 windows: ~0.80); a run verified in one round cost
+    # 1.17x the solve-only run (bench/measurement_size.py, bench/RESULTS.md "How many sequences")
     verify_windows: int = 32
     batch_size: int = 4
     max_loss_rmse: float = 0.01            # nats of per-sequence mean cross-entropy (first-order estimate)
