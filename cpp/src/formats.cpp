@@ -335,5 +335,21 @@ Params make_params(const Format& f) {
   return p;
 }
 
+void block_scales_serial(const float* x, std::size_t block, std::size_t n_blocks, const Format& fmt, ScaleRule rule,
+                         MinMax* scratch, float* scales, float* zero_points) {
+  if (n_blocks == 1) {  // as compute_scales takes one block: the same min/max, so the same scale
+    const BlockScale s = block_scale(whole_minmax(x, DType::kF32, block, 1), fmt, rule);
+    scales[0] = s.scale;
+    zero_points[0] = s.zero_point;
+    return;
+  }
+  kernels().minmax_blocks(x, DType::kF32, block, n_blocks, scratch);
+  for (std::size_t b = 0; b < n_blocks; ++b) {
+    const BlockScale s = block_scale(scratch[b], fmt, rule);
+    scales[b] = s.scale;
+    zero_points[b] = s.zero_point;
+  }
+}
+
 }  // namespace detail
 }  // namespace mpq

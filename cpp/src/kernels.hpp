@@ -48,8 +48,14 @@ struct BlockScale {
   float scale, inv_scale, zero_point;
 };
 
-/// The kernels of formats.cpp. kernels_ref.cpp, kernels_avx2.cpp and kernels_avx512.cpp each define one table, with the same results
-/// bit for bit.
+/// compute_scales on float32 without its checks, threads and allocations (the arguments are valid; scratch holds
+/// n_blocks MinMax): the same scales bit for bit, for drivers that call it per small chunk (sensitivity.cpp, per 8
+/// rows of a wide layer, where the public call's OpenMP region and buffers had cost more than the pass itself).
+void block_scales_serial(const float* x, std::size_t block, std::size_t n_blocks, const Format& fmt, ScaleRule rule,
+                         MinMax* scratch, float* scales, float* zero_points);
+
+/// The kernels of formats.cpp. kernels_ref.cpp, kernels_avx2.cpp and kernels_avx512.cpp each define one table,
+/// with the same results bit for bit.
 struct FormatKernels {
   /// The finite minimum and maximum of n values.
   MinMax (*minmax)(const void* x, DType dtype, std::size_t n);

@@ -107,19 +107,22 @@ void sensitivity(const float* t, const float* g, std::size_t rows, std::size_t c
     std::vector<BlockScale> fscales(fused.size());
     for (std::size_t f = 0; f < fused.size(); ++f) fparams[f] = params[fused[f]];
     std::vector<std::vector<float>> sbuf(n_specs), zbuf(n_specs);
+    std::vector<detail::MinMax> mbuf;
     for (std::size_t c = 0; c < n_specs; ++c)
       if (specs[c].block != n && !specs[c].scales.size) {
         sbuf[c].resize(chunk_rows * (cols / specs[c].block));
         zbuf[c].resize(sbuf[c].size());
+        mbuf.resize(std::max(mbuf.size(), sbuf[c].size()));
       }
 #pragma omp for schedule(static)
     for (std::int64_t ci = 0; ci < static_cast<std::int64_t>(n_chunks); ++ci) {
       try {  // an exception may not leave an OpenMP region: keep the first, rethrow after it
         const std::size_t r0 = static_cast<std::size_t>(ci) * chunk_rows, r1 = std::min(rows, r0 + chunk_rows);
-        for (std::size_t c = 0; c < n_specs; ++c)
+        for (std::size_t c = 0; c < n_specs; ++c)  // the chunk's scales: compute_scales' numbers, not its overhead
           if (!sbuf[c].empty())
-            compute_scales(t + r0 * cols, DType::kF32, (r1 - r0) * cols, specs[c].block, *specs[c].format,
-                           specs[c].rule, sbuf[c].data(), zbuf[c].data(), 1);
+            detail::block_scales_serial(t + r0 * cols, specs[c].block, (r1 - r0) * cols / specs[c].block,
+                                        *specs[c].format, specs[c].rule, mbuf.data(), sbuf[c].data(),
+                                        zbuf[c].data());
         for (std::size_t r = r0; r < r1; ++r) {
           const std::size_t b = r / sample_rows;
           const float* tr = t + r * cols;
