@@ -503,6 +503,17 @@ def test_run_on_a_saved_model_measures_and_writes_its_report(lm, tmp_path):
     assert code == 2 and "int9" in err and err.count("\n") == 1 and not (tmp_path / "bad").exists()
 
 
+def test_run_verifies_on_32_windows_by_default(lm, tmp_path):
+    """Without --verify-windows, `mpq run` measures the chosen plan on 32 held-out windows (the size
+    bench/measurement_size.py chose: 8 rank plans little better than chance), end to end on a saved model."""
+    out = tmp_path / "run"
+    code, _, err = cli("run", "--model", lm, "--seq-len", 32, "--calib-windows", 4, "--eval-windows", 2,
+                       "--candidates", "int8", "--no-progress", "--out", out)
+    assert code == 0, err
+    assert "verifying by measurement on 32 held-out windows" in err
+    assert mpq.Plan.load(out / "plan.json").verification["samples"] == 32
+
+
 def test_calibrated_candidates_through_the_command_line(lm, text, tmp_path):
     """mpq calibrate saves the GPTQ integers beside the table; mpq apply runs them with --quantized-weights and
     refuses, in one line, a plan that needs them without it."""
