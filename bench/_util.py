@@ -1,6 +1,7 @@
 """Shared helpers of the bench scripts: timing, the machine line, tables."""
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import random
@@ -21,6 +22,18 @@ def timeit(fn: Callable[[], object], repeat: int = 7, warmup: int = 1) -> tuple[
     times.sort()
     q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
     return statistics.median(times), q[2] - q[0]
+
+
+@contextlib.contextmanager
+def at_isa(isa: str):
+    """mpq's C++ core forced to the SIMD level ``isa`` inside the block, the level before restored after it."""
+    from mpq import _core
+    old = _core.isa()
+    _core._set_isa(isa)
+    try:
+        yield
+    finally:
+        _core._set_isa(old)
 
 
 def machine_line() -> str:

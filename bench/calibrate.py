@@ -24,7 +24,7 @@ import torch
 
 from mpq import _core
 
-from _util import machine_line, print_table, timeit
+from _util import at_isa, machine_line, print_table, timeit
 
 CANDIDATES = ("fp8", "int8", "int8_static", "w4a16")
 RTN_SET = ("w8a16", "w4a16_g64", "int8_static")
@@ -109,16 +109,12 @@ def kernel_bench(repeat):
     n = t.numel() * 4
     t_copy, iqr_copy = timeit(lambda: dst.copy_(t), repeat)
     rows_out = []
-    old = _core.isa()
-    try:  # every SIMD level this CPU has, in one run (the scalar reference is not a contender)
-        for isa in [i for i in _core.available_isas() if i != "scalar"]:
-            _core._set_isa(isa)
+    for isa in [i for i in _core.available_isas() if i != "scalar"]:  # every SIMD level this CPU has, one run
+        with at_isa(isa):
             for k in (1, len(quants)):
                 tk, iqr = timeit(lambda: delta_sums(t, g, quants[:k], 512, num_threads=1), repeat)
                 rows_out.append((isa, f"{k} quantizer(s)", 2 * n / tk / 1e9, 2 * n / t_copy / 1e9,
                                  t_copy / tk * 1.0))
-    finally:
-        _core._set_isa(old)
     return rows_out, t_copy, iqr_copy
 
 

@@ -28,7 +28,7 @@ from torch import nn
 from mpq.application import cpu_features, cpu_kernels as K
 from mpq.candidates import get_candidate
 
-from _util import machine_line
+from _util import at_isa, machine_line
 
 SHAPES = [(576, 1536), (2048, 2048), (4096, 11008)]  # (in_features K, out_features N)
 CANDIDATES = ("int8", "w8a16", "w4a16", "bf16", "fp8")
@@ -83,17 +83,6 @@ def unpacked_int8(x, qw, ws, bias):
     return out
 
 
-def at_isa(isa, f):
-    """f run with mpq's C++ core forced to ``isa`` (the same kernel family one SIMD level down)."""
-    from mpq import _core
-    old = _core.isa()
-    _core._set_isa(isa)
-    try:
-        return f()
-    finally:
-        _core._set_isa(old)
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ms", type=int, nargs="+", default=[1, 8, 32, 128, 512])
@@ -142,7 +131,10 @@ def main(argv=None):
                 fns["int8 unpacked (before)"] = lambda: unpacked_int8(x, before_w, int8.wscale.numpy(),
                                                                       lin.bias.detach().numpy())
                 if lower_isa:
-                    fns[f"int8/mpq_int8 at {lower_isa}"] = lambda: at_isa(lower_isa, lambda: int8(x))
+                    def int8_lower():
+                        with at_isa(lower_isa):
+                            return int8(x)
+                    fns[f"int8/mpq_int8 at {lower_isa}"] = int8_lower
             fns["qdyn"] = lambda: qdyn(x)
             t = time_all(fns, args.max_call_s, args.budget_s)
             base = t["fp32"][0]
