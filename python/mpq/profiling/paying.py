@@ -59,12 +59,12 @@ def paying_candidates(model: nn.Module, example_input, phase: str = "prefill", p
         for c in pool:
             if not be.supported(c) or not _applies(c, lin) or not be.runs(lin, c):
                 continue
-            choice, _ = choose(lambda impl, c=c: be.make_module(lin, c, None, impl),
-                               be.implementations(c, lin), x, clock, repeats, 1)
-            modules = [be.make_module(linears[n], c, None, choice.implementation) for n in names]
+            choice, first = choose(lambda impl, c=c: be.make_module(lin, c, None, impl),
+                                   be.implementations(c, lin), x, clock, repeats, 1)
+            modules = [first] + [be.make_module(linears[n], c, None, choice.implementation) for n in names[1:]]
             t = time_callable([lambda: [linears[n](inputs[n]) for n in names],
                                lambda: [m(inputs[n]) for m, n in zip(modules, names)]], repeats, 1, clock)
-            del modules
+            del modules, first
             med = np.median(t, axis=1)
             speed[c] = Paying(c, choice.implementation, float(med[0] / med[1]))
     finally:
