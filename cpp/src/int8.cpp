@@ -44,6 +44,18 @@ const detail::Int8Kernels& kernels() {
                         MPQ_AVX512_KERNELS(detail::avx512::kInt8));
 }
 
+// The static quantizer of table ks over x[0, n), in chunks of 64 Ki values across threads (one chunk per work item:
+// enough to amortise the item, small enough to spread a long run).
+void quantize_static_chunks(const detail::Int8Kernels& ks, const float* x, int64_t n, float inv, int8_t* q,
+                            int threads) {
+  const int64_t chunk = 1 << 16, nchunks = (n + chunk - 1) / chunk;
+#pragma omp parallel for num_threads(threads) if (threads > 1)
+  for (int64_t c = 0; c < nchunks; ++c) {
+    const int64_t lo = c * chunk;
+    ks.quantize_int8_static(x + lo, std::min(chunk, n - lo), inv, q + lo);
+  }
+}
+
 }  // namespace
 
 void quantize_rows_int8(const float* x, int64_t rows, int64_t cols, int8_t* q, float* scales, int threads) {
@@ -58,7 +70,7 @@ void quantize_int8_static(const float* x, int64_t n, float scale, int8_t* q, int
   if (!(scale > 0.0f) || !std::isfinite(scale) || !std::isfinite(1.0f / scale))
     throw std::invalid_argument("quantize_int8_static: scale must be positive and finite, got " +
                                 std::to_string(scale));
-  kernels().quantize_int8_static(x, n, 1.0f / scale, q, threads);
+  quantize_static_chunks(kernels(), x, n, 1.0f / scale, q, threads);
 }
 
 void dequantize_int32(const int32_t* acc, int64_t rows, int64_t cols, const float* row_scale,
@@ -116,7 +128,7 @@ void int8_linear_from_float(const float* x, int64_t m, int64_t k, float static_s
   if (static_scale == 0.0f)
     ks.quantize_rows_int8(x, m, k, q.data(), rs.data(), threads);
   else
-    ks.quantize_int8_static(x, m * k, 1.0f / static_scale, q.data(), threads);
+    quantize_static_chunks(ks, x, m * k, 1.0f / static_scale, q.data(), threads);
   ks.int8_linear_packed(q.data(), rs.data(), m, k, packed, col_scale, bias, n, out, threads);
 }
 

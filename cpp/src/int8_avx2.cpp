@@ -70,16 +70,6 @@ void quantize_rows_int8(const float* x, int64_t rows, int64_t cols, int8_t* q, f
   }
 }
 
-void quantize_int8_static(const float* x, int64_t n, float inv, int8_t* q, int threads) {
-  const int64_t chunk = 1 << 16;
-  const int64_t nchunks = (n + chunk - 1) / chunk;
-#pragma omp parallel for num_threads(threads) if (threads > 1)
-  for (int64_t k = 0; k < nchunks; ++k) {
-    const int64_t lo = k * chunk, hi = lo + chunk < n ? lo + chunk : n;
-    quant_span(x + lo, hi - lo, inv, q + lo);
-  }
-}
-
 void dequantize_int32(const int32_t* acc, int64_t rows, int64_t cols, const float* rs, const float* cs,
                       const float* bias, float* out, int threads) {
 #pragma omp parallel for num_threads(threads) if (threads > 1)
@@ -330,6 +320,6 @@ void int8_linear_packed(const int8_t* xq, const float* rs, int64_t m, int64_t k,
 
 }  // namespace
 
-const Int8Kernels kInt8{quantize_rows_int8, quantize_int8_static, dequantize_int32, int8_linear, int8_linear_packed};
+const Int8Kernels kInt8{quantize_rows_int8, quant_span, dequantize_int32, int8_linear, int8_linear_packed};
 
 }  // namespace mpq::detail::avx2

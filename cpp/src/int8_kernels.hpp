@@ -10,8 +10,8 @@ namespace mpq::detail {
 /// mpq/int8.hpp (rs, cs: row and column scales).
 struct Int8Kernels {
   void (*quantize_rows_int8)(const float* x, int64_t rows, int64_t cols, int8_t* q, float* scales, int threads);
-  /// inv: the inverse of the static scale.
-  void (*quantize_int8_static)(const float* x, int64_t n, float inv, int8_t* q, int threads);
+  /// inv: the inverse of the static scale. One thread: int8.cpp splits a long run into chunks across threads.
+  void (*quantize_int8_static)(const float* x, int64_t n, float inv, int8_t* q);
   void (*dequantize_int32)(const int32_t* acc, int64_t rows, int64_t cols, const float* rs, const float* cs,
                            const float* bias, float* out, int threads);
   void (*int8_linear)(const int8_t* xq, const float* rs, int64_t m, int64_t k, const int8_t* w, const float* cs,

@@ -30,8 +30,7 @@ void quantize_rows_int8(const float* x, int64_t rows, int64_t cols, int8_t* q, f
   }
 }
 
-void quantize_int8_static(const float* x, int64_t n, float inv, int8_t* q, int threads) {
-#pragma omp parallel for num_threads(threads) if (threads > 1)
+void quantize_int8_static(const float* x, int64_t n, float inv, int8_t* q) {
   for (int64_t i = 0; i < n; ++i) q[i] = q8(x[i] * inv);
 }
 
