@@ -14,12 +14,6 @@
 namespace mpq::detail::avx512 {
 namespace {
 
-inline int8_t q8s(float v) {
-  float r = std::nearbyint(v);
-  r = std::fmin(std::fmax(r, -127.0f), 127.0f);
-  return static_cast<int8_t>(r);
-}
-
 inline __m512i q8v(__m512 v, __m512 inv) {
   __m512 r = _mm512_roundscale_ps(_mm512_mul_ps(v, inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   r = _mm512_max_ps(r, _mm512_set1_ps(-127.0f));  // NaN in r -> -127, as fmax does (vmaxps returns the 2nd)
