@@ -14,15 +14,17 @@
 #include "kernels.hpp"
 
 namespace mpq {
+
+const detail::FormatKernels& detail::format_kernels() {
+  return detail::select(detail::scalar::kFormats, MPQ_AVX2_KERNELS(detail::avx2::kFormats),
+                        MPQ_AVX512_KERNELS(detail::avx512::kFormats));
+}
+
 namespace {
 
 using detail::BlockScale;
 
-// The kernels of the active ISA (isa_dispatch.hpp).
-const detail::FormatKernels& kernels() {
-  return detail::select(detail::scalar::kFormats, MPQ_AVX2_KERNELS(detail::avx2::kFormats),
-                        MPQ_AVX512_KERNELS(detail::avx512::kFormats));
-}
+const detail::FormatKernels& kernels() { return detail::format_kernels(); }
 
 Format fp_format(const char* name, int mbits, int emin, float max, bool saturate, bool neg_zero, uint32_t nan_bits,
                  bool nan_signed, ScaleRule rule) {
@@ -335,17 +337,10 @@ Params make_params(const Format& f) {
   return p;
 }
 
-void block_scales_serial(const float* x, std::size_t block, std::size_t n_blocks, const Format& fmt, ScaleRule rule,
-                         MinMax* scratch, float* scales, float* zero_points) {
-  if (n_blocks == 1) {  // as compute_scales takes one block: the same min/max, so the same scale
-    const BlockScale s = block_scale(whole_minmax(x, DType::kF32, block, 1), fmt, rule);
-    scales[0] = s.scale;
-    zero_points[0] = s.zero_point;
-    return;
-  }
-  kernels().minmax_blocks(x, DType::kF32, block, n_blocks, scratch);
+void block_scales_from_minmax(const MinMax* mm, std::size_t n_blocks, const Format& fmt, ScaleRule rule,
+                              float* scales, float* zero_points) {
   for (std::size_t b = 0; b < n_blocks; ++b) {
-    const BlockScale s = block_scale(scratch[b], fmt, rule);
+    const BlockScale s = block_scale(mm[b], fmt, rule);
     scales[b] = s.scale;
     zero_points[b] = s.zero_point;
   }

@@ -2,8 +2,13 @@
 // (sensitivity_<isa>.cpp). Each ISA lives in its own *_<isa>.cpp files, the only ones compiled with that ISA's
 // flags, so no AVX code can leak into callers on older CPUs. The drivers pick a table through isa_dispatch.hpp.
 #pragma once
+#include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
 
 #include "mpq/formats.hpp"
 
@@ -48,11 +53,11 @@ struct BlockScale {
   float scale, inv_scale, zero_point;
 };
 
-/// compute_scales on float32 without its checks, threads and allocations (the arguments are valid; scratch holds
-/// n_blocks MinMax): the same scales bit for bit, for drivers that call it per small chunk (sensitivity.cpp, per 8
-/// rows of a wide layer, where the public call's OpenMP region and buffers had cost more than the pass itself).
-void block_scales_serial(const float* x, std::size_t block, std::size_t n_blocks, const Format& fmt, ScaleRule rule,
-                         MinMax* scratch, float* scales, float* zero_points);
+/// The scales (and zero points) compute_scales gives blocks whose min/max are mm (minmax_blocks), without its
+/// checks, threads and allocations: for drivers that work per small chunk and share one min/max pass among several
+/// formats of the same blocks (sensitivity.cpp, per 8 rows of a wide layer).
+void block_scales_from_minmax(const MinMax* mm, std::size_t n_blocks, const Format& fmt, ScaleRule rule,
+                              float* scales, float* zero_points);
 
 /// The kernels of formats.cpp. kernels_ref.cpp, kernels_avx2.cpp and kernels_avx512.cpp each define one table,
 /// with the same results bit for bit.
@@ -67,6 +72,65 @@ struct FormatKernels {
   void (*quantize_blocks)(const void* x, void* y, DType dtype, std::size_t block, std::size_t n_blocks,
                           const Params& p, const BlockScale* scales);
 };
+
+/// The FormatKernels of the active ISA (isa_dispatch.hpp), for formats.cpp and the drivers that call its kernels.
+const FormatKernels& format_kernels();
+
+/// The sensitivity kernels' quantizer variants, fixed at compile time per (format, scale) instead of branching on
+/// Params in the inner loop: Q(x) - x with the steps this format and scale need and nothing else. They equal
+/// saturate(quantize_one(x), lim) - x bit for bit wherever x is not NaN; a NaN x gives some NaN (a NaN minus x is
+/// NaN whatever Q made of it, so the NaN pattern fake_quantize writes is not built).
+enum LeanFlag : unsigned {
+  kLeanInt = 1,       ///< integer grid
+  kLeanAsym = 2,      ///< integer with a non-zero zero point (adding 0 would change only the sign of a zero)
+  kLeanSat = 4,       ///< float format that saturates at its max, rounded by one add and subtract (lean_delta)
+  kLeanSatBits = 8,   ///< the same formats where that add could overflow: rounded by quantize_one's bit steps
+  kLeanNegZero = 16,  ///< (bit steps) the float format has a negative zero
+  kLeanClamp = 32,    ///< the +-FLT_MAX clamp of fake_quantize can change q * scale for this scale
+};
+
+/// The variant for format p at scale s. The clamp is left out only where no q * scale can reach FLT_MAX (bounds
+/// taken with room to spare: keeping it is always exact, only slower).
+inline unsigned lean_flags(const Params& p, BlockScale s) {
+  unsigned f = 0;
+  double bound;  // above the largest |q| the format gives before the multiply by the scale
+  if (p.is_int) {
+    f |= kLeanInt;
+    if (s.zero_point != 0.0f) f |= kLeanAsym;
+    bound = std::max(-static_cast<double>(p.qmin), static_cast<double>(p.qmax)) + std::fabs(s.zero_point) + 1.0;
+  } else {
+    // the rounding add takes 1.5 * 2^(e + 23 - mbits) for |v| < 2^(e+1) <= 2 * max: it must stay finite
+    if (p.saturate) f |= std::ldexp(static_cast<double>(p.max), 25 - p.mbits) < 0.25 * finite_max(DType::kF32)
+                             ? kLeanSat : kLeanSatBits;
+    if (!(f & kLeanSat) && p.neg_zero) f |= kLeanNegZero;
+    bound = 2.0 * p.max;
+  }
+  if (saturates_output(p) && !(bound * s.scale < 0.5 * finite_max(DType::kF32))) f |= kLeanClamp;
+  return f;
+}
+
+/// Calls fn(std::integral_constant<unsigned, F>{}) for F = flags: one instantiation per variant lean_flags gives.
+template <class Fn>
+inline void with_lean_flags(unsigned flags, Fn&& fn) {
+#define MPQ_LEAN_CASE(F) \
+  case (F): fn(std::integral_constant<unsigned, (F)>{}); return;
+  switch (flags) {
+    MPQ_LEAN_CASE(kLeanInt)
+    MPQ_LEAN_CASE(kLeanInt | kLeanClamp)
+    MPQ_LEAN_CASE(kLeanInt | kLeanAsym)
+    MPQ_LEAN_CASE(kLeanInt | kLeanAsym | kLeanClamp)
+    MPQ_LEAN_CASE(kLeanSat)
+    MPQ_LEAN_CASE(kLeanSat | kLeanClamp)
+    MPQ_LEAN_CASE(kLeanSatBits)
+    MPQ_LEAN_CASE(kLeanSatBits | kLeanClamp)
+    MPQ_LEAN_CASE(kLeanSatBits | kLeanNegZero)
+    MPQ_LEAN_CASE(kLeanSatBits | kLeanNegZero | kLeanClamp)
+    MPQ_LEAN_CASE(0)
+    MPQ_LEAN_CASE(kLeanNegZero)
+    default: throw std::logic_error("sensitivity: no quantizer variant for flags " + std::to_string(flags));
+  }
+#undef MPQ_LEAN_CASE
+}
 
 /// The kernels of sensitivity.cpp. sensitivity_ref.cpp, sensitivity_avx2.cpp and sensitivity_avx512.cpp each
 /// define one table; the SIMD ones sum in fp32 lanes (flushed to double every 512 values), the reference in double.

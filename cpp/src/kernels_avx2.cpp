@@ -7,8 +7,9 @@ namespace {
 
 constexpr std::size_t esize(DType d) { return d == DType::kF32 ? 4 : 2; }
 
+// The finite minimum and maximum: non-finite lanes replaced by +-inf before they join.
 template <DType D>
-MinMax minmax_t(const void* x, std::size_t n) {
+MinMax minmax_finite(const void* x, std::size_t n) {
   const __m256 inf = _mm256_set1_ps(std::numeric_limits<float>::infinity());
   const __m256 ninf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
   const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
@@ -42,6 +43,45 @@ MinMax minmax_t(const void* x, std::size_t n) {
     m.lo = t.lo < m.lo ? t.lo : m.lo;
     m.hi = t.hi > m.hi ? t.hi : m.hi;
   }
+  return m;
+}
+
+// The same in half the work where the run holds no infinity: min(v, lo) and max(v, hi) return the accumulator
+// when v is NaN, so NaN lanes drop out on their own; an infinity would join, so a run whose min or max comes out
+// infinite (one with an infinity, or with no finite value at all) is done again by minmax_finite.
+template <DType D>
+MinMax minmax_t(const void* x, std::size_t n) {
+  __m256 lo = _mm256_set1_ps(std::numeric_limits<float>::infinity()), hi = _mm256_sub_ps(_mm256_setzero_ps(), lo);
+  __m256 lo2 = lo, hi2 = hi;
+  std::size_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m256 a = load8<D>(x, i), b = load8<D>(x, i + 8);
+    lo = _mm256_min_ps(a, lo);
+    hi = _mm256_max_ps(a, hi);
+    lo2 = _mm256_min_ps(b, lo2);
+    hi2 = _mm256_max_ps(b, hi2);
+  }
+  if (i + 8 <= n) {
+    const __m256 a = load8<D>(x, i);
+    lo = _mm256_min_ps(a, lo);
+    hi = _mm256_max_ps(a, hi);
+    i += 8;
+  }
+  lo = _mm256_min_ps(lo, lo2);
+  hi = _mm256_max_ps(hi, hi2);
+  __m128 l4 = _mm_min_ps(_mm256_castps256_ps128(lo), _mm256_extractf128_ps(lo, 1));
+  __m128 h4 = _mm_max_ps(_mm256_castps256_ps128(hi), _mm256_extractf128_ps(hi, 1));
+  l4 = _mm_min_ps(l4, _mm_movehl_ps(l4, l4));
+  h4 = _mm_max_ps(h4, _mm_movehl_ps(h4, h4));
+  l4 = _mm_min_ss(l4, _mm_shuffle_ps(l4, l4, 1));
+  h4 = _mm_max_ss(h4, _mm_shuffle_ps(h4, h4, 1));
+  MinMax m{_mm_cvtss_f32(l4), _mm_cvtss_f32(h4)};
+  if (i < n) {
+    const MinMax t = scalar::minmax(static_cast<const char*>(x) + i * esize(D), D, n - i);
+    m.lo = t.lo < m.lo ? t.lo : m.lo;
+    m.hi = t.hi > m.hi ? t.hi : m.hi;
+  }
+  if (std::isinf(m.lo) || std::isinf(m.hi)) return minmax_finite<D>(x, n);
   return m;
 }
 

@@ -7,8 +7,9 @@ namespace {
 
 constexpr std::size_t esize(DType d) { return d == DType::kF32 ? 4 : 2; }
 
+// The finite minimum and maximum, lanes masked to the finite values of the run.
 template <DType D>
-MinMax minmax_t(const void* x, std::size_t n) {
+MinMax minmax_finite(const void* x, std::size_t n) {
   const __m512 inf = _mm512_set1_ps(std::numeric_limits<float>::infinity());
   __m512 lo = inf, hi = _mm512_set1_ps(-std::numeric_limits<float>::infinity()), lo2 = lo, hi2 = hi;
   // only finite lanes (and, in the tail, only lanes inside the run) join the min and max
@@ -27,6 +28,32 @@ MinMax minmax_t(const void* x, std::size_t n) {
     step(load16<D>(x, i, m), m, lo, hi);
   }
   return MinMax{_mm512_reduce_min_ps(_mm512_min_ps(lo, lo2)), _mm512_reduce_max_ps(_mm512_max_ps(hi, hi2))};
+}
+
+// The same in half the work where the run holds no infinity: min(v, lo) and max(v, hi) return the accumulator
+// when v is NaN, so NaN lanes drop out on their own; an infinity would join, so a run whose min or max comes out
+// infinite (one with an infinity, or with no finite value at all) is done again by minmax_finite.
+template <DType D>
+MinMax minmax_t(const void* x, std::size_t n) {
+  __m512 lo = _mm512_set1_ps(std::numeric_limits<float>::infinity()), hi = _mm512_sub_ps(_mm512_setzero_ps(), lo);
+  __m512 lo2 = lo, hi2 = hi;
+  std::size_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    const __m512 a = load16<D>(x, i), b = load16<D>(x, i + 16);
+    lo = _mm512_min_ps(a, lo);
+    hi = _mm512_max_ps(a, hi);
+    lo2 = _mm512_min_ps(b, lo2);
+    hi2 = _mm512_max_ps(b, hi2);
+  }
+  for (; i < n; i += 16) {
+    const __mmask16 m = lanes(n - i);
+    const __m512 a = load16<D>(x, i, m);
+    lo = _mm512_mask_min_ps(lo, m, a, lo);
+    hi = _mm512_mask_max_ps(hi, m, a, hi);
+  }
+  const MinMax r{_mm512_reduce_min_ps(_mm512_min_ps(lo, lo2)), _mm512_reduce_max_ps(_mm512_max_ps(hi, hi2))};
+  if (std::isinf(r.lo) || std::isinf(r.hi)) return minmax_finite<D>(x, n);
+  return r;
 }
 
 // q(x), saturated at +-finite_max(D) when Sat (scalar::quantize's saturate(): y is the second operand of min and

@@ -55,6 +55,8 @@ struct Quantizer {
   Params p;
   __m512 scale, inv, zp, qmin, qmax, maxv, tiny, magic, inf, nanv;
   __m512i sign_mask, round_bias, trunc_mask, one;
+  __m512 negmax, grid_sub;  // lean_delta's rounding add (kLeanSat)
+  __m512i exp_mask, grid_bias;
   __m128i shift;
 
   Quantizer(const Params& prm, BlockScale s) : p(prm) {
@@ -65,11 +67,15 @@ struct Quantizer {
     inf = _mm512_set1_ps(std::numeric_limits<float>::infinity());
     const int sh = p.is_int ? 0 : 23 - p.mbits;
     shift = _mm_cvtsi32_si128(sh);
-    tiny = magic = _mm512_setzero_ps();
-    round_bias = trunc_mask = _mm512_setzero_si512();
+    tiny = magic = grid_sub = _mm512_setzero_ps();
+    round_bias = trunc_mask = grid_bias = _mm512_setzero_si512();
+    negmax = _mm512_set1_ps(-p.max);
+    exp_mask = _mm512_set1_epi32(0x7F800000);
     if (!p.is_int) {
       tiny = _mm512_set1_ps(p.tiny);
       magic = _mm512_set1_ps(p.magic);
+      grid_sub = _mm512_set1_ps(1.5f * p.magic);
+      grid_bias = _mm512_set1_epi32(static_cast<int>((static_cast<unsigned>(sh) << 23) | 0x00400000u));
       round_bias = _mm512_set1_epi32(static_cast<int>((1u << (sh - 1)) - 1));
       trunc_mask = _mm512_set1_epi32(static_cast<int>(~((1u << sh) - 1u)));
     }
@@ -111,6 +117,50 @@ struct Quantizer {
     __m512i nan_out = _mm512_castps_si512(nanv);
     if (p.nan_signed) nan_out = _mm512_or_si512(nan_out, _mm512_and_si512(_mm512_castps_si512(x), sign_mask));
     return _mm512_mask_blend_ps(isnan, y, _mm512_castsi512_ps(nan_out));  // after the multiply, as AVX2's
+  }
+
+  // Q(x), clamped at +-FLT_MAX where F says it can matter, minus x: operator()'s steps for the variant F
+  // (lean_flags, kernels.hpp), without its NaN blend (a NaN x gives a NaN difference whatever Q made of it). The
+  // sign of a zero Q is not kept either: y - x is the same for y = +0 and y = -0 (x = -0 included).
+  template <unsigned F>
+  __m512 lean_delta(__m512 x) const {
+    const __m512 v = _mm512_mul_ps(x, inv);
+    __m512 q;
+    if constexpr ((F & kLeanInt) != 0) {
+      q = _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      if constexpr ((F & kLeanAsym) != 0) q = _mm512_add_ps(q, zp);
+      q = _mm512_min_ps(_mm512_max_ps(q, qmin), qmax);
+      if constexpr ((F & kLeanAsym) != 0) q = _mm512_sub_ps(q, zp);
+    } else if constexpr ((F & kLeanSat) != 0) {
+      // Saturate, then round to the format's grid with m = 1.5 * 2^(e + 23 - mbits), e = max(exponent of c,
+      // emin): c + m lies in m's binade, whose fp32 step is the grid's step at c (the subnormal one below tiny),
+      // and m's own last bit there is even, so the add rounds to nearest, ties to even, as the format does.
+      const __m512 c = _mm512_min_ps(_mm512_max_ps(v, negmax), maxv);
+      const __m512i e = _mm512_and_si512(_mm512_castps_si512(c), exp_mask);
+      const __m512 m = _mm512_max_ps(_mm512_castsi512_ps(_mm512_add_epi32(e, grid_bias)), grid_sub);
+      q = _mm512_sub_ps(_mm512_add_ps(c, m), m);
+    } else {
+      const __m512i vb = _mm512_castps_si512(v);
+      __m512i sign = _mm512_and_si512(vb, sign_mask);
+      __m512 a = _mm512_castsi512_ps(_mm512_andnot_si512(sign_mask, vb));
+      if constexpr ((F & kLeanSatBits) != 0) a = _mm512_min_ps(a, maxv);
+      const __mmask16 sub = _mm512_cmp_ps_mask(a, tiny, _CMP_LT_OQ);
+      const __m512 rs = _mm512_sub_ps(_mm512_add_ps(a, magic), magic);
+      __m512i b = _mm512_castps_si512(a);
+      b = _mm512_add_epi32(b, _mm512_add_epi32(round_bias, _mm512_and_si512(_mm512_srl_epi32(b, shift), one)));
+      __m512 r = _mm512_mask_blend_ps(sub, _mm512_castsi512_ps(_mm512_and_si512(b, trunc_mask)), rs);
+      if constexpr ((F & kLeanSatBits) == 0)
+        r = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(r, maxv, _CMP_GT_OQ), r, inf);
+      if constexpr ((F & kLeanNegZero) == 0)
+        sign = _mm512_maskz_mov_epi32(_mm512_cmp_ps_mask(r, _mm512_setzero_ps(), _CMP_NEQ_OQ), sign);
+      q = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(r), sign));
+    }
+    __m512 y = _mm512_mul_ps(q, scale);
+    if constexpr ((F & kLeanClamp) != 0) {
+      const __m512 lim = _mm512_set1_ps(finite_max(DType::kF32));
+      y = _mm512_max_ps(_mm512_sub_ps(_mm512_setzero_ps(), lim), _mm512_min_ps(lim, y));
+    }
+    return _mm512_sub_ps(y, x);
   }
 };
 

@@ -92,9 +92,18 @@ void sensitivity(const float* t, const float* g, std::size_t rows, std::size_t c
     for (std::size_t c = 0; c < n_specs; ++c)
       if (specs[c].block == n || specs[c].block == cols) fused.push_back(c);
   // Work item: a chunk of rows (about 32 KiB of T, so it is still in cache when the kernel reads it after the
-  // per-row / per-group scales of the whole chunk were computed in one compute_scales call per spec).
+  // per-row / per-group scales of the whole chunk were computed from one min/max pass per block size).
   const std::size_t chunk_rows = std::max<std::size_t>(1, std::min<std::size_t>(64, 8192 / std::max<std::size_t>(1, cols)));
   const std::size_t n_chunks = (rows + chunk_rows - 1) / chunk_rows;
+  // The distinct block sizes of the specs whose scales are computed per chunk, and each such spec's slot among them.
+  std::vector<std::size_t> minmax_of, minmax_slot(n_specs, 0);
+  for (std::size_t c = 0; c < n_specs; ++c)
+    if (specs[c].block != n && !specs[c].scales.size) {
+      const auto it = std::find(minmax_of.begin(), minmax_of.end(), specs[c].block);
+      minmax_slot[c] = static_cast<std::size_t>(it - minmax_of.begin());
+      if (it == minmax_of.end()) minmax_of.push_back(specs[c].block);
+    }
+  const auto minmax_blocks = detail::format_kernels().minmax_blocks;
   const int threads = static_cast<int>(std::min<std::size_t>(std::max(1, num_threads), n_chunks));
   std::vector<std::vector<double>> partial(threads, std::vector<double>(n_out, 0.0));
   std::exception_ptr error;
@@ -107,22 +116,25 @@ void sensitivity(const float* t, const float* g, std::size_t rows, std::size_t c
     std::vector<BlockScale> fscales(fused.size());
     for (std::size_t f = 0; f < fused.size(); ++f) fparams[f] = params[fused[f]];
     std::vector<std::vector<float>> sbuf(n_specs), zbuf(n_specs);
-    std::vector<detail::MinMax> mbuf;
     for (std::size_t c = 0; c < n_specs; ++c)
       if (specs[c].block != n && !specs[c].scales.size) {
         sbuf[c].resize(chunk_rows * (cols / specs[c].block));
         zbuf[c].resize(sbuf[c].size());
-        mbuf.resize(std::max(mbuf.size(), sbuf[c].size()));
       }
+    // one min/max pass per block size over the chunk, shared by every spec that computes its scales on it
+    std::vector<std::vector<detail::MinMax>> mbuf(minmax_of.size());
+    for (std::size_t u = 0; u < minmax_of.size(); ++u) mbuf[u].resize(chunk_rows * (cols / minmax_of[u]));
 #pragma omp for schedule(static)
     for (std::int64_t ci = 0; ci < static_cast<std::int64_t>(n_chunks); ++ci) {
       try {  // an exception may not leave an OpenMP region: keep the first, rethrow after it
         const std::size_t r0 = static_cast<std::size_t>(ci) * chunk_rows, r1 = std::min(rows, r0 + chunk_rows);
-        for (std::size_t c = 0; c < n_specs; ++c)  // the chunk's scales: compute_scales' numbers, not its overhead
+        // the chunk's scales: compute_scales' numbers, without its overhead, one min/max pass per block size
+        for (std::size_t u = 0; u < minmax_of.size(); ++u)
+          minmax_blocks(t + r0 * cols, DType::kF32, minmax_of[u], (r1 - r0) * cols / minmax_of[u], mbuf[u].data());
+        for (std::size_t c = 0; c < n_specs; ++c)
           if (!sbuf[c].empty())
-            detail::block_scales_serial(t + r0 * cols, specs[c].block, (r1 - r0) * cols / specs[c].block,
-                                        *specs[c].format, specs[c].rule, mbuf.data(), sbuf[c].data(),
-                                        zbuf[c].data());
+            detail::block_scales_from_minmax(mbuf[minmax_slot[c]].data(), (r1 - r0) * cols / specs[c].block,
+                                             *specs[c].format, specs[c].rule, sbuf[c].data(), zbuf[c].data());
         for (std::size_t r = r0; r < r1; ++r) {
           const std::size_t b = r / sample_rows;
           const float* tr = t + r * cols;

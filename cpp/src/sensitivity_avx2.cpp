@@ -1,9 +1,8 @@
-// AVX2 sensitivity kernel: eight values of T per step, quantized once by the shared Quantizer (bit-identical to
-// scalar::quantize_one) and dotted with up to eight gradients held in registers. Partial sums of at most kFlush
+// AVX2 sensitivity kernel: eight values of T per step, quantized once by the shared Quantizer's lean variant
+// (bit-identical to scalar::quantize_one but for NaN patterns) and dotted with up to eight gradients held in registers. Partial sums of at most kFlush
 // products stay in fp32 lanes, then go to double. Compiled with -mavx2 -mfma -mf16c (only *_avx2.cpp files are).
 #include <algorithm>
 #include <cstring>
-#include <limits>
 #include <new>
 
 #include "quantizer_avx2.hpp"
@@ -20,31 +19,18 @@ inline double hsum(__m256 v) {
   return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
 }
 
-// Q(x) saturated at +-FLT_MAX for the formats that saturate, as fake_quantize does (formats.hpp); lim is +inf for
-// the others. y is min's and max's second operand, so a NaN passes with its bits.
-inline __m256 sat_limit(const Quantizer& q) {
-  return _mm256_set1_ps(saturates_output(q.p) ? finite_max(DType::kF32) : std::numeric_limits<float>::infinity());
-}
-
-inline __m256 saturated(const Quantizer& q, __m256 lim, __m256 x) {
-  const __m256 neg = _mm256_sub_ps(_mm256_setzero_ps(), lim);
-  return _mm256_max_ps(neg, _mm256_min_ps(lim, q(x)));
-}
-
-// K gradients (1..8) against one run of T.
-template <int K>
+// K gradients (1..8) against one run of T, quantizer variant F (lean_flags).
+template <unsigned F, int K>
 void delta_dot_k(const float* t, const float* g, std::size_t g_stride, std::size_t n, const Quantizer& q,
                  double* acc) {
   std::size_t i = 0;
   const std::size_t full = n - n % 8;
-  const __m256 lim = sat_limit(q);
   while (i < full) {
     __m256 a[K];
     for (int k = 0; k < K; ++k) a[k] = _mm256_setzero_ps();
     const std::size_t stop = std::min(full, i + kFlush);
     for (; i < stop; i += 8) {
-      const __m256 x = _mm256_loadu_ps(t + i);
-      const __m256 d = _mm256_sub_ps(saturated(q, lim, x), x);
+      const __m256 d = q.lean_delta<F>(_mm256_loadu_ps(t + i));
       for (int k = 0; k < K; ++k) a[k] = _mm256_fmadd_ps(_mm256_loadu_ps(g + k * g_stride + i), d, a[k]);
     }
     for (int k = 0; k < K; ++k) acc[k] += hsum(a[k]);
@@ -54,38 +40,12 @@ void delta_dot_k(const float* t, const float* g, std::size_t g_stride, std::size
   alignas(32) float xt[8] = {}, gt[8];
   const std::size_t rest = n - i;
   std::memcpy(xt, t + i, rest * sizeof(float));
-  const __m256 x = _mm256_load_ps(xt);
-  const __m256 d = _mm256_sub_ps(saturated(q, lim, x), x);
+  const __m256 d = q.lean_delta<F>(_mm256_load_ps(xt));
   for (int k = 0; k < K; ++k) {
     std::memset(gt, 0, sizeof gt);
     std::memcpy(gt, g + k * g_stride + i, rest * sizeof(float));
     acc[k] += hsum(_mm256_mul_ps(_mm256_load_ps(gt), d));
   }
-}
-
-// NQ quantizers (1..8) of one run of T against one gradient: T and G are loaded once per eight values.
-template <int NQ>
-void delta_dot_multi_k(const float* t, const float* g, std::size_t n, const Quantizer* q, double* acc) {
-  std::size_t i = 0;
-  const std::size_t full = n - n % 8;
-  __m256 lim[NQ];
-  for (int c = 0; c < NQ; ++c) lim[c] = sat_limit(q[c]);
-  while (i < full) {
-    __m256 a[NQ];
-    for (int c = 0; c < NQ; ++c) a[c] = _mm256_setzero_ps();
-    const std::size_t stop = std::min(full, i + kFlush);
-    for (; i < stop; i += 8) {
-      const __m256 x = _mm256_loadu_ps(t + i), gv = _mm256_loadu_ps(g + i);
-      for (int c = 0; c < NQ; ++c) a[c] = _mm256_fmadd_ps(gv, _mm256_sub_ps(saturated(q[c], lim[c], x), x), a[c]);
-    }
-    for (int c = 0; c < NQ; ++c) acc[c] += hsum(a[c]);
-  }
-  if (i == n) return;
-  alignas(32) float xt[8] = {}, gt[8] = {};
-  std::memcpy(xt, t + i, (n - i) * sizeof(float));
-  std::memcpy(gt, g + i, (n - i) * sizeof(float));
-  const __m256 x = _mm256_load_ps(xt), gv = _mm256_load_ps(gt);
-  for (int c = 0; c < NQ; ++c) acc[c] += hsum(_mm256_mul_ps(gv, _mm256_sub_ps(saturated(q[c], lim[c], x), x)));
 }
 
 #include "sensitivity_table.inc"

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <random>
 #include <stdexcept>
 #include <string>
@@ -80,6 +81,42 @@ void run(std::size_t rows, std::size_t cols, std::size_t k, std::size_t sample_r
   mpq::set_isa(mpq::available_isas().back());
 }
 
+// Every value's own difference, exactly: one value per row, each row a sample, gradient 1, so out[r] is the fp32
+// Q(t[r]) - t[r] the kernel formed, as a double. It must equal fake_quantize's y - t bit for bit (a NaN t: some NaN),
+// for every bf16 bit pattern as t (ties of every fp8 grid, subnormals, +-0, +-inf, NaN) at several scales, at every
+// ISA: the SIMD kernels run their own compile-time variants of each format, not fake_quantize's code.
+void exact_per_value(const mpq::Format& fmt, float scale, float zero_point) {
+  const std::size_t n = 65536;
+  std::vector<float> t(n), g(n, 1.0f), q(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    const uint32_t bits = static_cast<uint32_t>(i) << 16;
+    std::memcpy(&t[i], &bits, 4);
+    t[i] *= 1.0f;  // a signalling NaN pattern becomes quiet: the kernel only promises some NaN
+  }
+  mpq::QuantSpec s;
+  s.format = &fmt;
+  s.block = n;
+  s.scales = {&scale, 1};
+  s.zero_points = {&zero_point, 1};
+  mpq::fake_quantize(t.data(), q.data(), mpq::DType::kF32, n, n, fmt, s.scales, s.zero_points, 1);
+  for (const auto& isa : mpq::available_isas()) {
+    mpq::set_isa(isa);
+    std::vector<double> out(n);
+    mpq::sensitivity(t.data(), g.data(), n, 1, 1, 1, {&s, 1}, out.data(), 1);
+    std::size_t bad = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      const float want = q[i] - t[i];
+      const bool ok = std::isnan(t[i]) ? std::isnan(out[i])
+                                       : (static_cast<double>(want) == out[i] || (std::isnan(want) && std::isnan(out[i])));
+      if (!ok && bad++ < 3)
+        std::fprintf(stderr, "isa=%s fmt=%s scale=%g zp=%g t=%.9g got=%.9g want=%.9g\n", isa.c_str(), fmt.name.c_str(),
+                     scale, zero_point, t[i], out[i], want);
+    }
+    CHECK(bad == 0);
+  }
+  mpq::set_isa(mpq::available_isas().back());
+}
+
 template <class F>
 void expect_invalid(F f, const char* needle) {
   try {
@@ -101,6 +138,19 @@ int main() {
     for (std::size_t k : {1, 3, 9}) run(6, cols, k, 2, rng);
   run(64, 576, 2, 16, rng);
 
+  // every value of every format, exactly, at scales that keep and that need the +-FLT_MAX clamp
+  for (const auto& name : mpq::format_names())
+    for (float scale : {1.0f, 0.37f, 1e-3f, 3e37f}) exact_per_value(mpq::format_by_name(name), scale, 0.0f);
+  exact_per_value(mpq::format_by_name("int8_asym"), 0.05f, 3.0f);
+  exact_per_value(mpq::format_by_name("int4_asym"), 2e37f, -5.0f);
+  {  // saturating formats too wide for the rounding add take quantize_one's bit steps (with and without -0)
+    mpq::Format wide = mpq::format_by_name("bf16");
+    wide.saturate = true;
+    exact_per_value(wide, 1.0f, 0.0f);
+    exact_per_value(wide, 3e37f, 0.0f);
+    wide.neg_zero = false;
+    exact_per_value(wide, 0.37f, 0.0f);
+  }
   // NaN propagates
   {
     std::vector<float> t(8, 1.f), g(8, 1.f);

@@ -14,10 +14,11 @@
 // computed from T by `rule`, exactly as compute_scales does.
 //
 // Accumulation: products in fp32, partial sums of at most 512 products in fp32, everything above that in double.
-// The scalar and AVX2 paths agree within that float32 accumulation error; the active ISA is mpq::active_isa().
-// Work: chunks of rows (about 32 KiB of T) over OpenMP threads; per-row / per-group scales of a chunk are computed
-// with compute_scales (from cache), then, with one gradient, every spec with one scale per row (per tensor or per
-// row) runs in one fused pass that loads each value of T and G once for all of them.
+// The scalar and SIMD paths agree within that float32 accumulation error; the active ISA is mpq::active_isa().
+// Work: chunks of rows (about 32 KiB of T) over OpenMP threads; per-row / per-group scales of a chunk come from one
+// min/max pass per block size (compute_scales' numbers, from cache), then, with one gradient, every spec with one
+// scale per row (per tensor or per row) runs over each row while it is in L1, each in its own loop whose format
+// steps are fixed at compile time (no branch on the format per value).
 #pragma once
 #include <cstddef>
 #include <string>
