@@ -514,6 +514,18 @@ def test_run_verifies_on_32_windows_by_default(lm, tmp_path):
     assert mpq.Plan.load(out / "plan.json").verification["samples"] == 32
 
 
+def test_run_on_the_model_as_loaded_in_bf16(lm, tmp_path):
+    """`mpq run --dtype bf16` loads the model in bf16 and profiles, selects and measures against that model: the
+    GainTable's base is bf16, and every measured speedup is against the bf16 model."""
+    out = tmp_path / "run"
+    code, _, err = cli("run", "--model", lm, "--seq-len", 32, "--calib-windows", 4, "--eval-windows", 2,
+                       "--verify-windows", 4, "--candidates", "int8,w8a16", "--dtype", "bf16", "--no-progress",
+                       "--out", out)
+    assert code == 0, err
+    assert "loading the model in bf16" in err
+    assert mpq.GainTable.load(out / "gains.npz").meta["base_format"] == "bf16"
+
+
 def test_calibrated_candidates_through_the_command_line(lm, text, tmp_path):
     """mpq calibrate saves the GPTQ integers beside the table; mpq apply runs them with --quantized-weights and
     refuses, in one line, a plan that needs them without it."""

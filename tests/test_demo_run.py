@@ -86,6 +86,21 @@ def test_probe_takes_layers_up_to_its_byte_limit(monkeypatch):
     assert one["layer"] == two["layer"] == whole["layer"] and one["rows"] == 1
 
 
+def test_probe_of_a_bf16_model_is_against_bf16(monkeypatch):
+    # the model as loaded is the baseline: bf16 is no candidate of a bf16 model, and the byte limit counts its
+    # 2-byte weights
+    import torch
+    from _tiny_models import tiny_llama
+    from mpq.profiling import paying
+    model = tiny_llama(layers=3).to(torch.bfloat16)
+    ids = torch.randint(0, 64, (1, 8))
+    _, probe = paying.paying_candidates(model, {"input_ids": ids}, "prefill", pool=("int8", "bf16"), repeats=2)
+    assert probe["base"] == "bf16" and set(probe["speedups"]) == {"int8"}
+    monkeypatch.setattr(paying, "PROBE_BYTES", 2 * 32 * 64 * 2)   # two layers' bf16 weights
+    _, two = paying.paying_candidates(model, {"input_ids": ids}, "prefill", pool=("int8",), repeats=2)
+    assert two["layers"] == 2
+
+
 def test_smoothquant_joins_int8_only():
     from mpq.demo_run import with_smoothquant
     assert with_smoothquant(("w4a16", "int8", "bf16")) == ("w4a16", "int8", "int8_sq", "bf16")

@@ -231,11 +231,58 @@ def test_native_refusals():
         native_linear(lin, "int8_static")
     with pytest.raises(ValueError, match="does not apply"):
         native_linear(lin, "w4a16_g128")
-    with pytest.raises(ValueError, match="float32 CPU"):
-        native_linear(nn.Linear(64, 8).to(torch.bfloat16), "int8")
+    with pytest.raises(ValueError, match="torch.bfloat16 / torch.float16 CPU Linear layers, got torch.float64"):
+        native_linear(nn.Linear(64, 8).double(), "int8")
     assert native_linear(lin, "base") is lin
     with pytest.raises(ValueError, match="pass quantized"):
         native_linear(lin, "w8a16_gptq")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("cand", [c for c in CPU_KERNELS if c not in ("fp8_static", "int8_static",
+                                                                      "int8_static_sq") and "gptq" not in c
+                                  and "awq" not in c and "_sq" not in c])
+def test_native_module_of_a_half_model(cand, dtype):
+    """A model loaded in bf16 / fp16: the module is the one of its weights widened to float32 (the same quantized
+    integers), fed the widened input, its output rounded to the model's dtype, bit for bit; never a float32
+    tensor handed to the next bf16 layer."""
+    if not mpq.application.cpu_kernels.admitted(cand):
+        pytest.skip(f"{cand}: {mpq.application.cpu_kernels.why_not(cand)}")
+    torch.manual_seed(0)
+    half = nn.Linear(128, 48).to(dtype)
+    wide = nn.Linear(128, 48)
+    with torch.no_grad():
+        wide.weight.copy_(half.weight.float())
+        wide.bias.copy_(half.bias.float())
+    x = torch.randn(2, 5, 128).to(dtype)
+    got = native_linear(half, cand)(x)
+    want = native_linear(wide, cand)(x.float()).to(dtype)
+    assert got.dtype == dtype and got.shape == (2, 5, 48)
+    assert torch.equal(got, want)
+
+
+def test_a_bf16_model_is_profiled_and_runs_as_loaded():
+    """profile(backend="cpu") times the model as loaded in bf16 (its GainTable says so), and the native plan
+    model it chose runs in bf16 with logits near the fake-quantized plan's."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                                   num_attention_heads=4, num_key_value_heads=2)
+    model = transformers.LlamaForCausalLM(cfg).eval().to(torch.bfloat16)
+    ids = torch.randint(0, 128, (2, 16))
+    cands = ["int8", "w8a16"]
+    table = mpq.calibrate(model, [{"input_ids": ids, "attention_mask": torch.ones_like(ids)}], cands,
+                          progress=False)
+    gains = mpq.profile(model, {"input_ids": ids[:1]}, cands, backend="cpu", repeats=3, warmup=1)
+    assert gains.meta["base_format"] == "bf16"
+    plan = mpq.select(table, gains, max_loss_mse=1e9)
+    assert plan.quantized
+    native = mpq.apply(model, plan, mode="native")
+    fake = mpq.apply(model, plan, mode="fake")
+    with torch.no_grad():
+        got, want = native(ids).logits, fake(ids).logits
+    assert got.dtype == torch.bfloat16
+    assert (got.float() - want.float()).abs().max() <= 0.05 * want.float().abs().max()
 
 
 @pytest.mark.parametrize("assign", [False, True])

@@ -138,3 +138,15 @@ def test_values_at_float32s_extremes_give_the_reference_sums(isa, force_isa):
     want = ref_delta_sums(t, g, quants, 1)
     assert torch.isfinite(want).all() and torch.equal(torch.isfinite(got), torch.isfinite(want))
     assert torch.allclose(got, want, rtol=1e-5, atol=0), (got, want)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_tensors_are_the_widened_float32_ones(dtype):
+    """A bf16 / fp16 model's activations and gradients: the kernel's sums are those of the same values widened to
+    float32 (what the native modules quantize), not of Q computed in the half dtype."""
+    torch.manual_seed(0)
+    t = (torch.randn(12, 40) * 3).to(dtype)
+    g = torch.randn(12, 40).to(dtype)
+    got = delta_sums(t, g, QUANTS, 4)
+    want = delta_sums(t.float(), g.float(), QUANTS, 4)
+    assert torch.equal(got, want)

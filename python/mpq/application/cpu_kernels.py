@@ -214,6 +214,19 @@ def cand_act_max(cand: Candidate) -> float:
     return float(format_info(cand.act_format)["max"]) if cand.act_format else 127.0
 
 
+# The dtypes a model may be loaded in for the native CPU modules (and so for the cpu backend's timing).
+MODEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def widened(linear: nn.Linear) -> nn.Linear:
+    """A float32 Linear holding ``linear``'s weights and bias widened (exact for bf16 / fp16), for building a module."""
+    out = nn.Linear(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
+    out.weight = nn.Parameter(linear.weight.detach().float(), requires_grad=False)
+    if linear.bias is not None:
+        out.bias = nn.Parameter(linear.bias.detach().float(), requires_grad=False)
+    return out
+
+
 def native_linear(linear: nn.Linear, candidate: str, act_scale: Optional[float] = None,
                   implementation: Optional[str] = None, *, quantized=None) -> nn.Module:
     """The CPU module of ``implementation`` (default: the first admitted one, in registry order) for ``linear``.
@@ -221,7 +234,8 @@ def native_linear(linear: nn.Linear, candidate: str, act_scale: Optional[float] 
     stored ``quantized`` weight (a ``QuantizedWeight``), whose codes the module runs.
     @raises ValueError naming the candidate and why no implementation runs it here (or why the one asked for
     does not), for a missing or bad static scale, a group size that does not divide the layer, or a Linear that
-    is not float32 on the CPU."""
+    is not float32, bf16 or fp16 on the CPU (a bf16 / fp16 Linear is quantized from its weights widened to
+    float32, exactly; the module then returns the input's dtype)."""
     if not isinstance(linear, nn.Linear):
         raise ValueError(f"native_linear expects an nn.Linear, got {type(linear).__name__}")
     if candidate == BASE:
@@ -230,9 +244,11 @@ def native_linear(linear: nn.Linear, candidate: str, act_scale: Optional[float] 
     if not implementations(cand.name):
         raise ValueError(f"candidate {cand.name!r} has no native CPU kernel; CPU kernels exist for "
                          f"{', '.join(CPU_KERNELS)}")
-    if linear.weight.dtype != torch.float32 or linear.weight.device.type != "cpu":
-        raise ValueError(f"native CPU kernels replace float32 CPU Linear layers, got {linear.weight.dtype} on "
-                         f"{linear.weight.device}")
+    if linear.weight.dtype not in MODEL_DTYPES or linear.weight.device.type != "cpu":
+        raise ValueError(f"native CPU kernels replace {' / '.join(str(d) for d in MODEL_DTYPES)} CPU Linear layers, "
+                         f"got {linear.weight.dtype} on {linear.weight.device}")
+    if linear.weight.dtype != torch.float32:  # the kernels quantize float32 values: the same weights, widened
+        linear = widened(linear)
     if not cand.applies_to(linear.weight):
         raise ValueError(f"candidate {cand.name!r} does not apply to a Linear with in_features "
                          f"{linear.in_features} (group size {cand.group_size})")

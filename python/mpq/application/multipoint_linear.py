@@ -34,7 +34,8 @@ def _kernel_module(in_features: int, codes: torch.Tensor, scales: torch.Tensor, 
 
 class MultipointLinear(nn.Module):
     """``points`` greedy residual points of ``linear``'s weight in ``fmt`` (int4 needs ``group_size``; int8 is per
-    channel), run in ``layout`` (module docstring). Inference only, float32 in and out."""
+    channel), run in ``layout`` (module docstring). Inference only, float32 in and out (bf16 / fp16 in: the
+    same sums, rounded to that dtype)."""
 
     def __init__(self, linear: nn.Linear, fmt: str = "int4", group_size=128, points: int = 2,
                  layout: str = "stacked"):
@@ -57,14 +58,17 @@ class MultipointLinear(nn.Module):
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        half = x.dtype in (torch.bfloat16, torch.float16)  # a bf16 / fp16 model: sum the points in float32
+        xf = x.float() if half else x
         if self.layout == "stacked":
-            y = self.parts[0](x)
+            y = self.parts[0](xf)
             y = y.reshape(*y.shape[:-1], self.points, self.out_features).sum(-2)
         else:
-            y = self.parts[0](x)
+            y = self.parts[0](xf)
             for p in self.parts[1:]:
-                y = y + p(x)
-        return y if self.bias is None else y + self.bias
+                y = y + p(xf)
+        y = y if self.bias is None else y + self.bias
+        return y.to(x.dtype) if half else y
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, {self.fmt} x {self.points} "

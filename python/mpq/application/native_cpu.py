@@ -13,8 +13,9 @@ Calibrated-weight candidates (GPTQ, AWQ, SmoothQuant) pass ``quantized``: the mo
 scales instead of quantizing W, and divides its input by their per-input-channel factor first (``input_scale``).
 Otherwise the weights are quantized with exactly the rule of ``Candidate.quantize_weight`` (scale = amax / qmax,
 round-to-nearest-even); scales held in bf16 (weight-only kernels) round the scale itself, an error below 2^-8
-relative. Activations of weight-only kernels are rounded to bf16 as the kernels require. Inputs are float32 (the
-model's precision on the CPU); outputs are float32.
+relative. Activations of weight-only kernels are rounded to bf16 as the kernels require. The kernels take float32
+inputs and give float32 outputs; in a model loaded in bf16 (or fp16) the input is widened first (exact) and the
+output rounded back to the input's dtype, so the module fits where the model's own Linear was.
 """
 from __future__ import annotations
 
@@ -62,6 +63,8 @@ class NativeLinear(nn.Module):
         if input_scale is not None:  # AWQ / SmoothQuant: the stored codes meet x / s
             x2 = x2 / input_scale
         y = self._forward2d(x2)
+        if x.dtype in (torch.bfloat16, torch.float16):  # a bf16 / fp16 model: hand the next layer its dtype
+            y = y.to(x.dtype)
         return y if x.dim() == 2 else y.view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:

@@ -85,12 +85,16 @@ def act_quant(c: Candidate, static_scale: Optional[float] = None) -> Optional[Te
     return TensorQuant(c.act_format, "row" if c.act_granularity == "token" else "tensor")
 
 
+_CORE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
 def delta_sums(t: torch.Tensor, g: torch.Tensor, quants: Sequence[TensorQuant], sample_rows: int,
                num_threads: Optional[int] = None, use_core: Optional[bool] = None) -> torch.Tensor:
     """out[k, b, c] = Σ over rows of block b of g[k] ⊙ (Q_c(t) − t), float64 on t's device.
 
     t: [rows, cols]; g: [rows, cols] (one gradient) or [K, rows, cols]; row block b = rows [b·sample_rows,
-    (b+1)·sample_rows). The C++ kernel runs for float32 CPU tensors (GIL released), the torch reference otherwise.
+    (b+1)·sample_rows). The C++ kernel runs for float32, bf16 and fp16 CPU tensors (the halves widened to float32,
+    exactly; GIL released), the torch reference otherwise.
     """
     if t.dim() != 2:
         raise ValueError(f"t must be 2-D [rows, cols], got shape {tuple(t.shape)}")
@@ -100,14 +104,15 @@ def delta_sums(t: torch.Tensor, g: torch.Tensor, quants: Sequence[TensorQuant], 
     rows, cols = t.shape
     if sample_rows <= 0 or rows % sample_rows:
         raise ValueError(f"sample_rows = {sample_rows} must be positive and divide rows = {rows}")
-    if use_core is None:
-        use_core = t.device.type == "cpu" and t.dtype == torch.float32 and g3.dtype == torch.float32
+    if use_core is None:  # a bf16 / fp16 model's tensors go widened to float32 (exact): Q of the same values the
+        # native modules quantize (they widen too), not Q rounded to the model's dtype
+        use_core = t.device.type == "cpu" and t.dtype in _CORE_DTYPES and g3.dtype in _CORE_DTYPES
     if not use_core:
         from ..reference import delta_sums as ref
         return ref(t, g3, quants, sample_rows)
     from .. import _core
-    tc = t.detach().contiguous()
-    gc = g3.detach().contiguous()
+    tc = t.detach().float().contiguous()
+    gc = g3.detach().float().contiguous()
     specs = [q.core_spec(rows, cols) for q in quants]
     threads = torch.get_num_threads() if num_threads is None else num_threads
     out = _core.sensitivity(tc.reshape(-1).numpy(), gc.reshape(-1).numpy(), rows, cols, g3.shape[0], sample_rows,

@@ -15,6 +15,9 @@ def register(sub) -> None:
     p.add_argument("--phase", default="prefill", choices=("prefill", "decode"),
                    help="what is profiled and timed: the whole prompt (prefill, default) or one token with the "
                    "prompt in the KV cache (decode, the tokens-per-second figure)")
+    p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"),
+                   help="load the model in this precision: the baseline every speedup is measured against "
+                        "(default fp32; bf16 as checkpoints often come, fast where the CPU has AVX512-BF16 or AMX)")
     p.add_argument("--max-loss-rmse", type=float, default=0.01, help="loss budget in nats (default 0.01)")
     p.add_argument("--calib-windows", type=int, default=16, help="calibration sequences (default 16)")
     p.add_argument("--eval-windows", type=int, default=8, help="held-out evaluation sequences (default 8)")
@@ -32,7 +35,7 @@ def main(args) -> int:
     check_model(args.model)
     from ..demo_run import RunSettings, run
     settings = RunSettings(out_dir=Path(args.out), model=None if args.model == "smollm2" else args.model,
-                           candidates=candidates, phase=args.phase, max_loss_rmse=args.max_loss_rmse,
+                           candidates=candidates, phase=args.phase, dtype=args.dtype, max_loss_rmse=args.max_loss_rmse,
                            calib_windows=args.calib_windows, eval_windows=args.eval_windows,
                            verify_windows=0 if args.no_verify else args.verify_windows, seq_len=args.seq_len,
                            progress=not args.no_progress, score=args.score)

@@ -333,6 +333,8 @@ def _profile(model, example_input, candidates, backend, phase, subgraphs, repeat
                 lambda l, c: be.layer_cost(layer_shapes[l], c, device=device, element_size=elem, kind=kinds[l]),
                 applies)
         meta.update(be.meta(device))
+        if be.timed:
+            meta["base_format"] = be.base_format_of(work)
         if shared:
             meta["shared_weights"] = shared
     finally:

@@ -69,6 +69,11 @@ class TimedBackend(Backend):
         found by timing (profiling.kernel_choice); empty where the backend has one built-in kernel per candidate."""
         return ()
 
+    def base_format_of(self, model) -> Optional[str]:
+        """The precision "base" runs in for ``model`` (the prepared copy): ``base_format`` unless the backend
+        times models as they were loaded."""
+        return self.base_format
+
     def clock(self):
         raise NotImplementedError
 

@@ -1,5 +1,6 @@
 """The ``cpu`` timing backend: the native kernels of ``mpq.application.native_cpu`` (the ones
-``apply(mode="native")`` installs), timed inside the float32 model on one thread. The clock is the thread's CPU
+``apply(mode="native")`` installs), timed inside the model as loaded (float32, or bf16 / fp16: the GainTable's
+``meta["base_format"]`` says which) on one thread. The clock is the thread's CPU
 time (``time.thread_time_ns``, immune to other jobs taking the core away) unless ``MPQ_CPU_CLOCK=wall`` asks for
 ``time.perf_counter_ns``."""
 from __future__ import annotations
@@ -9,10 +10,13 @@ import os
 import torch
 
 from ...application import cpu_features, cpu_kernels
-from ...application.cpu_kernels import CPU_KERNELS, native_linear
+from ...application.cpu_kernels import CPU_KERNELS, MODEL_DTYPES, native_linear
 from ...models import copy_sharing_tensors
 from ..timing import PerfClock, ThreadClock
 from .base import TimedBackend
+
+
+BASE_FORMATS = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
 class CpuBackend(TimedBackend):
@@ -21,10 +25,11 @@ class CpuBackend(TimedBackend):
     kernels = CPU_KERNELS
 
     def prepare(self, model, example_input):
+        # the model as loaded (float32, or bf16 / fp16 as checkpoints often come): "base" is what it runs in
         for n, p in model.named_parameters():
-            if p.device.type != "cpu" or p.dtype != torch.float32:
-                raise ValueError(f"the cpu backend times float32 CPU models; parameter {n!r} is {p.dtype} on "
-                                 f"{p.device}")
+            if p.device.type != "cpu" or (p.is_floating_point() and p.dtype not in MODEL_DTYPES):
+                raise ValueError(f"the cpu backend times CPU models in {' / '.join(str(d) for d in MODEL_DTYPES)}; "
+                                 f"parameter {n!r} is {p.dtype} on {p.device}")
         # the copy shares the weights' memory with the model, as apply(mode="native")'s plan models do, so that
         # base sub-graphs are timed on the memory the unquantized model and every plan model run from
         return copy_sharing_tensors(model).eval(), example_input
@@ -52,6 +57,10 @@ class CpuBackend(TimedBackend):
         # timed with RTN codes and a unit input scale of the same shapes
         quantized = timing_stand_in(linear, cand) if cand.calibrated_weight else None
         return native_linear(linear, candidate, act_scale, implementation, quantized=quantized)
+
+    def base_format_of(self, model) -> str:
+        dtypes = {m.weight.dtype for m in model.modules() if isinstance(m, torch.nn.Linear)}
+        return "+".join(sorted(BASE_FORMATS[d] for d in dtypes)) or self.base_format
 
     def extra_meta(self) -> dict:
         return {"cpu": cpu_features.describe()}
