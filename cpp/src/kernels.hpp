@@ -89,9 +89,10 @@ enum LeanFlag : unsigned {
   kLeanClamp = 32,    ///< the +-FLT_MAX clamp of fake_quantize can change q * scale for this scale
 };
 
-/// The variant for format p at scale s. The clamp is left out only where no q * scale can reach FLT_MAX (bounds
-/// taken with room to spare: keeping it is always exact, only slower).
-inline unsigned lean_flags(const Params& p, BlockScale s) {
+/// The variant for format p at scale s. The clamp (at +-limit: FLT_MAX, or a narrower output dtype's largest
+/// value) is left out only where no q * scale can reach it (bounds with room to spare: keeping it is always exact,
+/// only slower).
+inline unsigned lean_flags(const Params& p, BlockScale s, float limit = finite_max(DType::kF32)) {
   unsigned f = 0;
   double bound;  // above the largest |q| the format gives before the multiply by the scale
   if (p.is_int) {
@@ -105,7 +106,7 @@ inline unsigned lean_flags(const Params& p, BlockScale s) {
     if (!(f & kLeanSat) && p.neg_zero) f |= kLeanNegZero;
     bound = 2.0 * p.max;
   }
-  if (saturates_output(p) && !(bound * s.scale < 0.5 * finite_max(DType::kF32))) f |= kLeanClamp;
+  if (saturates_output(p) && !(bound * s.scale < 0.5 * limit)) f |= kLeanClamp;
   return f;
 }
 

@@ -85,25 +85,25 @@ MinMax minmax_t(const void* x, std::size_t n) {
   return m;
 }
 
-// q(x), saturated at +-finite_max(D) when Sat (scalar::quantize's saturate(): y is the second operand of min and
-// max, which return it unchanged when it is NaN).
-template <DType D, bool Sat>
+// q(x) in variant F (Quantizer::lean_quant), saturated at +-finite_max(D) where F says q * scale can reach it
+// (scalar::quantize's saturate(): y is the second operand of min and max, which return it unchanged when NaN).
+template <DType D, unsigned F>
 inline __m256 quantize8(const Quantizer& q, __m256 x) {
-  const __m256 y = q(x);
-  if (!Sat) return y;
+  const __m256 y = q.lean_quant<F>(x);
+  if constexpr ((F & kLeanClamp) == 0) return y;
   return _mm256_max_ps(_mm256_set1_ps(-finite_max(D)), _mm256_min_ps(_mm256_set1_ps(finite_max(D)), y));
 }
 
-template <DType D, bool Sat>
+template <DType D, unsigned F>
 void quantize_run(const Quantizer& q, const void* x, void* y, std::size_t n) {
   std::size_t i = 0;
-  for (; i + 8 <= n; i += 8) store8<D>(y, i, quantize8<D, Sat>(q, load8<D>(x, i)));
+  for (; i + 8 <= n; i += 8) store8<D>(y, i, quantize8<D, F>(q, load8<D>(x, i)));
   if (i == n) return;
   // Tail: through a padded lane buffer so the same vector code rounds it.
   alignas(32) uint8_t in[32] = {}, out[32];
   const std::size_t rest = n - i;
   std::memcpy(in, static_cast<const uint8_t*>(x) + i * esize(D), rest * esize(D));
-  store8<D>(out, 0, quantize8<D, Sat>(q, load8<D>(in, 0)));
+  store8<D>(out, 0, quantize8<D, F>(q, load8<D>(in, 0)));
   std::memcpy(static_cast<uint8_t*>(y) + i * esize(D), out, rest * esize(D));
 }
 

@@ -56,22 +56,22 @@ MinMax minmax_t(const void* x, std::size_t n) {
   return r;
 }
 
-// q(x), saturated at +-finite_max(D) when Sat (scalar::quantize's saturate(): y is the second operand of min and
-// max, which return it unchanged when it is NaN).
-template <DType D, bool Sat>
+// q(x) in variant F (Quantizer::lean_quant), saturated at +-finite_max(D) where F says q * scale can reach it
+// (scalar::quantize's saturate(): y is the second operand of min and max, which return it unchanged when NaN).
+template <DType D, unsigned F>
 inline __m512 quantize16(const Quantizer& q, __m512 x) {
-  const __m512 y = q(x);
-  if (!Sat) return y;
+  const __m512 y = q.lean_quant<F>(x);
+  if constexpr ((F & kLeanClamp) == 0) return y;
   return _mm512_max_ps(_mm512_set1_ps(-finite_max(D)), _mm512_min_ps(_mm512_set1_ps(finite_max(D)), y));
 }
 
-template <DType D, bool Sat>
+template <DType D, unsigned F>
 void quantize_run(const Quantizer& q, const void* x, void* y, std::size_t n) {
   std::size_t i = 0;
-  for (; i + 16 <= n; i += 16) store16<D>(y, i, quantize16<D, Sat>(q, load16<D>(x, i)));
+  for (; i + 16 <= n; i += 16) store16<D>(y, i, quantize16<D, F>(q, load16<D>(x, i)));
   if (i < n) {
     const __mmask16 m = lanes(n - i);
-    store16<D>(y, i, quantize16<D, Sat>(q, load16<D>(x, i, m)), m);
+    store16<D>(y, i, quantize16<D, F>(q, load16<D>(x, i, m)), m);
   }
 }
 

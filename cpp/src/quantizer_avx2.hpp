@@ -63,8 +63,8 @@ struct Quantizer {
   Params p;
   __m256 scale, inv, zp, qmin, qmax, maxv, tiny, magic, inf, nanv;
   __m256i sign_mask, round_bias, trunc_mask, one;
-  __m256 negmax, grid_sub;  // lean_delta's rounding add (kLeanSat)
-  __m256i exp_mask, grid_bias;
+  __m256 negmax, grid_sub;  // grid()'s rounding add (kLeanSat)
+  __m256i exp_mask, grid_bias, zero_sign, nan_sign;  // sign_mask where the format has -0 / a signed NaN, else 0
   int sh;
 
   Quantizer(const Params& prm, BlockScale s) : p(prm) {
@@ -90,6 +90,8 @@ struct Quantizer {
     std::memcpy(&nan, &p.nan_bits, 4);
     nanv = _mm256_set1_ps(nan);
     sign_mask = _mm256_set1_epi32(static_cast<int>(0x80000000u));
+    zero_sign = p.neg_zero ? sign_mask : _mm256_setzero_si256();
+    nan_sign = p.nan_signed ? sign_mask : _mm256_setzero_si256();
     one = _mm256_set1_epi32(1);
   }
 
@@ -107,18 +109,8 @@ struct Quantizer {
       q = _mm256_add_ps(_mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), zp);
       q = _mm256_sub_ps(_mm256_min_ps(_mm256_max_ps(q, qmin), qmax), zp);
     } else {
-      __m256i sign = _mm256_and_si256(_mm256_castps_si256(v), sign_mask);
-      __m256 a = _mm256_castsi256_ps(_mm256_andnot_si256(sign_mask, _mm256_castps_si256(v)));
-      if (p.saturate) a = _mm256_min_ps(a, maxv);
-      const __m256 sub = _mm256_cmp_ps(a, tiny, _CMP_LT_OQ);
-      const __m256 rs = _mm256_sub_ps(_mm256_add_ps(a, magic), magic);
-      __m256i b = _mm256_castps_si256(a);
-      b = _mm256_add_epi32(b, _mm256_add_epi32(round_bias, _mm256_and_si256(_mm256_srli_epi32(b, sh), one)));
-      __m256 r = _mm256_blendv_ps(_mm256_castsi256_ps(_mm256_and_si256(b, trunc_mask)), rs, sub);
-      if (!p.saturate) r = _mm256_blendv_ps(r, inf, _mm256_cmp_ps(r, maxv, _CMP_GT_OQ));
-      if (!p.neg_zero)
-        sign = _mm256_and_si256(sign, _mm256_castps_si256(_mm256_cmp_ps(r, _mm256_setzero_ps(), _CMP_NEQ_OQ)));
-      q = _mm256_castsi256_ps(_mm256_or_si256(_mm256_castps_si256(r), sign));
+      q = p.saturate ? (p.neg_zero ? bit_steps<true, true>(v) : bit_steps<true, false>(v))
+                     : (p.neg_zero ? bit_steps<false, true>(v) : bit_steps<false, false>(v));
     }
     __m256 y = _mm256_mul_ps(q, scale);
     __m256 nan_out = nanv;
@@ -126,45 +118,64 @@ struct Quantizer {
     return _mm256_blendv_ps(y, nan_out, isnan);  // after the multiply: an fp8 NaN pattern may be signalling
   }
 
-  // Q(x), clamped at +-FLT_MAX where F says it can matter, minus x: operator()'s steps for the variant F
-  // (lean_flags, kernels.hpp), without its NaN blend (a NaN x gives a NaN difference whatever Q made of it). The
-  // sign of a zero Q is not kept either: y - x is the same for y = +0 and y = -0 (x = -0 included).
-  template <unsigned F>
-  __m256 lean_delta(__m256 x) const {
-    const __m256 v = _mm256_mul_ps(x, inv);
+  // quantize_one's bit steps for a float format (saturating or overflowing to Inf, with or without -0)
+  template <bool Saturate, bool NegZero>
+  __m256 bit_steps(__m256 v) const {
+    __m256i sign = _mm256_and_si256(_mm256_castps_si256(v), sign_mask);
+    __m256 a = _mm256_castsi256_ps(_mm256_andnot_si256(sign_mask, _mm256_castps_si256(v)));
+    if constexpr (Saturate) a = _mm256_min_ps(a, maxv);
+    const __m256 sub = _mm256_cmp_ps(a, tiny, _CMP_LT_OQ);
+    const __m256 rs = _mm256_sub_ps(_mm256_add_ps(a, magic), magic);
+    __m256i b = _mm256_castps_si256(a);
+    b = _mm256_add_epi32(b, _mm256_add_epi32(round_bias, _mm256_and_si256(_mm256_srli_epi32(b, sh), one)));
+    __m256 r = _mm256_blendv_ps(_mm256_castsi256_ps(_mm256_and_si256(b, trunc_mask)), rs, sub);
+    if constexpr (!Saturate) r = _mm256_blendv_ps(r, inf, _mm256_cmp_ps(r, maxv, _CMP_GT_OQ));
+    if constexpr (!NegZero)
+      sign = _mm256_and_si256(sign, _mm256_castps_si256(_mm256_cmp_ps(r, _mm256_setzero_ps(), _CMP_NEQ_OQ)));
+    return _mm256_castsi256_ps(_mm256_or_si256(_mm256_castps_si256(r), sign));
+  }
+
+  // The grid value q of v = x / scale for the variant F: quantizer_avx512.hpp's grid(), eight lanes (why the
+  // rounding add is the format's round to nearest even is said there).
+  template <unsigned F, bool Exact>
+  __m256 grid(__m256 v) const {
     __m256 q;
     if constexpr ((F & kLeanInt) != 0) {
       q = _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-      if constexpr ((F & kLeanAsym) != 0) q = _mm256_add_ps(q, zp);
+      if constexpr ((F & kLeanAsym) != 0 || Exact) q = _mm256_add_ps(q, zp);  // +0 for -0, as quantize_one
       q = _mm256_min_ps(_mm256_max_ps(q, qmin), qmax);
       if constexpr ((F & kLeanAsym) != 0) q = _mm256_sub_ps(q, zp);
     } else if constexpr ((F & kLeanSat) != 0) {
-      // Saturate, then round to the grid by adding and subtracting 1.5 * 2^(e + 23 - mbits): see
-      // quantizer_avx512.hpp's lean_delta for why this is the format's round to nearest even.
       const __m256 c = _mm256_min_ps(_mm256_max_ps(v, negmax), maxv);
       const __m256i e = _mm256_and_si256(_mm256_castps_si256(c), exp_mask);
       const __m256 m = _mm256_max_ps(_mm256_castsi256_ps(_mm256_add_epi32(e, grid_bias)), grid_sub);
       q = _mm256_sub_ps(_mm256_add_ps(c, m), m);
+      if constexpr (Exact)
+        q = _mm256_or_ps(q, _mm256_and_ps(v, _mm256_castsi256_ps(zero_sign)));
     } else {
-      __m256i sign = _mm256_and_si256(_mm256_castps_si256(v), sign_mask);
-      __m256 a = _mm256_castsi256_ps(_mm256_andnot_si256(sign_mask, _mm256_castps_si256(v)));
-      if constexpr ((F & kLeanSatBits) != 0) a = _mm256_min_ps(a, maxv);
-      const __m256 sub = _mm256_cmp_ps(a, tiny, _CMP_LT_OQ);
-      const __m256 rs = _mm256_sub_ps(_mm256_add_ps(a, magic), magic);
-      __m256i b = _mm256_castps_si256(a);
-      b = _mm256_add_epi32(b, _mm256_add_epi32(round_bias, _mm256_and_si256(_mm256_srli_epi32(b, sh), one)));
-      __m256 r = _mm256_blendv_ps(_mm256_castsi256_ps(_mm256_and_si256(b, trunc_mask)), rs, sub);
-      if constexpr ((F & kLeanSatBits) == 0) r = _mm256_blendv_ps(r, inf, _mm256_cmp_ps(r, maxv, _CMP_GT_OQ));
-      if constexpr ((F & kLeanNegZero) == 0)
-        sign = _mm256_and_si256(sign, _mm256_castps_si256(_mm256_cmp_ps(r, _mm256_setzero_ps(), _CMP_NEQ_OQ)));
-      q = _mm256_castsi256_ps(_mm256_or_si256(_mm256_castps_si256(r), sign));
+      q = bit_steps<(F & kLeanSatBits) != 0, (F & kLeanNegZero) != 0>(v);
     }
-    __m256 y = _mm256_mul_ps(q, scale);
+    return q;
+  }
+
+  // Q(x), clamped at +-FLT_MAX where F says it can matter, minus x: the sensitivity kernels' difference, without
+  // operator()'s NaN blend (a NaN x gives a NaN difference whatever Q made of it).
+  template <unsigned F>
+  __m256 lean_delta(__m256 x) const {
+    __m256 y = _mm256_mul_ps(grid<F, false>(_mm256_mul_ps(x, inv)), scale);
     if constexpr ((F & kLeanClamp) != 0) {
       const __m256 lim = _mm256_set1_ps(finite_max(DType::kF32));
       y = _mm256_max_ps(_mm256_sub_ps(_mm256_setzero_ps(), lim), _mm256_min_ps(lim, y));
     }
     return _mm256_sub_ps(y, x);
+  }
+
+  // operator()(x) bit for bit, NaN pattern included, with the format's steps fixed at compile time (variant F).
+  template <unsigned F>
+  __m256 lean_quant(__m256 x) const {
+    const __m256 y = _mm256_mul_ps(grid<F, true>(_mm256_mul_ps(x, inv)), scale);
+    const __m256 nan_out = _mm256_or_ps(nanv, _mm256_and_ps(x, _mm256_castsi256_ps(nan_sign)));
+    return _mm256_blendv_ps(y, nan_out, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
   }
 };
 

@@ -55,8 +55,8 @@ struct Quantizer {
   Params p;
   __m512 scale, inv, zp, qmin, qmax, maxv, tiny, magic, inf, nanv;
   __m512i sign_mask, round_bias, trunc_mask, one;
-  __m512 negmax, grid_sub;  // lean_delta's rounding add (kLeanSat)
-  __m512i exp_mask, grid_bias;
+  __m512 negmax, grid_sub;  // grid()'s rounding add (kLeanSat)
+  __m512i exp_mask, grid_bias, zero_sign, nan_sign;  // sign_mask where the format has -0 / a signed NaN, else 0
   __m128i shift;
 
   Quantizer(const Params& prm, BlockScale s) : p(prm) {
@@ -83,6 +83,8 @@ struct Quantizer {
     std::memcpy(&nan, &p.nan_bits, 4);
     nanv = _mm512_set1_ps(nan);
     sign_mask = _mm512_set1_epi32(static_cast<int>(0x80000000u));
+    zero_sign = p.neg_zero ? sign_mask : _mm512_setzero_si512();
+    nan_sign = p.nan_signed ? sign_mask : _mm512_setzero_si512();
     one = _mm512_set1_epi32(1);
   }
 
@@ -100,18 +102,8 @@ struct Quantizer {
       q = _mm512_add_ps(_mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), zp);
       q = _mm512_sub_ps(_mm512_min_ps(_mm512_max_ps(q, qmin), qmax), zp);
     } else {
-      const __m512i vb = _mm512_castps_si512(v);
-      __m512i sign = _mm512_and_si512(vb, sign_mask);
-      __m512 a = _mm512_castsi512_ps(_mm512_andnot_si512(sign_mask, vb));
-      if (p.saturate) a = _mm512_min_ps(a, maxv);
-      const __mmask16 sub = _mm512_cmp_ps_mask(a, tiny, _CMP_LT_OQ);
-      const __m512 rs = _mm512_sub_ps(_mm512_add_ps(a, magic), magic);
-      __m512i b = _mm512_castps_si512(a);
-      b = _mm512_add_epi32(b, _mm512_add_epi32(round_bias, _mm512_and_si512(_mm512_srl_epi32(b, shift), one)));
-      __m512 r = _mm512_mask_blend_ps(sub, _mm512_castsi512_ps(_mm512_and_si512(b, trunc_mask)), rs);
-      if (!p.saturate) r = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(r, maxv, _CMP_GT_OQ), r, inf);
-      if (!p.neg_zero) sign = _mm512_maskz_mov_epi32(_mm512_cmp_ps_mask(r, _mm512_setzero_ps(), _CMP_NEQ_OQ), sign);
-      q = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(r), sign));
+      q = p.saturate ? (p.neg_zero ? bit_steps<true, true>(v) : bit_steps<true, false>(v))
+                     : (p.neg_zero ? bit_steps<false, true>(v) : bit_steps<false, false>(v));
     }
     const __m512 y = _mm512_mul_ps(q, scale);
     __m512i nan_out = _mm512_castps_si512(nanv);
@@ -119,48 +111,72 @@ struct Quantizer {
     return _mm512_mask_blend_ps(isnan, y, _mm512_castsi512_ps(nan_out));  // after the multiply, as AVX2's
   }
 
-  // Q(x), clamped at +-FLT_MAX where F says it can matter, minus x: operator()'s steps for the variant F
-  // (lean_flags, kernels.hpp), without its NaN blend (a NaN x gives a NaN difference whatever Q made of it). The
-  // sign of a zero Q is not kept either: y - x is the same for y = +0 and y = -0 (x = -0 included).
-  template <unsigned F>
-  __m512 lean_delta(__m512 x) const {
-    const __m512 v = _mm512_mul_ps(x, inv);
+  // quantize_one's bit steps for a float format (saturating or overflowing to Inf, with or without -0)
+  template <bool Saturate, bool NegZero>
+  __m512 bit_steps(__m512 v) const {
+    const __m512i vb = _mm512_castps_si512(v);
+    __m512i sign = _mm512_and_si512(vb, sign_mask);
+    __m512 a = _mm512_castsi512_ps(_mm512_andnot_si512(sign_mask, vb));
+    if constexpr (Saturate) a = _mm512_min_ps(a, maxv);
+    const __mmask16 sub = _mm512_cmp_ps_mask(a, tiny, _CMP_LT_OQ);
+    const __m512 rs = _mm512_sub_ps(_mm512_add_ps(a, magic), magic);
+    __m512i b = _mm512_castps_si512(a);
+    b = _mm512_add_epi32(b, _mm512_add_epi32(round_bias, _mm512_and_si512(_mm512_srl_epi32(b, shift), one)));
+    __m512 r = _mm512_mask_blend_ps(sub, _mm512_castsi512_ps(_mm512_and_si512(b, trunc_mask)), rs);
+    if constexpr (!Saturate) r = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(r, maxv, _CMP_GT_OQ), r, inf);
+    if constexpr (!NegZero)
+      sign = _mm512_maskz_mov_epi32(_mm512_cmp_ps_mask(r, _mm512_setzero_ps(), _CMP_NEQ_OQ), sign);
+    return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(r), sign));
+  }
+
+  // The grid value q (before the multiply by the scale) of v = x / scale, for the variant F (lean_flags,
+  // kernels.hpp), the format's steps fixed at compile time. Exact: operator()'s q bit for bit, the sign of a zero
+  // included; otherwise (the sensitivity kernels) a zero's sign may differ, since y - x is the same for y = +-0.
+  template <unsigned F, bool Exact>
+  __m512 grid(__m512 v) const {
     __m512 q;
     if constexpr ((F & kLeanInt) != 0) {
       q = _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-      if constexpr ((F & kLeanAsym) != 0) q = _mm512_add_ps(q, zp);
+      if constexpr ((F & kLeanAsym) != 0 || Exact) q = _mm512_add_ps(q, zp);  // +0 for -0, as quantize_one
       q = _mm512_min_ps(_mm512_max_ps(q, qmin), qmax);
       if constexpr ((F & kLeanAsym) != 0) q = _mm512_sub_ps(q, zp);
     } else if constexpr ((F & kLeanSat) != 0) {
       // Saturate, then round to the format's grid with m = 1.5 * 2^(e + 23 - mbits), e = max(exponent of c,
       // emin): c + m lies in m's binade, whose fp32 step is the grid's step at c (the subnormal one below tiny),
-      // and m's own last bit there is even, so the add rounds to nearest, ties to even, as the format does.
+      // and m's own last bit there is even, so the add rounds to nearest, ties to even, as the format does. A
+      // zero comes out +0; a non-zero q has c's sign, so OR-ing v's sign in (formats with -0) changes only zeros.
       const __m512 c = _mm512_min_ps(_mm512_max_ps(v, negmax), maxv);
       const __m512i e = _mm512_and_si512(_mm512_castps_si512(c), exp_mask);
       const __m512 m = _mm512_max_ps(_mm512_castsi512_ps(_mm512_add_epi32(e, grid_bias)), grid_sub);
       q = _mm512_sub_ps(_mm512_add_ps(c, m), m);
+      if constexpr (Exact)
+        q = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(q),
+                                                _mm512_and_si512(_mm512_castps_si512(v), zero_sign)));
     } else {
-      const __m512i vb = _mm512_castps_si512(v);
-      __m512i sign = _mm512_and_si512(vb, sign_mask);
-      __m512 a = _mm512_castsi512_ps(_mm512_andnot_si512(sign_mask, vb));
-      if constexpr ((F & kLeanSatBits) != 0) a = _mm512_min_ps(a, maxv);
-      const __mmask16 sub = _mm512_cmp_ps_mask(a, tiny, _CMP_LT_OQ);
-      const __m512 rs = _mm512_sub_ps(_mm512_add_ps(a, magic), magic);
-      __m512i b = _mm512_castps_si512(a);
-      b = _mm512_add_epi32(b, _mm512_add_epi32(round_bias, _mm512_and_si512(_mm512_srl_epi32(b, shift), one)));
-      __m512 r = _mm512_mask_blend_ps(sub, _mm512_castsi512_ps(_mm512_and_si512(b, trunc_mask)), rs);
-      if constexpr ((F & kLeanSatBits) == 0)
-        r = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(r, maxv, _CMP_GT_OQ), r, inf);
-      if constexpr ((F & kLeanNegZero) == 0)
-        sign = _mm512_maskz_mov_epi32(_mm512_cmp_ps_mask(r, _mm512_setzero_ps(), _CMP_NEQ_OQ), sign);
-      q = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(r), sign));
+      q = bit_steps<(F & kLeanSatBits) != 0, (F & kLeanNegZero) != 0>(v);
     }
-    __m512 y = _mm512_mul_ps(q, scale);
+    return q;
+  }
+
+  // Q(x), clamped at +-FLT_MAX where F says it can matter, minus x: the sensitivity kernels' difference, without
+  // operator()'s NaN blend (a NaN x gives a NaN difference whatever Q made of it).
+  template <unsigned F>
+  __m512 lean_delta(__m512 x) const {
+    __m512 y = _mm512_mul_ps(grid<F, false>(_mm512_mul_ps(x, inv)), scale);
     if constexpr ((F & kLeanClamp) != 0) {
       const __m512 lim = _mm512_set1_ps(finite_max(DType::kF32));
       y = _mm512_max_ps(_mm512_sub_ps(_mm512_setzero_ps(), lim), _mm512_min_ps(lim, y));
     }
     return _mm512_sub_ps(y, x);
+  }
+
+  // operator()(x) bit for bit, NaN pattern included, with the format's steps fixed at compile time (variant F).
+  template <unsigned F>
+  __m512 lean_quant(__m512 x) const {
+    const __m512 y = _mm512_mul_ps(grid<F, true>(_mm512_mul_ps(x, inv)), scale);
+    const __m512 nan_out = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(nanv),
+                                                             _mm512_and_si512(_mm512_castps_si512(x), nan_sign)));
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), y, nan_out);
   }
 };
 
