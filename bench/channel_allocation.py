@@ -9,7 +9,8 @@ nominal average bits (16 for a layer or row left alone, 8, 4, and k·4 for k poi
 precision, as the peers count it (bench/_bit_budgets.py); each method gets the least first-order loss MSE that
 saves those bytes (``mpq.select(min_gain=...)`` on nominal-byte gains), layer level with q/k/v and gate/up tied as
 the profile's sub-graphs tie them, channel level one choice per output row. Each plan is applied with
-``apply(mode="fake")`` and measured: mean over held-out windows of (ℓ − ℓ_base)² ± its standard error, perplexity.
+``apply(mode="fake")`` and measured: mean over held-out windows of (ℓ − ℓ_base)² ± its standard error, and
+perplexity.
 
     python bench/channel_allocation.py [--bits 4.5 6] [--eval-windows 64] [--threads 2]
 """

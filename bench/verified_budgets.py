@@ -99,7 +99,8 @@ def run(args) -> dict:
                      "check": mse, "check_se": se, "gain": plan.predicted_gain, "verify_s": verify_s,
                      "plain_s": plain_s})
         print(f"# budget {b:.3e}: {len(plan.quantized)} layers in {v['rounds']} rounds, verified "
-              f"{v['measured_loss_mse']:.3e} ± {v['measured_loss_mse_stderr']:.1e}, check {mse:.3e} ± {se:.1e}", flush=True)
+              f"{v['measured_loss_mse']:.3e} ± {v['measured_loss_mse_stderr']:.1e}, check {mse:.3e} ± {se:.1e}",
+              flush=True)
     return {"rows": rows, "candidates": ",".join(cands), "backend": args.backend, "bound": args.bound,
             "calibrate_s": cal_s, "check_windows": int(check.shape[0]), "machine": machine_line()}
 

@@ -76,14 +76,14 @@ struct FormatKernels {
 /// The FormatKernels of the active ISA (isa_dispatch.hpp), for formats.cpp and the drivers that call its kernels.
 const FormatKernels& format_kernels();
 
-/// The sensitivity kernels' quantizer variants, fixed at compile time per (format, scale) instead of branching on
-/// Params in the inner loop: Q(x) - x with the steps this format and scale need and nothing else. They equal
-/// saturate(quantize_one(x), lim) - x bit for bit wherever x is not NaN; a NaN x gives some NaN (a NaN minus x is
-/// NaN whatever Q made of it, so the NaN pattern fake_quantize writes is not built).
+/// The Quantizer's variants, fixed at compile time per (format, scale) instead of branching on Params in the
+/// inner loop: only the steps this format and scale need. fake_quantize's (Quantizer::lean_quant) equal
+/// quantize_one bit for bit; the sensitivity kernels' (lean_delta) equal saturate(quantize_one(x), lim) - x
+/// wherever x is not NaN, and give some NaN for a NaN x (a NaN minus x is NaN whatever Q made of it).
 enum LeanFlag : unsigned {
   kLeanInt = 1,       ///< integer grid
   kLeanAsym = 2,      ///< integer with a non-zero zero point (adding 0 would change only the sign of a zero)
-  kLeanSat = 4,       ///< float format that saturates at its max, rounded by one add and subtract (lean_delta)
+  kLeanSat = 4,       ///< float format that saturates at its max, rounded by one add and subtract (grid)
   kLeanSatBits = 8,   ///< the same formats where that add could overflow: rounded by quantize_one's bit steps
   kLeanNegZero = 16,  ///< (bit steps) the float format has a negative zero
   kLeanClamp = 32,    ///< the +-FLT_MAX clamp of fake_quantize can change q * scale for this scale
@@ -128,7 +128,7 @@ inline void with_lean_flags(unsigned flags, Fn&& fn) {
     MPQ_LEAN_CASE(kLeanSatBits | kLeanNegZero | kLeanClamp)
     MPQ_LEAN_CASE(0)
     MPQ_LEAN_CASE(kLeanNegZero)
-    default: throw std::logic_error("sensitivity: no quantizer variant for flags " + std::to_string(flags));
+    default: throw std::logic_error("mpq: no quantizer variant for flags " + std::to_string(flags));
   }
 #undef MPQ_LEAN_CASE
 }

@@ -1,6 +1,7 @@
 // AVX2 sensitivity kernel: eight values of T per step, quantized once by the shared Quantizer's lean variant
-// (bit-identical to scalar::quantize_one but for NaN patterns) and dotted with up to eight gradients held in registers. Partial sums of at most kFlush
-// products stay in fp32 lanes, then go to double. Compiled with -mavx2 -mfma -mf16c (only *_avx2.cpp files are).
+// (bit-identical to scalar::quantize_one but for NaN patterns) and dotted with up to eight gradients held in
+// registers. Partial sums of at most kFlush products stay in fp32 lanes, then go to double. Compiled with -mavx2
+// -mfma -mf16c (only *_avx2.cpp files are).
 #include <algorithm>
 #include <cstring>
 #include <new>

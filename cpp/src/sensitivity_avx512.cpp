@@ -1,7 +1,8 @@
 // AVX-512 sensitivity kernel: sixteen values of T per step, quantized once by the shared Quantizer's lean variant
 // (bit-identical to scalar::quantize_one but for NaN patterns) and dotted with up to eight gradients in registers.
 // Partial sums of at most kFlush products stay in fp32 lanes, then go to double; the tail is one masked step
-// (masked-out lanes read as 0 and add Q(0) - 0 = 0 times a zero gradient). Compiled with the AVX-512 flags (only *_avx512.cpp are).
+// (masked-out lanes read as 0 and add Q(0) - 0 = 0 times a zero gradient). Compiled with the AVX-512 flags (only
+// *_avx512.cpp are).
 #include <algorithm>
 #include <new>
 

@@ -106,8 +106,8 @@ void exact_per_value(const mpq::Format& fmt, float scale, float zero_point) {
     std::size_t bad = 0;
     for (std::size_t i = 0; i < n; ++i) {
       const float want = q[i] - t[i];
-      const bool ok = std::isnan(t[i]) ? std::isnan(out[i])
-                                       : (static_cast<double>(want) == out[i] || (std::isnan(want) && std::isnan(out[i])));
+      const bool ok = std::isnan(t[i]) || std::isnan(want) ? std::isnan(out[i])
+                                                           : static_cast<double>(want) == out[i];
       if (!ok && bad++ < 3)
         std::fprintf(stderr, "isa=%s fmt=%s scale=%g zp=%g t=%.9g got=%.9g want=%.9g\n", isa.c_str(), fmt.name.c_str(),
                      scale, zero_point, t[i], out[i], want);

@@ -1,6 +1,7 @@
 """Which candidates pay on this CPU for this model and phase: each one's fastest admitted implementation timed
-against the model's own Linear layers as loaded (float32, or bf16 / fp16) on the inputs they receive in the phase, for the shape that holds
-most of the model's multiply-adds. ``mpq run`` uses it to choose its candidates instead of assuming them.
+against the model's own Linear layers as loaded (float32, or bf16 / fp16) on the inputs they receive in the
+phase, for the shape that holds most of the model's multiply-adds. ``mpq run`` uses it to choose its candidates
+instead of assuming them.
 
 The layers of that shape are timed in turn, one pass over all of them (up to ``PROBE_BYTES`` of weights),
 not one layer again and again: in the model each layer's weights come from memory, not from a cache that the same
