@@ -526,6 +526,19 @@ def test_run_on_the_model_as_loaded_in_bf16(lm, tmp_path):
     assert mpq.GainTable.load(out / "gains.npz").meta["base_format"] == "bf16"
 
 
+def test_run_prints_no_import_noise_of_other_packages(lm, tmp_path):
+    """Where torchao is installed (transformers imports it to load a model), its CUDA-only extensions fail to load
+    on a CPU build of torch and it says so on import: `mpq run` keeps those lines (and torch's pytree deprecation
+    notes about torchao's types) off the command line, in a fresh process as a user runs it."""
+    pytest.importorskip("torchao")
+    r = subprocess.run([sys.executable, "-m", "mpq", "run", "--model", str(lm), "--seq-len", "32",
+                        "--calib-windows", "4", "--eval-windows", "2", "--verify-windows", "4", "--candidates",
+                        "int8", "--no-progress", "--out", str(tmp_path / "run")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "Failed to load" not in r.stderr and "_pytree" not in r.stderr, r.stderr[:2000]
+
+
 def test_calibrated_candidates_through_the_command_line(lm, text, tmp_path):
     """mpq calibrate saves the GPTQ integers beside the table; mpq apply runs them with --quantized-weights and
     refuses, in one line, a plan that needs them without it."""

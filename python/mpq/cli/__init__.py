@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import pkgutil
 import sys
@@ -36,12 +37,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Loggers of other packages that warn on import about what mpq never uses: torchao (imported by transformers when
+# it is installed) cannot load its CUDA-only extensions on a CPU build of torch, and registers Enum pytree nodes
+# that torch calls deprecated. Four lines of "Failed to load" before a run read as a failure; errors still show.
+QUIET_ON_IMPORT = ("torchao", "torch.utils._pytree")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    for name in QUIET_ON_IMPORT:
+        logging.getLogger(name).setLevel(logging.ERROR)
     try:
         code = int(args.func(args) or 0)
         sys.stdout.flush()  # inside the try: a closed pipe must fail here, not at interpreter exit
