@@ -7,6 +7,26 @@ namespace {
 
 constexpr std::size_t esize(DType d) { return d == DType::kF32 ? 4 : 2; }
 
+// Two accumulator pairs reduced across their lanes (which hold no NaN), joined by the scalar tail x[i, n).
+template <DType D>
+MinMax reduce_minmax(__m256 lo, __m256 hi, __m256 lo2, __m256 hi2, const void* x, std::size_t i, std::size_t n) {
+  lo = _mm256_min_ps(lo, lo2);
+  hi = _mm256_max_ps(hi, hi2);
+  __m128 l4 = _mm_min_ps(_mm256_castps256_ps128(lo), _mm256_extractf128_ps(lo, 1));
+  __m128 h4 = _mm_max_ps(_mm256_castps256_ps128(hi), _mm256_extractf128_ps(hi, 1));
+  l4 = _mm_min_ps(l4, _mm_movehl_ps(l4, l4));
+  h4 = _mm_max_ps(h4, _mm_movehl_ps(h4, h4));
+  l4 = _mm_min_ss(l4, _mm_shuffle_ps(l4, l4, 1));
+  h4 = _mm_max_ss(h4, _mm_shuffle_ps(h4, h4, 1));
+  MinMax m{_mm_cvtss_f32(l4), _mm_cvtss_f32(h4)};
+  if (i < n) {
+    const MinMax t = scalar::minmax(static_cast<const char*>(x) + i * esize(D), D, n - i);
+    m.lo = t.lo < m.lo ? t.lo : m.lo;
+    m.hi = t.hi > m.hi ? t.hi : m.hi;
+  }
+  return m;
+}
+
 // The finite minimum and maximum: non-finite lanes replaced by +-inf before they join.
 template <DType D>
 MinMax minmax_finite(const void* x, std::size_t n) {
@@ -28,22 +48,7 @@ MinMax minmax_finite(const void* x, std::size_t n) {
     step(load8<D>(x, i), lo, hi);
     i += 8;
   }
-  lo = _mm256_min_ps(lo, lo2);
-  hi = _mm256_max_ps(hi, hi2);
-  // Horizontal reduction in registers (the lanes hold no NaN: non-finite values were replaced by +-inf).
-  __m128 l4 = _mm_min_ps(_mm256_castps256_ps128(lo), _mm256_extractf128_ps(lo, 1));
-  __m128 h4 = _mm_max_ps(_mm256_castps256_ps128(hi), _mm256_extractf128_ps(hi, 1));
-  l4 = _mm_min_ps(l4, _mm_movehl_ps(l4, l4));
-  h4 = _mm_max_ps(h4, _mm_movehl_ps(h4, h4));
-  l4 = _mm_min_ss(l4, _mm_shuffle_ps(l4, l4, 1));
-  h4 = _mm_max_ss(h4, _mm_shuffle_ps(h4, h4, 1));
-  MinMax m{_mm_cvtss_f32(l4), _mm_cvtss_f32(h4)};
-  if (i < n) {
-    const MinMax t = scalar::minmax(static_cast<const char*>(x) + i * esize(D), D, n - i);
-    m.lo = t.lo < m.lo ? t.lo : m.lo;
-    m.hi = t.hi > m.hi ? t.hi : m.hi;
-  }
-  return m;
+  return reduce_minmax<D>(lo, hi, lo2, hi2, x, i, n);
 }
 
 // The same in half the work where the run holds no infinity: min(v, lo) and max(v, hi) return the accumulator
@@ -67,20 +72,7 @@ MinMax minmax_t(const void* x, std::size_t n) {
     hi = _mm256_max_ps(a, hi);
     i += 8;
   }
-  lo = _mm256_min_ps(lo, lo2);
-  hi = _mm256_max_ps(hi, hi2);
-  __m128 l4 = _mm_min_ps(_mm256_castps256_ps128(lo), _mm256_extractf128_ps(lo, 1));
-  __m128 h4 = _mm_max_ps(_mm256_castps256_ps128(hi), _mm256_extractf128_ps(hi, 1));
-  l4 = _mm_min_ps(l4, _mm_movehl_ps(l4, l4));
-  h4 = _mm_max_ps(h4, _mm_movehl_ps(h4, h4));
-  l4 = _mm_min_ss(l4, _mm_shuffle_ps(l4, l4, 1));
-  h4 = _mm_max_ss(h4, _mm_shuffle_ps(h4, h4, 1));
-  MinMax m{_mm_cvtss_f32(l4), _mm_cvtss_f32(h4)};
-  if (i < n) {
-    const MinMax t = scalar::minmax(static_cast<const char*>(x) + i * esize(D), D, n - i);
-    m.lo = t.lo < m.lo ? t.lo : m.lo;
-    m.hi = t.hi > m.hi ? t.hi : m.hi;
-  }
+  const MinMax m = reduce_minmax<D>(lo, hi, lo2, hi2, x, i, n);
   if (std::isinf(m.lo) || std::isinf(m.hi)) return minmax_finite<D>(x, n);
   return m;
 }
