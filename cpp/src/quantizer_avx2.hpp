@@ -101,23 +101,6 @@ struct Quantizer {
     zp = _mm256_set1_ps(s.zero_point);
   }
 
-  __m256 operator()(__m256 x) const {
-    const __m256 v = _mm256_mul_ps(x, inv);
-    const __m256 isnan = _mm256_cmp_ps(x, x, _CMP_UNORD_Q);
-    __m256 q;
-    if (p.is_int) {
-      q = _mm256_add_ps(_mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), zp);
-      q = _mm256_sub_ps(_mm256_min_ps(_mm256_max_ps(q, qmin), qmax), zp);
-    } else {
-      q = p.saturate ? (p.neg_zero ? bit_steps<true, true>(v) : bit_steps<true, false>(v))
-                     : (p.neg_zero ? bit_steps<false, true>(v) : bit_steps<false, false>(v));
-    }
-    __m256 y = _mm256_mul_ps(q, scale);
-    __m256 nan_out = nanv;
-    if (p.nan_signed) nan_out = _mm256_or_ps(nanv, _mm256_and_ps(x, _mm256_castsi256_ps(sign_mask)));
-    return _mm256_blendv_ps(y, nan_out, isnan);  // after the multiply: an fp8 NaN pattern may be signalling
-  }
-
   // quantize_one's bit steps for a float format (saturating or overflowing to Inf, with or without -0)
   template <bool Saturate, bool NegZero>
   __m256 bit_steps(__m256 v) const {
@@ -159,7 +142,7 @@ struct Quantizer {
   }
 
   // Q(x), clamped at +-FLT_MAX where F says it can matter, minus x: the sensitivity kernels' difference, without
-  // operator()'s NaN blend (a NaN x gives a NaN difference whatever Q made of it).
+  // lean_quant's NaN blend (a NaN x gives a NaN difference whatever Q made of it).
   template <unsigned F>
   __m256 lean_delta(__m256 x) const {
     __m256 y = _mm256_mul_ps(grid<F, false>(_mm256_mul_ps(x, inv)), scale);
@@ -170,7 +153,8 @@ struct Quantizer {
     return _mm256_sub_ps(y, x);
   }
 
-  // operator()(x) bit for bit, NaN pattern included, with the format's steps fixed at compile time (variant F).
+  // scalar::quantize_one bit for bit, NaN pattern included (set after the multiply: an fp8 NaN pattern may be
+  // signalling), the format's steps fixed at compile time (variant F).
   template <unsigned F>
   __m256 lean_quant(__m256 x) const {
     const __m256 y = _mm256_mul_ps(grid<F, true>(_mm256_mul_ps(x, inv)), scale);

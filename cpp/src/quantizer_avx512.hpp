@@ -94,23 +94,6 @@ struct Quantizer {
     zp = _mm512_set1_ps(s.zero_point);
   }
 
-  __m512 operator()(__m512 x) const {
-    const __m512 v = _mm512_mul_ps(x, inv);
-    const __mmask16 isnan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
-    __m512 q;
-    if (p.is_int) {
-      q = _mm512_add_ps(_mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), zp);
-      q = _mm512_sub_ps(_mm512_min_ps(_mm512_max_ps(q, qmin), qmax), zp);
-    } else {
-      q = p.saturate ? (p.neg_zero ? bit_steps<true, true>(v) : bit_steps<true, false>(v))
-                     : (p.neg_zero ? bit_steps<false, true>(v) : bit_steps<false, false>(v));
-    }
-    const __m512 y = _mm512_mul_ps(q, scale);
-    __m512i nan_out = _mm512_castps_si512(nanv);
-    if (p.nan_signed) nan_out = _mm512_or_si512(nan_out, _mm512_and_si512(_mm512_castps_si512(x), sign_mask));
-    return _mm512_mask_blend_ps(isnan, y, _mm512_castsi512_ps(nan_out));  // after the multiply, as AVX2's
-  }
-
   // quantize_one's bit steps for a float format (saturating or overflowing to Inf, with or without -0)
   template <bool Saturate, bool NegZero>
   __m512 bit_steps(__m512 v) const {
@@ -130,7 +113,7 @@ struct Quantizer {
   }
 
   // The grid value q (before the multiply by the scale) of v = x / scale, for the variant F (lean_flags,
-  // kernels.hpp), the format's steps fixed at compile time. Exact: operator()'s q bit for bit, the sign of a zero
+  // kernels.hpp), the format's steps fixed at compile time. Exact: quantize_one's q bit for bit, the sign of a zero
   // included; otherwise (the sensitivity kernels) a zero's sign may differ, since y - x is the same for y = +-0.
   template <unsigned F, bool Exact>
   __m512 grid(__m512 v) const {
@@ -159,7 +142,7 @@ struct Quantizer {
   }
 
   // Q(x), clamped at +-FLT_MAX where F says it can matter, minus x: the sensitivity kernels' difference, without
-  // operator()'s NaN blend (a NaN x gives a NaN difference whatever Q made of it).
+  // lean_quant's NaN blend (a NaN x gives a NaN difference whatever Q made of it).
   template <unsigned F>
   __m512 lean_delta(__m512 x) const {
     __m512 y = _mm512_mul_ps(grid<F, false>(_mm512_mul_ps(x, inv)), scale);
@@ -170,7 +153,8 @@ struct Quantizer {
     return _mm512_sub_ps(y, x);
   }
 
-  // operator()(x) bit for bit, NaN pattern included, with the format's steps fixed at compile time (variant F).
+  // scalar::quantize_one bit for bit, NaN pattern included (set after the multiply: an fp8 NaN pattern may be
+  // signalling), the format's steps fixed at compile time (variant F).
   template <unsigned F>
   __m512 lean_quant(__m512 x) const {
     const __m512 y = _mm512_mul_ps(grid<F, true>(_mm512_mul_ps(x, inv)), scale);
