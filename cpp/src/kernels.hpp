@@ -87,6 +87,7 @@ enum LeanFlag : unsigned {
   kLeanSatBits = 8,   ///< the same formats where that add could overflow: rounded by quantize_one's bit steps
   kLeanNegZero = 16,  ///< (bit steps) the float format has a negative zero
   kLeanClamp = 32,    ///< the +-FLT_MAX clamp of fake_quantize can change q * scale for this scale
+  kLeanNanSigned = 64,  ///< (lean_quant) the format's NaN takes the input's sign; the difference ignores it
 };
 
 /// The variant for format p at scale s. The clamp (at +-limit: FLT_MAX, or a narrower output dtype's largest
@@ -107,6 +108,7 @@ inline unsigned lean_flags(const Params& p, BlockScale s, float limit = finite_m
     bound = 2.0 * p.max;
   }
   if (saturates_output(p) && !(bound * s.scale < 0.5 * limit)) f |= kLeanClamp;
+  if (p.nan_signed) f |= kLeanNanSigned;
   return f;
 }
 
@@ -128,6 +130,14 @@ inline void with_lean_flags(unsigned flags, Fn&& fn) {
     MPQ_LEAN_CASE(kLeanSatBits | kLeanNegZero | kLeanClamp)
     MPQ_LEAN_CASE(0)
     MPQ_LEAN_CASE(kLeanNegZero)
+    MPQ_LEAN_CASE(kLeanSat | kLeanNanSigned)
+    MPQ_LEAN_CASE(kLeanSat | kLeanClamp | kLeanNanSigned)
+    MPQ_LEAN_CASE(kLeanSatBits | kLeanNanSigned)
+    MPQ_LEAN_CASE(kLeanSatBits | kLeanClamp | kLeanNanSigned)
+    MPQ_LEAN_CASE(kLeanSatBits | kLeanNegZero | kLeanNanSigned)
+    MPQ_LEAN_CASE(kLeanSatBits | kLeanNegZero | kLeanClamp | kLeanNanSigned)
+    MPQ_LEAN_CASE(kLeanNanSigned)
+    MPQ_LEAN_CASE(kLeanNegZero | kLeanNanSigned)
     default: throw std::logic_error("mpq: no quantizer variant for flags " + std::to_string(flags));
   }
 #undef MPQ_LEAN_CASE

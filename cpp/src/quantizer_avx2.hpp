@@ -64,7 +64,7 @@ struct Quantizer {
   __m256 scale, inv, zp, qmin, qmax, maxv, tiny, magic, inf, nanv;
   __m256i sign_mask, round_bias, trunc_mask, one;
   __m256 negmax, grid_sub;  // grid()'s rounding add (kLeanSat)
-  __m256i exp_mask, grid_bias, zero_sign, nan_sign;  // sign_mask where the format has -0 / a signed NaN, else 0
+  __m256i exp_mask, grid_bias, zero_sign;  // zero_sign: sign_mask where the format has -0, else 0
   int sh;
 
   Quantizer(const Params& prm, BlockScale s) : p(prm) {
@@ -91,7 +91,6 @@ struct Quantizer {
     nanv = _mm256_set1_ps(nan);
     sign_mask = _mm256_set1_epi32(static_cast<int>(0x80000000u));
     zero_sign = p.neg_zero ? sign_mask : _mm256_setzero_si256();
-    nan_sign = p.nan_signed ? sign_mask : _mm256_setzero_si256();
     one = _mm256_set1_epi32(1);
   }
 
@@ -158,7 +157,9 @@ struct Quantizer {
   template <unsigned F>
   __m256 lean_quant(__m256 x) const {
     const __m256 y = _mm256_mul_ps(grid<F, true>(_mm256_mul_ps(x, inv)), scale);
-    const __m256 nan_out = _mm256_or_ps(nanv, _mm256_and_ps(x, _mm256_castsi256_ps(nan_sign)));
+    __m256 nan_out = nanv;
+    if constexpr ((F & kLeanNanSigned) != 0)
+      nan_out = _mm256_or_ps(nanv, _mm256_and_ps(x, _mm256_castsi256_ps(sign_mask)));
     return _mm256_blendv_ps(y, nan_out, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
   }
 };

@@ -56,7 +56,7 @@ struct Quantizer {
   __m512 scale, inv, zp, qmin, qmax, maxv, tiny, magic, inf, nanv;
   __m512i sign_mask, round_bias, trunc_mask, one;
   __m512 negmax, grid_sub;  // grid()'s rounding add (kLeanSat)
-  __m512i exp_mask, grid_bias, zero_sign, nan_sign;  // sign_mask where the format has -0 / a signed NaN, else 0
+  __m512i exp_mask, grid_bias, zero_sign;  // zero_sign: sign_mask where the format has -0, else 0
   __m128i shift;
 
   Quantizer(const Params& prm, BlockScale s) : p(prm) {
@@ -84,7 +84,6 @@ struct Quantizer {
     nanv = _mm512_set1_ps(nan);
     sign_mask = _mm512_set1_epi32(static_cast<int>(0x80000000u));
     zero_sign = p.neg_zero ? sign_mask : _mm512_setzero_si512();
-    nan_sign = p.nan_signed ? sign_mask : _mm512_setzero_si512();
     one = _mm512_set1_epi32(1);
   }
 
@@ -158,8 +157,10 @@ struct Quantizer {
   template <unsigned F>
   __m512 lean_quant(__m512 x) const {
     const __m512 y = _mm512_mul_ps(grid<F, true>(_mm512_mul_ps(x, inv)), scale);
-    const __m512 nan_out = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(nanv),
-                                                             _mm512_and_si512(_mm512_castps_si512(x), nan_sign)));
+    __m512 nan_out = nanv;
+    if constexpr ((F & kLeanNanSigned) != 0)
+      nan_out = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(nanv),
+                                                    _mm512_and_si512(_mm512_castps_si512(x), sign_mask)));
     return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), y, nan_out);
   }
 };
