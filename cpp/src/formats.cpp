@@ -333,6 +333,8 @@ Params make_params(const Format& f) {
   if (!f.is_int) {
     p.tiny = std::ldexp(1.0f, f.emin);
     p.magic = std::ldexp(1.0f, f.emin - f.mbits + 23);
+    // the rounding add takes 1.5 * 2^(e + 23 - mbits) for |v| < 2^(e+1) <= 2 * max: it must stay finite
+    p.round_add = p.saturate && std::ldexp(static_cast<double>(p.max), 25 - p.mbits) < 0.25 * FLT_MAX;
   }
   return p;
 }

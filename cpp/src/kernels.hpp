@@ -24,6 +24,7 @@ struct Params {
   float qmin = 0, qmax = 0;
   float tiny = 0;   ///< 2^emin: below it the format is subnormal
   float magic = 0;  ///< 2^(emin - mbits + 23): adding it rounds at the subnormal step
+  bool round_add = false;  ///< saturating float whose grid rounding by an add stays finite (lean_flags' kLeanSat)
 };
 Params make_params(const Format& fmt);
 
@@ -101,9 +102,7 @@ inline unsigned lean_flags(const Params& p, BlockScale s, float limit = finite_m
     if (s.zero_point != 0.0f) f |= kLeanAsym;
     bound = std::max(-static_cast<double>(p.qmin), static_cast<double>(p.qmax)) + std::fabs(s.zero_point) + 1.0;
   } else {
-    // the rounding add takes 1.5 * 2^(e + 23 - mbits) for |v| < 2^(e+1) <= 2 * max: it must stay finite
-    if (p.saturate) f |= std::ldexp(static_cast<double>(p.max), 25 - p.mbits) < 0.25 * finite_max(DType::kF32)
-                             ? kLeanSat : kLeanSatBits;
+    if (p.saturate) f |= p.round_add ? kLeanSat : kLeanSatBits;  // decided once per format, in make_params
     if (!(f & kLeanSat) && p.neg_zero) f |= kLeanNegZero;
     bound = 2.0 * p.max;
   }
