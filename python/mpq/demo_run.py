@@ -63,13 +63,11 @@ def say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-MODEL_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
-
 def load_model(settings: RunSettings):
     from . import data
     try:
-        dtype = MODEL_DTYPES[settings.dtype]
+        from .profiling.backends.cpu import BASE_FORMATS
+        dtype = {name: d for d, name in BASE_FORMATS.items()}[settings.dtype]  # "fp32" / "bf16" (mpq run --dtype)
         if settings.model is None:
             return data.load_smollm2(dtype)
         return data.load_causal_lm(settings.model, dtype)
