@@ -18,7 +18,8 @@ void choose_hull(const Prepared& pr, const Buf<int32_t>& pos, MckpResult& r) {
 
 // Hull positions of the LP rounding that takes the first k increments (an integral solution), and its choice.
 void take_prefix(const Prepared& pr, std::size_t k, Buf<int32_t>& pos, MckpResult& r) {
-  std::fill(pos.begin(), pos.end(), 0);
+  if (pr.base_pos.empty()) std::fill(pos.begin(), pos.end(), 0);
+  else std::copy(pr.base_pos.begin(), pr.base_pos.end(), pos.begin());  // the increments above the bracket
   // the first k may be in any order (order_for_budget), but they hold a prefix of every group's hull
   for (std::size_t t = 0; t < k; ++t) pos[pr.incs[t].g] = std::max(pos[pr.incs[t].g], pr.incs[t].k);
   choose_hull(pr, pos, r);
@@ -30,19 +31,23 @@ void take_prefix(const Prepared& pr, std::size_t k, Buf<int32_t>& pos, MckpResul
 std::size_t lp_prefix(const Prepared& pr, double C, Buf<int32_t>& pos, MckpResult& r) {
   constexpr std::size_t kOutside = static_cast<std::size_t>(-1);
   const double cap = std::max(0.0, C - pr.W0);
+  if (cap < pr.prefW[0]) return kOutside;  // a bracketed preprocessing's split lies above its stored increments
   std::size_t k = static_cast<std::size_t>(
       std::upper_bound(pr.prefW.begin(), pr.prefW.end(), cap) - pr.prefW.begin() - 1);
   if (!split_in_window(pr, k)) return kOutside;
   take_prefix(pr, k, pos, r);
   // The float estimate W0 + prefW[k] of the rounding's cost errs by less than (n + k + 2) eps (Wmax + |C|): each
-  // cost step dw and each running sum is rounded once. A margin above that settles the fit without summing.
-  const double err = 8.0 * (static_cast<double>(pr.n) + static_cast<double>(k) + 2.0) *
-                     std::numeric_limits<double>::epsilon() * (pr.Wmax + std::fabs(C));
+  // cost step dw and each running sum is rounded once (the increments above a bracket: once per group).
+  const double taken = static_cast<double>(pr.n_above) + static_cast<double>(k);
+  const double err = 8.0 * (static_cast<double>(pr.n) + taken + 2.0) * std::numeric_limits<double>::epsilon() *
+                     (pr.Wmax + std::fabs(C));
   if (cap - pr.prefW[k] > err) return k;
   while (k > 0 && compare_sum(pr.offsets, pr.costs, r.choice, C) > 0) {
     if (!split_in_window(pr, k - 1)) return kOutside;
     take_prefix(pr, --k, pos, r);
   }
+  // with none of the stored ones taken, only a bracketed rounding (the increments above) can still be over
+  if (k == 0 && pr.n_above > 0 && compare_sum(pr.offsets, pr.costs, r.choice, C) > 0) return kOutside;
   return k;
 }
 
@@ -86,11 +91,20 @@ CoreGroups peg(const Prepared& pr, double lambda, double U_L, const Buf<double>&
   core.fixed.assign(pr.n, -1);
   proven = false;
   std::vector<Item> surv;
+  double pmax = pruned_max;  // a local: through the reference it was a store and a load per group
+  struct Out {               // ... and written back on every return
+    double& to; const double& from;
+    ~Out() { to = from; }
+  } out{pruned_max, pmax};
+  const bool records = !pr.at_bracket.empty();
   for (int64_t g = 0; g < pr.n; ++g) {
     const double U2 = U_L - (rmax[g] - second[g]);  // the forced bound of the second-best item
     if (U2 < th) {
-      if (second[g] > kNegInf) pruned_max = std::max(pruned_max, U2);
-      const Item it = pr.item(g, best_at[g]);
+      if (second[g] > kNegInf) pmax = std::max(pmax, U2);
+      // a bracketed group's best is usually its recorded vertex: read sequentially, not gathered
+      const Item it = records && pr.at_bracket[g].idx == best_at[g]
+                          ? Item{pr.at_bracket[g].w, pr.at_bracket[g].p, best_at[g]}
+                          : pr.item(g, best_at[g]);
       core.fixed[g] = it.idx;
       core.Wfix += it.w;
       core.Pfix += it.p;
@@ -102,7 +116,7 @@ CoreGroups peg(const Prepared& pr, double lambda, double U_L, const Buf<double>&
       const Item it = pr.item(g, pr.pareto[i]);
       const double rr = it.p - lambda * it.w;
       const double Ug = U_L - (rmax[g] - rr);
-      if (Ug < th) { pruned_max = std::max(pruned_max, Ug); continue; }
+      if (Ug < th) { pmax = std::max(pmax, Ug); continue; }
       surv.push_back(it);
       if (rr > b1) { b2 = b1; b1 = rr; }
       else if (rr > b2) b2 = rr;
@@ -147,7 +161,7 @@ MckpResult solve_prepared(const Prepared& pr, double C, const MckpOptions& opts,
     report.out = nullptr;  // the inner solve reports its own
     return solve_prepared(prepare(pr.offsets, pr.gains, pr.costs), C, opts, hint, start, summed);
   }
-  if (k == pr.incs.size()) {  // everything fits: every group takes its best item, the LP is integral
+  if (k == pr.incs.size()) {  // everything fits (split_in_window): every group takes its best item, the LP is integral
     evaluate_choice(pr, r);
     r.status = MckpStatus::kOptimal;
     r.bound = r.objective;
@@ -166,18 +180,37 @@ MckpResult solve_prepared(const Prepared& pr, double C, const MckpOptions& opts,
   for (int64_t g = 0; g < n; ++g) {
     // lambda > 0 (Pareto steps gain), so the best reduced profit sits on a hull vertex: fewer items to read;
     // an item the hull dropped as collinear can differ only by rounding, which the tolerance covers
+    const bool all_on_hull = pr.poff[g + 1] - pr.poff[g] == pr.hoff[g + 1] - pr.hoff[g];
+    if (!pr.base_pos.empty() && pr.end_pos[g] == pr.base_pos[g]) {
+      // bracketed, and no increment of the group near lambda: its best vertex is the one the increments above
+      // reach, the second best a neighbour, each lower by its step's reduced gain
+      const AtBracket& a = pr.at_bracket[g];
+      const double best = a.p - lambda * a.w;
+      const double gap = std::min(a.in_dp - lambda * a.in_dw, lambda * a.out_dw - a.out_dp);
+      rmax[g] = best;
+      best_at[g] = a.idx;
+      second[g] = all_on_hull ? best - gap : std::numeric_limits<double>::infinity();
+      U_L += best;
+      continue;
+    }
     double best = kNegInf, next = kNegInf;
-    int32_t at = pr.hull[pr.hoff[g]];
+    int64_t h0 = pr.hoff[g], h1 = pr.hoff[g + 1];
+    if (!pr.base_pos.empty()) {
+      // bracketed: lambda lies in the bracket, so the best vertex is between the positions the increments above
+      // and the stored ones reach, and on a concave hull the second best is next to it
+      h1 = std::min(h1, h0 + pr.end_pos[g] + 2);
+      h0 += std::max(0, pr.base_pos[g] - 1);
+    }
+    int32_t at = pr.hull[h0];
     const double* W = pr.costs.data + pr.offsets[g];
     const double* G = pr.gains.data + pr.offsets[g];
-    for (int64_t h = pr.hoff[g]; h < pr.hoff[g + 1]; ++h) {
+    for (int64_t h = h0; h < h1; ++h) {
       const double rr = G[pr.hull[h]] - lambda * W[pr.hull[h]];
       if (rr > best) { next = best; best = rr; at = pr.hull[h]; }
       else if (rr > next) next = rr;
     }
     rmax[g] = best;
     best_at[g] = at;
-    const bool all_on_hull = pr.poff[g + 1] - pr.poff[g] == pr.hoff[g + 1] - pr.hoff[g];
     second[g] = all_on_hull ? next : std::numeric_limits<double>::infinity();
     U_L += best;
   }

@@ -120,6 +120,17 @@ class Fenwick {
   std::vector<double> tw_, tp_;
 };
 
+/// A bracketed preprocessing's record of one group, written while its hull is at hand: the vertex the increments
+/// above reach, which is the group's best at the LP multiplier when it has no stored increment, and the steps into
+/// and out of it (none: dp = +inf / -inf, dw = 0). The LP's reduced profits are then read sequentially, not
+/// gathered from the caller's arrays.
+struct AtBracket {
+  double w, p;            // the vertex's cost and gain
+  double in_dp, in_dw;    // the step from the previous hull vertex
+  double out_dp, out_dw;  // the step to the next one
+  int32_t idx;            // its index within the group
+};
+
 /// Per-instance preprocessing that does not depend on the budget (reused by sweeps).
 struct Prepared {
   int64_t n = 0;
@@ -135,7 +146,15 @@ struct Prepared {
                                  // budget only incs[sorted_lo, sorted_hi) are in that order, every one before
                                  // them ranks higher and every one after lower (order_for_budget)
   std::size_t sorted_lo = 0, sorted_hi = 0;
-  Buf<double> prefW, prefP;      // prefix sums over incs, size incs.size() + 1
+  // A single budget's bracketed preprocessing (prepare_bracketed) stores only the increments whose efficiency
+  // lies in a bracket around that budget's LP multiplier: n_above increments rank before every stored one and
+  // the LP takes them all, n_below rank after. Zero for the full preprocessing.
+  std::size_t n_above = 0, n_below = 0;
+  Buf<int32_t> base_pos;         // bracketed: per group, the hull position the increments above reach (else empty)
+  Buf<int32_t> end_pos;          // bracketed: per group, the hull position the stored increments reach (else empty)
+  Buf<AtBracket> at_bracket;     // bracketed: per group, its vertex at base_pos (else empty)
+  Buf<double> prefW, prefP;      // prefix sums over incs, size incs.size() + 1; bracketed: prefW[0] and prefP[0]
+                                 // hold the summed steps of the increments above
   double W0 = 0, P0 = 0;         // cheapest item of every group: total cost and gain
   /// W0 exactly (summed on first use: most solves settle the comparison with W0 from its error bound).
   const ExactSum& W0exact() const {
@@ -162,6 +181,9 @@ struct Prepared {
   mutable bool w0_ready_ = false;
 };
 
+/// From this many groups a single solve stores only the increments near its LP split (prepare).
+constexpr int64_t kBracketGroups = 8192;
+
 /// The largest power of two of which every value is an integer multiple (0 when all are 0). Gains that are all
 /// integers give at least 1: then any better solution gains at least `unit` more, an exact pruning step.
 /// Returns 0 as soon as the unit is known to be <= floor (it could not prune beyond the tolerance).
@@ -181,13 +203,16 @@ void sort_by_efficiency(Inc* incs, std::size_t n);
 template <class Incs>
 void sort_by_efficiency(Incs& incs) { sort_by_efficiency(incs.data(), incs.size()); }
 /// The budget-independent preprocessing. With `budget` (a single solve), the increments are only ordered around
-/// that budget's LP split (order_for_budget) instead of sorted; sweeps, bounds and the memory variant sort them all.
+/// that budget's LP split (order_for_budget) instead of sorted, and from `bracket_groups` groups on (0: never)
+/// only those near the split are stored at all (bracketed, below); sweeps, bounds and the memory variant sort
+/// them all.
 Prepared prepare(const Span<const int64_t>& offsets, const Span<const double>& gains, const Span<const double>& costs,
-                 const double* budget = nullptr);
+                 const double* budget = nullptr, int64_t bracket_groups = kBracketGroups);
 /// Places the increments the LP at `budget` takes first (any order), then sorts `window` increments on each side
 /// of its split; sets sorted_lo/sorted_hi. Expected O(M) instead of the full sort's O(M log M).
 void order_for_budget(Prepared& pr, double budget, std::size_t window = 2048);
-/// Whether the LP split at `budget` falls inside the sorted window (always true once fully sorted).
+/// Whether the LP split at `budget` falls inside the sorted window (always true once fully sorted). k counts the
+/// stored increments the LP takes (after the n_above of a bracketed preprocessing); incs.size() means all of them.
 bool split_in_window(const Prepared& pr, std::size_t k);
 
 using Clock = std::chrono::steady_clock;

@@ -2,6 +2,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <random>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 #include <stdexcept>
 
 #include "mckp/internal.hpp"
@@ -130,6 +134,51 @@ double gain_unit(const Span<const double>& values, double floor) {
   // bits raise x. The smallest such exponent over all values is the unit.
   int lowest = std::numeric_limits<int>::max();
   const int stop = floor > 0 && std::isfinite(floor) ? std::ilogb(floor) : std::numeric_limits<int>::min();
+  // Integer values first (integer instances are common, and the bit scan below reads all of them): for an
+  // integer the exponent is its count of trailing zero bits, and the fewest over all values is that of their
+  // bitwise OR, in one pass without a branch per value. Blocks of 1024 give up early on real values.
+  // An |x| below 2^52 is an integer exactly when adding and subtracting 2^52 gives it back, and then the low 52
+  // bits of x + 2^52 are |x| itself: add, subtract, compare and OR, which vectorise (a conversion to int64 does
+  // not without AVX-512).
+  uint64_t bad = 0, any = 0;
+  std::size_t i = 0;
+#if defined(__SSE2__)
+  // GCC does not vectorise the scalar loop below (the bit casts), so two lanes by hand: SSE2 is x86-64's base
+  const __m128d big = _mm_set1_pd(0x1p52), sign = _mm_set1_pd(-0.0);
+  for (std::size_t i0 = 0; i0 + 2 <= values.size && !bad; i0 = i) {
+    const std::size_t i1 = std::min(values.size & ~std::size_t{1}, i0 + 1024);
+    __m128d vbad = _mm_setzero_pd(), vany = _mm_setzero_pd();
+    for (i = i0; i < i1; i += 2) {
+      const __m128d a = _mm_andnot_pd(sign, _mm_loadu_pd(values.data + i));
+      const __m128d t = _mm_add_pd(a, big);
+      vbad = _mm_or_pd(vbad, _mm_or_pd(_mm_cmpneq_pd(_mm_sub_pd(t, big), a), _mm_cmpnlt_pd(a, big)));
+      vany = _mm_or_pd(vany, t);
+    }
+    alignas(16) uint64_t lanes[4];
+    _mm_store_pd(reinterpret_cast<double*>(lanes), vbad);
+    _mm_store_pd(reinterpret_cast<double*>(lanes + 2), vany);
+    bad |= lanes[0] | lanes[1];
+    any |= lanes[2] | lanes[3];
+  }
+#endif
+  for (; i < values.size && !bad; ++i) {
+    const double a = std::fabs(values[i]);
+    const double t = a + 0x1p52;
+    uint64_t bits;
+    std::memcpy(&bits, &t, sizeof bits);
+    bad |= static_cast<uint64_t>(!(a < 0x1p52) || t - 0x1p52 != a);
+    any |= bits;
+  }
+  any &= (uint64_t{1} << 52) - 1;
+  if (!bad) {
+    if (any == 0) return 0.0;
+#if defined(__GNUC__) || defined(__clang__)
+    lowest = __builtin_ctzll(any);
+#else
+    for (lowest = 0; ((any >> lowest) & 1) == 0; ++lowest) {}
+#endif
+    return lowest <= stop ? 0.0 : std::ldexp(1.0, lowest);
+  }
   for (std::size_t i = 0; i < values.size; ++i) {
     uint64_t b;
     std::memcpy(&b, &values[i], sizeof b);
@@ -150,12 +199,115 @@ double gain_unit(const Span<const double>& values, double floor) {
 }
 
 bool split_in_window(const Prepared& pr, std::size_t k) {
-  // the split and the step-backs of lp_prefix read sorted positions; k == size means everything fits
-  return (k >= pr.sorted_lo || pr.sorted_lo == 0) && (k < pr.sorted_hi || k == pr.incs.size());
+  // the split and the step-backs of lp_prefix read sorted positions; k == size means every stored increment
+  // fits, which is everything unless a bracketed preprocessing left some out below
+  return (k >= pr.sorted_lo || pr.sorted_lo == 0) && (k < pr.sorted_hi || (k == pr.incs.size() && pr.n_below == 0));
 }
 
+namespace {
+
+// One group's Pareto list, written to loc (cost and gain strictly increasing), and the positions in loc of its
+// upper concave hull's vertices, written to hl. Returns (Pareto items, hull vertices).
+__attribute__((always_inline)) inline std::pair<std::size_t, std::size_t> pareto_hull(const double* G, const double* W, int64_t m, Item* loc, int32_t* hl) {
+  // cost ascending, gain descending, index ascending: the deterministic tie-break everywhere. Groups often come
+  // in that order already (menus listed from the cheapest choice up): those skip the sort, filtered in the same
+  // pass that checks the order.
+  bool in_order = true;
+  loc[0] = Item{W[0], G[0], 0};
+  std::size_t nl = 1;
+  for (int64_t i = 1; i < m; ++i) {  // keep an item only if it gains strictly more than everything cheaper
+    if (W[i] < W[i - 1]) { in_order = false; break; }
+    const Item it{W[i], G[i], static_cast<int32_t>(i)};
+    if (it.w == loc[nl - 1].w) { if (it.p > loc[nl - 1].p) loc[nl - 1] = it; }  // equal cost: best gain
+    else if (it.p > loc[nl - 1].p) loc[nl++] = it;
+  }
+  if (!in_order) {
+    nl = 0;
+    // insertion sort, stable (items arrive in index order), on (cost ascending, gain descending): groups are
+    // small, and this beats std::sort with a three-key comparator by half
+    for (int64_t i = 0; i < m; ++i) {
+      const Item it{W[i], G[i], static_cast<int32_t>(i)};
+      std::size_t j = nl++;
+      for (; j > 0 && (it.w < loc[j - 1].w || (it.w == loc[j - 1].w && it.p > loc[j - 1].p)); --j) loc[j] = loc[j - 1];
+      loc[j] = it;
+    }
+    std::size_t kept = 0;
+    for (std::size_t t = 0; t < nl; ++t)
+      if (kept == 0 || loc[t].p > loc[kept - 1].p) loc[kept++] = loc[t];
+    nl = kept;
+  }
+  // upper concave hull by monotone chain; cross products, no divided slopes
+  std::size_t nh = 0;
+  for (std::size_t k = 0; k < nl; ++k) {
+    const Item& c = loc[k];
+    while (nh >= 2) {
+      const Item& a = loc[hl[nh - 2]];
+      const Item& b = loc[hl[nh - 1]];
+      // pop b if slope(a,b) <= slope(b,c)
+      if ((b.p - a.p) * (c.w - b.w) <= (c.p - b.p) * (b.w - a.w)) --nh;
+      else break;
+    }
+    hl[nh++] = static_cast<int32_t>(k);
+  }
+  return {nl, nh};
+}
+
+// The efficiency of hull step k (from vertex k-1 to k) given the previous step's: rounding must not reorder a
+// group's own increments, so e stays non-increasing along the hull.
+inline double step_efficiency(double dp, double dw, std::size_t k, double prev_e) {
+  const double e = dp / dw;
+  return k > 1 && e > prev_e ? prev_e : e;
+}
+
+// Where a single budget's LP split lies, estimated from a random sample of groups: increments more efficient
+// than `top` are taken by the LP, those less efficient than `bot` are not, with a margin of kMargin of the
+// sample's cost steps on either side of the estimate (its own error is about 1.3 sqrt(f (1 - f) / kSample) for
+// heavy-tailed steps). A wrong guess costs time only: prepare then falls back to ordering every increment.
+struct Bracket {
+  double top = std::numeric_limits<double>::infinity();    // e > top: above the bracket (none when +inf)
+  double bot = -std::numeric_limits<double>::infinity();   // e < bot: below the bracket (none when -inf)
+};
+
+Bracket estimate_bracket(const Span<const int64_t>& offsets, const Span<const double>& gains,
+                         const Span<const double>& costs, int64_t n, double budget, Item* loc, int32_t* hl) {
+  constexpr int kSample = 1024;
+  constexpr double kMargin = 0.08;
+  std::mt19937_64 rng(0x6d7071);  // fixed: the same instance always gets the same bracket
+  std::uniform_int_distribution<int64_t> pick(0, n - 1);
+  std::vector<std::pair<double, double>> steps;  // (e, dw)
+  double w0 = 0;  // the sample's cheapest items
+  for (int s = 0; s < kSample; ++s) {
+    const int64_t g = pick(rng), a = offsets[g];
+    const auto [nl, nh] = pareto_hull(gains.data + a, costs.data + a, offsets[g + 1] - a, loc, hl);
+    w0 += loc[0].w;
+    double prev_e = 0;
+    for (std::size_t k = 1; k < nh; ++k) {
+      const Item& u = loc[hl[k - 1]];
+      const Item& v = loc[hl[k]];
+      prev_e = step_efficiency(v.p - u.p, v.w - u.w, k, prev_e);
+      steps.push_back({prev_e, v.w - u.w});
+    }
+  }
+  std::sort(steps.begin(), steps.end(), [](const auto& x, const auto& y) { return x.first > y.first; });
+  double total = 0;
+  for (const auto& st : steps) total += st.second;
+  // the sample's expected share of the LP's whole increments: its part of the budget above the cheapest items
+  const double want = budget * kSample / static_cast<double>(n) - w0;
+  const double from = want - kMargin * total, to = want + kMargin * total;
+  Bracket b;
+  double run = 0;
+  for (const auto& st : steps) {
+    if (run + st.second > from && b.top == std::numeric_limits<double>::infinity() && from > 0) b.top = st.first;
+    run += st.second;
+    if (run >= to) { b.bot = st.first; break; }
+  }
+  return b;
+}
+
+}  // namespace
+
 Prepared prepare(const Span<const int64_t>& offsets, const Span<const double>& gains, const Span<const double>& costs,
-                 const double* budget) {
+                 const double* budget, int64_t bracket_groups) {
   Prepared pr;
   pr.n = static_cast<int64_t>(offsets.size) - 1;
   pr.offsets = offsets;
@@ -170,60 +322,34 @@ Prepared prepare(const Span<const int64_t>& offsets, const Span<const double>& g
   // keeps what a 10^6-group solve writes to a few bytes per item.
   pr.pareto.resize(gains.size);
   pr.hull.resize(gains.size);
-  pr.incs.resize(gains.size);
   int32_t* P = pr.pareto.data();
   int32_t* H = pr.hull.data();
-  Inc* I = pr.incs.data();
   std::size_t np = 0, nh = 0, ni = 0;
   int64_t widest = 0;
   for (int64_t g = 0; g < pr.n; ++g) widest = std::max(widest, offsets[g + 1] - offsets[g]);
   std::vector<Item> locbuf(static_cast<std::size_t>(widest));
   std::vector<int32_t> hl(static_cast<std::size_t>(widest));  // positions in loc of the group's hull vertices
   Item* loc = locbuf.data();  // the group's Pareto items
-  double sum_abs = 0;
+  // A single large solve stores only the increments near its LP split: the LP takes every one above the bracket
+  // whole (their steps are summed per group, their count kept), and none below it. Storing, partitioning and
+  // summing all increments had been most of such a solve.
+  const bool bracketed = budget && bracket_groups > 0 && pr.n >= bracket_groups;
+  Bracket br;
+  if (bracketed) {
+    br = estimate_bracket(offsets, gains, costs, pr.n, *budget, loc, hl.data());
+    pr.base_pos.resize(pr.n);
+    pr.end_pos.resize(pr.n);
+    pr.at_bracket.resize(pr.n);
+  }
+  pr.incs.resize(gains.size);
+  Inc* I = pr.incs.data();
+  double sum_abs = 0, w_above = 0, p_above = 0;
+  std::size_t n_above = 0, n_below = 0;
   for (int64_t g = 0; g < pr.n; ++g) {
-    const int64_t a = offsets[g], b = offsets[g + 1];
-    std::size_t nl = 0;
-    // cost ascending, gain descending, index ascending: the deterministic tie-break everywhere. Groups often come
-    // in that order already (menus listed from the cheapest choice up): those skip the sort.
-    bool in_order = true;
-    for (int64_t i = a + 1; i < b && in_order; ++i) in_order = costs[i - 1] <= costs[i];
-    if (in_order) {
-      for (int64_t i = a; i < b; ++i) {  // keep an item only if it gains strictly more than everything cheaper
-        const Item it{costs[i], gains[i], static_cast<int32_t>(i - a)};
-        if (nl == 0) loc[nl++] = it;
-        else if (it.w == loc[nl - 1].w) { if (it.p > loc[nl - 1].p) loc[nl - 1] = it; }  // equal cost: best gain
-        else if (it.p > loc[nl - 1].p) loc[nl++] = it;
-      }
-    } else {
-      // insertion sort, stable (items arrive in index order), on (cost ascending, gain descending): groups are
-      // small, and this beats std::sort with a three-key comparator by half
-      for (int64_t i = a; i < b; ++i) {
-        const Item it{costs[i], gains[i], static_cast<int32_t>(i - a)};
-        std::size_t j = nl++;
-        for (; j > 0 && (it.w < loc[j - 1].w || (it.w == loc[j - 1].w && it.p > loc[j - 1].p)); --j) loc[j] = loc[j - 1];
-        loc[j] = it;
-      }
-      std::size_t kept = 0;
-      for (std::size_t t = 0; t < nl; ++t)
-        if (kept == 0 || loc[t].p > loc[kept - 1].p) loc[kept++] = loc[t];
-      nl = kept;
-    }
+    const int64_t a = offsets[g];
+    const auto [nl, nhl] = pareto_hull(gains.data + a, costs.data + a, offsets[g + 1] - a, loc, hl.data());
     for (std::size_t t = 0; t < nl; ++t) P[np++] = loc[t].idx;
     pr.poff[g + 1] = static_cast<int64_t>(np);
-    // upper concave hull by monotone chain; cross products, no divided slopes
-    std::size_t nhl = 0;
-    for (std::size_t k = 0; k < nl; ++k) {
-      const Item& c = loc[k];
-      while (nhl >= 2) {
-        const Item& a2 = loc[hl[nhl - 2]];
-        const Item& b2 = loc[hl[nhl - 1]];
-        // pop b2 if slope(a2,b2) <= slope(b2,c)
-        if ((b2.p - a2.p) * (c.w - b2.w) <= (c.p - b2.p) * (b2.w - a2.w)) --nhl;
-        else break;
-      }
-      hl[nhl++] = static_cast<int32_t>(k);
-    }
     for (std::size_t t = 0; t < nhl; ++t) H[nh++] = loc[hl[t]].idx;
     pr.hoff[g + 1] = static_cast<int64_t>(nh);
     const Item& lo = loc[0];
@@ -233,14 +359,36 @@ Prepared prepare(const Span<const int64_t>& offsets, const Span<const double>& g
     pr.Pmax += hi.p;
     pr.Wmax += std::max(std::fabs(hi.w), std::fabs(lo.w));
     sum_abs += std::fabs(hi.p) + std::fabs(lo.p);
+    double prev_e = 0;
+    std::size_t above = 0, stored_to = 0;  // this group's increments above the bracket (a prefix of its hull), and
+                                           // the last stored one
     for (std::size_t k = 1; k < nhl; ++k) {
       const Item& u = loc[hl[k - 1]];
       const Item& v = loc[hl[k]];
       const double dp = v.p - u.p, dw = v.w - u.w;
-      double e = dp / dw;
-      // rounding must not reorder a group's own increments: keep e non-increasing along the hull
-      if (k > 1 && e > I[ni - 1].e) e = I[ni - 1].e;
+      const double e = prev_e = step_efficiency(dp, dw, k, prev_e);
+      if (e > br.top) { above = k; continue; }
+      if (e < br.bot) { n_below += nhl - k; break; }  // the rest of the hull is less efficient still
       I[ni++] = {dp, dw, e, static_cast<int32_t>(g), static_cast<int32_t>(k)};
+      stored_to = k;
+    }
+    if (bracketed) {
+      pr.base_pos[g] = static_cast<int32_t>(above);
+      pr.end_pos[g] = static_cast<int32_t>(std::max(above, stored_to));
+      const Item& b = loc[hl[above]];
+      AtBracket& rec = pr.at_bracket[g];
+      rec.w = b.w;
+      rec.p = b.p;
+      rec.idx = b.idx;
+      if (above > 0) { rec.in_dp = b.p - loc[hl[above - 1]].p; rec.in_dw = b.w - loc[hl[above - 1]].w; }
+      else { rec.in_dp = std::numeric_limits<double>::infinity(); rec.in_dw = 0; }
+      if (above + 1 < nhl) { rec.out_dp = loc[hl[above + 1]].p - b.p; rec.out_dw = loc[hl[above + 1]].w - b.w; }
+      else { rec.out_dp = -std::numeric_limits<double>::infinity(); rec.out_dw = 0; }
+      if (above) {  // the steps summed telescoped: one rounding per group
+        n_above += above;
+        w_above += loc[hl[above]].w - lo.w;
+        p_above += loc[hl[above]].p - lo.p;
+      }
     }
   }
   pr.pareto.resize(np);
@@ -248,9 +396,15 @@ Prepared prepare(const Span<const int64_t>& offsets, const Span<const double>& g
   pr.incs.resize(ni);
   pr.scale = sum_abs > 0 ? sum_abs : 1.0;
   pr.unit = gain_unit(gains, 1e-12 * pr.scale);
+  pr.n_above = n_above;
+  pr.n_below = n_below;
   // Within a group efficiencies do not increase, so this order keeps every group's hull order.
   if (budget) {
-    order_for_budget(pr, *budget);
+    const double cap_left = std::max(0.0, *budget - pr.W0) - w_above;  // for the stored increments
+    if (bracketed && cap_left < 0) return prepare(offsets, gains, costs, budget, 0);  // the split lies above
+    order_for_budget(pr, pr.W0 + std::max(0.0, cap_left));
+    if (bracketed && pr.sorted_lo == pr.incs.size() && n_below > 0)  // every stored one fits: the split lies below
+      return prepare(offsets, gains, costs, budget, 0);
   } else {
     sort_by_efficiency(pr.incs);
     pr.sorted_lo = 0;
@@ -258,7 +412,8 @@ Prepared prepare(const Span<const int64_t>& offsets, const Span<const double>& g
   }
   pr.prefW.resize(pr.incs.size() + 1);
   pr.prefP.resize(pr.incs.size() + 1);
-  pr.prefW[0] = pr.prefP[0] = 0;
+  pr.prefW[0] = w_above;
+  pr.prefP[0] = p_above;
   for (std::size_t t = 0; t < pr.incs.size(); ++t) {
     pr.prefW[t + 1] = pr.prefW[t] + pr.incs[t].dw;
     pr.prefP[t + 1] = pr.prefP[t] + pr.incs[t].dp;
