@@ -144,11 +144,34 @@ class ParetoDp {
   // incumbent becomes it.
   void bound_and_round(int l) {
     lp_.assign(cur_.size(), kNegInf);
+    // The states come by increasing cost, so their capacities left decrease: where the level has more states
+    // than its active increments (by a factor of the tree's depth), one walk down the active increments' prefix
+    // sums places them all, instead of a Fenwick descent per state.
+    const bool sweep = l < v_.L && static_cast<double>(n_active_) <
+                                       static_cast<double>(cur_.size()) * std::log2(static_cast<double>(v_.M) + 2.0);
+    std::size_t j = 0;  // sweep: active increments taken whole by the current state
+    if (sweep) {
+      act_.clear();
+      pw_.assign(1, 0.0);
+      pp_.assign(1, 0.0);
+      for (int t = 0; t < v_.M; ++t) {
+        if (!active_[t]) continue;
+        act_.push_back(t);
+        pw_.push_back(pw_.back() + v_.incs[t].dw);
+        pp_.push_back(pp_.back() + v_.incs[t].dp);
+      }
+      j = act_.size();
+    }
     for (std::size_t s = 0; s < cur_.size(); ++s) {
       const double capR = Cp_ - cur_[s].c - v_.baseW[l];
       if (capR < -near_) continue;  // over budget beyond rounding: dead (states within `near` are decided exactly)
       double sw = 0, sp = 0, frac = 0;
-      if (l < v_.L) {
+      if (sweep) {
+        while (j > 0 && pw_[j] > capR) --j;
+        sw = pw_[j];
+        sp = pp_[j];
+        if (j < act_.size()) frac = std::max(0.0, capR - sw) * v_.incs[act_[j]].e;
+      } else if (l < v_.L) {
         int at = fw_.descend(capR, sw, sp);
         while (at < v_.M && !active_[at]) ++at;  // rounding residue of removed increments
         if (at < v_.M) frac = std::max(0.0, capR - sw) * v_.incs[at].e;
@@ -258,6 +281,7 @@ class ParetoDp {
       const int32_t t = v_.pos[q];
       fw_.add(t, -v_.incs[t].dw, -v_.incs[t].dp);
       active_[t] = 0;
+      --n_active_;
     }
   }
 
@@ -303,7 +327,10 @@ class ParetoDp {
   const double near_;    // a float cost this close to the budget may round either way: checked exactly
   const int64_t level_cap_;
   std::vector<char> active_;  // increments still in the Fenwick tree
+  int n_active_ = v_.M;
   Fenwick fw_;
+  std::vector<int32_t> act_;        // a sweeping level's active increments, efficiency descending
+  std::vector<double> pw_, pp_;     // ... and their prefix sums of cost and gain steps
   std::vector<std::vector<std::pair<int32_t, int32_t>>> bp_;  // (parent, item) of the states kept before level l
   std::vector<State> cur_, buf_, buf2_;
   std::vector<double> lp_;
