@@ -14,6 +14,7 @@ import torch
 
 import mpq
 from mpq import SensitivityTable
+from mpq.calibration import fingerprint
 from mpq.calibration.distributed import comm_device
 
 from _cli_model import save_tiny_causal_lm
@@ -115,17 +116,81 @@ def test_two_ranks_hold_the_single_process_table(two_ranks):
         assert_same_table(SensitivityTable.load(out / f"table{r}.npz"), reference)
 
 
-@pytest.mark.parametrize("scenario, every_rank_says", [
-    ("other_candidates", ["rank 1 differs from rank 0 in candidates"]),
-    ("other_weights", ["rank 1 differs from rank 0 in the model's weights", "0.weight"]),
+def test_two_ranks_hold_the_single_process_table_bit_for_bit(two_ranks):
+    """At the workers' one thread, the gathered table is the single process's to the last bit, fingerprint too."""
+    import _distributed_worker as w
+    out, _, _, _, _ = two_ranks
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        reference = single_process_reference()
+    finally:
+        torch.set_num_threads(threads)
+    assert reference.data_fingerprint == fingerprint(w.batches())  # what a single process computes
+    for r in range(2):
+        two = SensitivityTable.load(out / f"table{r}.npz")
+        assert two.data_fingerprint == reference.data_fingerprint and two.n_samples == reference.n_samples == 15
+        for name in ("delta", "delta_weight", "act_scales", "act_zero_points"):
+            a, b = getattr(two, name), getattr(reference, name)
+            assert a.dtype == b.dtype and a.tobytes() == b.tobytes(), name
+
+
+def test_exchanges_larger_than_the_inline_room_take_a_second_collective(two_ranks):
+    """With 8 bytes inline, every exchange (what each rank calibrates, the ranges, the δ) spills: same table;
+    a failure message that spills still reaches the other rank whole."""
+    out, _, results, _, _ = two_ranks
+    assert all("returned" in r["spilled"] for r in results), [r["spilled"] for r in results]
+    reference = single_process_reference()
+    for r in range(2):
+        assert_same_table(SensitivityTable.load(out / f"spilled{r}.npz"), reference)
+    failing, other = results[1]["failing_spilled"], results[0]["failing_spilled"]
+    assert failing.get("raised") == "ValueError" and "non-finite loss in batch 1" in failing["message"]
+    assert other.get("raised") == "RankFailed", other
+    assert f"rank 1 failed: ValueError: {failing['message']}"[:120] in other["message"]
+
+
+def test_two_ranks_reduce_attention_ranges_with_the_linear_ones(two_ranks):
+    import _distributed_worker as w
+    out, _, results, _, _ = two_ranks
+    assert all("returned" in r["attention"] for r in results), [r["attention"] for r in results]
+    reference = mpq.calibrate(tiny_llama(layers=1), w.lm_batches(), w.ATTENTION_CANDIDATES, progress=False)
+    assert any(n.endswith("k_cache") for n in reference.layers)
+    for r in range(2):
+        two = SensitivityTable.load(out / f"attention{r}.npz")
+        assert_same_table(two, reference)
+        assert two.info["attention_scales"] == reference.info["attention_scales"]
+
+
+def test_two_ranks_sum_the_experts_tokens(two_ranks):
+    import _distributed_worker as w
+    from _tiny_moe import tiny_mixtral
+    out, _, results, _, _ = two_ranks
+    assert all("returned" in r["experts"] for r in results), [r["experts"] for r in results]
+    reference = mpq.calibrate(tiny_mixtral(), w.lm_batches(), ("int8",), progress=False)
+    tokens = reference.info["experts"]["tokens"]
+    assert sum(tokens.values()) > 0
+    for r in range(2):
+        two = SensitivityTable.load(out / f"experts{r}.npz")
+        assert_same_table(two, reference)
+        assert two.info["experts"]["tokens"] == tokens
+
+
+@pytest.mark.parametrize("scenario, every_rank_says, not_said", [
+    ("other_candidates", ["rank 1 differs from rank 0 in candidates"], []),
+    ("other_weights", ["rank 1 differs from rank 0 in the model's weights", "0.weight"], []),
+    ("one_weight_nudged", ["rank 1 differs from rank 0 in the model's weights (2.weight)"], ["0.weight"]),
+    ("other_batch_own_shard", ["rank 1 differs from rank 0 in data_fingerprint"], ["weights"]),
+    ("other_batch_other_shard", ["rank 1 differs from rank 0 in data_fingerprint"], ["weights"]),
 ])
-def test_ranks_that_differ_are_refused_on_every_rank_naming_the_rank(two_ranks, scenario, every_rank_says):
+def test_ranks_that_differ_are_refused_on_every_rank_naming_the_rank(two_ranks, scenario, every_rank_says, not_said):
     _, _, results, _, _ = two_ranks
     for r in range(2):
         got = results[r][scenario]
         assert got.get("raised") == "ValueError", got
         for text in every_rank_says:
             assert text in got["message"]
+        for text in not_said:
+            assert text not in got["message"]
 
 
 @pytest.mark.parametrize("scenario, own_error", [

@@ -100,14 +100,16 @@ class AttentionRanges:
                 self._merge((i, k, "tensor"), np.array([float(a)]), np.array([float(b)]))
         return hook
 
-    def scales(self, layers, cands, ranks) -> dict:
+    def ranges(self) -> tuple[list, list]:
+        """This rank's ranges (lo, hi), flat, for ``Ranks.reduce_range`` (with the Linear layers')."""
+        keys = sorted(self.lo, key=str)
+        return ([float(v) for k in keys for v in self.lo[k]], [float(v) for k in keys for v in self.hi[k]])
+
+    def scales(self, layers, cands, lo: list, hi: list) -> dict:
         """(layer index, candidate name) → list of (scale, zero point): a matmul [A's, B's], a KV cache [tensor's]
-        or one per head. Every rank's batches count (``ranks.reduce_range``)."""
+        or one per head. ``lo``, ``hi``: ``ranges()`` reduced over the ranks (every rank's batches count)."""
         keys = sorted(self.lo, key=str)
         sizes = [len(self.lo[k]) for k in keys]
-        lo = [float(v) for k in keys for v in self.lo[k]]
-        hi = [float(v) for k in keys for v in self.hi[k]]
-        lo, hi = ranks.reduce_range(lo, hi)
         ranges, at = {}, 0
         for k, n in zip(keys, sizes):
             ranges[k] = torch.tensor([[a if math.isfinite(a) else 0.0, b if math.isfinite(b) else 0.0]

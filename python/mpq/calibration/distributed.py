@@ -7,8 +7,10 @@ a rank which fails (an exception in its share) reports it at the next exchange a
 instead of waiting for it. A rank that dies is noticed by the backend (gloo, NCCL, HCCL: a closed connection at
 once, a hung rank after the process group's ``timeout``) and every other rank raises too. The exchanges are, in
 order: (1) what every rank calibrates (model, candidates, batches: refused when a rank differs), (2) only with
-static-scale candidates, the activation ranges (min of the minima, max of the maxima), (3) the per-sample δ.
-The tensors travel on a device the process group's backend serves: the model's, else the CPU.
+static-scale candidates, the activation ranges of every layer in one buffer (min of the minima, max of the maxima),
+(3) the per-sample δ (with the per-group δ and the experts' token counts when there are any), in one buffer.
+An exchange is one collective when every rank's payload fits in ``INLINE_BYTES``, else two (the rest, sized by
+the first). The tensors travel on a device the process group's backend serves: the model's, else the CPU.
 """
 from __future__ import annotations
 
@@ -24,8 +26,14 @@ import torch
 
 # how closely two ranks' parameter checksums must agree (they differ only by summation order: thread counts)
 CHECKSUM_RTOL = 1e-9
-# a parameter's checksum is summed in float64 this many values at a time (bounds the temporary)
+# a parameter's checksum is summed in float64 this many values at a time (bounds the temporary); on the CPU fewer,
+# so that the float64 copy stays in the cache and its memory is reused, not faulted in afresh for every parameter
 CHECKSUM_CHUNK = 1 << 22
+CHECKSUM_CHUNK_CPU = 1 << 18
+# bytes of every rank's payload that travel in an exchange's first collective, beside the status: what each rank
+# calibrates (a model of a few hundred parameters), the ranges and small δ fit, so each of those is one collective
+INLINE_BYTES = 1 << 16
+HEAD_BYTES = 16  # [failed, payload length] as int64
 
 
 class RankFailed(RuntimeError):
@@ -74,34 +82,43 @@ class Ranks:
                              + " | ".join(problems))
 
     def reduce_range(self, lo: list, hi: list) -> tuple[list, list]:
-        """The elementwise min of ``lo`` and max of ``hi`` over the ranks."""
+        """The elementwise min of ``lo`` and max of ``hi`` over the ranks (all layers' ranges in one call: one
+        exchange)."""
         if not self.distributed:
             return lo, hi
         parts = [_load(p) for p in self.exchange(_dump(np.array([lo, hi], np.float64)), "activation ranges")]
         both = np.stack(parts)
         return both[:, 0].min(axis=0).tolist(), both[:, 1].max(axis=0).tolist()
 
-    def gather_samples(self, local: tuple, sizes: Sequence[int]) -> tuple:
-        """Every rank's per-sample rows in the global order of the batches. ``local``: arrays [n, ...] of one
-        shape, this rank's rows (its batches in order); ``sizes``: the sample count of every batch. The last
-        exchange."""
+    def gather_samples(self, local: Sequence[np.ndarray], sizes: Sequence[int],
+                       totals: Sequence[np.ndarray] = ()) -> tuple:
+        """Every rank's per-sample rows in the global order of the batches, then the sums over the ranks of
+        ``totals``, all in one exchange (the last). ``local``: arrays [n, ...] (each its own trailing shape), this
+        rank's rows (its batches in order); ``sizes``: the sample count of every batch; ``totals``: arrays of the
+        same shape on every rank (counts)."""
         self.done = True  # from here on a failure on one rank is not announced: there is no exchange left
         if not self.distributed:
-            return tuple(local)
-        mine = np.stack(local)
-        parts = [_load(p) for p in self.exchange(_dump(mine), "the per-sample sensitivities")]
-        pieces = {}
+            return tuple(local) + tuple(totals)
+        local, totals = [np.ascontiguousarray(a) for a in local], [np.ascontiguousarray(a) for a in totals]
+        parts = [_load_many(p) for p in self.exchange(_dump_many(local + totals), "the per-sample sensitivities")]
+        pieces = [{} for _ in local]
+        summed = [np.zeros_like(t) for t in totals]
         for r, part in enumerate(parts):
             idx = list(range(r, len(sizes), self.size))
-            want = (len(local), sum(sizes[i] for i in idx)) + mine.shape[2:]
-            if part.shape != want:
-                raise RankFailed(f"calibrate: rank {r} sent per-sample values of shape {part.shape}, expected {want}")
-            at = 0
-            for i in idx:
-                pieces[i] = part[:, at:at + sizes[i]]
-                at += sizes[i]
-        every = np.concatenate([pieces[i] for i in range(len(sizes))], axis=1)
-        return tuple(every)
+            n = sum(sizes[i] for i in idx)
+            want = [(n,) + a.shape[1:] for a in local] + [t.shape for t in totals]
+            if [a.shape for a in part] != want:
+                raise RankFailed(f"calibrate: rank {r} sent per-sample values of shapes {[a.shape for a in part]}, "
+                                 f"expected {want}")
+            for k in range(len(local)):
+                at = 0
+                for i in idx:
+                    pieces[k][i] = part[k][at:at + sizes[i]]
+                    at += sizes[i]
+            for k in range(len(totals)):
+                summed[k] += part[len(local) + k]
+        every = [np.concatenate([p[i] for i in range(len(sizes))]) for p in pieces]
+        return tuple(every) + tuple(summed)
 
     # --- the protocol ------------------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -127,22 +144,25 @@ class Ranks:
         return self._exchange(payload, failed=False, what=what)
 
     def _exchange(self, payload: bytes, failed: bool, what: str) -> list:
-        import torch.distributed as dist
         if not self.distributed:
             return [payload]
         try:
-            head = torch.tensor([int(failed), len(payload)], dtype=torch.int64, device=self.device)
-            heads = [torch.empty_like(head) for _ in range(self.size)]
-            dist.all_gather(heads, head, group=self.group)
-            heads = [h.tolist() for h in heads]
-            room = max(1, max(n for _, n in heads))
-            buf = torch.zeros(room, dtype=torch.uint8)
-            if payload:
-                buf[:len(payload)] = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
-            buf = buf.to(self.device)
-            bufs = [torch.empty_like(buf) for _ in range(self.size)]
-            dist.all_gather(bufs, buf, group=self.group)
-            got = [bytes(b[:n].cpu().numpy().tobytes()) for b, (_, n) in zip(bufs, heads)]
+            # first collective: status, length and the payload's first INLINE_BYTES, the same size on every rank
+            # whatever the exchange (a failing rank does not know which one the others are in)
+            first = np.zeros(HEAD_BYTES + INLINE_BYTES, np.uint8)
+            first[:HEAD_BYTES] = np.array([int(failed), len(payload)], np.int64).view(np.uint8)
+            inline = payload[:INLINE_BYTES]
+            first[HEAD_BYTES:HEAD_BYTES + len(inline)] = np.frombuffer(inline, np.uint8)
+            got = self._all_gather(first)
+            heads = [g[:HEAD_BYTES].view(np.int64).tolist() for g in got]
+            out = [g[HEAD_BYTES:HEAD_BYTES + min(n, INLINE_BYTES)].tobytes() for g, (_, n) in zip(got, heads)]
+            longest = max(n for _, n in heads)
+            if longest > INLINE_BYTES:  # every rank saw the same lengths: all of them take this second collective
+                rest = np.zeros(longest - INLINE_BYTES, np.uint8)
+                tail = payload[INLINE_BYTES:]
+                rest[:len(tail)] = np.frombuffer(tail, np.uint8)
+                more = self._all_gather(rest)
+                out = [o + m[:max(0, n - INLINE_BYTES)].tobytes() for o, m, (_, n) in zip(out, more, heads)]
         except Exception as e:  # noqa: BLE001 - whatever the backend raises, the ranks have lost each other
             self.done = True
             raise RankFailed(f"calibrate on rank {self.rank}: exchanging {what} with the other ranks failed (a rank "
@@ -152,9 +172,17 @@ class Ranks:
             self.done = True
             others = [r for r in bad if r != self.rank]
             if others:
-                raise RankFailed("calibrate: " + "; ".join(f"rank {r} failed: {got[r].decode(errors='replace')}"
+                raise RankFailed("calibrate: " + "; ".join(f"rank {r} failed: {out[r].decode(errors='replace')}"
                                                           for r in others))
-        return got
+        return out
+
+    def _all_gather(self, buf: np.ndarray) -> list:
+        """Every rank's ``buf`` (uint8, the same size on every rank), as numpy arrays on the CPU."""
+        import torch.distributed as dist
+        t = torch.from_numpy(buf).to(self.device)
+        bufs = [torch.empty_like(t) for _ in range(self.size)]
+        dist.all_gather(bufs, t, group=self.group)
+        return [b.cpu().numpy() for b in bufs]
 
 
 def comm_device(backend_config: str, model_device: torch.device) -> torch.device:
@@ -180,10 +208,19 @@ def describe(model, named, cands, batch_sizes, data_fingerprint: str, loss: str)
     """What a rank calibrates, for ``Ranks.check_same``: the candidates, the layers, every parameter's name,
     shape, dtype and checksums (sum and sum of squares), and the batches (their fingerprint and sizes)."""
     from .devices import parameters_with_data
-    params = []
+    params, sums = [], []
     for name, p in parameters_with_data(model):
         params.append([name, list(p.shape) if p is not None else None, str(p.dtype) if p is not None else None,
-                       _checksums(p)])
+                       None])
+        sums.append(_checksums(p))
+    # the reductions stay tensors until here: one read back per device, not two per chunk (a sync on a GPU)
+    by_device = {}
+    for k, c in enumerate(sums):
+        if c is not None:
+            by_device.setdefault(c.device, []).append(k)
+    for ks in by_device.values():
+        for k, pair in zip(ks, torch.stack([sums[k] for k in ks]).tolist()):
+            params[k][3] = pair
     return dict(model=type(model).__name__, candidates=[c.name for c in cands],
                 layers=[[n, list(m.weight.shape) if hasattr(m, "weight") else type(m).__name__]
                                           for n, m in named], parameters=params,
@@ -191,15 +228,21 @@ def describe(model, named, cands, batch_sizes, data_fingerprint: str, loss: str)
 
 
 def _checksums(p: Optional[torch.Tensor]):
+    """[sum, sum of squares] of ``p``'s values in float64, as a tensor [2] on p's device (read back by
+    ``describe`` for all parameters at once)."""
     if p is None:
         return None
     flat = p.detach().reshape(-1)
-    s = q = 0.0
-    for i in range(0, flat.numel(), CHECKSUM_CHUNK):
-        part = flat[i:i + CHECKSUM_CHUNK].double()
-        s += float(part.sum())
-        q += float((part * part).sum())
-    return [s, q]
+    step = CHECKSUM_CHUNK_CPU if flat.device.type == "cpu" else CHECKSUM_CHUNK
+    parts = []
+    for i in range(0, flat.numel(), step):
+        part = flat[i:i + step].double()
+        # one float64 copy per chunk, read twice (the BLAS dot where there is one, not a second temporary)
+        sq = torch.dot(part, part) if part.device.type in ("cpu", "cuda") else (part * part).sum()
+        parts.append(torch.stack([part.sum(), sq]))
+    if not parts:
+        return torch.zeros(2, dtype=torch.float64, device=flat.device)
+    return parts[0] if len(parts) == 1 else torch.stack(parts).sum(0)
 
 
 def _differences(a: dict, b: dict) -> list:
@@ -237,6 +280,21 @@ def _dump(a: np.ndarray) -> bytes:
 
 def _load(b: bytes) -> np.ndarray:
     return np.load(io.BytesIO(b), allow_pickle=False)
+
+
+def _dump_many(arrays: Sequence[np.ndarray]) -> bytes:
+    """Arrays of any shapes and dtypes in one payload: their .npy files one after another."""
+    f = io.BytesIO()
+    for a in arrays:
+        np.save(f, np.ascontiguousarray(a), allow_pickle=False)
+    return f.getvalue()
+
+
+def _load_many(b: bytes) -> list:
+    f, out = io.BytesIO(b), []
+    while f.tell() < len(b):
+        out.append(np.load(f, allow_pickle=False))
+    return out
 
 
 def _one_line(e: BaseException) -> str:

@@ -106,14 +106,3 @@ def single_samples(batch, B: int) -> list:
             return type(x)(cut(v, n) for v in x)
         return x
     return [cut(batch, n) for n in range(B)]
-
-
-def tokens_over_ranks(ranks, counts: dict, indices) -> dict:
-    """{expert GEMM index: calibration tokens} summed over the ranks (every rank calls this, the same indices)."""
-    if not ranks.distributed or not indices:
-        return dict(counts)
-    import numpy as np
-    from .distributed import _dump, _load
-    mine = np.array([counts.get(i, 0) for i in indices], np.int64)
-    total = sum(_load(p) for p in ranks.exchange(_dump(mine), "the experts' token counts"))
-    return {i: int(n) for i, n in zip(indices, total)}

@@ -86,11 +86,14 @@ class GroupSplit:
         """[k, out_features, J] per-row sums → [k, groups of the layer, J] group sums."""
         return per_row.reshape(per_row.shape[0], -1, self.rows_per_group[layer], *per_row.shape[2:]).sum(2)
 
-    def gathered(self, ranks, sizes: Sequence[int], applicable: np.ndarray) -> np.ndarray:
-        """[N, groups, C] over every rank's batches; NaN where the candidate cannot quantize the layer."""
+    def local(self) -> np.ndarray:
+        """[n, groups, C] of this rank's batches (gathered with the layer δ: ``Ranks.gather_samples``)."""
         empty = np.zeros((0, self.n_groups, self.n_cands))
-        local = np.concatenate(self.batches or [empty])
-        (every,) = ranks.gather_samples((local,), sizes)
+        return np.concatenate(self.batches or [empty])
+
+    def mark(self, every: np.ndarray, applicable: np.ndarray) -> np.ndarray:
+        """``every`` ([N, groups, C] over every rank's batches) with NaN where the candidate cannot quantize the
+        layer."""
         layer_of = np.repeat(np.arange(len(self.out_features)), np.diff(self.offsets))
         every[:, ~applicable[layer_of]] = np.nan
         return every

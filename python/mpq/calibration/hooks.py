@@ -367,8 +367,10 @@ def _static_scales(model, layers, batches, cands, device, ranks: Ranks, owners=N
     finally:
         for h in handles:
             h.remove()
-    lo, hi = ranks.reduce_range(lo, hi)
-    scales = attention.scales(layers, cands, ranks)
+    a_lo, a_hi = attention.ranges()
+    lo, hi = ranks.reduce_range(lo + a_lo, hi + a_hi)  # the Linear and attention ranges: one exchange
+    scales = attention.scales(layers, cands, lo[len(layers):], hi[len(layers):])
+    lo, hi = lo[:len(layers)], hi[:len(layers)]
     for i in range(len(layers)):
         if layer_kind(layers[i][1]) != "linear":
             continue
@@ -451,6 +453,8 @@ def _calibrate(model, batches, cands, loss_fn, progress, layers, ranks: Ranks, a
     loss_name = ("causal_lm_loss" if loss_fn is causal_lm_loss else
                  getattr(loss_fn, "__name__", type(loss_fn).__name__))
     sizes = [batch_size(b) for b in batches]
+    # every rank hashes all the batches, not only its share: a rank whose batches differ anywhere (in another
+    # rank's share too) is refused, and the table's fingerprint is the single process's (a sha256 of them all)
     data_fingerprint = fingerprint(batches)
     ranks.check_same(lambda: describe(model, named, cands, sizes, data_fingerprint, loss_name))
     shard = ranks.shard(batches)
@@ -561,14 +565,19 @@ def _calibrate(model, batches, cands, loss_fn, progress, layers, ranks: Ranks, a
                     if run.extra is not None:
                         run.extra.finish()
                 bar.update(done + 1)
-        routed_tokens = routed.tokens_over_ranks(ranks, run.routed_tokens, sorted(owners))
         empty = [np.zeros((0, L, C))]  # a rank with no batch (fewer batches than ranks)
         extra = run.extra.stacked() if run.extra is not None else []
+        groups = [run.groups.local()] if run.groups else []
+        experts = sorted(owners)
+        tokens = np.array([run.routed_tokens.get(i, 0) for i in experts], np.int64)
+        # every per-sample array and the experts' token counts in one exchange: one buffer, not one per kind
         delta, delta_w, *extra = ranks.gather_samples(
-            (np.concatenate(deltas or empty), np.concatenate(deltas_w or empty), *extra), sizes)
+            (np.concatenate(deltas or empty), np.concatenate(deltas_w or empty), *extra, *groups), sizes,
+            totals=(tokens,))
+        routed_tokens = {i: int(n) for i, n in zip(experts, extra.pop())}
+        group_delta = run.groups.mark(extra.pop(), applicable) if run.groups else None
         for a in (delta, delta_w, *extra):
             a[:, ~applicable] = np.nan
-        group_delta = run.groups.gathered(ranks, sizes, applicable) if run.groups else None
     finally:
         for h in handles:
             h.remove()
