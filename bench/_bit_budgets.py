@@ -152,19 +152,21 @@ def main(args):
         layers = [l for sg in gains.subgraphs for l in sg.layers]
         qw = table.quantized_weights
 
-        if "hawq traces" not in times or not (out / "budgets_hawq.npy").exists():
+        htable = ftable = None  # each baseline's scores only when it runs: HAWQ's traces alone take the longest
+        if "hawq" in methods and ("hawq traces" not in times or not (out / "budgets_hawq.npy").exists()):
             say(f"HAWQ: Hutchinson traces of {len(layers)} layers, {args.hawq_probes} probes x {len(batches)} batches")
             t0 = time.perf_counter()
             traces = hutchinson_traces(model, layers, batches, probes=args.hawq_probes, method=args.hawq_method)
             times["hawq traces"] = time.perf_counter() - t0
             np.save(out / "budgets_hawq.npy", traces)
             (out / "budgets_times.json").write_text(json.dumps(times))
-        traces = np.load(out / "budgets_hawq.npy")
-        t0 = time.perf_counter()
-        htable = hawq_table(model, traces, layers, table)
-        times["hawq ‖ΔW‖²"] = time.perf_counter() - t0
+        if "hawq" in methods:
+            traces = np.load(out / "budgets_hawq.npy")
+            t0 = time.perf_counter()
+            htable = hawq_table(model, traces, layers, table)
+            times["hawq ‖ΔW‖²"] = time.perf_counter() - t0
 
-        if "fisher scores" not in times or not (out / "budgets_fisher.npy").exists():
+        if "fisher" in methods and ("fisher scores" not in times or not (out / "budgets_fisher.npy").exists()):
             say("Fisher scores Σ(G⊙ΔY)² on the same batches")
             t0 = time.perf_counter()
             sc = fisher_scores(model, layers, batches, cands, quantized_weights=qw)
@@ -173,7 +175,8 @@ def main(args):
             times["fisher scores"] = time.perf_counter() - t0
             np.save(out / "budgets_fisher.npy", full)
             (out / "budgets_times.json").write_text(json.dumps(times))
-        ftable = fisher_table(np.load(out / "budgets_fisher.npy"), table)
+        if "fisher" in methods:
+            ftable = fisher_table(np.load(out / "budgets_fisher.npy"), table)
 
         groups = choice_groups(gains)
         t0 = time.perf_counter()

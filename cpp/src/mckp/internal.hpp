@@ -146,9 +146,9 @@ struct Prepared {
                                  // budget only incs[sorted_lo, sorted_hi) are in that order, every one before
                                  // them ranks higher and every one after lower (order_for_budget)
   std::size_t sorted_lo = 0, sorted_hi = 0;
-  // A single budget's bracketed preprocessing (prepare_bracketed) stores only the increments whose efficiency
-  // lies in a bracket around that budget's LP multiplier: n_above increments rank before every stored one and
-  // the LP takes them all, n_below rank after. Zero for the full preprocessing.
+  // A single budget's bracketed preprocessing (prepare, from kBracketGroups groups) stores only the increments
+  // whose efficiency lies in a bracket around that budget's LP multiplier: n_above increments rank before every
+  // stored one and the LP takes them all, n_below rank after. Zero for the full preprocessing.
   std::size_t n_above = 0, n_below = 0;
   Buf<int32_t> base_pos;         // bracketed: per group, the hull position the increments above reach (else empty)
   Buf<int32_t> end_pos;          // bracketed: per group, the hull position the stored increments reach (else empty)

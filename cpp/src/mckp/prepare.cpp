@@ -134,12 +134,11 @@ double gain_unit(const Span<const double>& values, double floor) {
   // bits raise x. The smallest such exponent over all values is the unit.
   int lowest = std::numeric_limits<int>::max();
   const int stop = floor > 0 && std::isfinite(floor) ? std::ilogb(floor) : std::numeric_limits<int>::min();
-  // Integer values first (integer instances are common, and the bit scan below reads all of them): for an
+  // Integer values first (integer instances are common, and the bit scan below reads every one of them): for an
   // integer the exponent is its count of trailing zero bits, and the fewest over all values is that of their
-  // bitwise OR, in one pass without a branch per value. Blocks of 1024 give up early on real values.
-  // An |x| below 2^52 is an integer exactly when adding and subtracting 2^52 gives it back, and then the low 52
-  // bits of x + 2^52 are |x| itself: add, subtract, compare and OR, which vectorise (a conversion to int64 does
-  // not without AVX-512).
+  // bitwise OR. An |x| below 2^52 is an integer exactly when adding and subtracting 2^52 gives it back, and then
+  // the low 52 bits of x + 2^52 are |x| itself: add, subtract, compare and OR, no branch per value. Blocks of
+  // 1024 give up early on real values, which then take the bit scan.
   uint64_t bad = 0, any = 0;
   std::size_t i = 0;
 #if defined(__SSE2__)
@@ -208,7 +207,12 @@ namespace {
 
 // One group's Pareto list, written to loc (cost and gain strictly increasing), and the positions in loc of its
 // upper concave hull's vertices, written to hl. Returns (Pareto items, hull vertices).
-__attribute__((always_inline)) inline std::pair<std::size_t, std::size_t> pareto_hull(const double* G, const double* W, int64_t m, Item* loc, int32_t* hl) {
+// Inlined in both callers: it runs once per group, inside the pass over every item.
+#if defined(__GNUC__) || defined(__clang__)
+__attribute__((always_inline))
+#endif
+inline std::pair<std::size_t, std::size_t> pareto_hull(const double* G, const double* W, int64_t m, Item* loc,
+                                                       int32_t* hl) {
   // cost ascending, gain descending, index ascending: the deterministic tie-break everywhere. Groups often come
   // in that order already (menus listed from the cheapest choice up): those skip the sort, filtered in the same
   // pass that checks the order.
