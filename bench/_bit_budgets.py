@@ -290,7 +290,7 @@ def _modelopt(args, model, budget, batches, held, base, search, bits_of):
     """ModelOpt's plan at the budget: measured with its own quantizers, and as a plan with mpq's RTN ones."""
     import modelopt.torch.quantization as mtq
 
-    from _modelopt_peer import GROUPS, _search
+    from _modelopt_peer import GROUPS, search_plan
     int4 = copy.deepcopy(mtq.INT4_AWQ_CFG)
     for entry in int4["quant_cfg"]:
         if entry.get("quantizer_name") == "*weight_quantizer":
@@ -301,17 +301,10 @@ def _modelopt(args, model, budget, batches, held, base, search, bits_of):
     head = sum(m.weight.numel() for n, m in lin if "lm_head" in n)
     effective = (budget * (total - head) + 16 * head) / total  # its count includes lm_head at 16
 
-    def forward_step(m, b):
-        return m(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-
-    def loss_func(o, b):
-        lg, t = o[:, :-1], b["input_ids"][:, 1:]
-        return torch.nn.functional.cross_entropy(lg.reshape(-1, lg.shape[-1]), t.reshape(-1))
-
     mo_model = copy.deepcopy(model)
     t0 = time.perf_counter()
     try:
-        mo_model, state = _search(mtq, mo_model, effective, formats, batches, forward_step, loss_func, search)
+        mo_model, state = search_plan(mtq, mo_model, effective, formats, batches, search)
     except ValueError as e:
         return {"ModelOpt (own quantizers)": dict(error=str(e).splitlines()[0])}
     secs = time.perf_counter() - t0

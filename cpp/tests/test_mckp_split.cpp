@@ -96,10 +96,36 @@ int main() {
         CHECK(std::fabs(full.prefP[kf] - q->prefP[kq]) <= 1e-12 * full.scale, "trial %d", trial);
       }
     }
-    // every budget, near and far from b1, on the partial order and the bracket: the full sort's optimum
+    // what pegging reads, against the group's whole hull: at the LP multiplier, each group's best reduced profit,
+    // its item and the second best (on the bracket's records where the group has no stored increment)
+    if (static_cast<std::size_t>(kf) < full.incs.size()) {
+      const double lambda = full.incs[kf].e;
+      for (const detail::Prepared* q : {&full, &part, &brk}) {
+        for (int64_t grp = 0; grp < n; ++grp) {
+          double best = -INFINITY, next = -INFINITY;
+          int32_t at = -1;
+          for (int64_t h = q->hoff[grp]; h < q->hoff[grp + 1]; ++h) {
+            const int64_t i = off[grp] + q->hull[h];
+            const double rr = g[i] - lambda * c[i];
+            if (rr > best) { next = best; best = rr; at = q->hull[h]; }
+            else if (rr > next) next = rr;
+          }
+          if (q->poff[grp + 1] - q->poff[grp] != q->hoff[grp + 1] - q->hoff[grp]) next = INFINITY;
+          const detail::BestTwo b = detail::best_two(*q, grp, lambda);
+          const double tol = 1e-12 * (std::fabs(best) + lambda * (std::fabs(c[off[grp]]) + c[off[grp + 1] - 1]) + 1);
+          CHECK(b.at == at && std::fabs(b.best - best) <= tol, "trial %d group %ld: best %d %.17g, hull's %d %.17g",
+                trial, static_cast<long>(grp), b.at, b.best, at, best);
+          CHECK(std::isinf(next) ? b.second == next : std::fabs(b.second - next) <= tol,
+                "trial %d group %ld: second best %.17g vs %.17g", trial, static_cast<long>(grp), b.second, next);
+        }
+      }
+    }
+    // b1 itself and budgets near it (inside the bracket), and far from it (the fallback to a full sort), on the
+    // partial order and the bracket: the full sort's optimum
     MckpOptions opts;
-    for (double f : {0.0, 0.01, 0.3, 0.6, 0.97, 1.0, 2.0}) {
-      const double b = lo + f * (hi - lo);
+    const double f1 = (b1 - lo) / (hi - lo);
+    for (double f : {f1, f1 * 0.999, f1 * 1.001, f1 * 0.98, 0.0, 0.01, 0.3, 0.6, 0.97, 1.0, 2.0}) {
+      const double b = f == f1 ? b1 : lo + f * (hi - lo);
       const MckpResult a = detail::solve_verified(full, b, opts, {}, detail::Clock::now());
       for (const detail::Prepared* q : {&part, &brk}) {
         const MckpResult p = detail::solve_verified(*q, b, opts, {}, detail::Clock::now());

@@ -138,6 +138,38 @@ CoreGroups peg(const Prepared& pr, double lambda, double U_L, const Buf<double>&
 
 }  // namespace
 
+BestTwo best_two(const Prepared& pr, int64_t g, double lambda) {
+  // lambda > 0 (Pareto steps gain), so the best reduced profit sits on a hull vertex: fewer items to read;
+  // an item the hull dropped as collinear can differ only by rounding, which the tolerance covers
+  const bool all_on_hull = pr.poff[g + 1] - pr.poff[g] == pr.hoff[g + 1] - pr.hoff[g];
+  constexpr double kInf = std::numeric_limits<double>::infinity();
+  if (!pr.base_pos.empty() && pr.end_pos[g] == pr.base_pos[g]) {
+    // bracketed, and no increment of the group near lambda: its best vertex is the one the increments above
+    // reach, the second best a neighbour, each lower by its step's reduced gain
+    const AtBracket& a = pr.at_bracket[g];
+    const double best = a.p - lambda * a.w;
+    const double gap = std::min(a.in_dp - lambda * a.in_dw, lambda * a.out_dw - a.out_dp);
+    return {best, all_on_hull ? best - gap : kInf, a.idx};
+  }
+  double best = kNegInf, next = kNegInf;
+  int64_t h0 = pr.hoff[g], h1 = pr.hoff[g + 1];
+  if (!pr.base_pos.empty()) {
+    // bracketed: lambda lies in the bracket, so the best vertex is between the positions the increments above
+    // and the stored ones reach, and on a concave hull the second best is next to it
+    h1 = std::min(h1, h0 + pr.end_pos[g] + 2);
+    h0 += std::max(0, pr.base_pos[g] - 1);
+  }
+  int32_t at = pr.hull[h0];
+  const double* W = pr.costs.data + pr.offsets[g];
+  const double* G = pr.gains.data + pr.offsets[g];
+  for (int64_t h = h0; h < h1; ++h) {
+    const double rr = G[pr.hull[h]] - lambda * W[pr.hull[h]];
+    if (rr > best) { next = best; best = rr; at = pr.hull[h]; }
+    else if (rr > next) next = rr;
+  }
+  return {best, all_on_hull ? next : kInf, at};
+}
+
 MckpResult solve_prepared(const Prepared& pr, double C, const MckpOptions& opts, const Incumbent& hint,
                           Clock::time_point start, bool* summed) {
   MckpResult r;
@@ -178,41 +210,11 @@ MckpResult solve_prepared(const Prepared& pr, double C, const MckpOptions& opts,
   Buf<int32_t> best_at(n);
   double U_L = lambda * C;
   for (int64_t g = 0; g < n; ++g) {
-    // lambda > 0 (Pareto steps gain), so the best reduced profit sits on a hull vertex: fewer items to read;
-    // an item the hull dropped as collinear can differ only by rounding, which the tolerance covers
-    const bool all_on_hull = pr.poff[g + 1] - pr.poff[g] == pr.hoff[g + 1] - pr.hoff[g];
-    if (!pr.base_pos.empty() && pr.end_pos[g] == pr.base_pos[g]) {
-      // bracketed, and no increment of the group near lambda: its best vertex is the one the increments above
-      // reach, the second best a neighbour, each lower by its step's reduced gain
-      const AtBracket& a = pr.at_bracket[g];
-      const double best = a.p - lambda * a.w;
-      const double gap = std::min(a.in_dp - lambda * a.in_dw, lambda * a.out_dw - a.out_dp);
-      rmax[g] = best;
-      best_at[g] = a.idx;
-      second[g] = all_on_hull ? best - gap : std::numeric_limits<double>::infinity();
-      U_L += best;
-      continue;
-    }
-    double best = kNegInf, next = kNegInf;
-    int64_t h0 = pr.hoff[g], h1 = pr.hoff[g + 1];
-    if (!pr.base_pos.empty()) {
-      // bracketed: lambda lies in the bracket, so the best vertex is between the positions the increments above
-      // and the stored ones reach, and on a concave hull the second best is next to it
-      h1 = std::min(h1, h0 + pr.end_pos[g] + 2);
-      h0 += std::max(0, pr.base_pos[g] - 1);
-    }
-    int32_t at = pr.hull[h0];
-    const double* W = pr.costs.data + pr.offsets[g];
-    const double* G = pr.gains.data + pr.offsets[g];
-    for (int64_t h = h0; h < h1; ++h) {
-      const double rr = G[pr.hull[h]] - lambda * W[pr.hull[h]];
-      if (rr > best) { next = best; best = rr; at = pr.hull[h]; }
-      else if (rr > next) next = rr;
-    }
-    rmax[g] = best;
-    best_at[g] = at;
-    second[g] = all_on_hull ? next : std::numeric_limits<double>::infinity();
-    U_L += best;
+    const BestTwo b = best_two(pr, g, lambda);
+    rmax[g] = b.best;
+    best_at[g] = b.at;
+    second[g] = b.second;
+    U_L += b.best;
   }
   const double U_root = std::min(U_lp, U_L);
   double pruned_max = kNegInf;  // largest bound of anything discarded by a bound test

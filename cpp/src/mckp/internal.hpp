@@ -231,6 +231,15 @@ struct Incumbent {
 MckpResult solve_prepared(const Prepared& pr, double budget, const MckpOptions& opts, const Incumbent& hint,
                           Clock::time_point start, bool* summed = nullptr);
 
+/// Group g's best and second-best reduced profit p - lambda w (second: +inf when some Pareto item is off the
+/// hull, so that pegging reads its items) and the index of the best item; lambda in a bracketed preprocessing's
+/// bracket (core.cpp).
+struct BestTwo {
+  double best, second;
+  int32_t at;
+};
+BestTwo best_two(const Prepared& pr, int64_t g, double lambda);
+
 /// The groups Lagrangian pegging left with several items (core.cpp), and what the others were fixed to.
 struct CoreGroups {
   std::vector<int64_t> group;     ///< original group of each core group
