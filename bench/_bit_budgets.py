@@ -363,7 +363,9 @@ def _autoround(args, model, tok, budget, cal_ids, held, base):
             mapping[n] = "w4a16_g64" if b == 4 else "w8a16"
     own = measured(qm, held, base, args.batch_size)
     del qm, m
-    return {"AutoRound AutoScheme (own)": dict(mapping=mapping, loss=own, search_s=secs)}
+    # its plan with mpq's RTN quantizers too: which part of the difference is the selection, which the rounding
+    return {"AutoRound AutoScheme (own)": dict(mapping=mapping, loss=own, search_s=secs),
+            "AutoRound plan, mpq RTN": dict(mapping=mapping)}
 
 
 def report(rows, times, base_ppl, args) -> str:

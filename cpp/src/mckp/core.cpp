@@ -65,6 +65,26 @@ bool greedy_incumbent(const Prepared& pr, double C, std::size_t k, Buf<int32_t>&
     if (used + in.dw <= C) { used += in.dw; pos[in.g] = in.k; }
     else frozen[in.g] = 1;
   }
+  if (!pr.at_bracket.empty()) {
+    // A bracketed preprocessing stores no increment below its bracket, yet small ones there often fill what the
+    // budget has left, and without them the incumbent is weaker and pegging fixes far fewer groups (weakly
+    // correlated instances: the whole instance in the core). Each group with no stored increment recorded its
+    // first one below: those that fit, most efficient first.
+    std::vector<std::pair<double, int64_t>> fit;  // (efficiency, group)
+    const double left = C - used;
+    for (int64_t g = 0; g < pr.n; ++g) {
+      const AtBracket& a = pr.at_bracket[g];
+      if (a.out_dw > 0 && a.out_dw <= left && pr.end_pos[g] == pr.base_pos[g] && pos[g] == pr.base_pos[g])
+        fit.push_back({a.out_dp / a.out_dw, g});
+    }
+    std::sort(fit.begin(), fit.end(), [](const auto& x, const auto& y) {
+      return x.first != y.first ? x.first > y.first : x.second < y.second;
+    });
+    for (const auto& [e, g] : fit) {
+      const double dw = pr.at_bracket[g].out_dw;
+      if (used + dw <= C) { used += dw; pos[g] += 1; }
+    }
+  }
   choose_hull(pr, pos, r);
   bool summed = evaluate_fits(pr, r, C);
   if (!summed) {  // rounding in `used`
