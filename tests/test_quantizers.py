@@ -10,7 +10,7 @@ from torch import nn
 import mpq
 from mpq.artifacts.quantized_weights import QuantizedWeights
 from mpq.formats import fake_quantize
-from mpq.quantizers import awq_scales, gptq_quantize, smoothquant_scales
+from mpq.quantizers import awq_scales, clip_search, gptq_quantize, smoothquant_scales
 from mpq.quantizers.grid import dequantize, output_error
 
 from _tiny_models import tiny_llama
@@ -93,6 +93,33 @@ def test_awq_is_the_brute_force_search_on_the_raw_inputs():
     torch.testing.assert_close(s, best[3])
     rtn_err = float(((x @ (fake_quantize(w, "int4", group_size=8) - w).t()) ** 2).sum())
     assert best[0] < rtn_err and err == pytest.approx(best[0], rel=1e-3)
+
+
+def test_awq_clip_search_is_the_brute_force_search_per_group():
+    """Each (row, group) keeps the shrunk scale r · (RTN's scale), r in AutoAWQ's grid 1, 0.95, ..., 0.55, whose
+    group output error on the inputs themselves is least; r = 1 is RTN, so the layer's error never grows."""
+    torch.manual_seed(4)
+    w = torch.randn(6, 32)
+    w[0, 3] = 9.0  # an outlier weight: its group is better clipped
+    x = _inputs(300, 32, seed=5)
+    codes, scales = clip_search(w, x.t() @ x, "int4", 8)
+    base = fake_quantize(w, "int4", group_size=8)
+    rtn_scales = (w.reshape(6, 4, 8).abs().amax(-1) / 7.0)
+    got = dequantize(codes, scales)
+    for o in range(6):
+        for g in range(4):
+            cols = slice(8 * g, 8 * g + 8)
+            best = None
+            for i in range(10):
+                s = float(rtn_scales[o, g]) * (1 - i / 20)
+                q = torch.round(w[o, cols] / s).clamp(-7, 7) * s
+                e = float(((x[:, cols].double() @ (q - w[o, cols]).double()) ** 2).sum())
+                if best is None or e < best[0]:
+                    best = (e, q)
+            torch.testing.assert_close(got[o, cols], best[1], rtol=1e-6, atol=1e-7)
+    err = lambda d: float(((x.double() @ d.double().t()) ** 2).sum())  # noqa: E731
+    assert err(got - w) < err(base - w)
+    assert not torch.equal(got, base)  # the outlier's group was clipped
 
 
 def test_smoothquant_scales_and_what_they_buy_under_static_int8():

@@ -17,11 +17,11 @@ A candidate that cannot quantize a layer (its group size does not divide in_feat
 non-finite calibration inputs) is unavailable there: the table marks it (``applicable`` False, the reason in
 ``info["unavailable"]``), never a silent RTN stand-in.
 """
-from .awq import awq_scales
+from .awq import awq_scales, clip_search
 from .compute import calibrated_weights
 from .gptq import gptq_quantize
 from .input_stats import InputStats, collect_input_stats
 from .smoothquant import smoothquant_scales
 
-__all__ = ["InputStats", "awq_scales", "calibrated_weights", "collect_input_stats", "gptq_quantize",
-           "smoothquant_scales"]
+__all__ = ["InputStats", "awq_scales", "calibrated_weights", "clip_search", "collect_input_stats",
+           "gptq_quantize", "smoothquant_scales"]

@@ -8,7 +8,7 @@ import torch
 
 from ..artifacts.quantized_weights import QuantizedWeight, QuantizedWeights, weight_sha256
 from ..formats import compute_scales
-from .awq import awq_scales
+from .awq import awq_scales, clip_search
 from .gptq import gptq_quantize
 from .grid import rtn
 from .input_stats import collect_input_stats
@@ -44,6 +44,9 @@ def calibrated_weights(model, layers, batches, cands, device, data_fingerprint: 
                 codes, scales = gptq_quantize(w, st.hessian, c.weight_format, c.group_size)
             elif c.algorithm == "awq":
                 codes, scales, xs, _, _ = awq_scales(w, st.hessian, st.abs_mean, c.weight_format, c.group_size)
+                if c.group_size:  # the weight clipping, on the scaled weight and the inputs x / s it then sees
+                    codes, scales = clip_search(w * xs, st.hessian / (xs[:, None] * xs[None, :]), c.weight_format,
+                                                c.group_size)
             else:
                 xs = smoothquant_scales(w, st.abs_max)
                 codes, scales = rtn(w * xs, c.weight_format, c.group_size)
