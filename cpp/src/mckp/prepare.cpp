@@ -390,8 +390,8 @@ Prepared prepare(const Span<const int64_t>& offsets, const Span<const double>& g
       else { rec.out_dp = -std::numeric_limits<double>::infinity(); rec.out_dw = 0; }
       if (above) {  // the steps summed telescoped: one rounding per group
         n_above += above;
-        w_above += loc[hl[above]].w - lo.w;
-        p_above += loc[hl[above]].p - lo.p;
+        w_above += b.w - lo.w;
+        p_above += b.p - lo.p;
       }
     }
   }
