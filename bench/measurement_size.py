@@ -6,7 +6,7 @@ splits of the pool into A and B of H windows each, the Spearman of the plans' me
 prediction Σ s (calibration sizes 8, 16, 32: prefixes of one calibration) is then compared with the measurement on
 the whole pool.
 
-    python bench/measurement_size.py [--model smollm2|FOLDER|FILE.gguf] [--pool 256] [--plans 24]
+    python bench/measurement_size.py [--model smollm2|gemma3|FOLDER|FILE.gguf] [--pool 256] [--plans 24]
                                      [--cal-sizes 8 16 32] [--seq-len 128] [--candidates int8,w8a16]
                                      [--save q.npz] [--load q.npz]
 
@@ -32,17 +32,19 @@ HELD_OUT_PLAYS = ("hamlet", "macbeth", "lear", "othello", "julius_caesar", "cori
 def measure(args) -> dict:
     from mpq.application.swap import apply
     from mpq.calibration import calibrate
-    from mpq.data import lm_batches, shakespeare_texts, spread_windows, tokenize
+    from mpq.data import leading_tokens, lm_batches, shakespeare_texts, spread_windows, tokenize
     from mpq.demo_run import RunSettings, demo_text, load_model, per_sample_losses
     from sample_size import subset
 
     model, tok = load_model(RunSettings(model=None if args.model == "smollm2" else args.model))
     cands = [c for c in args.candidates.split(",") if c]
+    lead = leading_tokens(tok)  # Gemma's BOS starts every window
     texts = shakespeare_texts(list(args.plays))
     per_play = -(-args.pool // len(args.plays))
-    pool = torch.cat([spread_windows(tokenize(tok, texts[name]), args.seq_len, per_play) for name in args.plays])
+    pool = torch.cat([spread_windows(tokenize(tok, texts[name]), args.seq_len, per_play, lead)
+                      for name in args.plays])
     pool = pool[torch.randperm(pool.shape[0], generator=torch.Generator().manual_seed(args.seed))[:args.pool]]
-    cal = spread_windows(tokenize(tok, demo_text("calibration")), args.seq_len, max(args.cal_sizes))
+    cal = spread_windows(tokenize(tok, demo_text("calibration")), args.seq_len, max(args.cal_sizes), lead)
     t0 = time.perf_counter()
     table = calibrate(model, lm_batches(cal, args.batch_size), cands, progress=False)
     cal_s = time.perf_counter() - t0

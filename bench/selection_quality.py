@@ -57,6 +57,8 @@ def say(msg: str) -> None:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--candidates", default="int8,w8a16")
+    p.add_argument("--model", default="smollm2", help="--budgets: smollm2, gemma3, a Hugging Face folder or a .gguf "
+                   "file (the other modes run SmolLM2)")
     p.add_argument("--calib-windows", type=int, default=16)
     p.add_argument("--eval-windows", type=int, default=8)
     p.add_argument("--seq-len", type=int, default=256, help="tokens per calibration / evaluation window")

@@ -305,6 +305,39 @@ def test_data_helpers():
     assert all(torch.equal(b["attention_mask"], torch.ones_like(b["input_ids"])) for b in batches)
 
 
+def _word_tokenizer(adds_bos: bool):
+    transformers = pytest.importorskip("transformers")
+    tokenizers = pytest.importorskip("tokenizers")
+    from tokenizers import models, pre_tokenizers, processors
+    vocab = {"<bos>": 0, "<unk>": 1, "a": 2, "b": 3}
+    tk = tokenizers.Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    if adds_bos:  # as Gemma's tokenizer: <bos> before every text unless add_special_tokens=False
+        tk.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 0)])
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<bos>", unk_token="<unk>")
+
+
+def test_windows_start_with_the_tokens_the_tokenizer_puts_before_every_text():
+    """Gemma's tokenizer puts <bos> before a text (and the model is another model without it): windows cut from a
+    token stream start with it and the stream fills the rest; a tokenizer that adds nothing gets plain windows."""
+    from mpq import data
+    assert data.leading_tokens(_word_tokenizer(adds_bos=True)) == [0]
+    assert data.leading_tokens(_word_tokenizer(adds_bos=False)) == []
+    ids = torch.arange(10, 110)
+    w = data.spread_windows(ids, 16, 4, prefix=[0])
+    assert w.shape == (4, 16) and w[:, 0].tolist() == [0] * 4
+    bodies = w[:, 1:]
+    assert all(torch.equal(r, torch.arange(int(r[0]), int(r[0]) + 15)) for r in bodies)  # contiguous text after it
+    assert bodies[0, 0] == 10 and bodies[-1, 0] == 10 + (100 // 15 - 1) * 15           # first and last slot
+    assert torch.equal(data.spread_windows(ids, 16, 4), data.spread_windows(ids, 16, 4, prefix=()))
+    t = data.token_windows(ids, 8, 3, start=5, prefix=[0])
+    assert t[:, 0].tolist() == [0] * 3 and torch.equal(t[:, 1:].reshape(-1), torch.arange(15, 36))
+    with pytest.raises(ValueError, match="no text after"):
+        data.spread_windows(ids, 1, 4, prefix=[0])
+    with pytest.raises(ValueError, match="too few"):
+        data.token_windows(ids, 8, 15, prefix=[0])
+
+
 @pytest.mark.parametrize("total,seq_len,n", [(100, 16, 4), (100, 16, 6), (1000, 7, 13), (50, 50, 1), (64, 8, 8)])
 def test_spread_windows_cover_the_whole_stream_without_overlap(total, seq_len, n):
     from mpq import data

