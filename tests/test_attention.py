@@ -463,7 +463,7 @@ def test_kernel_layouts_equal_the_candidate_quantizer(name):
     else:
         sc = [0.013, 0.031][:len(xs)]
     got = np.zeros((B, 1))
-    run = SimpleNamespace(batch_samples=B, batch_index=0, calls=[],
+    run = SimpleNamespace(batch_samples=B, batch_index=0, calls=[], extra=None,
                           add=lambda i, idx, v, weight: got.__iadd__(v.numpy()))
     layer = AttentionLayer(run, 0, "x", mod, [c], {(0, name): [(s, 0.0) for s in sc]} if sc else {}, {})
     aliases = layer.pre(mod, tuple(xs))

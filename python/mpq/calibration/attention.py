@@ -11,7 +11,10 @@ For every routed module and sample n, from the same forward and backward pass as
 summed by the same fused kernel (``kernel.delta_sums``) with the candidate's scales
 (``mpq.attention.quantize``): a dynamic per-tensor matmul scale per sample is one scale per row of A viewed as
 [B, numel/B]; a per-head static KV scale s_h enters as G ⊙ (Q(K) − K) = (G·s_h) ⊙ (Q₁(K/s_h) − K/s_h) with
-unit scale. Static scales are calibrated with the Linear ones, in the same pass over the same batches: from
+unit scale. The other score forms (``calibrate(..., scores=...)``, ``scores.py``), when asked for, as for a
+Linear: ``per_token`` Σ_t δ_t², δ_t the terms of δ at token t (query t of A and key t of B together: calibration
+runs without a cache, so queries and keys are the same positions); ``elementwise`` Σ (G_Y ⊙ ΔY)², ΔY = Q(A) Q(B)
+− AB = ΔA·Q(B) + A·ΔB for a matmul (G_Y from its output), ΔY = Q(K) − K for a cache (the identity). Static scales are calibrated with the Linear ones, in the same pass over the same batches: from
 the range of the finite values at non-padded tokens (the token axis of each input: ``MatMul.token_axes``).
 """
 from __future__ import annotations
@@ -143,6 +146,7 @@ class AttentionLayer:
         # per input: {"sample": [(j, TensorQuant)], "rows": [(j, TensorQuant)], "head": [(j, fmt, scales)]}
         self.plan = [{"sample": [], "rows": [], "head": []} for _ in range(self.n_inputs)]
         self.idx = []
+        self._current = None  # the extra scores of the call between pre and post
         for j, c in enumerate(cands):
             if not c.applies_to_kind(self.kind):
                 unavailable[index, j] = f"a candidate for {'/'.join(c.kinds)} layers, not {self.kind}"
@@ -166,26 +170,106 @@ class AttentionLayer:
     def register(self) -> list:
         if not self.idx:
             return []
-        return [self.module.register_forward_pre_hook(self.pre)]
+        handles = [self.module.register_forward_pre_hook(self.pre)]
+        if self.run.extra is not None:
+            handles.append(self.module.register_forward_hook(self.post))
+        return handles
 
     def pre(self, module, args):
         if len(args) != self.n_inputs or not all(isinstance(a, torch.Tensor) and a.is_floating_point() for a in args):
             raise ValueError(f"layer {self.name}: expected {self.n_inputs} floating-point input tensor(s)")
+        scores = _CallScores(self, self.run.extra.forms) if self.run.extra is not None else None
         out = []
         for k, x in enumerate(args):
             xa = x.view_as(x) if x.requires_grad else x.detach().requires_grad_(True)
-            op = _Input(self, k, xa.detach())
+            op = _Input(self, k, xa.detach(), scores)
             xa.register_hook(op.on_grad)
             self.run.calls.append(op)
             out.append(xa)
+        self._current = scores
         return tuple(out)
+
+    def post(self, module, args, y):
+        scores, self._current = self._current, None
+        if scores is not None and "elementwise" in scores.forms and isinstance(y, torch.Tensor) and y.requires_grad:
+            scores.inputs = [a.detach() for a in args]
+            y.register_hook(scores.on_grad_y)
+        return None
+
+    def input_deltas(self, k: int, x: torch.Tensor):
+        """[(candidate column, Q(x) − x)] of input ``k`` (float32 ``x``), the quantizers δ's kernel sums with."""
+        B, plan, out = x.shape[0], self.plan[k], []
+        for j, q in plan["sample"]:
+            out.append((j, q.apply(x.reshape(B, -1)).reshape(x.shape) - x))
+        for j, q in plan["rows"]:
+            out.append((j, q.apply(x.reshape(-1, x.shape[-1])).reshape(x.shape) - x))
+        for j, fmt, s in plan["head"]:
+            s4 = s.to(x.device).view(1, -1, 1, 1)
+            unit = TensorQuant(fmt, "tensor", scale=1.0, zero_point=0.0)
+            out.append((j, unit.apply((x / s4).reshape(-1, x.shape[-1])).reshape(x.shape) * s4 - x))
+        return out
+
+
+class _CallScores:
+    """The extra score forms of one call: per_token waits for every input's gradient (its δ_t add up over the
+    inputs before squaring); elementwise is computed from the output's gradient, the inputs held until then."""
+
+    def __init__(self, layer: AttentionLayer, forms):
+        self.layer, self.forms = layer, forms
+        self.per_token = {}  # candidate column -> [B, T] float64, summed over the inputs seen so far
+        self.pending = layer.n_inputs
+        self.inputs = None
+
+    def add_input(self, k: int, x: torch.Tensor, g: torch.Tensor) -> None:
+        L = self.layer
+        if "per_token" in self.forms:
+            axis = L.module.token_axes[k]
+            for j, dx in L.input_deltas(k, x):
+                t = (g * dx).movedim(axis, 1).reshape(x.shape[0], x.shape[axis], -1).sum(-1, dtype=torch.float64)
+                if j in self.per_token and self.per_token[j].shape != t.shape:
+                    raise ValueError(f"layer {L.name}: its inputs run over {self.per_token[j].shape[1]} and "
+                                     f"{t.shape[1]} tokens; the per_token score needs the same positions")
+                self.per_token[j] = t if j not in self.per_token else self.per_token[j] + t
+        self.pending -= 1
+        if self.pending == 0 and self.per_token:
+            self._add("per_token", {j: t.square().sum(-1) for j, t in self.per_token.items()})
+            self.per_token = {}
+
+    def on_grad_y(self, gy: torch.Tensor):
+        L, inputs = self.layer, self.inputs
+        self.inputs = None
+        if inputs is None:
+            return None
+        g = gy.detach().float()
+        xs = [a.to(g.device).float() for a in inputs]
+        vals = {}
+        if L.kind == "matmul":
+            a, b = xs
+            da, db = dict(L.input_deltas(0, a)), dict(L.input_deltas(1, b))
+            for j in da:
+                dy = torch.matmul(da[j], b + db[j]) + torch.matmul(a, db[j])  # Q(A)Q(B) − AB, no cancellation
+                vals[j] = (g * dy).reshape(g.shape[0], -1).square().sum(-1, dtype=torch.float64)
+        else:
+            for j, dk in L.input_deltas(0, xs[0]):
+                vals[j] = (g * dk).reshape(g.shape[0], -1).square().sum(-1, dtype=torch.float64)
+        self._add("elementwise", vals)
+        return None
+
+    def _add(self, form: str, vals: dict) -> None:
+        L = self.layer
+        batch = L.run.extra.batch[form]
+        for j, v in vals.items():
+            v = v.cpu().numpy()
+            if not np.isfinite(v).all():
+                raise ValueError(f"non-finite {form} score in layer {L.name!r}, batch {L.run.batch_index}")
+            batch[:, L.index, j] += v
 
 
 class _Input:
     """One input of one call in the current batch; holds the tensor until its gradient arrives."""
 
-    def __init__(self, layer: AttentionLayer, k: int, x: torch.Tensor):
-        self.layer, self.k, self.x = layer, k, x
+    def __init__(self, layer: AttentionLayer, k: int, x: torch.Tensor, scores=None):
+        self.layer, self.k, self.x, self.scores = layer, k, x, scores
 
     def on_grad(self, gx: torch.Tensor):
         L, x = self.layer, self.x
@@ -211,6 +295,8 @@ class _Input:
             s4 = s.to(x.device).view(1, -1, 1, 1)
             xs, gs = (x / s4).reshape(-1, x.shape[-1]), (g * s4).reshape(-1, g.shape[-1])
             self._add(delta_sums(xs, gs, [TensorQuant(fmt, "tensor", scale=1.0, zero_point=0.0)], per_sample), [j])
+        if self.scores is not None:
+            self.scores.add_input(self.k, x, g)
         return None
 
     def _add(self, res, idx):

@@ -411,7 +411,8 @@ def calibrate(model: nn.Module, batches: Iterable, candidates=("fp8", "int8"),
     scores: the per-sample score forms to keep (``mpq.calibration.scores``): "first_order" (δ², the default and
     always kept), "per_token" (Σ_t δ_t²) and "elementwise" (ModelOpt's Σ (G ⊙ ΔY)²); the first one named is what
     the table's ``mse`` reports (and so what ``select`` optimises); ``table.with_score(name)`` switches. The
-    extra forms cost about one more forward of every layer per candidate, and are for Linear layers only.
+    extra forms cost about one more forward of every layer per candidate; routed attention modules get them too
+    (``calibration.attention``).
     On every rank of an initialised torch.distributed process group (``mpq.calibration.distributed``), with the
     same arguments everywhere: each rank calibrates its share of the batches and every rank returns the table of
     all of them; a rank that differs, fails or dies makes every rank raise (naming it).
@@ -476,11 +477,7 @@ def _calibrate(model, batches, cands, loss_fn, progress, layers, ranks: Ranks, a
                              "granularity='layer'")
         run.groups = GroupSplit(granularity, [n for n, _ in named], [m.out_features for _, m in named], C)
     if any(f in EXTRA for f in forms):
-        not_linear = [n for n, m in named if layer_kind(m) != "linear"]
-        if not_linear:  # the other forms are computed in the Linear hooks only: no silent zero for these
-            raise ValueError(f"score forms {[f for f in forms if f in EXTRA]} are computed for Linear layers only; "
-                             f"attention's matmuls and KV cache ({not_linear[:3]}) have first_order only")
-        run.extra = ExtraScores(forms, L, C)
+        run.extra = ExtraScores(forms, L, C)  # Linear layers: scores.py; attention's: calibration/attention.py
     t0 = time.perf_counter()
     try:
         model.eval()
