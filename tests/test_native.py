@@ -239,9 +239,8 @@ def test_native_refusals():
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("cand", [c for c in CPU_KERNELS if c not in ("fp8_static", "int8_static",
-                                                                      "int8_static_sq") and "gptq" not in c
-                                  and "awq" not in c and "_sq" not in c])
+@pytest.mark.parametrize("cand", [c for c in CPU_KERNELS if c not in ("fp8_static", "int8_static")
+                                  and not mpq.CANDIDATES[c].calibrated_weight])  # those need calibration's integers
 def test_native_module_of_a_half_model(cand, dtype):
     """A model loaded in bf16 / fp16: the module is the one of its weights widened to float32 (the same quantized
     integers), fed the widened input, its output rounded to the model's dtype, bit for bit; never a float32

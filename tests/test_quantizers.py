@@ -1,4 +1,4 @@
-"""GPTQ, AWQ and SmoothQuant candidates: each algorithm against an independent reference of its published
+"""GPTQ, AWQ, optimized RTN and SmoothQuant candidates: each algorithm against an independent reference of its published
 equations, and end to end: the integers chosen in calibration are the ones δ measures, apply (fake and native)
 runs, and the saved store reloads; a layer an algorithm cannot handle is unavailable, with its reason."""
 import numpy as np
@@ -10,7 +10,7 @@ from torch import nn
 import mpq
 from mpq.artifacts.quantized_weights import QuantizedWeights
 from mpq.formats import fake_quantize
-from mpq.quantizers import awq_scales, clip_search, gptq_quantize, smoothquant_scales
+from mpq.quantizers import awq_scales, collect_input_stats, gptq_quantize, optimized_rtn, smoothquant_scales
 from mpq.quantizers.grid import dequantize, output_error
 
 from _tiny_models import tiny_llama
@@ -95,31 +95,35 @@ def test_awq_is_the_brute_force_search_on_the_raw_inputs():
     assert best[0] < rtn_err and err == pytest.approx(best[0], rel=1e-3)
 
 
-def test_awq_clip_search_is_the_brute_force_search_per_group():
-    """Each (row, group) keeps the shrunk scale r · (RTN's scale), r in AutoAWQ's grid 1, 0.95, ..., 0.55, whose
-    group output error on the inputs themselves is least; r = 1 is RTN, so the layer's error never grows."""
-    torch.manual_seed(4)
+def test_optimized_rtn_is_the_brute_force_search_per_group():
+    """Each (row, group) keeps, of the symmetric RTN grid and the full-range grids scale = −w_m / (8 − t) (w_m its
+    value of largest magnitude, codes in [−8, 7]) for t on the grid, the one of least output error on the inputs
+    themselves: brute force over the same choices, group by group, from the raw inputs."""
+    torch.manual_seed(6)
     w = torch.randn(6, 32)
-    w[0, 3] = 9.0  # an outlier weight: its group is better clipped
-    x = _inputs(300, 32, seed=5)
-    codes, scales = clip_search(w, x.t() @ x, "int4", 8)
-    base = fake_quantize(w, "int4", group_size=8)
-    rtn_scales = (w.reshape(6, 4, 8).abs().amax(-1) / 7.0)
+    w[1, 5] = -7.0  # a negative peak: a positive scale; w[0, 3] below a positive one: a negative scale
+    w[0, 3] = 6.0
+    x = _inputs(300, 32, seed=7)
+    codes, scales = optimized_rtn(w, x.t() @ x, "int4", 8, n_grid=9, max_offset=2.0)
+    assert codes.dtype == torch.int8 and int(codes.min()) >= -8 and int(codes.max()) <= 7
     got = dequantize(codes, scales)
+    base = fake_quantize(w, "int4", group_size=8)
     for o in range(6):
         for g in range(4):
             cols = slice(8 * g, 8 * g + 8)
-            best = None
-            for i in range(10):
-                s = float(rtn_scales[o, g]) * (1 - i / 20)
-                q = torch.round(w[o, cols] / s).clamp(-7, 7) * s
-                e = float(((x[:, cols].double() @ (q - w[o, cols]).double()) ** 2).sum())
-                if best is None or e < best[0]:
-                    best = (e, q)
-            torch.testing.assert_close(got[o, cols], best[1], rtol=1e-6, atol=1e-7)
+            wg = w[o, cols]
+            e = lambda q: float(((x[:, cols].double() @ (q - wg).double()) ** 2).sum())  # noqa: E731
+            best = (e(base[o, cols]), base[o, cols])
+            peak = float(wg[wg.abs().argmax()])
+            for t in np.linspace(-2.0, 2.0, 9):
+                s = -peak / (8 - t)
+                q = torch.round(wg / s).clamp(-8, 7) * s
+                if e(q) < best[0]:
+                    best = (e(q), q)
+            torch.testing.assert_close(got[o, cols], best[1], rtol=1e-5, atol=1e-6)
     err = lambda d: float(((x.double() @ d.double().t()) ** 2).sum())  # noqa: E731
-    assert err(got - w) < err(base - w)
-    assert not torch.equal(got, base)  # the outlier's group was clipped
+    assert err(got - w) < 0.9 * err(base - w)  # the 16th level and the search pay on this layer
+    assert (codes == -8).any() and (scales < 0).any() and (scales > 0).any()
 
 
 def test_smoothquant_scales_and_what_they_buy_under_static_int8():
@@ -141,7 +145,8 @@ def test_smoothquant_scales_and_what_they_buy_under_static_int8():
 
 
 # --- end to end on a tiny Llama -------------------------------------------------------------------------------
-CANDS = ["w8a16", "w8a16_gptq", "w8a16_awq", "int8_static_sq", "int8_sq", "w4a16_g64_gptq"]
+CANDS = ["w8a16", "w8a16_gptq", "w8a16_awq", "int8_static_sq", "int8_sq", "w4a16_g64_gptq", "w4a16_g64_ortn",
+         "w4a16_g64_awq"]
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +189,7 @@ def _per_sample_reference(model, batches, layer, delta_w, act_fn=None):
     return np.array(wpart), np.array(apart)
 
 
-@pytest.mark.parametrize("cand", ["w8a16_gptq", "w8a16_awq", "int8_static_sq", "int8_sq"])
+@pytest.mark.parametrize("cand", ["w8a16_gptq", "w8a16_awq", "int8_static_sq", "int8_sq", "w4a16_g64_ortn"])
 def test_delta_uses_the_stored_integers(calibrated, cand):
     model, batches, table = calibrated
     layer = "model.layers.0.mlp.down_proj"
@@ -204,6 +209,33 @@ def test_delta_uses_the_stored_integers(calibrated, cand):
         assert np.abs(apart).max() > 0
     # the algorithm changed the integers (else the test would not tell them from RTN)
     assert not torch.equal(qw.effective_weight(), c.quantize_weight(w))
+
+
+def test_grouped_awq_is_its_alpha_search_then_the_full_range_search(calibrated):
+    """w4a16_g64_awq: AWQ's input-channel scale s (its α search), then optimized RTN on W·diag(s) against the
+    inputs x / s it meets; on the layer's own calibration inputs its output error is below both AWQ's
+    round-to-nearest step alone and plain RTN, and it uses the −8 level."""
+    model, batches, table = calibrated
+    layer = "model.layers.0.mlp.down_proj"
+    mod = dict(model.named_modules())[layer]
+    xs = []
+    h = mod.register_forward_pre_hook(lambda m, a: xs.append(a[0].detach().reshape(-1, a[0].shape[-1])))
+    with torch.no_grad():
+        for b in batches:
+            model(**b)
+    h.remove()
+    x = torch.cat(xs).double()
+    w = mod.weight.detach()
+    qw = table.quantized_weights[layer, "w4a16_g64_awq"]
+    st = collect_input_stats(model, [(layer, mod)], batches, "cpu", {0})[0]  # H as calibration sums it
+    torch.testing.assert_close(st.hessian.double(), x.t() @ x, rtol=1e-5, atol=1e-4)
+    codes, scales, s, _, _ = awq_scales(w, st.hessian, st.abs_mean, "int4", 64)
+    torch.testing.assert_close(qw.input_scale, s)
+    want_codes, want_scales = optimized_rtn(w * s, st.hessian / (s[:, None] * s[None, :]), "int4", 64)
+    assert torch.equal(qw.codes, want_codes) and torch.equal(qw.scales, want_scales)
+    err = lambda wq: float(((x @ (wq.double() - w.double()).t()) ** 2).sum())  # noqa: E731
+    assert err(qw.effective_weight()) < err(dequantize(codes, scales) / s) < err(fake_quantize(w, "int4", group_size=64))
+    assert (qw.codes == -8).any()
 
 
 def test_unavailable_layers_are_marked_with_their_reason(calibrated):
@@ -247,11 +279,14 @@ def test_apply_fake_and_native_run_the_stored_integers(calibrated, cand):
     assert float((nmod(x) - ref).abs().max() / ref.abs().max()) < tol
 
 
-def test_int4_native_kernel_runs_the_stored_groups(calibrated):
+@pytest.mark.parametrize("cand", ["w4a16_g64_gptq", "w4a16_g64_ortn"])
+def test_int4_native_kernel_runs_the_stored_groups(calibrated, cand):
     model, _, table = calibrated
     layer = "model.layers.0.mlp.down_proj"
-    qw = table.quantized_weights[layer, "w4a16_g64_gptq"]
-    native = mpq.apply(model, {layer: "w4a16_g64_gptq"}, mode="native", quantized_weights=table.quantized_weights)
+    qw = table.quantized_weights[layer, cand]
+    if cand.endswith("_ortn"):  # the full range: codes at −8 and negative scales run in the int4 kernel too
+        assert (qw.codes == -8).any() and (qw.scales < 0).any()
+    native = mpq.apply(model, {layer: cand}, mode="native", quantized_weights=table.quantized_weights)
     x = torch.randn(4, 64)
     ref = F.linear(x, qw.dequantized())
     y = dict(native.named_modules())[layer](x)

@@ -20,7 +20,7 @@ FORMATS = tuple(_core.format_names())
 BASE = "base"
 # the layer kinds a candidate can apply to (``Candidate.kinds``; ``mpq.attention`` makes the last two hookable)
 KINDS = ("linear", "matmul", "kv_cache")
-ALGORITHMS = ("rtn", "gptq", "awq", "smoothquant")
+ALGORITHMS = ("rtn", "gptq", "awq", "ortn", "smoothquant")
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,8 @@ class Candidate:
     False when computed on the fly per call (dynamic).
     algorithm: how the weight's integers are chosen. "rtn": round to nearest, a function of W alone
     (``quantize_weight``). "gptq" (error-compensating rounding), "awq" (activation-aware per-input-channel
-    scaling), "smoothquant" (activation outliers migrated into the weights, W8A8 only): computed once in
+    scaling), "ortn" (optimized round-to-nearest: the full signed range, each group's scale searched to its least
+    output error; int4 groups), "smoothquant" (activation outliers migrated into the weights, W8A8 only): computed once in
     calibration from the layer's inputs (``mpq.quantizers``) and held in a ``QuantizedWeights`` store, which
     calibration's δ, ``mpq.apply`` (fake and native) and checkpoints all read, so every step runs the same integers.
     kinds: the layer kinds it applies to (``KINDS``): "linear" (``nn.Linear``), "matmul" (attention's
@@ -99,7 +100,10 @@ class Candidate:
                                  "channel or group")
             if (self.algorithm == "smoothquant") != (self.act_format is not None):
                 raise ValueError(f"candidate {self.name!r}: smoothquant is for W8A8 candidates (activations "
-                                 "quantized); gptq and awq for weight-only ones")
+                                 "quantized); gptq, awq and ortn for weight-only ones")
+            if self.algorithm == "ortn" and self.weight_granularity != "group":
+                raise ValueError(f"candidate {self.name!r}: ortn searches a scale per group (a row's search would "
+                                 "need its whole in x in block of H)")
 
     def _check_attention(self):
         what = f"candidate {self.name!r}"
@@ -194,6 +198,10 @@ for _base, _what in (("w8a16", "INT8 weight-only per channel"), ("w4a16_g128", "
                               description=f"{_what}, GPTQ error-compensating rounding", algorithm="gptq"))
     _BUILTIN.append(Candidate(f"{_base}_awq", _b.weight_format, _b.weight_granularity, _b.group_size,
                               description=f"{_what}, AWQ activation-aware input-channel scaling", algorithm="awq"))
+    if _b.group_size:
+        _BUILTIN.append(Candidate(f"{_base}_ortn", _b.weight_format, _b.weight_granularity, _b.group_size,
+                                  description=f"{_what}, optimized RTN (full signed range, searched scales)",
+                                  algorithm="ortn"))
 del _base, _what, _b
 _BUILTIN += [
     Candidate("int8_sq", "int8", "channel", act_format="int8", act_granularity="token", algorithm="smoothquant",

@@ -77,8 +77,10 @@ IMPLEMENTATIONS = (
                    "relative)", lambda linear, cand, scale, q=None: N.W8A16Linear(linear, q, cand.name), tolerance=_BF16_TOL,
                    shapes=_int8pack_shapes),
     Implementation("torch_int4pack", ("w4a16", "w4a16_g128", "w4a16_g64", "w4a16_g128_gptq", "w4a16_g128_awq",
-                                      "w4a16_g64_gptq", "w4a16_g64_awq"), "torch._weight_int4pack_mm_for_cpu: int4 groups, "
-                   "bf16 group scales and activations, bf16 output (up to 2^-7 relative from the candidate)",
+                                      "w4a16_g128_ortn", "w4a16_g64_gptq", "w4a16_g64_awq", "w4a16_g64_ortn"),
+                   "torch._weight_int4pack_mm_for_cpu: int4 groups (codes + 8 as nibbles: optimized RTN's -8 and "
+                   "negative scales too), bf16 group scales and activations, bf16 output (up to 2^-7 relative from "
+                   "the candidate)",
                    lambda linear, cand, scale, q=None: N.W4A16Linear(linear, cand.group_size, cand.name, q),
                    tolerance=_BF16_TOL, shapes=_int4pack_shapes),
     Implementation("torch_bf16", ("bf16",), "F.linear in bfloat16 (AMX or AVX512-BF16 where the CPU has them, "

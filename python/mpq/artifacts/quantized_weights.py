@@ -5,7 +5,8 @@ One ``QuantizedWeight`` says how a Linear y = x Wᵀ + b runs:
 
     y = Q_act(x / input_scale) · (codes ⊙ scales)ᵀ + b
 
-codes int8 [out, in] (int4 codes lie in [-7, 7]), scales float32 [out, groups] (groups = 1: per channel; the
+codes int8 [out, in] (int4 codes lie in [-7, 7], or [-8, 7] for optimized RTN's full range), scales float32
+[out, groups], nonzero (negative where optimized RTN maps a positive peak to -8; groups = 1: per channel; the
 group size is in / groups), input_scale float32 [in] or None (AWQ's and SmoothQuant's per-input-channel factor:
 the weight grid holds W·diag(s), the input is divided by s). The first-order ΔW that calibration's δ uses is
 ``effective_weight() − W``. ``mpq.apply`` (fake and native) and checkpoint writers read these integers: nothing
@@ -55,8 +56,8 @@ class QuantizedWeight:
                 and s.shape[1] >= 1 and c.shape[1] % s.shape[1] == 0):
             raise ValueError(f"scales must be float32 [out, groups] with groups dividing in = {c.shape[1]}, "
                              f"got {tuple(s.shape)}")
-        if not bool(torch.isfinite(s).all()) or not bool((s > 0).all()):
-            raise ValueError("scales must be positive and finite")
+        if not bool(torch.isfinite(s).all()) or not bool((s != 0).all()):
+            raise ValueError("scales must be nonzero and finite")
         x = self.input_scale
         if x is not None and not (isinstance(x, torch.Tensor) and x.dtype == torch.float32
                                   and tuple(x.shape) == (c.shape[1],) and bool(torch.isfinite(x).all())

@@ -1,5 +1,6 @@
-"""Calibrated-weight quantizers: GPTQ (error-compensating rounding), AWQ (activation-aware input-channel scaling)
-and SmoothQuant (activation outliers migrated into the weights), the algorithms behind the candidates whose
+"""Calibrated-weight quantizers: GPTQ (error-compensating rounding), AWQ (activation-aware input-channel scaling),
+optimized RTN (the full signed int range with searched group scales, as llama.cpp and AutoRound's opt-RTN) and
+SmoothQuant (activation outliers migrated into the weights), the algorithms behind the candidates whose
 ``algorithm`` is not "rtn". Written here, after the published algorithms (Frantar et al. 2022, Lin et al. 2023,
 Xiao et al. 2022): llm-compressor would replace the environment's transformers and compressed-tensors, and its
 and auto-round's entry points quantize whole models sequentially, not one (layer, candidate) at a time.
@@ -17,11 +18,12 @@ A candidate that cannot quantize a layer (its group size does not divide in_feat
 non-finite calibration inputs) is unavailable there: the table marks it (``applicable`` False, the reason in
 ``info["unavailable"]``), never a silent RTN stand-in.
 """
-from .awq import awq_scales, clip_search
+from .awq import awq_scales
 from .compute import calibrated_weights
 from .gptq import gptq_quantize
 from .input_stats import InputStats, collect_input_stats
+from .ortn import optimized_rtn
 from .smoothquant import smoothquant_scales
 
-__all__ = ["InputStats", "awq_scales", "calibrated_weights", "clip_search", "collect_input_stats",
-           "gptq_quantize", "smoothquant_scales"]
+__all__ = ["InputStats", "awq_scales", "calibrated_weights", "collect_input_stats",
+           "gptq_quantize", "optimized_rtn", "smoothquant_scales"]

@@ -8,10 +8,11 @@ import torch
 
 from ..artifacts.quantized_weights import QuantizedWeight, QuantizedWeights, weight_sha256
 from ..formats import compute_scales
-from .awq import awq_scales, clip_search
+from .awq import awq_scales
 from .gptq import gptq_quantize
 from .grid import rtn
 from .input_stats import collect_input_stats
+from .ortn import optimized_rtn
 from .smoothquant import smoothquant_scales
 
 
@@ -25,7 +26,7 @@ def calibrated_weights(model, layers, batches, cands, device, data_fingerprint: 
     if not picked:
         return QuantizedWeights({}, data_fingerprint), unavailable, static
     need_h = {i for i, (_, m) in enumerate(layers)
-              if any(c.algorithm in ("gptq", "awq") and c.applies_to(m.weight) for _, c in picked)}
+              if any(c.algorithm in ("gptq", "awq", "ortn") and c.applies_to(m.weight) for _, c in picked)}
     stats = collect_input_stats(model, layers, batches, device, need_h)
     for i, (name, mod) in enumerate(layers):
         st = stats[i].to("cpu")  # the solves run on the CPU, in float64 where it matters
@@ -42,11 +43,13 @@ def calibrated_weights(model, layers, batches, cands, device, data_fingerprint: 
             xs = None
             if c.algorithm == "gptq":
                 codes, scales = gptq_quantize(w, st.hessian, c.weight_format, c.group_size)
+            elif c.algorithm == "ortn":
+                codes, scales = optimized_rtn(w, st.hessian, c.weight_format, c.group_size)
             elif c.algorithm == "awq":
                 codes, scales, xs, _, _ = awq_scales(w, st.hessian, st.abs_mean, c.weight_format, c.group_size)
-                if c.group_size:  # the weight clipping, on the scaled weight and the inputs x / s it then sees
-                    codes, scales = clip_search(w * xs, st.hessian / (xs[:, None] * xs[None, :]), c.weight_format,
-                                                c.group_size)
+                if c.group_size:  # the full-range scale search, on the scaled weight and the inputs x / s it sees
+                    codes, scales = optimized_rtn(w * xs, st.hessian / (xs[:, None] * xs[None, :]), c.weight_format,
+                                                  c.group_size)
             else:
                 xs = smoothquant_scales(w, st.abs_max)
                 codes, scales = rtn(w * xs, c.weight_format, c.group_size)
