@@ -34,6 +34,10 @@ PLAN_FP8 = {L0 + "self_attn.q_proj": "fp8", L0 + "self_attn.k_proj": "fp8", L0 +
 PLAN_INT8 = {L0 + "self_attn.q_proj": "int8", L0 + "self_attn.k_proj": "int8", L0 + "self_attn.v_proj": "int8",
              L0 + "self_attn.o_proj": "int8_static", L0 + "mlp.gate_proj": "int8", L0 + "mlp.up_proj": "int8",
              L0 + "mlp.down_proj": "int8_static", L1 + "mlp.down_proj": "int8"}
+# calibrated integers (GPTQ, optimized RTN with its −8 codes and negative scales) stored as calibration chose them
+PLAN_CAL = {L0 + "self_attn.q_proj": "w8a16_gptq", L0 + "self_attn.k_proj": "w8a16_gptq",
+            L0 + "self_attn.v_proj": "w8a16_gptq", L0 + "mlp.down_proj": "w4a16_g64_ortn",
+            L1 + "self_attn.o_proj": "w8a16_gptq", L1 + "mlp.down_proj": "w4a16_g64_ortn"}
 PLAN_AO = {L0 + "self_attn.q_proj": "int8", L0 + "self_attn.k_proj": "int8", L0 + "self_attn.v_proj": "int8",
            L0 + "mlp.down_proj": "w8a16", L1 + "self_attn.o_proj": "w8a16", L1 + "mlp.gate_proj": "int8"}
 
@@ -91,11 +95,14 @@ def saved(tmp_path_factory):
     pytest.importorskip("torchao")
     tmp = tmp_path_factory.mktemp("ckpt")
     model = tiny_llama(2)
-    plans = {"fp8": _plan(model, PLAN_FP8), "int8": _plan(model, PLAN_INT8), "ao": Plan(PLAN_AO, 0.0, 0.0)}
-    formats = {"fp8": "compressed-tensors", "int8": "compressed-tensors", "ao": "torchao"}
+    plans = {"fp8": _plan(model, PLAN_FP8), "int8": _plan(model, PLAN_INT8), "ao": Plan(PLAN_AO, 0.0, 0.0),
+             "cal": Plan(PLAN_CAL, 0.0, 0.0)}
+    formats = {"fp8": "compressed-tensors", "int8": "compressed-tensors", "ao": "torchao", "cal": "compressed-tensors"}
+    qws = {"cal": mpq.calibrate(model, _batches(), ("w8a16_gptq", "w4a16_g64_ortn"), progress=False).quantized_weights}
     before = {n: (p, p.detach().clone()) for n, p in model.named_parameters()}
     kinds = {n: type(m) for n, m in model.named_modules()}
-    folders = {k: mpq.save_quantized(model, plans[k], tmp / k, formats[k]) for k in plans}
+    folders = {k: mpq.save_quantized(model, plans[k], tmp / k, formats[k], quantized_weights=qws.get(k))
+               for k in plans}
     # the writers quantize a copy that shares the model's tensors (no second copy of the weights): the model
     # itself keeps its parameter objects, their values and its module types
     assert {n: type(m) for n, m in model.named_modules()} == kinds
@@ -112,6 +119,7 @@ def saved(tmp_path_factory):
                         str(tmp / "loaded.pt")], capture_output=True, text=True, timeout=300,
                        env=dict(os.environ, PYTHONPATH=str(Path(mpq.__file__).resolve().parents[1])))
     assert r.returncode == 0, r.stderr[-3000:]
+    model.qws = qws["cal"]
     return model, plans, folders, probes, torch.load(tmp / "loaded.pt")
 
 
@@ -178,6 +186,44 @@ def test_compressed_tensors_logits_equal_the_fake_quantized_model(saved):
     got = loaded["fp8"]["logits"]
     # float32 rounding of x/s against mpq's x·(1/s) only; the quantization itself moved the logits far more
     assert (got - want).abs().max() < 1e-5 < (base - want).abs().max()
+
+
+def test_compressed_tensors_stores_the_calibrated_integers(saved):
+    """GPTQ's and optimized RTN's integers go into the checkpoint as calibration chose them (the loaded weights are
+    codes ⊙ scales bit for bit, −8 codes and negative scales included), and the loaded model computes what
+    mpq.apply computes with the same QuantizedWeights."""
+    model, plans, _, probes, loaded = saved
+    qws = model.qws
+    ortn = qws[L0 + "mlp.down_proj", "w4a16_g64_ortn"]
+    assert (ortn.codes == -8).any() and (ortn.scales < 0).any()  # the check covers the full range
+    for name, cand in PLAN_CAL.items():
+        assert torch.equal(loaded["cal"]["weights"][name], qws[name, cand].dequantized()), name
+        rtn = mpq.CANDIDATES[cand.split("_gptq")[0].split("_ortn")[0]].quantize_weight(
+            dict(model.named_modules())[name].weight)
+        assert not torch.equal(loaded["cal"]["weights"][name], rtn), name  # not round-to-nearest integers
+    with torch.no_grad():
+        want = mpq.apply(model, plans["cal"], quantized_weights=qws)(probes["ids"]).logits
+        base = model(probes["ids"]).logits
+    got = loaded["cal"]["logits"]
+    assert (got - want).abs().max() < 1e-5 < (base - want).abs().max()
+
+
+def test_compressed_tensors_refuses_awq_and_calibrated_without_their_integers(tmp_path):
+    pytest.importorskip("compressed_tensors")
+    model = tiny_llama(1)
+    with pytest.raises(ValueError, match="awq's per-input-channel divide has no place"):
+        mpq.save_quantized(model, {L0 + "mlp.down_proj": "w8a16_awq"}, tmp_path / "ct", "compressed-tensors",
+                           quantized_weights=mpq.artifacts.QuantizedWeights())
+    with pytest.raises(ValueError, match="pass quantized_weights="):
+        mpq.save_quantized(model, {L0 + "mlp.down_proj": "w8a16_gptq"}, tmp_path / "ct", "compressed-tensors")
+    other = tiny_llama(1)
+    with torch.no_grad():
+        other.model.layers[0].mlp.down_proj.weight.mul_(1.5)
+    qw = mpq.calibrate(other, _batches(), ("w8a16_gptq",), progress=False).quantized_weights
+    with pytest.raises(ValueError, match="different weight"):  # integers of another model's weight
+        mpq.save_quantized(model, {L0 + "mlp.down_proj": "w8a16_gptq"}, tmp_path / "ct", "compressed-tensors",
+                           quantized_weights=qw)
+    assert os.listdir(tmp_path) == []
 
 
 def test_compressed_tensors_int8_activations_within_one_step(saved):

@@ -150,11 +150,13 @@ def _some(names: list, n: int = 6) -> str:
     return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
 
 
-def compressed_tensors_config(plan: Plan) -> dict:
+def compressed_tensors_config(plan: Plan, weights_written: bool = False) -> dict:
     """config_groups and ignore for the Linears; ``kv_cache_scheme`` when the plan quantizes the KV cache (one for
     every layer: ``_kv_cache_scheme``); attention's entries name no module of the checkpoint's model, so they are in
-    neither list."""
-    refuse_calibrated(plan, "compressed-tensors")
+    neither list. ``weights_written``: for a checkpoint, whose stored weights carry calibrated integers (a config
+    alone refuses them)."""
+    if not weights_written:
+        refuse_calibrated(plan, "compressed-tensors")
     multipoint = sorted({c for c in plan.mapping.values() if c != BASE and get_candidate(c).points > 1})
     if multipoint:
         raise ValueError(f"compressed-tensors has no multipoint scheme (weights that are sums of points): "

@@ -114,8 +114,14 @@ def save(args, plan) -> int:
         from .. import data
         if text is None:
             raise ValueError("--format inc measures the calibration text: give --text or --shakespeare, not --random")
-        windows = data.spread_windows(data.tokenize(tok, text), args.seq_len, args.samples)  # as mpq calibrate
+        windows = data.spread_windows(data.tokenize(tok, text), args.seq_len, args.samples,  # as mpq calibrate
+                                      data.leading_tokens(tok))
         batches = data.lm_batches(windows, 4)
-    folder = save_quantized(model, plan, args.save, args.format, batches=batches, tokenizer=tok)
+    qw = None
+    if args.quantized_weights:  # GPTQ's / optimized RTN's integers, stored as calibrated
+        from ..artifacts.quantized_weights import QuantizedWeights
+        qw = QuantizedWeights.load(args.quantized_weights)
+    folder = save_quantized(model, plan, args.save, args.format, batches=batches, tokenizer=tok,
+                            quantized_weights=qw)
     print(f"{args.format}: {folder} ({len(plan.quantized)} layers quantized)")
     return 0

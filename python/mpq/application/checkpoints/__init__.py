@@ -34,11 +34,13 @@ __all__ = ["FORMATS", "save_quantized"]
 
 
 def save_quantized(model: nn.Module, plan_or_mapping, folder, format: str, *, batches=None,
-                   tokenizer=None) -> str:
+                   tokenizer=None, quantized_weights=None) -> str:
     """Writes ``model`` under the plan (a Plan, or a {layer: candidate} mapping; absent layers stay as they are)
     as a ``format`` checkpoint into ``folder`` (new, or an empty folder) and returns its absolute path.
     ``batches``: calibration batches (as for ``mpq.calibrate``), needed by "inc". ``tokenizer``: saved beside the
-    Hugging Face formats' weights when given. The model is not modified.
+    Hugging Face formats' weights when given. ``quantized_weights``: the calibration's ``table.quantized_weights``,
+    whose integers "compressed-tensors" stores for the GPTQ and optimized-RTN candidates of the plan (the same
+    integers calibration measured and ``mpq.apply`` runs). The model is not modified.
     @raises ValueError for an unknown format, a plan the format cannot hold (every such layer listed), or a
     folder in the way; nothing is written then."""
     if format not in _WRITERS:
@@ -55,13 +57,15 @@ def save_quantized(model: nn.Module, plan_or_mapping, folder, format: str, *, ba
         if attention:
             from ...attention import routed_attention
             routed.enter_context(routed_attention(model))
-        return _save(model, plan, target, format, writer, batches, tokenizer, attention)
+        return _save(model, plan, target, format, writer, batches, tokenizer, attention, quantized_weights)
 
 
-def _save(model, plan, target, format, writer, batches, tokenizer, attention) -> str:
+def _save(model, plan, target, format, writer, batches, tokenizer, attention, quantized_weights) -> str:
     # INC computes its scales from the measurements written, not from the plan's; engines fuse only for CT
+    stores = getattr(writer, "STORES_CALIBRATED", False)
     layers = checks.checked_layers(model, plan, format, writer.unsupported, act_scales=format != "inc",
-                                   fused=format == "compressed-tensors", attention=attention)
+                                   fused=format == "compressed-tensors", attention=attention,
+                                   stores_calibrated=stores, quantized_weights=quantized_weights)
     if not layers:
         raise ValueError(f"the plan quantizes no layer: a {format} checkpoint of it would claim a quantization the "
                          "weights are not in; nothing written")
@@ -69,7 +73,7 @@ def _save(model, plan, target, format, writer, batches, tokenizer, attention) ->
         if format == "inc":
             inc.write(model, plan, layers, tmp, target, batches)
         else:
-            writer.write(model, plan, layers, tmp)
+            writer.write(model, plan, layers, tmp, *([quantized_weights] if stores else []))
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
         write_json(os.path.join(tmp, PLAN_FILE), plan.to_dict())

@@ -27,12 +27,14 @@ def as_plan(plan_or_mapping) -> Plan:
 
 
 def checked_layers(model: nn.Module, plan: Plan, fmt: str, unsupported: Callable[[Candidate], str], *,
-                   act_scales: bool = True, fused: bool = False, attention: bool = False) -> dict[str, Candidate]:
+                   act_scales: bool = True, fused: bool = False, attention: bool = False,
+                   stores_calibrated: bool = False, quantized_weights=None) -> dict[str, Candidate]:
     """{layer: Candidate} of the plan's quantized layers, in model order. @raises ValueError listing every layer
     the model or ``fmt`` cannot take, and why (``unsupported(candidate)``: why ``fmt`` cannot express it, or "").
     ``act_scales``: static candidates need the plan's calibrated scale (the format stores it); ``fused``: fused
     layers must share one candidate (``fused_problems``); ``attention``: the model is routed and the format stores
-    attention's MatMul / KVCache modules too (INC's measurements)."""
+    attention's MatMul / KVCache modules too (INC's measurements); ``stores_calibrated``: the writer stores the
+    integers of calibrated-weight candidates, which ``quantized_weights`` must then hold for the model's weight."""
     modules = dict(model.named_modules())
     problems: dict[str, list[str]] = {}  # reason -> layers
     out = {}
@@ -43,11 +45,13 @@ def checked_layers(model: nn.Module, plan: Plan, fmt: str, unsupported: Callable
                 problems.setdefault("not a module of the model", []).append(layer)
             continue
         reason = _layer_problem(modules.get(layer), layer, cname, plan.act_scales if act_scales else None,
-                                attention)
+                                attention, stores_calibrated)
         if not reason:
             cand = get_candidate(cname)
             reason = unsupported(cand)
             reason = f"{cname}: {reason}" if reason else ""
+        if not reason and cand.calibrated_weight:
+            reason = _stored_problem(modules[layer], layer, cname, quantized_weights)
         if reason:
             problems.setdefault(reason, []).append(layer)
         else:
@@ -61,7 +65,8 @@ def checked_layers(model: nn.Module, plan: Plan, fmt: str, unsupported: Callable
 
 
 def _layer_problem(module: Optional[nn.Module], layer: str, cname: str,
-                   act_scales: Optional[Mapping[str, float]], attention: bool = False) -> str:
+                   act_scales: Optional[Mapping[str, float]], attention: bool = False,
+                   stores_calibrated: bool = False) -> str:
     if module is None and layer.rpartition(".")[2] in ("matmul_qk", "matmul_av", "k_cache", "v_cache"):
         return ("attention's matmul / KV cache (mpq.attention): this checkpoint writer stores Linears only (inc "
                 "measures them); mpq.export writes the compressed-tensors config with its kv_cache_scheme")
@@ -80,14 +85,27 @@ def _layer_problem(module: Optional[nn.Module], layer: str, cname: str,
         cand = get_candidate(cname)
     except ValueError as e:
         return str(e)
-    if cand.calibrated_weight:  # the writers compute round-to-nearest scales: they would not store these integers
-        return (f"{cname}: its integers were chosen in calibration (GPTQ, AWQ, SmoothQuant) and checkpoint writers "
-                "store round-to-nearest weights only")
+    if cand.calibrated_weight and not stores_calibrated:  # round-to-nearest writers would store other integers
+        return (f"{cname}: its integers were chosen in calibration (GPTQ, AWQ, optimized RTN, SmoothQuant) and this "
+                "checkpoint writer stores round-to-nearest weights only")
+
     if not cand.applies_to(module.weight):
         return f"{cname}: group size {cand.group_size} does not divide in_features {module.in_features}"
     if cand.act_static and act_scales is not None and layer not in act_scales:
         return (f"{cname}: a static activation scale is needed and the plan has none (plans from mpq select carry "
                 "them; a bare mapping cannot)")
+    return ""
+
+
+def _stored_problem(module: nn.Module, layer: str, cname: str, quantized_weights) -> str:
+    """Why the calibrated integers of (layer, cname) cannot be stored ("" when they can)."""
+    if quantized_weights is None:
+        return (f"{cname}: its integers were chosen in calibration: pass quantized_weights= (the calibration's "
+                "table.quantized_weights; mpq apply --quantized-weights)")
+    try:
+        quantized_weights.get_for(layer, cname, module.weight)
+    except ValueError as e:
+        return str(e)
     return ""
 
 

@@ -16,6 +16,14 @@ Dynamic activations are quantized at run time by the loader: vLLM's int8 per-tok
 mpq does; compressed-tensors' own reference path (transformers on CPU) by amax/127.5, a difference within one
 int8 step. FP8 per-token scales (amax/448) agree.
 
+Calibrated integers (GPTQ, optimized RTN: ``QuantizedWeights``): the layer's weight in the copy is replaced by
+codes ⊙ scales and its ``weight_scale`` by the stored scales, so that compressed-tensors' round(w / scale)
+gives back the stored codes (checked after compression: a layer whose packed integers differ is an error).
+Optimized RTN's negative scales and codes at −8 are stored as they are: the int4 scheme is signed [−8, 7] and
+dequantizes codes × scale. AWQ and SmoothQuant are refused: their per-input-channel divide has no place in a
+compressed-tensors scheme, and mpq does not fold it into the preceding norm (per-layer choices cannot share a
+fold).
+
 Fused layers (q/k/v, gate/up, the experts of an MoE block) must share one candidate (``checks.fused_problems``).
 """
 from __future__ import annotations
@@ -28,6 +36,7 @@ from ...models import copy_sharing_tensors
 from ..exporters import compressed_tensors_config
 
 FORMAT = "compressed-tensors"
+STORES_CALIBRATED = True  # GPTQ's and optimized RTN's integers (checks.checked_layers)
 _WEIGHTS = ("fp8_e4m3", "int8", "int4")   # compressed-tensors' 8-bit float is OCP E4M3 (max 448); ints symmetric
 _ACTS = (None, "fp8_e4m3", "int8")
 
@@ -36,6 +45,9 @@ def unsupported(c: Candidate) -> str:
     """Why a compressed-tensors checkpoint cannot hold candidate ``c`` ("" when it can)."""
     if c.points > 1:
         return f"compressed-tensors has no multipoint scheme (a weight of {c.points} summed point tensors)"
+    if c.algorithm in ("awq", "smoothquant"):
+        return (f"{c.algorithm}'s per-input-channel divide has no place in a compressed-tensors scheme (mpq does "
+                "not fold it into the preceding norm: per-layer choices cannot share a fold)")
     if c.weight_format == "fp8_e4m3_gaudi2":
         return ("Gaudi-2 FP8 saturates at ±240 with power-of-2 hardware scales; compressed-tensors' float8 is OCP "
                 "E4M3 saturating at ±448, so the stored weights would not be the ones calibrated")
@@ -49,13 +61,13 @@ def unsupported(c: Candidate) -> str:
     return ""
 
 
-def write(model, plan, layers: dict[str, Candidate], folder: str) -> None:
-    """Writes the checkpoint of ``model`` under ``plan`` (checked: ``layers`` holds its quantized layers) into
-    the existing empty ``folder``."""
+def write(model, plan, layers: dict[str, Candidate], folder: str, quantized_weights=None) -> None:
+    """Writes the checkpoint of ``model`` under ``plan`` (checked: ``layers`` holds its quantized layers, and
+    ``quantized_weights`` the integers of its calibrated ones) into the existing empty ``folder``."""
     from compressed_tensors.compressors import ModelCompressor
     from compressed_tensors.quantization import QuantizationConfig, QuantizationStatus, apply_quantization_config
 
-    config = compressed_tensors_config(plan)
+    config = compressed_tensors_config(plan, weights_written=True)  # the integers go into the weights below
     config["quantization_status"] = QuantizationStatus.FROZEN.value  # scales set below, weights not yet compressed
     qmodel = copy_sharing_tensors(model)  # the library swaps in new tensors: no second copy of the weights
     apply_quantization_config(qmodel, QuantizationConfig.model_validate(config), show_progress=False)
@@ -64,12 +76,18 @@ def write(model, plan, layers: dict[str, Candidate], folder: str) -> None:
     if claimed != set(layers):  # the config's targets must select the plan's layers, no more, no fewer
         raise RuntimeError(f"compressed-tensors matched {sorted(claimed ^ set(layers))[:5]} differently from the "
                            "plan's layers")
+    stored = {name: quantized_weights.get_for(name, cand.name, model.get_submodule(name).weight)
+              for name, cand in layers.items() if cand.calibrated_weight}
     with torch.no_grad():
         for name, cand in layers.items():
-            _set_scales(modules[name], cand, plan.act_scales.get(name))
+            if name in stored:
+                _set_stored(modules[name], stored[name])
+            else:
+                _set_scales(modules[name], cand, plan.act_scales.get(name))
     compressor = ModelCompressor.from_pretrained_model(qmodel)
     compressor.compress_model(qmodel)
     _check_compressed(modules, layers)
+    _check_stored_codes(modules, stored, layers)
     qmodel.save_pretrained(folder)
     compressor.update_config(folder)
 
@@ -89,6 +107,28 @@ def _set_scales(module, cand: Candidate, act_scale) -> None:
         _fill(module.input_scale, torch.tensor([act_scale], dtype=torch.float32))
         if hasattr(module, "input_zero_point"):
             module.input_zero_point.zero_()
+
+
+def _set_stored(module, qw) -> None:
+    """The calibrated weight: codes ⊙ scales as the weight (a new tensor: the copy shares the model's), its scales."""
+    w = module.weight
+    module.weight = torch.nn.Parameter(qw.dequantized().to(w.device, w.dtype), requires_grad=False)
+    _fill(module.weight_scale, qw.scales)
+    if hasattr(module, "weight_zero_point"):
+        module.weight_zero_point.zero_()
+
+
+def _check_stored_codes(modules, stored, layers) -> None:
+    """The integers compressed-tensors packed are the stored codes, layer by layer."""
+    from compressed_tensors.compressors.pack_quantized import unpack_from_int32
+    for name, qw in stored.items():
+        m = modules[name]
+        if hasattr(m, "weight_packed"):
+            codes = unpack_from_int32(m.weight_packed, layers[name].weight_bits, torch.Size(qw.codes.shape))
+        else:
+            codes = m.weight
+        if not torch.equal(codes.to(torch.int8).cpu(), qw.codes):
+            raise RuntimeError(f"compressed-tensors stored other integers than the calibrated ones for {name}")
 
 
 def _fill(param: torch.Tensor, values: torch.Tensor) -> None:
