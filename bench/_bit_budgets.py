@@ -109,7 +109,7 @@ def main(args):
     from mpq.artifacts.quantized_weights import QuantizedWeights
     from mpq.calibration import calibrate
     from mpq.candidates import get_candidates
-    from mpq.data import leading_tokens, lm_batches, spread_windows, tokenize
+    from mpq.data import leading_tokens, lm_batches, split_spread, spread_windows, tokenize
     from mpq.demo_run import RunSettings, demo_text, load_model, per_sample_losses
     from mpq.profiling import profile
     from mpq.selection import select
@@ -124,14 +124,16 @@ def main(args):
     model.eval()
     lead = leading_tokens(tok)  # Gemma's BOS starts every window
     cal_ids = tokenize(tok, demo_text("calibration"))
-    cal = spread_windows(cal_ids, args.seq_len, args.calib_windows, lead)
+    cal = spread_windows(cal_ids, args.seq_len, args.calib_windows + args.quantizer_windows, lead)
+    cal, fit = split_spread(cal, args.quantizer_windows)  # fit: the calibrated candidates' own windows
     held = spread_windows(tokenize(tok, demo_text("evaluation")), args.seq_len, args.eval_windows, lead)
     batches = lm_batches(cal, args.batch_size)
     out = args.out
     times = {}
 
     if methods & set(ALLOCATORS):  # the peers alone need no calibration
-        key = json.dumps(dict(c=cands, n=args.calib_windows, s=args.seq_len, b=args.batch_size, m=args.model))
+        key = json.dumps(dict(c=cands, n=args.calib_windows, s=args.seq_len, b=args.batch_size, m=args.model,
+                              q=args.quantizer_windows))
         tpath, qpath, kpath = out / "budgets_table.npz", out / "budgets_qweights.npz", out / "budgets_key.json"
         if args.reuse and kpath.exists() and kpath.read_text() == key:
             say("reusing the calibration")
@@ -141,7 +143,8 @@ def main(args):
         else:
             say(f"calibrating {cands} on {args.calib_windows} x {args.seq_len} tokens")
             t0 = time.perf_counter()
-            table = calibrate(model, batches, cands, progress=False)
+            table = calibrate(model, batches, cands, progress=False, quantizer_batches=lm_batches(
+                fit, args.batch_size) if args.quantizer_windows else None)
             times["mpq calibrate"] = time.perf_counter() - t0
             table.save(tpath)
             table.quantized_weights.save(qpath)

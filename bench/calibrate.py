@@ -4,7 +4,8 @@ child process, RSS sampled every 2 ms above the RSS after loading); (3) the fuse
 memory copy bandwidth. One thread. Goals: calibration <= 2x the plain pass; peak memory within 10% of the plain
 pass; kernel >= 50% of the copy bandwidth.
 --algorithms instead compares calibration with RTN candidates only against the same plus GPTQ / AWQ /
-SmoothQuant candidates (time, peak memory, the QuantizedWeights' size), and times a re-solve from the saved table.
+optimized-RTN / SmoothQuant candidates (time, peak memory, the QuantizedWeights' size), and times a re-solve from
+the saved table.
 
     python bench/calibrate.py [--model smollm2|tiny] [--batches 2] [--batch-size 4] [--seq-len 128] [--repeat 3]
                               [--algorithms]
@@ -28,7 +29,7 @@ from _util import at_isa, machine_line, print_table, timeit
 
 CANDIDATES = ("fp8", "int8", "int8_static", "w4a16")
 RTN_SET = ("w8a16", "w4a16_g64", "int8_static")
-ALGO_SET = RTN_SET + ("w8a16_gptq", "w4a16_g64_gptq", "w4a16_g64_awq", "int8_static_sq")
+ALGO_SET = RTN_SET + ("w8a16_gptq", "w4a16_g64_gptq", "w4a16_g64_awq", "w4a16_g64_ortn", "int8_static_sq")
 KERNEL_QUANTS = ("fp8", "int8", "int8_static", "fp8_gaudi2")  # four activation quantizers (per token, static)
 
 

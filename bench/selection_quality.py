@@ -85,6 +85,9 @@ def parse_args(argv=None):
     p.add_argument("--ompq-beta", type=float, help="--budgets: OMPQ's β (default: 4 / the spread of γ)")
     p.add_argument("--methods", default="mpq,hawq,fisher,ompq,greedy,modelopt,autoround",
                    help="--budgets: which allocators / systems to run (the scores are cached under --out)")
+    p.add_argument("--quantizer-windows", type=int, default=0, help="--budgets: calibrated candidates fit their "
+                   "integers on this many further windows of the calibration text, interleaved with and disjoint "
+                   "from the --calib-windows that measure δ (calibrate's quantizer_batches; 0: the same windows)")
     p.add_argument("--autoround-iters", type=int, default=0, help="--budgets: AutoRound's signed-gradient "
                    "rounding steps per block (0: its RTN rounding)")
     return p.parse_args(argv)

@@ -161,7 +161,7 @@ def test_two_ranks_reduce_attention_ranges_with_the_linear_ones(two_ranks):
         assert two.info["attention_scales"] == reference.info["attention_scales"]
 
 
-def test_two_ranks_sum_the_experts_tokens(two_ranks):
+def test_two_ranks_sum_the_experts_tokens(two_ranks, one_thread):  # the reference on one thread, as the ranks
     import _distributed_worker as w
     from _tiny_moe import tiny_mixtral
     out, _, results, _, _ = two_ranks

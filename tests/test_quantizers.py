@@ -238,6 +238,37 @@ def test_grouped_awq_is_its_alpha_search_then_the_full_range_search(calibrated):
     assert (qw.codes == -8).any()
 
 
+def test_quantizer_batches_fit_the_integers_and_the_batches_measure_them():
+    """calibrate(batches=A, quantizer_batches=B): the integers are those a calibration on B alone fits, and δ is the
+    first-order loss change of exactly those integers on A (a plain autograd reference); a batch in both warns."""
+    from mpq.calibration import fingerprint
+    model = tiny_llama(1)
+    g = torch.Generator().manual_seed(8)
+    a = [{"input_ids": torch.randint(0, 64, (3, 12), generator=g)} for _ in range(2)]
+    b = [{"input_ids": torch.randint(0, 64, (4, 12), generator=g)} for _ in range(2)]
+    cands = ("w8a16_gptq", "w4a16_g64_ortn", "w8a16_awq")
+    split = mpq.calibrate(model, a, cands, progress=False, quantizer_batches=b)
+    on_b = mpq.calibrate(model, b, cands, progress=False)
+    assert set(split.quantized_weights) == set(on_b.quantized_weights)
+    for key, q in on_b.quantized_weights.items():
+        assert torch.equal(split.quantized_weights[key].codes, q.codes), key
+    assert split.quantized_weights.data_fingerprint == fingerprint(b) and split.data_fingerprint == fingerprint(a)
+    layer = "model.layers.0.mlp.down_proj"
+    w = dict(model.named_modules())[layer].weight.detach()
+    li = split.index(layer)
+    for cand in cands:
+        qw = split.quantized_weights[layer, cand]
+        wpart, _ = _per_sample_reference(model, a, layer, qw.effective_weight() - w)
+        np.testing.assert_allclose(split.delta_weight[:, li, split.candidates.index(cand)], wpart, rtol=1e-4,
+                                   atol=1e-12)
+    same = mpq.calibrate(model, a, cands, progress=False)  # fitted where measured: other integers, other δ
+    assert not np.allclose(same.delta, split.delta)
+    with pytest.warns(UserWarning, match="1 of the quantizer_batches are also sensitivity batches"):
+        mpq.calibrate(model, a, cands, progress=False, quantizer_batches=[a[0], b[0]])
+    with pytest.raises(ValueError, match="quantizer_batches is empty"):
+        mpq.calibrate(model, a, cands, progress=False, quantizer_batches=[])
+
+
 def test_unavailable_layers_are_marked_with_their_reason(calibrated):
     model, _, table = calibrated
     app = table.applicable

@@ -386,7 +386,7 @@ def _static_scales(model, layers, batches, cands, device, ranks: Ranks, owners=N
 def calibrate(model: nn.Module, batches: Iterable, candidates=("fp8", "int8"),
               loss_fn: Optional[Callable] = None, progress: bool = True, *,
               layers: Optional[Iterable[str]] = None, granularity: str = "layer",
-              scores: Sequence[str] = ("first_order",)):
+              scores: Sequence[str] = ("first_order",), quantizer_batches: Optional[Iterable] = None):
     """Per-layer loss sensitivity s[l, c] = mean_n δ[n,l,c]² of ``model`` on ``batches`` (module docstring).
 
     batches: an iterable of batches (kept in a list: a candidate with static activation scales needs a first
@@ -413,6 +413,12 @@ def calibrate(model: nn.Module, batches: Iterable, candidates=("fp8", "int8"),
     the table's ``mse`` reports (and so what ``select`` optimises); ``table.with_score(name)`` switches. The
     extra forms cost about one more forward of every layer per candidate; routed attention modules get them too
     (``calibration.attention``).
+    quantizer_batches: batches (as ``batches``) that the calibrated-weight candidates (GPTQ, AWQ, optimized RTN,
+    SmoothQuant) fit their integers on, instead of ``batches``; δ is then measured on data the integers were not
+    fitted to. Fitted and measured on the same batches, δ is biased low where an algorithm has many degrees of
+    freedom: GPTQ (one per weight) fits the calibration inputs themselves, and on SmolLM2 its all-INT4 plan measured
+    10.5× its prediction on held-out text against AWQ's 2.7× (bench/RESULTS.md). A quantizer batch that is also a
+    sensitivity batch gets a warning. ``table.quantized_weights.data_fingerprint`` is the quantizer batches'.
     On every rank of an initialised torch.distributed process group (``mpq.calibration.distributed``), with the
     same arguments everywhere: each rank calibrates its share of the batches and every rank returns the table of
     all of them; a rank that differs, fails or dies makes every rank raise (naming it).
@@ -428,11 +434,26 @@ def calibrate(model: nn.Module, batches: Iterable, candidates=("fp8", "int8"),
         cands = get_candidates(candidates)
         with calibration_attention(model, cands) as attention:
             return _calibrate(model, batches, cands, loss_fn, progress, layers, ranks, attention, unknown_experts,
-                              granularity, forms)
+                              granularity, forms, quantizer_batches)
+
+
+def _fit_batches(batches: list, quantizer_batches, cands) -> tuple[list, str]:
+    """(the batches the calibrated-weight candidates fit on, their fingerprint; "" when no candidate is one)."""
+    if quantizer_batches is None:
+        fit = batches
+    else:
+        fit = list(quantizer_batches)
+        if not fit:
+            raise ValueError("calibrate: quantizer_batches is empty")
+        shared = {fingerprint([b]) for b in fit} & {fingerprint([b]) for b in batches}
+        if shared:
+            warnings.warn(f"calibrate: {len(shared)} of the quantizer_batches are also sensitivity batches: δ of the "
+                          "calibrated candidates is measured on data their integers were fitted to", stacklevel=4)
+    return fit, (fingerprint(fit) if any(c.calibrated_weight for c in cands) else "")
 
 
 def _calibrate(model, batches, cands, loss_fn, progress, layers, ranks: Ranks, attention,
-               unknown_experts, granularity="layer", forms=("first_order",)):
+               unknown_experts, granularity="layer", forms=("first_order",), quantizer_batches=None):
     named = quantizable_layers(model, layers)
     if layers is None:  # only the kinds of layer some candidate applies to (Linear-only candidates: Linears only)
         kinds = {k for c in cands for k in c.kinds}
@@ -457,7 +478,8 @@ def _calibrate(model, batches, cands, loss_fn, progress, layers, ranks: Ranks, a
     # every rank hashes all the batches, not only its share: a rank whose batches differ anywhere (in another
     # rank's share too) is refused, and the table's fingerprint is the single process's (a sha256 of them all)
     data_fingerprint = fingerprint(batches)
-    ranks.check_same(lambda: describe(model, named, cands, sizes, data_fingerprint, loss_name))
+    fit_batches, fit_fingerprint = _fit_batches(batches, quantizer_batches, cands)
+    ranks.check_same(lambda: describe(model, named, cands, sizes, data_fingerprint + fit_fingerprint, loss_name))
     shard = ranks.shard(batches)
     coverage = model_coverage(model, [n for n, _ in named], stacklevel=3)  # before any work: its warning first
     params = list(model.parameters())
@@ -489,8 +511,7 @@ def _calibrate(model, batches, cands, loss_fn, progress, layers, ranks: Ranks, a
         # every rank solves the calibrated candidates on all batches: the same integers everywhere, no exchange
         linear = [i for i, (_, m) in enumerate(named) if layer_kind(m) == "linear"]
         qweights, unavailable, sq_static = calibrated_weights(
-            model, [named[i] for i in linear], batches, cands, device,
-            data_fingerprint if any(c.calibrated_weight for c in cands) else "")
+            model, [named[i] for i in linear], fit_batches, cands, device, fit_fingerprint)
         unavailable = {(linear[i], j): why for (i, j), why in unavailable.items()}  # back to indices of named
         sq_static = {(linear[i], j): sz for (i, j), sz in sq_static.items()}
         act_scales = np.full((L, C), np.nan, np.float32)

@@ -127,8 +127,10 @@ def _check_stored_codes(modules, stored, layers) -> None:
             codes = unpack_from_int32(m.weight_packed, layers[name].weight_bits, torch.Size(qw.codes.shape))
         else:
             codes = m.weight
-        if not torch.equal(codes.to(torch.int8).cpu(), qw.codes):
-            raise RuntimeError(f"compressed-tensors stored other integers than the calibrated ones for {name}")
+        if not torch.equal(codes.to(torch.int8).cpu(), qw.codes):  # e.g. a bf16 model: codes × scale rounded
+            raise ValueError(f"compressed-tensors would store other integers than the calibrated ones for {name} "
+                             f"(its weight and scales are kept in the model's {m.weight_scale.dtype}); write the "
+                             "checkpoint from the float32 model; nothing written")
 
 
 def _fill(param: torch.Tensor, values: torch.Tensor) -> None:
