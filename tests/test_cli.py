@@ -142,6 +142,25 @@ def test_calibrate_samples_windows_spread_over_the_text_unless_told_first(lm, te
     assert not torch.equal(data.spread_windows(ids[5:], 16, 4), data.token_windows(ids, 16, 4, 5))
 
 
+def test_calibrate_fits_calibrated_candidates_on_their_own_samples(lm, text, tmp_path):
+    """--quantizer-samples N: N more spread windows, interleaved with the others and disjoint from them, fit the
+    calibrated candidates' integers; the table measures δ on the others (both fingerprints say which)."""
+    from mpq.artifacts.quantized_weights import QuantizedWeights
+    from mpq.calibration import fingerprint
+    tok = data.load_causal_lm(lm)[1]
+    windows = data.spread_windows(data.tokenize(tok, text.read_text(encoding="utf-8")), 16, 6)
+    measure, fit = data.split_spread(windows, 2)
+    code, _, err = cli("calibrate", lm, "--text", text, *SMALL, "--samples", 4, "--quantizer-samples", 2,
+                       "--batch-size", 2, "--quiet", "--candidates", "w8a16_gptq,w8a16", "-o", tmp_path / "s.npz")
+    assert code == 0, err
+    table = SensitivityTable.load(tmp_path / "s.npz")
+    assert table.data_fingerprint == fingerprint(data.lm_batches(measure, 2)) and table.n_samples == 4
+    qw = QuantizedWeights.load(tmp_path / "s.qweights.npz")
+    assert qw.data_fingerprint == fingerprint(data.lm_batches(fit, 2))
+    code, _, err = cli("calibrate", lm, "--text", text, *SMALL, "--quantizer-samples", -1, "-o", tmp_path / "t.npz")
+    assert code == 2 and "--quantizer-samples must be 0 or more" in err
+
+
 def test_profile_times_the_default_candidates_on_the_cpu(chain):
     d, steps = chain
     code, out, err = steps["profile"]

@@ -28,9 +28,14 @@ def register(subparsers) -> None:
     p.add_argument("--windows", choices=("spread", "first"), default="spread",
                    help="spread: the samples spread evenly over the whole text (default; a text's first pages, a "
                         "play's cast list, say little of the rest); first: consecutive samples from the start")
+    p.add_argument("--quantizer-samples", type=int, default=0, metavar="N",
+                   help="further samples, interleaved with and disjoint from the others, that calibrated candidates "
+                        "(GPTQ, AWQ, optimized RTN, SmoothQuant) fit their integers on, so that δ is measured on "
+                        "samples the integers were not fitted to (default 0: the same samples)")
     p.add_argument("-o", "--output", help="where to save the table (.npz)")
     p.add_argument("--quantized-weights", help="where to save the integers of calibrated candidates (GPTQ, AWQ, "
-                   "SmoothQuant; default: OUTPUT with .qweights.npz) for mpq apply --quantized-weights")
+                   "optimized RTN, SmoothQuant; default: OUTPUT with .qweights.npz) for mpq apply "
+                   "--quantized-weights")
     p.add_argument("--table", help="a saved table to report instead of calibrating")
     p.add_argument("--report", action="store_true", help="print the per-layer report")
     p.add_argument("--top", type=int, default=None, help="report only the N most sensitive layers")
@@ -59,6 +64,8 @@ def main(args) -> int:
     if not args.output and not args.report:
         raise ValueError("nothing to do: give -o OUTPUT and/or --report")
     check_positive(args, "seq_len", "samples", "batch_size")
+    if args.quantizer_samples < 0:
+        raise ValueError("--quantizer-samples must be 0 or more")
     candidates = parse_candidates(args.candidates)
     text = read_text(args)
     device = resolve_device(args.device)
@@ -78,11 +85,13 @@ def main(args) -> int:
         model.to(device)
         ids = data.tokenize(tok, text)
         lead = data.leading_tokens(tok)  # the BOS a model such as Gemma expects at the start of every window
-        windows = (data.spread_windows(ids[args.skip_tokens:], args.seq_len, args.samples, lead)
-                   if args.windows == "spread" else data.token_windows(ids, args.seq_len, args.samples,
-                                                                       args.skip_tokens, lead))
+        n = args.samples + args.quantizer_samples
+        windows = (data.spread_windows(ids[args.skip_tokens:], args.seq_len, n, lead)
+                   if args.windows == "spread" else data.token_windows(ids, args.seq_len, n, args.skip_tokens, lead))
+        windows, fit = data.split_spread(windows, args.quantizer_samples)
         table = calibrate(model, data.lm_batches(windows, args.batch_size), candidates, progress=not args.quiet,
-                          scores=(args.score,))
+                          scores=(args.score,), quantizer_batches=data.lm_batches(fit, args.batch_size)
+                          if args.quantizer_samples else None)
     finally:
         if joined:
             torch.distributed.destroy_process_group()
