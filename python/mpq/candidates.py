@@ -37,8 +37,8 @@ class Candidate:
     algorithm: how the weight's integers are chosen. "rtn": round to nearest, a function of W alone
     (``quantize_weight``). "gptq" (error-compensating rounding), "awq" (activation-aware per-input-channel
     scaling), "ortn" (optimized round-to-nearest: the full signed range, each group's scale searched to its least
-    output error; int4 groups), "smoothquant" (activation outliers migrated into the weights, W8A8 only): computed once in
-    calibration from the layer's inputs (``mpq.quantizers``) and held in a ``QuantizedWeights`` store, which
+    output error; int4 groups), "smoothquant" (activation outliers migrated into the weights, W8A8 only): computed
+    once in calibration from the layer's inputs (``mpq.quantizers``) and held in a ``QuantizedWeights`` store, which
     calibration's δ, ``mpq.apply`` (fake and native) and checkpoints all read, so every step runs the same integers.
     kinds: the layer kinds it applies to (``KINDS``): "linear" (``nn.Linear``), "matmul" (attention's
     Q·Kᵀ and P·V, ``…matmul_qk`` / ``…matmul_av``: both inputs are activations, quantized with ``act_format``; no

@@ -14,8 +14,9 @@ summed by the same fused kernel (``kernel.delta_sums``) with the candidate's sca
 unit scale. The other score forms (``calibrate(..., scores=...)``, ``scores.py``), when asked for, as for a
 Linear: ``per_token`` Σ_t δ_t², δ_t the terms of δ at token t (query t of A and key t of B together: calibration
 runs without a cache, so queries and keys are the same positions); ``elementwise`` Σ (G_Y ⊙ ΔY)², ΔY = Q(A) Q(B)
-− AB = ΔA·Q(B) + A·ΔB for a matmul (G_Y from its output), ΔY = Q(K) − K for a cache (the identity). Static scales are calibrated with the Linear ones, in the same pass over the same batches: from
-the range of the finite values at non-padded tokens (the token axis of each input: ``MatMul.token_axes``).
+− AB = ΔA·Q(B) + A·ΔB for a matmul (G_Y from its output), ΔY = Q(K) − K for a cache (the identity).
+Static scales are calibrated with the Linear ones, in the same pass over the same batches: from the range of the
+finite values at non-padded tokens (the token axis of each input: ``MatMul.token_axes``).
 """
 from __future__ import annotations
 

@@ -1,12 +1,13 @@
 """Optimized round-to-nearest on the full signed range (llama.cpp's ``make_qx_quants``, AutoRound's opt-RTN), per
 (row, group): the value of largest magnitude w_m is mapped to the grid's extra negative level −(qmax+1) (−8 for
-int4), scale = −w_m / (qmax + 1 − t), so that 2^b levels are used instead of the symmetric grid's 2^b − 1 (the scale
-is negative when w_m is positive); codes round(w / scale) clamped to [−(qmax+1), qmax]. The offset t runs over a
-grid (t > 0: a coarser step, t < 0: w_m and its neighbours clipped) and each (row, group) keeps the t, or the
-symmetric round-to-nearest grid itself, with the least output error d H_gg dᵀ of its own block (H = Σ x xᵀ of the
-calibration inputs, exact; AutoRound weights by the diagonal only). Round-to-nearest is one of the choices, so no
-group does worse than RTN on its own error. On SmolLM2's int4 groups of 64 the full range alone cuts the weight
-error to ~0.76× of RTN's, the search to ~0.64× (AWQ's clipping on the symmetric grid: ~0.84×).
+int4), scale = −w_m / (qmax + 1 − t), so that 2^b levels are used instead of the symmetric grid's 2^b − 1 (the
+scale is negative when w_m is positive); codes round(w / scale) clamped to [−(qmax+1), qmax]. The offset t runs
+over a grid (t > 0: a coarser step, t < 0: w_m and its neighbours clipped) and each (row, group) keeps the t, or
+the symmetric round-to-nearest grid itself, with the least output error d H_gg dᵀ of its own block (H = Σ x xᵀ of
+the calibration inputs, exact; AutoRound weights by the diagonal only). Round-to-nearest is one of the choices, so
+no group does worse than RTN on its own error. On SmolLM2's int4 groups of 64 the full range alone cuts the weight
+error to ~0.76× of RTN's, a weight-error search to ~0.64× (clipping on the symmetric grid: ~0.84×); all-INT4
+held-out loss MSE 0.219 → 0.044 (bench/RESULTS.md).
 
 Stored as every calibrated weight is (``QuantizedWeight``): int8 codes in [−8, 7] for int4, float32 scales that
 may be negative; the int4 kernels store codes + 8 as unsigned nibbles, so −8 runs natively."""
