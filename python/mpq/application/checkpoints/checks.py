@@ -88,7 +88,6 @@ def _layer_problem(module: Optional[nn.Module], layer: str, cname: str,
     if cand.calibrated_weight and not stores_calibrated:  # round-to-nearest writers would store other integers
         return (f"{cname}: its integers were chosen in calibration (GPTQ, AWQ, optimized RTN, SmoothQuant) and this "
                 "checkpoint writer stores round-to-nearest weights only")
-
     if not cand.applies_to(module.weight):
         return f"{cname}: group size {cand.group_size} does not divide in_features {module.in_features}"
     if cand.act_static and act_scales is not None and layer not in act_scales:
