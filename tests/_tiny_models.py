@@ -25,3 +25,16 @@ def tiny_gemma3(layer_types=("sliding_attention", "full_attention")):
                                         max_position_embeddings=64, bos_token_id=0, eos_token_id=1, pad_token_id=2)
     torch.manual_seed(0)
     return transformers.Gemma3ForCausalLM(cfg).eval()
+
+
+def padded_lm_batch(n=3, s=12, pad=True, seed=1):
+    """A seeded batch of n sequences of s token ids from the tiny models' vocabulary (3..63; 2 is the pad id): with
+    ``pad`` sample 0 left-padded over 4 tokens and sample 1 right-padded from token 9."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, 64, (n, s), generator=g)
+    mask = torch.ones(n, s, dtype=torch.long)
+    if pad:
+        mask[0, :4] = 0  # left padding
+        mask[1, 9:] = 0  # right padding
+        ids[mask == 0] = 2
+    return {"input_ids": ids, "attention_mask": mask}

@@ -16,7 +16,7 @@ from mpq.attention.quantize import quantize_attention_input
 from mpq.candidates import ATTENTION_CANDIDATES, CANDIDATES, Candidate, get_candidate
 from mpq.formats import compute_scales
 from mpq.models import model_inputs
-from _tiny_models import tiny_gemma3, tiny_llama
+from _tiny_models import padded_lm_batch as _batch, tiny_gemma3, tiny_llama
 
 transformers = pytest.importorskip("transformers")
 
@@ -49,17 +49,6 @@ MODELS = {
                                     num_key_value_heads=2, head_dim=8, sliding_window=4, num_local_experts=4,
                                     num_experts_per_tok=2, layer_types=["sliding_attention", "full_attention"]),
 }
-
-
-def _batch(n=3, s=12, pad=True, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(3, 64, (n, s), generator=g)
-    mask = torch.ones(n, s, dtype=torch.long)
-    if pad:
-        mask[0, :4] = 0  # left padding
-        mask[1, 9:] = 0  # right padding
-        ids[mask == 0] = 2
-    return {"input_ids": ids, "attention_mask": mask}
 
 
 @pytest.mark.parametrize("name", list(MODELS))

@@ -10,7 +10,7 @@ from mpq.attention import KVCache, MatMul, routed_attention
 from mpq.attention.quantize import quantize_attention_input
 from mpq.candidates import CANDIDATES
 from mpq.models import model_inputs
-from _tiny_models import tiny_gemma3, tiny_llama
+from _tiny_models import padded_lm_batch, tiny_gemma3, tiny_llama
 
 transformers = pytest.importorskip("transformers")
 
@@ -18,16 +18,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 CANDS = ("fp8", "mm_fp8", "mm_int8", "mm_fp8_static", "kv_fp8_token", "kv_int8_token", "kv_fp8", "kv_int8_head")
 FORMS = ("first_order", "per_token", "elementwise")
-
-
-def _batch(n=3, s=12, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(3, 64, (n, s), generator=g)
-    mask = torch.ones(n, s, dtype=torch.long)
-    mask[0, :4] = 0  # left padding
-    mask[1, 9:] = 0  # right padding
-    ids[mask == 0] = 2
-    return {"input_ids": ids, "attention_mask": mask}
 
 
 def brute_force(model, batch, table):
@@ -99,7 +89,7 @@ def brute_force(model, batch, table):
 @pytest.mark.parametrize("build", [lambda: tiny_llama(2), lambda: tiny_gemma3()], ids=["llama_gqa", "gemma3"])
 def test_attention_score_forms_match_brute_force(build):
     model = build()
-    batch = _batch()
+    batch = padded_lm_batch()
     table = calib.calibrate(model, [batch], CANDS, progress=False, scores=FORMS)
     want = brute_force(model, batch, table)
     ok = ~np.isnan(want["delta"])

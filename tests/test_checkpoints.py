@@ -410,6 +410,38 @@ def test_mpq_apply_save_on_the_command_line(tmp_path):
     one_error(cli("apply", model_dir, tmp_path / "plan.json", "--save", tmp_path / "x"), 2, "apply", "--format")
 
 
+def test_mpq_calibrate_then_apply_save_stores_the_calibrated_integers(tmp_path):
+    """On the command line, end to end on a saved model: mpq calibrate fits GPTQ on its own samples and saves the
+    integers; mpq apply --save --quantized-weights writes them into the compressed-tensors checkpoint (the packed
+    codes are the saved ones); without --quantized-weights the plan is refused and nothing is written."""
+    pytest.importorskip("compressed_tensors")
+    from safetensors import safe_open
+    from compressed_tensors.compressors.pack_quantized import unpack_from_int32
+    from _cli_model import DEMO_TEXT, save_tiny_causal_lm
+    from test_cli import cli, one_error
+    from mpq.artifacts.quantized_weights import QuantizedWeights
+    model_dir = save_tiny_causal_lm(tmp_path / "model")
+    code, _, err = cli("calibrate", model_dir, "--text", DEMO_TEXT, "--seq-len", 16, "--samples", 4,
+                       "--quantizer-samples", 4, "--batch-size", 2, "--quiet", "--candidates", "w8a16_gptq",
+                       "-o", tmp_path / "s.npz")
+    assert code == 0, err
+    layer = L0 + "mlp.down_proj"
+    (tmp_path / "plan.json").write_text(json.dumps({layer: "w8a16_gptq"}))
+    qw_file = tmp_path / "s.qweights.npz"
+    code, out, err = cli("apply", model_dir, tmp_path / "plan.json", "--save", tmp_path / "ct", "--format",
+                         "compressed-tensors", "--quantized-weights", qw_file)
+    assert code == 0, err
+    want = QuantizedWeights.load(qw_file)[layer, "w8a16_gptq"]
+    with safe_open(str(tmp_path / "ct" / "model.safetensors"), "pt") as f:
+        codes = unpack_from_int32(f.get_tensor(layer + ".weight_packed"), 8, torch.Size(want.codes.shape))
+        torch.testing.assert_close(f.get_tensor(layer + ".weight_scale").float().reshape(-1),
+                                   want.scales.reshape(-1), rtol=0, atol=0)
+    assert torch.equal(codes.to(torch.int8), want.codes)
+    one_error(cli("apply", model_dir, tmp_path / "plan.json", "--save", tmp_path / "ct2", "--format",
+                  "compressed-tensors"), 2, "apply", "pass quantized_weights=", layer, "nothing written")
+    assert not (tmp_path / "ct2").exists()
+
+
 def test_fused_groups_are_what_serving_engines_fuse():
     from mpq.application.checkpoints.checks import fused_groups
     names = ["m.0.attn.q_proj", "m.0.attn.k_proj", "m.0.attn.v_proj", "m.0.attn.o_proj", "m.0.mlp.gate_proj",
