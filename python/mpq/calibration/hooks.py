@@ -437,19 +437,20 @@ def calibrate(model: nn.Module, batches: Iterable, candidates=("fp8", "int8"),
                               granularity, forms, quantizer_batches)
 
 
-def _fit_batches(batches: list, quantizer_batches, cands) -> tuple[list, str]:
-    """(the batches the calibrated-weight candidates fit on, their fingerprint; "" when no candidate is one)."""
+def _fit_batches(batches: list, data_fingerprint: str, quantizer_batches, cands) -> tuple[list, str]:
+    """(the batches the calibrated-weight candidates fit on, their fingerprint; "" when no candidate is one).
+    ``data_fingerprint``: that of ``batches``, already computed."""
+    calibrated = any(c.calibrated_weight for c in cands)
     if quantizer_batches is None:
-        fit = batches
-    else:
-        fit = list(quantizer_batches)
-        if not fit:
-            raise ValueError("calibrate: quantizer_batches is empty")
-        shared = {fingerprint([b]) for b in fit} & {fingerprint([b]) for b in batches}
-        if shared:
-            warnings.warn(f"calibrate: {len(shared)} of the quantizer_batches are also sensitivity batches: δ of the "
-                          "calibrated candidates is measured on data their integers were fitted to", stacklevel=4)
-    return fit, (fingerprint(fit) if any(c.calibrated_weight for c in cands) else "")
+        return batches, data_fingerprint if calibrated else ""
+    fit = list(quantizer_batches)
+    if not fit:
+        raise ValueError("calibrate: quantizer_batches is empty")
+    shared = {fingerprint([b]) for b in fit} & {fingerprint([b]) for b in batches}
+    if shared:
+        warnings.warn(f"calibrate: {len(shared)} of the quantizer_batches are also sensitivity batches: δ of the "
+                      "calibrated candidates is measured on data their integers were fitted to", stacklevel=4)
+    return fit, fingerprint(fit) if calibrated else ""
 
 
 def _calibrate(model, batches, cands, loss_fn, progress, layers, ranks: Ranks, attention,
@@ -478,8 +479,10 @@ def _calibrate(model, batches, cands, loss_fn, progress, layers, ranks: Ranks, a
     # every rank hashes all the batches, not only its share: a rank whose batches differ anywhere (in another
     # rank's share too) is refused, and the table's fingerprint is the single process's (a sha256 of them all)
     data_fingerprint = fingerprint(batches)
-    fit_batches, fit_fingerprint = _fit_batches(batches, quantizer_batches, cands)
-    ranks.check_same(lambda: describe(model, named, cands, sizes, data_fingerprint + fit_fingerprint, loss_name))
+    fit_batches, fit_fingerprint = _fit_batches(batches, data_fingerprint, quantizer_batches, cands)
+    # the quantizer batches must agree across ranks too (every rank fits on all of them)
+    seen = data_fingerprint if fit_batches is batches else data_fingerprint + fit_fingerprint
+    ranks.check_same(lambda: describe(model, named, cands, sizes, seen, loss_name))
     shard = ranks.shard(batches)
     coverage = model_coverage(model, [n for n, _ in named], stacklevel=3)  # before any work: its warning first
     params = list(model.parameters())

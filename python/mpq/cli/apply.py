@@ -88,11 +88,7 @@ def main(args) -> int:
     if needs and not args.quantized_weights:
         raise ValueError(f"candidates {needs} run integers chosen in calibration: pass --quantized-weights (the "
                          ".qweights.npz that mpq calibrate saved)")
-    qw = None
-    if args.quantized_weights:
-        from ..artifacts.quantized_weights import QuantizedWeights
-        qw = QuantizedWeights.load(args.quantized_weights)
-    new = apply(model, plan, mode=args.mode, quantized_weights=qw)
+    new = apply(model, plan, mode=args.mode, quantized_weights=_quantized_weights(args))
     torch.set_num_threads(1)
     with torch.no_grad():
         t = time_callable([lambda: model(ids, use_cache=False), lambda: new(ids, use_cache=False)],
@@ -103,6 +99,14 @@ def main(args) -> int:
     print(f"base {base * 1e3:.2f} ms  plan {cand * 1e3:.2f} ms  gain {(base - cand) * 1e3:+.2f} ms  "
           f"max |logit diff| {diff:.4g}")
     return 0
+
+
+def _quantized_weights(args):
+    """The --quantized-weights store (the integers of calibrated candidates), or None."""
+    if not args.quantized_weights:
+        return None
+    from ..artifacts.quantized_weights import QuantizedWeights
+    return QuantizedWeights.load(args.quantized_weights)
 
 
 def save(args, plan) -> int:
@@ -117,11 +121,7 @@ def save(args, plan) -> int:
         windows = data.spread_windows(data.tokenize(tok, text), args.seq_len, args.samples,  # as mpq calibrate
                                       data.leading_tokens(tok))
         batches = data.lm_batches(windows, 4)
-    qw = None
-    if args.quantized_weights:  # GPTQ's / optimized RTN's integers, stored as calibrated
-        from ..artifacts.quantized_weights import QuantizedWeights
-        qw = QuantizedWeights.load(args.quantized_weights)
     folder = save_quantized(model, plan, args.save, args.format, batches=batches, tokenizer=tok,
-                            quantized_weights=qw)
+                            quantized_weights=_quantized_weights(args))
     print(f"{args.format}: {folder} ({len(plan.quantized)} layers quantized)")
     return 0

@@ -76,8 +76,8 @@ def write(model, plan, layers: dict[str, Candidate], folder: str, quantized_weig
     if claimed != set(layers):  # the config's targets must select the plan's layers, no more, no fewer
         raise RuntimeError(f"compressed-tensors matched {sorted(claimed ^ set(layers))[:5]} differently from the "
                            "plan's layers")
-    stored = {name: quantized_weights.get_for(name, cand.name, model.get_submodule(name).weight)
-              for name, cand in layers.items() if cand.calibrated_weight}
+    # checks.checked_layers matched each entry to its weight already: no second hash of the weights
+    stored = {name: quantized_weights[name, cand.name] for name, cand in layers.items() if cand.calibrated_weight}
     with torch.no_grad():
         for name, cand in layers.items():
             if name in stored:
